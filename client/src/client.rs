@@ -1,0 +1,234 @@
+use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ClientError};
+use crate::types::*;
+
+/// Characters left as they are in a key's URL path segment (RFC 3986 "unreserved").
+const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (the default).
+    #[default]
+    Linearizable,
+    /// Whatever the answering member has applied; no round trip to the leader.
+    Stale,
+}
+
+impl Consistency {
+    fn as_query(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+/// A condition a write requires of the key's current state (compare-and-swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// The key must not exist.
+    Absent,
+    /// The key's current mod revision must be this one.
+    ModRevision(u64),
+}
+
+impl Precondition {
+    fn as_query(self) -> (&'static str, String) {
+        match self {
+            Precondition::Absent => ("if_absent", "true".to_string()),
+            Precondition::ModRevision(rev) => ("if_mod_revision", rev.to_string()),
+        }
+    }
+}
+
+/// A range (listing) request: either a prefix, or a `[start, end)` interval.
+#[derive(Debug, Clone, Default)]
+pub struct RangeRequest {
+    pub prefix: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub limit: Option<usize>,
+    pub consistency: Consistency,
+}
+
+/// An async client for one metaStore node's client API.
+///
+/// Any member serves every request: writes and linearizable reads sent to a follower are
+/// forwarded to the leader by the node itself.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the node at `base_url`, e.g. `http://127.0.0.1:12380`.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Self::with_http(base_url, http)
+    }
+
+    /// A client sharing an existing connection pool.
+    pub fn with_http(base_url: impl Into<String>, http: reqwest::Client) -> Self {
+        let base = base_url.into().trim_end_matches('/').to_string();
+        Self { base, http }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn key_url(&self, key: &str) -> String {
+        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, KEY_ESCAPES))
+    }
+
+    /// Reads one key; `Ok(None)` when it does not exist.
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<KeyValue>, ClientError> {
+        let url = self.key_url(key);
+        let req = self.http.get(&url).query(&[("consistency", consistency.as_query())]);
+        match self.send_json::<KeyValue>(&url, req).await {
+            Ok(kv) => Ok(Some(kv)),
+            Err(ClientError::Api(e)) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes one key; fails with status 409 when `precondition` does not hold.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        precondition: Option<Precondition>,
+    ) -> Result<PutResponse, ClientError> {
+        let url = self.key_url(key);
+        let mut req = self.http.put(&url).body(value.into());
+        if let Some(p) = precondition {
+            req = req.query(&[p.as_query()]);
+        }
+        self.send_json(&url, req).await
+    }
+
+    /// Deletes one key; fails with status 409 when `precondition` does not hold.
+    pub async fn delete(
+        &self,
+        key: &str,
+        precondition: Option<Precondition>,
+    ) -> Result<DeleteResponse, ClientError> {
+        let url = self.key_url(key);
+        let mut req = self.http.delete(&url);
+        if let Some(p) = precondition {
+            req = req.query(&[p.as_query()]);
+        }
+        self.send_json(&url, req).await
+    }
+
+    /// Lists keys in order.
+    pub async fn range(&self, range: &RangeRequest) -> Result<RangeResponse, ClientError> {
+        let url = format!("{}/v1/kv", self.base);
+        let mut query: Vec<(&str, String)> = vec![("consistency", range.consistency.as_query().to_string())];
+        if let Some(p) = &range.prefix {
+            query.push(("prefix", p.clone()));
+        }
+        if let Some(s) = &range.start {
+            query.push(("start", s.clone()));
+        }
+        if let Some(e) = &range.end {
+            query.push(("end", e.clone()));
+        }
+        if let Some(l) = range.limit {
+            query.push(("limit", l.to_string()));
+        }
+        let req = self.http.get(&url).query(&query);
+        self.send_json(&url, req).await
+    }
+
+    /// What the answering member knows about the cluster.
+    pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
+        let url = format!("{}/v1/cluster", self.base);
+        let req = self.http.get(&url);
+        self.send_json(&url, req).await
+    }
+
+    /// Initializes a new cluster on this (empty) node: of itself alone when `members` is empty.
+    pub async fn init(&self, members: Vec<AddMemberRequest>) -> Result<MembershipResponse, ClientError> {
+        let url = format!("{}/v1/cluster/init", self.base);
+        let req = self.http.post(&url).json(&InitRequest { members });
+        self.send_json(&url, req).await
+    }
+
+    /// Adds a member as a learner; returns once it has caught up with the leader's log.
+    pub async fn add_learner(&self, member: &AddMemberRequest) -> Result<MembershipResponse, ClientError> {
+        let url = format!("{}/v1/cluster/members", self.base);
+        let req = self.http.post(&url).json(member);
+        self.send_json(&url, req).await
+    }
+
+    /// Makes a learner a voter.
+    pub async fn promote(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+        let url = format!("{}/v1/cluster/members/{id}/promote", self.base);
+        let req = self.http.post(&url);
+        self.send_json(&url, req).await
+    }
+
+    /// Removes a member (voter or learner) from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+        let url = format!("{}/v1/cluster/members/{id}", self.base);
+        let req = self.http.request(Method::DELETE, &url);
+        self.send_json(&url, req).await
+    }
+
+    /// True when the node reports ready: it has a leader and has applied what is committed.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let url = format!("{}/readyz", self.base);
+        let resp = self.send(&url, self.http.get(&url)).await?;
+        Ok(resp.status().is_success())
+    }
+
+    async fn send(&self, url: &str, req: RequestBuilder) -> Result<Response, ClientError> {
+        req.send().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })
+    }
+
+    async fn send_json<T: DeserializeOwned>(&self, url: &str, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = self.send(url, req).await?;
+        let status = resp.status();
+        let body =
+            resp.bytes().await.map_err(|source| ClientError::Transport { url: url.to_string(), source })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+                url: url.to_string(),
+                message: format!("status {status}: {e}"),
+            });
+        }
+        Err(ClientError::Api(decode_error(status, &body)))
+    }
+}
+
+fn decode_error(status: StatusCode, body: &[u8]) -> ApiError {
+    let body = serde_json::from_slice::<ErrorBody>(body).unwrap_or_else(|_| ErrorBody {
+        error: "http_error".to_string(),
+        message: String::from_utf8_lossy(body).into_owned(),
+    });
+    ApiError { status: status.as_u16(), body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_escaped_into_one_path_segment() {
+        let c = Client::new("http://n:1/");
+        assert_eq!(c.key_url("a/b c?%"), "http://n:1/v1/kv/a%2Fb%20c%3F%25");
+        assert_eq!(c.key_url("plain-key_1.x~"), "http://n:1/v1/kv/plain-key_1.x~");
+    }
+}

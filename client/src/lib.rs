@@ -1,0 +1,12 @@
+//! The client side of metaStore's HTTP API.
+//!
+//! This crate is the one place the wire types live: the node serves them, and the operator, the
+//! tests and the benchmarks consume them through [`Client`], so the API cannot drift between them.
+
+mod client;
+mod error;
+pub mod types;
+
+pub use client::{Client, Consistency, Precondition, RangeRequest};
+pub use error::{ApiError, ClientError};
+pub use types::*;

@@ -1,0 +1,187 @@
+//! JSON bodies of the `/v1` API.
+//!
+//! Values are arbitrary bytes, so JSON carries them base64-encoded (standard alphabet, padded),
+//! as etcd's JSON gateway does. Keys are UTF-8 text.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest key the API accepts, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+/// Largest value the API accepts, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most entries one range request returns; larger requests are clamped to this.
+pub const MAX_RANGE_LIMIT: usize = 10_000;
+
+/// One key with its value and per-key metadata.
+///
+/// Revisions are cluster-wide: every write gets the raft log index that committed it, so a
+/// larger revision always means a later write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    #[serde(with = "base64_bytes")]
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// Revision of the last write to the key.
+    pub mod_revision: u64,
+    /// Number of writes since the key was created; 1 after the first.
+    pub version: u64,
+}
+
+/// Answer to a `PUT /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    /// The revision of this write.
+    pub revision: u64,
+    /// The key as it was before this write, if it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Answer to a `DELETE /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    /// The store's revision after the delete.
+    pub revision: u64,
+    /// Whether a key was removed.
+    pub deleted: bool,
+    /// The key as it was before the delete, if it existed.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Answer to a `GET /v1/kv?...` range request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// Matching keys in ascending byte order.
+    pub kvs: Vec<KeyValue>,
+    /// True when the limit cut the listing short; continue from `next_key`.
+    pub more: bool,
+    /// The first key not returned, when `more` is true.
+    pub next_key: Option<String>,
+    /// The store's revision the listing was read at.
+    pub revision: u64,
+}
+
+/// A member's role in the raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    Voter,
+    Learner,
+}
+
+/// One member of the cluster, as the raft membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub role: MemberRole,
+    pub peer_url: String,
+    /// Empty when the member was configured statically without one.
+    pub client_url: String,
+}
+
+/// Answer to `GET /v1/cluster`: what this member knows about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The member answering.
+    pub member_id: u64,
+    /// The leader this member currently follows, if any.
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    /// The member's own raft state: leader, follower, candidate, learner or shutdown.
+    pub state: String,
+    pub initialized: bool,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Last log index covered by this member's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Log entries up to this index have been removed behind a snapshot.
+    pub purged_index: Option<u64>,
+    /// Per member: the last log index known to be replicated there (leader only).
+    pub replication: Option<Vec<ReplicationStatus>>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// How far the leader knows a member's log to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    pub id: u64,
+    pub matched_index: Option<u64>,
+}
+
+/// Body of `POST /v1/cluster/members`: a new member, added as a learner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    pub peer_url: String,
+    #[serde(default)]
+    pub client_url: String,
+}
+
+/// Body of `POST /v1/cluster/init` (optional): the members to start the cluster with.
+/// Without a body, the node initializes a single-member cluster of itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitRequest {
+    #[serde(default)]
+    pub members: Vec<AddMemberRequest>,
+}
+
+/// Answer to a membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipResponse {
+    /// Log index at which the change committed.
+    pub revision: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code, e.g. `key_not_found`, `compare_failed`, `no_leader`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// Serde adapter: `Vec<u8>` as a standard base64 string.
+pub mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_travel_as_base64_and_back() {
+        let kv = KeyValue {
+            key: "a".into(),
+            value: vec![0, 255, b'x'],
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+        };
+        let json = serde_json::to_value(&kv).expect("serialize");
+        assert_eq!(json["value"], "AP94");
+        let back: KeyValue = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, kv);
+    }
+
+    #[test]
+    fn malformed_base64_is_rejected() {
+        let json = r#"{"key":"a","value":"***","create_revision":1,"mod_revision":1,"version":1}"#;
+        assert!(serde_json::from_str::<KeyValue>(json).is_err());
+    }
+}

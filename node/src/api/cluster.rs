@@ -1,0 +1,152 @@
+//! Cluster status and membership: `/v1/cluster`, `/v1/cluster/init`, `/v1/cluster/members`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use metastore_client::{
+    AddMemberRequest, ClusterStatus, InitRequest, MemberRole, MemberStatus, MembershipResponse,
+    ReplicationStatus,
+};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::input::body;
+use crate::network::wire::MembershipChange;
+use crate::service::Service;
+use crate::types::{Member, NodeId, RaftMetrics};
+
+pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let svc = warp::any().map(move || service.clone());
+    let status = warp::get()
+        .and(warp::path!("v1" / "cluster"))
+        .and(svc.clone())
+        .then(|s: Service| async move { warp::reply::json(&status(&s).await).into_response() });
+    let init = warp::post()
+        .and(warp::path!("v1" / "cluster" / "init"))
+        .and(body())
+        .and(svc.clone())
+        .then(|body, s| async move { respond(init(body, s).await) });
+    let add = warp::post()
+        .and(warp::path!("v1" / "cluster" / "members"))
+        .and(body())
+        .and(svc.clone())
+        .then(|body, s| async move { respond(add_member(body, s).await) });
+    let promote = warp::post()
+        .and(warp::path!("v1" / "cluster" / "members" / NodeId / "promote"))
+        .and(svc.clone())
+        .then(|id, s| async move { respond(change(MembershipChange::Promote { id }, s).await) });
+    let remove = warp::delete()
+        .and(warp::path!("v1" / "cluster" / "members" / NodeId))
+        .and(svc)
+        .then(|id, s| async move { respond(change(MembershipChange::Remove { id }, s).await) });
+    status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify()
+}
+
+fn members(metrics: &RaftMetrics) -> Vec<MemberStatus> {
+    let membership = metrics.membership_config.membership();
+    membership
+        .nodes()
+        .map(|(id, member)| MemberStatus {
+            id: *id,
+            role: if membership.voter_ids().any(|v| v == *id) {
+                MemberRole::Voter
+            } else {
+                MemberRole::Learner
+            },
+            peer_url: member.peer_url.clone(),
+            client_url: member.client_url.clone(),
+        })
+        .collect()
+}
+
+pub async fn status(service: &Service) -> ClusterStatus {
+    let m = service.metrics();
+    let replication = m.replication.as_ref().map(|r| {
+        r.iter()
+            .map(|(id, matched)| ReplicationStatus { id: *id, matched_index: matched.map(|l| l.index) })
+            .collect()
+    });
+    ClusterStatus {
+        member_id: m.id,
+        leader_id: m.current_leader,
+        term: m.current_term,
+        state: format!("{:?}", m.state).to_lowercase(),
+        initialized: !m.membership_config.membership().get_joint_config().is_empty(),
+        last_log_index: m.last_log_index,
+        commit_index: service.committed_index().await,
+        applied_index: m.last_applied.map(|id| id.index),
+        snapshot_index: m.snapshot.map(|id| id.index),
+        purged_index: m.purged.map(|id| id.index),
+        replication,
+        members: members(&m),
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
+    let parsed = Url::parse(url)
+        .map_err(|e| ApiError::bad_request("invalid_member", format!("{what} {url:?}: {e}")))?;
+    if parsed.scheme() != "http" || parsed.host().is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_member",
+            format!("{what} {url:?} must be http://host:port"),
+        ));
+    }
+    Ok(())
+}
+
+fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {
+    if request.id == 0 {
+        return Err(ApiError::bad_request("invalid_member", "member ids start at 1"));
+    }
+    check_url("peer_url", &request.peer_url)?;
+    if !request.client_url.is_empty() {
+        check_url("client_url", &request.client_url)?;
+    }
+    let member = Member {
+        peer_url: request.peer_url.trim_end_matches('/').to_string(),
+        client_url: request.client_url.trim_end_matches('/').to_string(),
+    };
+    Ok((request.id, member))
+}
+
+async fn membership_response(service: &Service, revision: u64) -> Response {
+    let members = members(&service.metrics());
+    warp::reply::json(&MembershipResponse { revision, members }).into_response()
+}
+
+async fn init(body: Result<Bytes, ApiError>, service: Service) -> Result<Response, ApiError> {
+    let body = body?;
+    let request: InitRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { InitRequest::default() } else { parse_json(&body)? };
+    let mut members = BTreeMap::new();
+    for m in &request.members {
+        let (id, member) = member_of(m)?;
+        members.insert(id, member);
+    }
+    if members.is_empty() {
+        let m = service.metrics();
+        let own = m.membership_config.membership().get_node(&service.id()).cloned();
+        members.insert(service.id(), own.unwrap_or_else(|| service.own_member().clone()));
+    }
+    service.initialize(members).await?;
+    Ok(membership_response(&service, 0).await)
+}
+
+async fn add_member(body: Result<Bytes, ApiError>, service: Service) -> Result<Response, ApiError> {
+    let request: AddMemberRequest = parse_json(&body?)?;
+    let (id, member) = member_of(&request)?;
+    change(MembershipChange::AddLearner { id, member }, service).await
+}
+
+async fn change(change: MembershipChange, service: Service) -> Result<Response, ApiError> {
+    let revision = service.change_membership(change).await?;
+    Ok(membership_response(&service, revision).await)
+}

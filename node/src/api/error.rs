@@ -1,0 +1,61 @@
+//! Error answers: JSON `{"error": code, "message": ...}` with the status that fits.
+
+use metastore_client::ErrorBody;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::service::ServiceError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        let reply = warp::reply::with_status(warp::reply::json(&body), self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            warp::reply::with_header(reply, "retry-after", RETRY_AFTER_SECS).into_response()
+        } else {
+            reply.into_response()
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::NoLeader => Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message),
+            ServiceError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            ServiceError::Invalid(_) => Self::bad_request("invalid_request", message),
+            ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ServiceError::Storage(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
+        }
+    }
+}
+
+/// Turns a handler's result into the answer.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}

@@ -1,0 +1,35 @@
+//! `/healthz` (the process serves), `/readyz` (a leader is known and this member has applied
+//! everything known committed) and `/metrics` (Prometheus text).
+
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use crate::metrics;
+use crate::service::Service;
+
+pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let svc = warp::any().map(move || service.clone());
+    let healthz = warp::get()
+        .and(warp::path!("healthz"))
+        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
+    let readyz = warp::get().and(warp::path!("readyz")).and(svc.clone()).then(|s: Service| async move {
+        if s.is_ready().await {
+            warp::reply::json(&serde_json::json!({ "ready": true })).into_response()
+        } else {
+            super::error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "no leader is known, or this member has not applied everything committed",
+            )
+            .into_response()
+        }
+    });
+    let metrics = warp::get().and(warp::path!("metrics")).and(svc).then(|s: Service| async move {
+        let committed = s.committed_index().await;
+        let text = metrics::render(&s.metrics(), committed, s.reader().disk_size());
+        warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .into_response()
+    });
+    healthz.or(readyz).unify().or(metrics).unify()
+}

@@ -1,0 +1,197 @@
+//! Validation of what clients send: keys, bodies, query parameters. Everything here answers
+//! bad input with an [`ApiError`]; nothing panics and nothing reaches raft unchecked.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use metastore_client::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+use percent_encoding::percent_decode_str;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use super::error::ApiError;
+use crate::service::ReadConsistency;
+use crate::types::Precondition;
+
+/// Largest request body on the client port: a value, or a JSON document.
+pub const MAX_BODY_BYTES: usize = MAX_VALUE_BYTES;
+
+/// A key from its percent-encoded URL path form.
+pub fn key_from_path(encoded: &str) -> Result<String, ApiError> {
+    let key = percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8 once percent-decoded"))?
+        .into_owned();
+    check_key(&key)?;
+    Ok(key)
+}
+
+pub fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("invalid_key", "the key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The request body, read up to `MAX_BODY_BYTES`; a larger one is refused without reading it all.
+pub fn body() -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(|declared: Option<u64>, stream| async move { collect(declared, stream).await })
+}
+
+async fn collect<S, B>(declared: Option<u64>, stream: S) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = |size: u64| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is at least {size} bytes; the limit is {MAX_BODY_BYTES}"),
+        )
+    };
+    if let Some(size) = declared.filter(|s| *s > MAX_BODY_BYTES as u64) {
+        return Err(too_large(size));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request("bad_body", format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(too_large((body.len() + chunk.remaining()) as u64));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// The query string as name → value, percent-decoded.
+pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Infallible> + Clone {
+    warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify()
+}
+
+pub fn consistency(query: &HashMap<String, String>) -> Result<ReadConsistency, ApiError> {
+    match query.get("consistency").map(String::as_str) {
+        None | Some("linearizable") | Some("") => Ok(ReadConsistency::Linearizable),
+        Some("stale") | Some("serializable") => Ok(ReadConsistency::Stale),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_consistency",
+            format!("consistency must be linearizable or stale, not {other:?}"),
+        )),
+    }
+}
+
+/// The compare-and-swap condition of a write: `if_absent=true` or `if_mod_revision=N`.
+pub fn precondition(query: &HashMap<String, String>) -> Result<Option<Precondition>, ApiError> {
+    let absent = match query.get("if_absent").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_precondition",
+                format!("if_absent must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    let revision = query
+        .get("if_mod_revision")
+        .map(|r| {
+            r.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_precondition",
+                    format!("if_mod_revision must be a revision number, not {r:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    match (absent, revision) {
+        (true, Some(_)) => Err(ApiError::bad_request(
+            "invalid_precondition",
+            "give either if_absent or if_mod_revision, not both",
+        )),
+        (true, None) => Ok(Some(Precondition::Absent)),
+        (false, Some(rev)) => Ok(Some(Precondition::ModRevision(rev))),
+        (false, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn keys_are_percent_decoded() {
+        assert_eq!(key_from_path("a%2Fb%20c").ok().as_deref(), Some("a/b c"));
+        assert_eq!(key_from_path("dir/key").ok().as_deref(), Some("dir/key"));
+    }
+
+    #[test]
+    fn invalid_utf8_keys_are_a_clear_400() {
+        let err = key_from_path("bad%FFkey").expect_err("refused");
+        assert_eq!((err.status, err.code), (StatusCode::BAD_REQUEST, "invalid_key"));
+    }
+
+    #[test]
+    fn empty_and_oversized_keys_are_refused() {
+        assert_eq!(key_from_path("").expect_err("empty").status, StatusCode::BAD_REQUEST);
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(key_from_path(&long).expect_err("long").status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(key_from_path(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn preconditions_parse_and_conflicting_ones_are_refused() {
+        assert_eq!(precondition(&q(&[])).ok(), Some(None));
+        assert_eq!(precondition(&q(&[("if_absent", "true")])).ok(), Some(Some(Precondition::Absent)));
+        assert_eq!(
+            precondition(&q(&[("if_mod_revision", "7")])).ok(),
+            Some(Some(Precondition::ModRevision(7)))
+        );
+        assert!(precondition(&q(&[("if_mod_revision", "x")])).is_err());
+        assert!(precondition(&q(&[("if_absent", "true"), ("if_mod_revision", "3")])).is_err());
+    }
+
+    #[test]
+    fn consistency_defaults_to_linearizable() {
+        assert_eq!(consistency(&q(&[])).ok(), Some(ReadConsistency::Linearizable));
+        assert_eq!(consistency(&q(&[("consistency", "stale")])).ok(), Some(ReadConsistency::Stale));
+        assert!(consistency(&q(&[("consistency", "eventual")])).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_as_it_streams() {
+        let chunks =
+            vec![Ok::<_, warp::Error>(Bytes::from(vec![0u8; MAX_BODY_BYTES])), Ok(Bytes::from_static(b"x"))];
+        let err = collect(None, futures::stream::iter(chunks)).await.expect_err("refused");
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let err = collect(Some(u64::MAX), futures::stream::empty::<Result<Bytes, warp::Error>>())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code, "body_too_large");
+    }
+}

@@ -1,0 +1,195 @@
+//! The versioned key-value API: `/v1/kv/{key}` and the `/v1/kv` range listing.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use metastore_client::{DeleteResponse, KeyValue, PutResponse, RangeResponse, MAX_RANGE_LIMIT};
+use warp::http::StatusCode;
+use warp::path::Tail;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::input::{body, consistency, key_from_path, precondition, query};
+use crate::service::Service;
+use crate::types::{Command, CommandResult, KeyRecord};
+
+const DEFAULT_RANGE_LIMIT: usize = 1_000;
+
+pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let svc = warp::any().map(move || service.clone());
+    let key = warp::path!("v1" / "kv" / ..).and(warp::path::tail());
+    let get = warp::get()
+        .and(key)
+        .and(query())
+        .and(svc.clone())
+        .then(|tail: Tail, q, s| async move { respond(get_key(tail.as_str(), q, s).await) });
+    let put = warp::put().and(key).and(query()).and(body()).and(svc.clone()).then(
+        |tail: Tail, q, body: Result<Bytes, ApiError>, s| async move {
+            respond(put_key(tail.as_str(), q, body, s).await)
+        },
+    );
+    let delete = warp::delete()
+        .and(key)
+        .and(query())
+        .and(svc.clone())
+        .then(|tail: Tail, q, s| async move { respond(delete_key(tail.as_str(), q, s).await) });
+    let range = warp::get()
+        .and(warp::path!("v1" / "kv"))
+        .and(query())
+        .and(svc)
+        .then(|q, s| async move { respond(range(q, s).await) });
+    range.or(get).unify().or(put).unify().or(delete).unify()
+}
+
+pub fn key_value(key: String, record: KeyRecord) -> KeyValue {
+    KeyValue {
+        key,
+        value: record.value,
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+        version: record.version,
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    warp::reply::json(value).into_response()
+}
+
+/// The 409 for a write whose precondition did not hold.
+pub fn compare_failed(key: &str, result: &CommandResult) -> ApiError {
+    let current = match &result.prev {
+        Some(r) => format!("its mod revision is {}", r.mod_revision),
+        None => "it does not exist".to_string(),
+    };
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "compare_failed",
+        format!("the precondition on key {key:?} failed: {current}"),
+    )
+}
+
+async fn get_key(tail: &str, q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+    let key = key_from_path(tail)?;
+    let consistency = consistency(&q)?;
+    match service.get(key.clone(), consistency).await? {
+        Some(record) => Ok(json(&key_value(key, record))),
+        None => Err(ApiError::not_found("key_not_found", format!("key {key:?} does not exist"))),
+    }
+}
+
+async fn put_key(
+    tail: &str,
+    q: HashMap<String, String>,
+    body: Result<Bytes, ApiError>,
+    service: Service,
+) -> Result<Response, ApiError> {
+    let key = key_from_path(tail)?;
+    let precondition = precondition(&q)?;
+    let value = body?.to_vec();
+    let result = service.write(Command::Put { key: key.clone(), value, precondition }).await?;
+    if !result.succeeded {
+        return Err(compare_failed(&key, &result));
+    }
+    let prev_kv = result.prev.map(|r| key_value(key, r));
+    Ok(json(&PutResponse { revision: result.revision, prev_kv }))
+}
+
+async fn delete_key(tail: &str, q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+    let key = key_from_path(tail)?;
+    let precondition = precondition(&q)?;
+    let result = service.write(Command::Delete { key: key.clone(), precondition }).await?;
+    if !result.succeeded {
+        return Err(compare_failed(&key, &result));
+    }
+    let prev_kv = result.prev.map(|r| key_value(key, r));
+    Ok(json(&DeleteResponse { revision: result.revision, deleted: prev_kv.is_some(), prev_kv }))
+}
+
+/// The first key after every key that starts with `prefix` (None: no such bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The `[start, end)` byte interval a range request asks for.
+fn interval(q: &HashMap<String, String>) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec());
+    let (prefix, start, end) = (param("prefix"), param("start"), param("end"));
+    if prefix.is_some() && end.is_some() {
+        return Err(ApiError::bad_request("invalid_range", "give either prefix or end, not both"));
+    }
+    Ok(match prefix {
+        Some(prefix) => {
+            let end = prefix_end(&prefix);
+            // `start` continues a paginated prefix listing.
+            let start = start.filter(|s| *s > prefix).unwrap_or(prefix);
+            (start, end)
+        }
+        None => (start.unwrap_or_default(), end),
+    })
+}
+
+async fn range(q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+    let (start, end) = interval(&q)?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_RANGE_LIMIT,
+        Some(l) => {
+            l.parse::<usize>().ok().filter(|l| (1..=MAX_RANGE_LIMIT).contains(l)).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be between 1 and {MAX_RANGE_LIMIT}, not {l:?}"),
+                )
+            })?
+        }
+    };
+    let consistency = consistency(&q)?;
+    let page = service.range(start, end, limit, consistency).await?;
+    let kvs: Vec<KeyValue> = page.entries.into_iter().map(|(k, r)| key_value(k, r)).collect();
+    Ok(json(&RangeResponse {
+        kvs,
+        more: page.next_key.is_some(),
+        next_key: page.next_key,
+        revision: page.revision,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_prefix_covers_exactly_the_keys_that_start_with_it() {
+        assert_eq!(prefix_end(b"app/"), Some(b"app0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn pagination_continues_inside_the_prefix() {
+        let (start, end) = interval(&q(&[("prefix", "a/"), ("start", "a/m")])).expect("valid");
+        assert_eq!((start, end), (b"a/m".to_vec(), Some(b"a0".to_vec())));
+        let (start, _) = interval(&q(&[("prefix", "a/"), ("start", "0")])).expect("valid");
+        assert_eq!(start, b"a/".to_vec(), "a start before the prefix is clamped to it");
+    }
+
+    #[test]
+    fn prefix_and_end_together_are_refused() {
+        assert!(interval(&q(&[("prefix", "a"), ("end", "b")])).is_err());
+    }
+
+    #[test]
+    fn no_parameters_list_everything() {
+        assert_eq!(interval(&q(&[])).expect("valid"), (Vec::new(), None));
+    }
+}

@@ -1,0 +1,72 @@
+//! The client HTTP API (the `--port` listener), as described in `docs/openapi.yaml`.
+//!
+//! Every handler answers with a response of its own: bad input becomes a JSON error with the
+//! right status, never a panic and never a fall-through to another route.
+
+mod cluster;
+mod error;
+mod health;
+mod input;
+mod kv;
+mod raw;
+
+use std::convert::Infallible;
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+pub use error::ApiError;
+
+use crate::metrics::{self, RequestLabels};
+use crate::service::Service;
+
+pub fn routes(service: Service) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    health::routes(service.clone())
+        .or(cluster::routes(service.clone()))
+        .unify()
+        .or(kv::routes(service.clone()))
+        .unify()
+        .or(raw::routes(service))
+        .unify()
+        .recover(rejection)
+        .unify()
+        .with(warp::log::custom(observe))
+}
+
+/// What is left after every route declined: a wrong method or path.
+async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::not_found("not_found", "no such endpoint")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+    } else {
+        ApiError::bad_request("bad_request", format!("{rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+/// A bounded label for a request path: keys never become label values.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/v1/kv" => "range",
+        p if p.starts_with("/v1/kv/") => "kv",
+        p if p.starts_with("/v1/cluster") => "cluster",
+        _ => "raw",
+    }
+}
+
+fn observe(info: warp::log::Info<'_>) {
+    let method = match info.method().as_str() {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        _ => "OTHER",
+    };
+    let labels = RequestLabels { route: route_label(info.path()), method, status: info.status().as_u16() };
+    metrics::api().observe(labels, info.elapsed());
+}

@@ -1,0 +1,325 @@
+//! The command line (every flag also readable from a `METASTORE_*` environment variable), and
+//! its resolution into what a member needs to start.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use reqwest::Url;
+
+use crate::types::{Member, NodeId};
+
+/// A member of a metaStore cluster: a strongly consistent, replicated key-value store.
+///
+/// With no flags, runs a single-member cluster on 127.0.0.1 (clients on port 12380, peers on
+/// 12379, data in data/1).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "metastore", version)]
+pub struct Args {
+    /// This member's raft id (1-based). With --cluster, the Nth URL is this member's peer URL.
+    #[arg(long, env = "METASTORE_MEMBER_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub member_id: Option<u64>,
+
+    /// Take the member id from the host name's StatefulSet ordinal: pod `name-0` is member 1.
+    #[arg(long, env = "METASTORE_MEMBER_ID_FROM_HOSTNAME", conflicts_with = "member_id")]
+    pub member_id_from_hostname: bool,
+
+    /// The initial members' peer URLs, comma separated; member N listens on the Nth.
+    #[arg(long, env = "METASTORE_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+
+    /// Port of the client HTTP API.
+    #[arg(long, env = "METASTORE_PORT", default_value_t = 12380)]
+    pub port: u16,
+
+    /// Port of the peer (raft) listener; defaults to the port of this member's peer URL.
+    #[arg(long, env = "METASTORE_PEER_PORT")]
+    pub peer_port: Option<u16>,
+
+    /// Address both listeners bind to (0.0.0.0 in a container).
+    #[arg(long, env = "METASTORE_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind_address: IpAddr,
+
+    /// Peer URL other members use to reach this one; defaults to this member's --cluster URL.
+    #[arg(long, env = "METASTORE_ADVERTISE_PEER_URL")]
+    pub advertise_peer_url: Option<String>,
+
+    /// Client URL published in the membership; defaults to http://<bind address>:<port>.
+    #[arg(long, env = "METASTORE_ADVERTISE_CLIENT_URL")]
+    pub advertise_client_url: Option<String>,
+
+    /// Where the member keeps its data; defaults to data/<member id>.
+    #[arg(long, env = "METASTORE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Start without bootstrapping: wait to be added to an existing cluster by its leader.
+    #[arg(long, env = "METASTORE_JOIN")]
+    pub join: bool,
+
+    /// Log format.
+    #[arg(long, env = "METASTORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Leader heartbeat interval, in milliseconds.
+    #[arg(long, env = "METASTORE_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Shortest election timeout, in milliseconds; each timeout is drawn from [min, 2*min).
+    #[arg(long, env = "METASTORE_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    pub election_timeout_ms: u64,
+
+    /// Take a snapshot (and purge the log behind it) after this many applied entries.
+    #[arg(long, env = "METASTORE_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How a member with empty storage starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Initialize raft with these members (identical on every member of a static cluster).
+    Static(BTreeMap<NodeId, Member>),
+    /// Wait to be added by a leader (or initialized with `POST /v1/cluster/init`).
+    Join,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftTuning {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_entries: u64,
+}
+
+/// Everything a member needs to start, resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// What other members and clients are told about this one.
+    pub member: Member,
+    pub peer_listen: SocketAddr,
+    pub client_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub raft: RaftTuning,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("member id {id} has no peer URL: --cluster lists {count} URL(s)")]
+    NoPeerUrl { id: NodeId, count: usize },
+    #[error("a joining member needs --advertise-peer-url (or its URL in --cluster)")]
+    JoinWithoutPeerUrl,
+    #[error("invalid URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("host name {0:?} does not end in a StatefulSet ordinal like `name-0`")]
+    NoOrdinal(String),
+    #[error("cannot read the host name: {0}")]
+    Hostname(String),
+    #[error("the election timeout ({election}ms) must be at least three heartbeats ({heartbeat}ms each)")]
+    Timing { election: u64, heartbeat: u64 },
+}
+
+/// Member id from a StatefulSet pod name: the ordinal after the last `-`, plus one.
+pub fn member_id_from_hostname(hostname: &str) -> Result<NodeId, ConfigError> {
+    hostname
+        .rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<u64>().ok())
+        .and_then(|ordinal| ordinal.checked_add(1))
+        .ok_or_else(|| ConfigError::NoOrdinal(hostname.to_string()))
+}
+
+fn hostname() -> Result<String, ConfigError> {
+    if let Ok(name) = std::env::var("HOSTNAME") {
+        if !name.is_empty() {
+            return Ok(name);
+        }
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ConfigError::Hostname(e.to_string()))
+}
+
+fn parse_url(url: &str) -> Result<Url, ConfigError> {
+    let parsed =
+        Url::parse(url).map_err(|e| ConfigError::BadUrl { url: url.into(), reason: e.to_string() })?;
+    if parsed.scheme() != "http" || parsed.host().is_none() {
+        return Err(ConfigError::BadUrl { url: url.into(), reason: "expected http://host:port".into() });
+    }
+    Ok(parsed)
+}
+
+/// A URL's text without a trailing slash, as stored in the membership.
+fn normalized(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
+}
+
+impl Args {
+    pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let id = match (self.member_id, self.member_id_from_hostname) {
+            (Some(id), _) => id,
+            (None, true) => member_id_from_hostname(&hostname()?)?,
+            (None, false) => 1,
+        };
+        let cluster: Vec<String> = if self.cluster.is_empty() && !self.join {
+            vec!["http://127.0.0.1:12379".to_string()]
+        } else {
+            self.cluster.iter().map(|u| normalized(u.trim())).filter(|u| !u.is_empty()).collect()
+        };
+        for url in &cluster {
+            parse_url(url)?;
+        }
+        let index = usize::try_from(id - 1).unwrap_or(usize::MAX);
+        let peer_url = match (&self.advertise_peer_url, cluster.get(index)) {
+            (Some(url), _) => normalized(url),
+            (None, Some(url)) => url.clone(),
+            (None, None) if self.join => return Err(ConfigError::JoinWithoutPeerUrl),
+            (None, None) => return Err(ConfigError::NoPeerUrl { id, count: cluster.len() }),
+        };
+        let parsed = parse_url(&peer_url)?;
+        let peer_port = self.peer_port.or(parsed.port_or_known_default()).unwrap_or(12379);
+        let client_url = match &self.advertise_client_url {
+            Some(url) => normalized(url),
+            None => {
+                let host = if self.bind_address.is_unspecified() {
+                    IpAddr::V4(Ipv4Addr::LOCALHOST)
+                } else {
+                    self.bind_address
+                };
+                format!("http://{}", SocketAddr::new(host, self.port))
+            }
+        };
+        parse_url(&client_url)?;
+        let bootstrap = if self.join {
+            Bootstrap::Join
+        } else {
+            // Every member of a static cluster must propose the identical initial membership,
+            // so it holds only what all of them know: the peer URLs.
+            let members = cluster
+                .iter()
+                .enumerate()
+                .map(|(i, url)| (i as u64 + 1, Member { peer_url: url.clone(), client_url: String::new() }))
+                .collect();
+            Bootstrap::Static(members)
+        };
+        if self.election_timeout_ms < 3 * self.heartbeat_interval_ms {
+            return Err(ConfigError::Timing {
+                election: self.election_timeout_ms,
+                heartbeat: self.heartbeat_interval_ms,
+            });
+        }
+        Ok(NodeConfig {
+            id,
+            member: Member { peer_url, client_url },
+            peer_listen: SocketAddr::new(self.bind_address, peer_port),
+            client_listen: SocketAddr::new(self.bind_address, self.port),
+            data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(id.to_string())),
+            bootstrap,
+            raft: RaftTuning {
+                heartbeat_interval_ms: self.heartbeat_interval_ms,
+                election_timeout_ms: self.election_timeout_ms,
+                snapshot_entries: self.snapshot_entries,
+            },
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut argv = vec!["metastore"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv).expect("flags parse").resolve()
+    }
+
+    const SEED_CLUSTER: &str = "http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379";
+
+    #[test]
+    fn no_flags_is_a_single_member_on_localhost() {
+        let c = resolve(&[]).expect("resolves");
+        assert_eq!(c.id, 1);
+        assert_eq!(c.client_listen, "127.0.0.1:12380".parse().expect("addr"));
+        assert_eq!(c.peer_listen, "127.0.0.1:12379".parse().expect("addr"));
+        assert_eq!(c.data_dir, PathBuf::from("data/1"));
+        let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn the_seed_flags_give_member_two_its_own_url_and_data_dir() {
+        let c =
+            resolve(&["--member-id", "2", "--cluster", SEED_CLUSTER, "--port", "22380"]).expect("resolves");
+        assert_eq!(c.member.peer_url, "http://127.0.0.1:22379");
+        assert_eq!(c.peer_listen.port(), 22379);
+        assert_eq!(c.client_listen.port(), 22380);
+        assert_eq!(c.member.client_url, "http://127.0.0.1:22380");
+        assert_eq!(c.data_dir, PathBuf::from("data/2"));
+        let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[&3].peer_url, "http://127.0.0.1:32379");
+    }
+
+    #[test]
+    fn every_static_member_proposes_the_same_membership() {
+        let boot =
+            |id: &str, port: &str| resolve(&["--member-id", id, "--cluster", SEED_CLUSTER, "--port", port]);
+        let a = boot("1", "12380").expect("1").bootstrap;
+        let b = boot("3", "32380").expect("3").bootstrap;
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_member_id_beyond_the_cluster_list_is_refused() {
+        let err = resolve(&["--member-id", "4", "--cluster", SEED_CLUSTER]).expect_err("refused");
+        assert_eq!(err, ConfigError::NoPeerUrl { id: 4, count: 3 });
+    }
+
+    #[test]
+    fn a_joining_member_needs_a_peer_url() {
+        assert_eq!(resolve(&["--join"]).expect_err("refused"), ConfigError::JoinWithoutPeerUrl);
+        let c = resolve(&[
+            "--join",
+            "--member-id",
+            "5",
+            "--advertise-peer-url",
+            "http://demo-4.demo-peer.default.svc:12379/",
+            "--bind-address",
+            "0.0.0.0",
+        ])
+        .expect("resolves");
+        assert_eq!(c.bootstrap, Bootstrap::Join);
+        assert_eq!(c.member.peer_url, "http://demo-4.demo-peer.default.svc:12379");
+        assert_eq!(c.peer_listen, "0.0.0.0:12379".parse().expect("addr"));
+    }
+
+    #[test]
+    fn statefulset_ordinals_map_to_member_ids() {
+        assert_eq!(member_id_from_hostname("demo-0"), Ok(1));
+        assert_eq!(member_id_from_hostname("my-store-12"), Ok(13));
+        assert!(member_id_from_hostname("demo").is_err());
+        assert!(member_id_from_hostname("demo-x").is_err());
+    }
+
+    #[test]
+    fn malformed_urls_are_refused_with_the_url_named() {
+        let err = resolve(&["--cluster", "not a url"]).expect_err("refused");
+        assert!(matches!(err, ConfigError::BadUrl { url, .. } if url == "not a url"));
+    }
+
+    #[test]
+    fn an_election_timeout_shorter_than_three_heartbeats_is_refused() {
+        let err = resolve(&["--heartbeat-interval-ms", "200", "--election-timeout-ms", "300"])
+            .expect_err("refused");
+        assert!(matches!(err, ConfigError::Timing { .. }));
+    }
+}

@@ -1,0 +1,16 @@
+//! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP.
+//!
+//! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
+//! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
+//! - [`service`]: the store as clients see it on any member (forwarding, read index).
+//! - [`api`]: the client HTTP API.
+//! - [`server`]: starting, bootstrapping and stopping a member.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod network;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod types;

@@ -1,0 +1,190 @@
+//! The calling side of peer traffic: openraft's network (append, vote, snapshot chunks) and
+//! the forwarding of client work to the leader.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, FrameError};
+use crate::types::{Member, NodeId, TypeConfig};
+
+/// Why a peer call failed before the peer could answer it.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {url} is unreachable: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("peer call to {url} failed: {message}")]
+    Network { url: String, message: String },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// An HTTP client for peer listeners, with one keep-alive connection pool for all peers.
+#[derive(Clone, Debug)]
+pub struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl PeerClient {
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// POSTs `request` to `{peer_url}/raft/{path}` and decodes the peer's `Result`.
+    pub async fn call<Req, Resp>(
+        &self,
+        peer_url: &str,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let body = wire::encode(request)?;
+        let url = format!("{}/raft/{path}", peer_url.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| classify(&url, source))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|source| classify(&url, source))?;
+        if !status.is_success() {
+            let message = format!("status {status}: {}", String::from_utf8_lossy(&bytes));
+            return Err(PeerError::Network { url, message });
+        }
+        Ok(wire::decode(&bytes)?)
+    }
+
+    /// Passes client work to the member at `peer_url`, which must be the leader.
+    pub async fn forward(
+        &self,
+        peer_url: &str,
+        request: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<Result<ForwardResponse, ForwardError>, PeerError> {
+        self.call(peer_url, wire::FORWARD_PATH, request, timeout).await
+    }
+}
+
+fn classify(url: &str, source: reqwest::Error) -> PeerError {
+    if source.is_connect() {
+        PeerError::Unreachable { url: url.to_string(), source }
+    } else {
+        PeerError::Network { url: url.to_string(), message: source.to_string() }
+    }
+}
+
+/// openraft's view of the peer network: one [`PeerConnection`] per target member.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    client: PeerClient,
+}
+
+impl PeerNetwork {
+    pub fn new(client: PeerClient) -> Self {
+        Self { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection { client: self.client.clone(), target, member: node.clone() }
+    }
+}
+
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    member: Member,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Result<Resp, RaftError<NodeId, E>>, PeerError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        self.client.call(&self.member.peer_url, path, request, option.hard_ttl()).await
+    }
+
+    fn answer<Resp, E: std::error::Error>(
+        &self,
+        answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,
+    ) -> RpcResult<Resp, E> {
+        let answer = answer.map_err(|e| match e {
+            // Unreachable makes openraft back off instead of retrying at full speed.
+            PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
+        answer.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let entries = rpc.entries.len() as u64;
+        match self.call(wire::APPEND_PATH, &rpc, &option).await {
+            // openraft answers by sending fewer entries at a time.
+            Err(PeerError::Frame(FrameError::TooLarge(_))) if entries > 1 => {
+                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
+            }
+            answer => self.answer(answer),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        let answer = self.call(wire::SNAPSHOT_PATH, &rpc, &option).await;
+        self.answer(answer)
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let answer = self.call(wire::VOTE_PATH, &rpc, &option).await;
+        self.answer(answer)
+    }
+}

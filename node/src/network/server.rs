@@ -1,0 +1,63 @@
+//! The answering side of peer traffic: `POST /raft/{append,vote,snapshot,forward}`.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::wire::{self, ForwardRequest};
+use crate::service::Service;
+
+/// The peer listener's routes.
+pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let body = warp::body::content_length_limit(wire::MAX_FRAME_BYTES as u64).and(warp::body::bytes());
+    let with_service = warp::any().map(move || service.clone());
+    warp::post()
+        .and(warp::path("raft"))
+        .and(warp::path::param::<String>())
+        .and(warp::path::end())
+        .and(body)
+        .and(with_service)
+        .then(
+            |rpc: String, body: Bytes, service: Service| async move { dispatch(&rpc, &body, service).await },
+        )
+}
+
+async fn dispatch(rpc: &str, body: &[u8], service: Service) -> Response {
+    let raft = service.raft().clone();
+    match rpc {
+        wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,
+        wire::VOTE_PATH => answer(body, |req| async move { raft.vote(req).await }).await,
+        wire::SNAPSHOT_PATH => answer(body, |req| async move { raft.install_snapshot(req).await }).await,
+        wire::FORWARD_PATH => {
+            answer(body, |req: ForwardRequest| async move { service.serve(req).await }).await
+        }
+        other => plain(StatusCode::NOT_FOUND, format!("no peer rpc named {other:?}")),
+    }
+}
+
+/// Decodes the request, runs `handler`, and encodes its `Result` as the answer.
+async fn answer<Req, Resp, F, Fut>(body: &[u8], handler: F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let request: Req = match wire::decode(body) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match wire::encode(&handler(request).await) {
+        Ok(bytes) => {
+            warp::reply::with_header(bytes, "content-type", "application/octet-stream").into_response()
+        }
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    warp::reply::with_status(message, status).into_response()
+}

@@ -1,0 +1,106 @@
+//! What travels between members, and how it is framed.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Command, CommandResult, Member, NodeId};
+
+/// Largest peer request or answer body. Larger log batches are split (openraft is told the
+/// payload is too large and sends fewer entries); snapshots travel in chunks well below this.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+pub const APPEND_PATH: &str = "append";
+pub const VOTE_PATH: &str = "vote";
+pub const SNAPSHOT_PATH: &str = "snapshot";
+pub const FORWARD_PATH: &str = "forward";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let bytes = postcard::to_stdvec(value)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// A change to the raft membership, always carried out by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a learner and wait until it has caught up.
+    AddLearner { id: NodeId, member: Member },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or a learner.
+    Remove { id: NodeId },
+}
+
+/// Work a follower passes to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    /// Confirm leadership and return the index a linearizable read must wait for.
+    ReadIndex,
+    ChangeMembership(MembershipChange),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardResponse {
+    Written(CommandResult),
+    ReadIndex(u64),
+    /// The log index at which the membership change committed.
+    MembershipChanged(u64),
+}
+
+/// Why the leader could not do forwarded work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, Member)> },
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_frames_are_errors_not_panics() {
+        for garbage in [&b""[..], b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x00\x07ab"] {
+            assert!(decode::<ForwardRequest>(garbage).is_err());
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_length_does_not_allocate_it() {
+        // Variant 0 (Write), Put, then a key length of about 2^63.
+        let frame = [0u8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<ForwardRequest>(&frame).is_err());
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let req =
+            ForwardRequest::Write(Command::Put { key: "k".into(), value: vec![1, 2], precondition: None });
+        let back: ForwardRequest = decode(&encode(&req).expect("encode")).expect("decode");
+        assert_eq!(back, req);
+    }
+}

@@ -1,0 +1,166 @@
+//! Starting and stopping a member: storage, raft, the two listeners, bootstrap.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::{Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api;
+use crate::config::{Bootstrap, NodeConfig, RaftTuning};
+use crate::network::{self, PeerClient, PeerNetwork};
+use crate::service::{Service, ServiceError};
+use crate::storage;
+use crate::types::{NodeId, Raft};
+
+/// Largest snapshot chunk sent in one peer request.
+const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Storage {
+        dir: std::path::PathBuf,
+        #[source]
+        source: storage::StoreError,
+    },
+    #[error("invalid raft configuration: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("cannot start raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the peer HTTP client: {0}")]
+    PeerClient(#[from] reqwest::Error),
+    #[error("cannot bootstrap the cluster: {0}")]
+    Bootstrap(#[from] ServiceError),
+}
+
+/// openraft's configuration for real networks and multi-MiB snapshots. Its defaults assume a
+/// LAN-speed test bed (50ms heartbeats, 150–300ms elections, 200ms per snapshot chunk).
+pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, openraft::ConfigError> {
+    let config = Config {
+        cluster_name: "metastore".to_string(),
+        // Heartbeats well inside the election timeout; etcd's defaults are 100ms / 1000ms.
+        heartbeat_interval: tuning.heartbeat_interval_ms,
+        // Randomized in [min, 2*min) so that split votes resolve quickly.
+        election_timeout_min: tuning.election_timeout_ms,
+        election_timeout_max: tuning.election_timeout_ms * 2,
+        // Per snapshot chunk: a 4 MiB chunk over a slow link plus an fsync needs seconds.
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        // Entries per append request; larger batches are split when they exceed the frame limit.
+        max_payload_entries: 256,
+        // Snapshot, then purge the log behind it, every `snapshot_entries` applied entries.
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_entries),
+        // Keep some log behind the snapshot so that briefly lagging followers catch up from
+        // the log instead of needing a whole snapshot.
+        max_in_snapshot_log_to_keep: (tuning.snapshot_entries / 2).min(1_000),
+        purge_batch_size: 256,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Runs a member until `shutdown` completes, then stops it gracefully.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let id = config.id;
+    let (log_store, state_machine, reader) = storage::open(&config.data_dir)
+        .await
+        .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+    let pristine = storage::is_pristine(&log_store, &reader)
+        .await
+        .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+
+    // Listen before starting raft, so that a port already in use fails the start at once.
+    let peer_listener = bind(config.peer_listen).await?;
+    let client_listener = bind(config.client_listen).await?;
+
+    let peers = PeerClient::new()?;
+    let raft =
+        Raft::new(id, raft_config(&config.raft)?, PeerNetwork::new(peers.clone()), log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+    let service = Service::new(id, config.member.clone(), raft.clone(), reader, peers);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let peer_server = tokio::spawn(
+        warp::serve(network::routes(service.clone()))
+            .incoming(peer_listener)
+            .graceful(stopped(stop_rx.clone()))
+            .run(),
+    );
+    let client_server = tokio::spawn(
+        warp::serve(api::routes(service.clone()))
+            .incoming(client_listener)
+            .graceful(stopped(stop_rx.clone()))
+            .run(),
+    );
+    tokio::spawn(log_raft_changes(id, raft.clone()));
+    tracing::info!(
+        member = id,
+        peer = %config.member.peer_url,
+        client = %config.member.client_url,
+        data_dir = %config.data_dir.display(),
+        "member started"
+    );
+
+    match (&config.bootstrap, pristine) {
+        (Bootstrap::Static(members), true) => {
+            tracing::info!(member = id, members = members.len(), "empty store: initializing the cluster");
+            service.initialize(members.clone()).await?;
+        }
+        (Bootstrap::Static(_), false) => tracing::info!(member = id, "store has raft state: resuming"),
+        (Bootstrap::Join, true) => {
+            tracing::info!(member = id, "empty store: waiting to be added by a leader")
+        }
+        (Bootstrap::Join, false) => tracing::info!(member = id, "store has raft state: resuming"),
+    }
+
+    shutdown.await;
+    tracing::info!(member = id, "shutting down");
+    let _ = stop_tx.send(true);
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(member = id, error = %e, "raft did not shut down cleanly");
+    }
+    let _ = peer_server.await;
+    let _ = client_server.await;
+    tracing::info!(member = id, "stopped");
+    Ok(())
+}
+
+/// Logs every change of term, leader or role, so a failover can be followed from the logs.
+async fn log_raft_changes(id: NodeId, raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut seen: Option<(u64, Option<NodeId>, openraft::ServerState)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader, m.state)
+        };
+        if seen != Some(now) {
+            let (term, leader, state) = now;
+            tracing::info!(member = id, term, leader = ?leader, state = ?state, "raft state changed");
+            seen = Some(now);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! The replicated store as clients see it, on any member.
+//!
+//! Writes and membership changes run on the leader: a follower forwards them over the peer
+//! network itself, so clients never need to find the leader. Linearizable reads use the
+//! read-index protocol: the leader confirms its leadership with a quorum and names the log
+//! index a read must reflect; the member that got the read waits until it has applied that
+//! index and then answers from its own copy. Stale reads skip the round trip.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{ChangeMembers, ServerState};
+
+use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
+use crate::network::{PeerClient, PeerError};
+use crate::storage::{self, KvReader, RangePage};
+use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, RaftMetrics};
+
+/// How long a request may wait for a leader, forwarding hops and a read index in total.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Membership changes may wait longer: adding a learner waits until it has caught up.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(40);
+/// How far behind the leader's log a voter may be and still count as healthy.
+const HEALTHY_LAG: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no leader is known: the cluster is electing one, or has lost quorum")]
+    NoLeader,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("local storage failed: {0}")]
+    Storage(#[from] storage::StoreError),
+}
+
+impl From<ForwardError> for ServiceError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::NotLeader { .. } => ServiceError::NoLeader,
+            ForwardError::Unavailable(m) => ServiceError::Unavailable(m),
+            ForwardError::Rejected(m) => ServiceError::Invalid(m),
+            ForwardError::Conflict(m) => ServiceError::Conflict(m),
+        }
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    id: NodeId,
+    member: Member,
+    raft: Raft,
+    reader: KvReader,
+    peers: PeerClient,
+}
+
+impl Service {
+    pub fn new(id: NodeId, member: Member, raft: Raft, reader: KvReader, peers: PeerClient) -> Self {
+        Self { id, member, raft, reader, peers }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This member as it advertises itself.
+    pub fn own_member(&self) -> &Member {
+        &self.member
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn reader(&self) -> &KvReader {
+        &self.reader
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Commits `command` through raft and returns what applying it did.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, ServiceError> {
+        match self.execute(ForwardRequest::Write(command)).await? {
+            ForwardResponse::Written(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        key: String,
+        consistency: ReadConsistency,
+    ) -> Result<Option<KeyRecord>, ServiceError> {
+        self.await_freshness(consistency).await?;
+        Ok(self.reader.get(key).await?)
+    }
+
+    pub async fn range(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        consistency: ReadConsistency,
+    ) -> Result<RangePage, ServiceError> {
+        self.await_freshness(consistency).await?;
+        Ok(self.reader.range(start, end, limit).await?)
+    }
+
+    /// Carries out a membership change on the leader; returns the log index it committed at.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<u64, ServiceError> {
+        match self.execute(ForwardRequest::ChangeMembership(change)).await? {
+            ForwardResponse::MembershipChanged(index) => Ok(index),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Initializes raft on this member with `members` (which must include it).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ServiceError::Conflict(
+                "this member is already initialized; it never re-initializes".into(),
+            )),
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(ServiceError::Invalid(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ServiceError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The last committed log index as this member knows it.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.raft.with_raft_state(|st| st.committed.map(|id| id.index)).await.ok().flatten()
+    }
+
+    /// Ready to serve: a leader is known and everything known committed is applied.
+    pub async fn is_ready(&self) -> bool {
+        let m = self.metrics();
+        if m.current_leader.is_none() || m.running_state.is_err() {
+            return false;
+        }
+        let applied = m.last_applied.map(|id| id.index);
+        self.committed_index().await <= applied
+    }
+
+    async fn await_freshness(&self, consistency: ReadConsistency) -> Result<(), ServiceError> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(());
+        }
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        let index = match self.execute(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(index) => index,
+            other => return Err(unexpected(other)),
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.raft.wait(Some(wait)).applied_index_at_least(Some(index), "linearizable read").await.map_err(
+            |e| ServiceError::Unavailable(format!("this member did not catch up to index {index}: {e}")),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `request` on the leader, forwarding it when this member is not the leader.
+    ///
+    /// Retries only where the request certainly did not run: the target said it is not the
+    /// leader, or could not be connected to. Anything else is reported, since a write whose
+    /// answer was lost may or may not have been applied.
+    async fn execute(&self, request: ForwardRequest) -> Result<ForwardResponse, ServiceError> {
+        let budget = match request {
+            ForwardRequest::ChangeMembership(_) => MEMBERSHIP_DEADLINE,
+            _ => REQUEST_DEADLINE,
+        };
+        let deadline = Instant::now() + budget;
+        let mut attempt: u32 = 0;
+        loop {
+            let (leader, member) = self.await_leader(deadline).await?;
+            let outcome = if leader == self.id {
+                self.serve(request.clone()).await
+            } else {
+                crate::metrics::api().forwarded(route_of(&request));
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                match self.peers.forward(&member.peer_url, &request, timeout).await {
+                    Ok(outcome) => outcome,
+                    Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
+                    Err(e) => {
+                        Err(ForwardError::Unavailable(format!("forwarding to leader {leader} failed: {e}")))
+                    }
+                }
+            };
+            match outcome {
+                Ok(response) => return Ok(response),
+                Err(ForwardError::NotLeader { .. }) if Instant::now() < deadline && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ServiceError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let metrics = self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|_| ServiceError::NoLeader)?;
+        let leader = metrics.current_leader.ok_or(ServiceError::NoLeader)?;
+        let member = metrics.membership_config.membership().get_node(&leader).cloned().unwrap_or_default();
+        Ok((leader, member))
+    }
+
+    /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
+    pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
+        match request {
+            ForwardRequest::Write(command) => match self.raft.client_write(command).await {
+                Ok(response) => Ok(ForwardResponse::Written(response.data)),
+                Err(e) => Err(write_error(e)),
+            },
+            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _)) => Ok(ForwardResponse::ReadIndex(read_log_id.map_or(0, |id| id.index))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    Err(ForwardError::Unavailable(format!("leadership could not be confirmed: {e}")))
+                }
+                Err(RaftError::Fatal(e)) => Err(ForwardError::Unavailable(e.to_string())),
+            },
+            ForwardRequest::ChangeMembership(change) => self.apply_membership_change(change).await,
+        }
+    }
+
+    async fn apply_membership_change(
+        &self,
+        change: MembershipChange,
+    ) -> Result<ForwardResponse, ForwardError> {
+        let metrics = self.metrics();
+        if metrics.current_leader != Some(self.id) || metrics.state != ServerState::Leader {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let unchanged = Ok(ForwardResponse::MembershipChanged(
+            metrics.membership_config.log_id().map_or(0, |id| id.index),
+        ));
+        let result = match change {
+            MembershipChange::AddLearner { id, member } => {
+                if voters.contains(&id) {
+                    return Err(ForwardError::Conflict(format!("member {id} is already a voter")));
+                }
+                tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
+                self.raft.add_learner(id, member, true).await
+            }
+            MembershipChange::Promote { id } => {
+                if voters.contains(&id) {
+                    return unchanged;
+                }
+                if !learners.contains(&id) {
+                    return Err(ForwardError::Rejected(format!(
+                        "member {id} is not a learner: add it first"
+                    )));
+                }
+                let lag = replication_lag(&metrics, id);
+                if lag.is_none_or(|lag| lag > HEALTHY_LAG) {
+                    return Err(ForwardError::Conflict(format!(
+                        "learner {id} has not caught up with the leader's log (lag {lag:?}); try again later"
+                    )));
+                }
+                tracing::info!(member = id, "promoting learner to voter");
+                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+            }
+            MembershipChange::Remove { id } => {
+                if voters.contains(&id) {
+                    check_quorum_after_removal(&metrics, &voters, id)?;
+                    tracing::info!(member = id, "removing voter");
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                } else if learners.contains(&id) {
+                    tracing::info!(member = id, "removing learner");
+                    self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+                } else {
+                    return unchanged;
+                }
+            }
+        };
+        match result {
+            Ok(response) => Ok(ForwardResponse::MembershipChanged(response.log_id.index)),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+}
+
+/// How many entries `id`'s log is behind the leader's, as far as the leader knows.
+fn replication_lag(metrics: &RaftMetrics, id: NodeId) -> Option<u64> {
+    let last = metrics.last_log_index.unwrap_or(0);
+    if id == metrics.id {
+        return Some(0);
+    }
+    let matched = metrics.replication.as_ref()?.get(&id)?.as_ref()?.index;
+    Some(last.saturating_sub(matched))
+}
+
+/// Refuses to remove voter `id` unless the remaining voters still hold a healthy majority.
+fn check_quorum_after_removal(
+    metrics: &RaftMetrics,
+    voters: &BTreeSet<NodeId>,
+    id: NodeId,
+) -> Result<(), ForwardError> {
+    let remaining: Vec<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Err(ForwardError::Rejected(format!("member {id} is the last voter and cannot be removed")));
+    }
+    let healthy =
+        remaining.iter().filter(|v| replication_lag(metrics, **v).is_some_and(|l| l <= HEALTHY_LAG)).count();
+    let quorum = remaining.len() / 2 + 1;
+    if healthy < quorum {
+        return Err(ForwardError::Conflict(format!(
+            "removing member {id} would leave {healthy} healthy of {} voters, below the quorum of {quorum}",
+            remaining.len()
+        )));
+    }
+    Ok(())
+}
+
+fn not_leader(f: ForwardToLeader<NodeId, Member>) -> ForwardError {
+    ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(
+            e,
+        ))) => ForwardError::Conflict(format!("another membership change is in progress: {e}")),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ForwardError::Rejected(e.to_string())
+        }
+        RaftError::Fatal(e) => ForwardError::Unavailable(e.to_string()),
+    }
+}
+
+fn route_of(request: &ForwardRequest) -> &'static str {
+    match request {
+        ForwardRequest::Write(_) => "write",
+        ForwardRequest::ReadIndex => "read_index",
+        ForwardRequest::ChangeMembership(_) => "membership",
+    }
+}
+
+fn unexpected(response: ForwardResponse) -> ServiceError {
+    ServiceError::Unavailable(format!("the leader answered with an unexpected response: {response:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{LogId, Membership, StoredMembership};
+    use std::sync::Arc;
+
+    fn leader_metrics(last: u64, matched: &[(NodeId, Option<u64>)]) -> RaftMetrics {
+        let mut m = RaftMetrics::new_initial(1);
+        m.last_log_index = Some(last);
+        m.current_leader = Some(1);
+        m.state = ServerState::Leader;
+        let replication = matched
+            .iter()
+            .map(|(id, idx)| (*id, idx.map(|i| LogId::new(openraft::CommittedLeaderId::new(1, 1), i))))
+            .collect();
+        m.replication = Some(replication);
+        let voters: BTreeSet<NodeId> = std::iter::once(1).chain(matched.iter().map(|(id, _)| *id)).collect();
+        m.membership_config = Arc::new(StoredMembership::new(None, Membership::new(vec![voters], None)));
+        m
+    }
+
+    #[test]
+    fn removing_a_voter_is_allowed_while_the_rest_hold_a_healthy_majority() {
+        let m = leader_metrics(100, &[(2, Some(100)), (3, Some(99))]);
+        assert!(check_quorum_after_removal(&m, &BTreeSet::from([1, 2, 3]), 3).is_ok());
+    }
+
+    #[test]
+    fn removing_a_voter_is_refused_when_it_would_lose_quorum() {
+        // Of 1, 2, 3: 2 is unreachable; removing 3 would leave {1, 2} with only 1 healthy.
+        let m = leader_metrics(100, &[(2, None), (3, Some(100))]);
+        let refused = check_quorum_after_removal(&m, &BTreeSet::from([1, 2, 3]), 3);
+        assert!(matches!(refused, Err(ForwardError::Conflict(_))), "{refused:?}");
+    }
+
+    #[test]
+    fn the_last_voter_is_never_removed() {
+        let m = leader_metrics(100, &[]);
+        assert!(matches!(
+            check_quorum_after_removal(&m, &BTreeSet::from([1]), 1),
+            Err(ForwardError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn a_lagging_member_is_not_healthy() {
+        let m = leader_metrics(5_000, &[(2, Some(10))]);
+        assert_eq!(replication_lag(&m, 2), Some(4_990));
+        assert_eq!(replication_lag(&m, 1), Some(0));
+        assert_eq!(replication_lag(&m, 9), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! The raft log and vote, implementing openraft's [`RaftLogStorage`].
+//!
+//! How each clause of openraft's contract is met:
+//! - *Entries readable when `append` returns*: they are written to RocksDB (memtable and WAL)
+//!   before it returns.
+//! - *Callback only once durable*: the callback goes to the [`WalSyncer`], which fires it after
+//!   an fsync of the write-ahead log that covers the entries. One fsync serves a whole batch.
+//! - *Vote durable before `save_vote` returns*: it is written with `sync = true`.
+//! - *Serialized I/O, no holes*: openraft calls one method at a time on this store; every call
+//!   waits for its own write, and truncate/purge remove contiguous ranges.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use super::codec::{self, decode, decode_log_key, encode, log_key};
+use super::wal_sync::WalSyncer;
+use super::{cf, run_blocking, StoreError, CF_LOG, CF_RAFT};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// The raft log store. Cloning is cheap; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    syncer: Arc<WalSyncer>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+        let syncer = Arc::new(WalSyncer::start(db.clone())?);
+        Ok(Self { db, syncer })
+    }
+
+    /// True when anything raft-related was ever stored: a vote, a log entry or a purge mark.
+    pub(crate) async fn has_any_state(&self) -> Result<bool, StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let raft = cf(&db, CF_RAFT)?;
+            if db.get_cf(raft, codec::VOTE)?.is_some() || db.get_cf(raft, codec::LAST_PURGED)?.is_some() {
+                return Ok(true);
+            }
+            let log = cf(&db, CF_LOG)?;
+            Ok(db.iterator_cf(log, IteratorMode::Start).next().transpose()?.is_some())
+        })
+        .await
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match db.get_cf(cf(db, CF_RAFT)?, key)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write(db: &DB, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        Ok(db.write_opt(batch, &opts)?)
+    }
+}
+
+fn read_err(e: StoreError) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: StoreError) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i.checked_add(1),
+        Bound::Excluded(&i) => Some(i),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+fn read_entries(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+    let log = cf(db, CF_LOG)?;
+    let from = log_key(start);
+    let mut entries = Vec::new();
+    for item in db.iterator_cf(log, IteratorMode::From(&from, Direction::Forward)) {
+        let (key, value) = item?;
+        let index = decode_log_key(&key)?;
+        if end.is_some_and(|end| index >= end) {
+            break;
+        }
+        entries.push(decode::<Entry>(&value)?);
+    }
+    Ok(entries)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = bounds(&range);
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        run_blocking(move || read_entries(&db, start, end)).await.map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let last_purged: Option<LogId> = Self::read_meta(&db, codec::LAST_PURGED)?;
+            let log = cf(&db, CF_LOG)?;
+            let last = match db.iterator_cf(log, IteratorMode::End).next().transpose()? {
+                Some((_, value)) => Some(decode::<Entry>(&value)?.log_id),
+                None => last_purged,
+            };
+            Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        })
+        .await
+        .map_err(read_err)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let vote = *vote;
+        run_blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT)?, codec::VOTE, encode(&vote)?);
+            Self::write(&db, batch, true)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || Self::read_meta(&db, codec::VOTE))
+            .await
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT)?, codec::COMMITTED, encode(&committed)?);
+            // Not synced: a lost commit mark is re-learned from the leader, and the state
+            // machine records what it applied itself.
+            Self::write(&db, batch, false)
+        })
+        .await
+        .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || Ok(Self::read_meta::<Option<LogId>>(&db, codec::COMMITTED)?.flatten()))
+            .await
+            .map_err(read_err)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(write_err)?;
+            encoded.push((log_key(entry.log_id.index), bytes));
+        }
+        let db = self.db.clone();
+        run_blocking(move || {
+            let log = cf(&db, CF_LOG)?;
+            let mut batch = WriteBatch::default();
+            for (key, value) in &encoded {
+                batch.put_cf(log, key, value);
+            }
+            Self::write(&db, batch, false)
+        })
+        .await
+        .map_err(write_err)?;
+        self.syncer.sync_then(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(log_id.index), log_key(u64::MAX));
+            batch.delete_cf(cf(&db, CF_LOG)?, log_key(u64::MAX));
+            // Synced so that conflicting entries a new leader overwrote never come back.
+            Self::write(&db, batch, true)
+        })
+        .await
+        .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT)?, codec::LAST_PURGED, encode(&log_id)?);
+            let end = log_id.index.saturating_add(1);
+            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(0), log_key(end));
+            Self::write(&db, batch, false)
+        })
+        .await
+        .map_err(write_err)
+    }
+}

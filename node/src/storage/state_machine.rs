@@ -1,0 +1,506 @@
+//! The key-value state machine, implementing openraft's [`RaftStateMachine`].
+//!
+//! The state machine is persistent: `apply` writes the keys, `last_applied` and the membership
+//! in one atomic `WriteBatch`, so a restart resumes from where it was instead of replaying the
+//! whole log. Snapshots are built from a consistent RocksDB snapshot (a point-in-time view that
+//! holds data and `last_applied` together) and streamed to a file; installing one replaces the
+//! whole `kv` column family and the metadata in one `WriteBatch`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use super::codec::{self, decode, decode_record, encode, encode_record};
+use super::snapshot::{SnapshotReader, SnapshotWriter};
+use super::{cf, run_blocking, StoreError, CF_KV, CF_SM};
+use crate::metrics;
+use crate::types::{
+    Command, CommandResult, Entry, KeyRecord, LogId, Precondition, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+const CURRENT_SNAPSHOT: &str = "current.snap";
+
+/// Applies a command to a key's current state. Pure: returns the answer and, if the key
+/// changes, its new state (`Some(None)` for a deletion).
+pub(crate) fn apply_command(
+    command: Command,
+    revision: u64,
+    current: Option<&KeyRecord>,
+) -> (CommandResult, Option<Option<KeyRecord>>) {
+    let holds = |p: Option<Precondition>| match p {
+        None => true,
+        Some(Precondition::Absent) | Some(Precondition::ModRevision(0)) => current.is_none(),
+        Some(Precondition::ModRevision(rev)) => current.is_some_and(|r| r.mod_revision == rev),
+    };
+    let prev = current.cloned();
+    match command {
+        Command::Put { value, precondition, .. } => {
+            if !holds(precondition) {
+                return (CommandResult { revision, succeeded: false, prev }, None);
+            }
+            let record = KeyRecord {
+                create_revision: current.map_or(revision, |r| r.create_revision),
+                mod_revision: revision,
+                version: current.map_or(1, |r| r.version + 1),
+                value,
+            };
+            (CommandResult { revision, succeeded: true, prev }, Some(Some(record)))
+        }
+        Command::Delete { precondition, .. } => {
+            if !holds(precondition) {
+                return (CommandResult { revision, succeeded: false, prev }, None);
+            }
+            let change = current.map(|_| None);
+            (CommandResult { revision, succeeded: true, prev }, change)
+        }
+    }
+}
+
+/// The state machine handed to openraft.
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+impl StateMachine {
+    pub(crate) async fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
+        let dir = snapshot_dir.clone();
+        run_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            // A crash while building or installing leaves partial files; they are never read.
+            for entry in std::fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
+                let path = entry.map_err(|e| StoreError::io(&dir, e))?.path();
+                if path.file_name().is_some_and(|n| n != CURRENT_SNAPSHOT) {
+                    std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Self { db, snapshot_dir })
+    }
+}
+
+fn sm_read_err(e: StoreError) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn sm_write_err(e: StoreError) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+}
+
+fn snapshot_err(e: StoreError) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn read_sm_meta<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    opts: ReadOptions,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match db.get_cf_opt(cf(db, CF_SM)?, key, &opts)? {
+        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StoreError> {
+    let kv = cf(db, CF_KV)?;
+    let mut batch = WriteBatch::default();
+    // Later commands in the batch must see the effect of earlier ones on the same key.
+    let mut pending: HashMap<String, Option<KeyRecord>> = HashMap::new();
+    let mut results = Vec::with_capacity(entries.len());
+    let mut last_applied = None;
+    let mut membership = None;
+    for entry in entries {
+        let revision = entry.log_id.index;
+        last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => results.push(CommandResult { revision, succeeded: true, prev: None }),
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                results.push(CommandResult { revision, succeeded: true, prev: None });
+            }
+            EntryPayload::Normal(command) => {
+                let key = command.key().to_string();
+                let current = match pending.get(&key) {
+                    Some(state) => state.clone(),
+                    None => db.get_pinned_cf(kv, key.as_bytes())?.map(|b| decode_record(&b)).transpose()?,
+                };
+                let (result, change) = apply_command(command, revision, current.as_ref());
+                if let Some(new_state) = change {
+                    match &new_state {
+                        Some(record) => batch.put_cf(kv, key.as_bytes(), encode_record(record)),
+                        None => batch.delete_cf(kv, key.as_bytes()),
+                    }
+                    pending.insert(key, new_state);
+                }
+                results.push(result);
+            }
+        }
+    }
+    let sm = cf(db, CF_SM)?;
+    if let Some(last_applied) = last_applied {
+        batch.put_cf(sm, codec::LAST_APPLIED, encode(&Some(last_applied))?);
+    }
+    if let Some(membership) = membership {
+        batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&membership)?);
+    }
+    // Not synced: every applied entry is already durable in the raft log, and RocksDB's single
+    // write-ahead log keeps this write ordered after them. A crash loses at most a suffix of
+    // applies, which openraft replays from the log.
+    let mut opts = WriteOptions::default();
+    opts.set_sync(false);
+    db.write_opt(batch, &opts)?;
+    Ok(results)
+}
+
+fn snapshot_id(last: Option<LogId>) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    match last {
+        Some(id) => format!("{}-{}-{nanos}", id.leader_id.term, id.index),
+        None => format!("0-0-{nanos}"),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+/// Writes a snapshot of the state machine as of now, makes it the current one, and returns it
+/// opened for reading.
+fn build_snapshot_file(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), StoreError> {
+    let started = std::time::Instant::now();
+    let view = db.snapshot();
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&view);
+    let last_applied: Option<LogId> = read_sm_meta::<Option<LogId>>(db, opts, codec::LAST_APPLIED)?.flatten();
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&view);
+    let last_membership: StoredMembership =
+        read_sm_meta(db, opts, codec::LAST_MEMBERSHIP)?.unwrap_or_default();
+    let meta =
+        SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id: snapshot_id(last_applied) };
+
+    let building = dir.join(format!("{}.building", meta.snapshot_id));
+    let file = File::create(&building).map_err(|e| StoreError::io(&building, e))?;
+    let mut writer = SnapshotWriter::new(BufWriter::new(file), &meta)?;
+    for item in view.iterator_cf(cf(db, CF_KV)?, IteratorMode::Start) {
+        let (key, record) = item?;
+        writer.record(&key, &record)?;
+    }
+    let file = writer.finish()?.into_inner().map_err(|e| StoreError::io(&building, e.into_error()))?;
+    file.sync_all().map_err(|e| StoreError::io(&building, e))?;
+    let current = dir.join(CURRENT_SNAPSHOT);
+    std::fs::rename(&building, &current).map_err(|e| StoreError::io(&current, e))?;
+    sync_dir(dir)?;
+    metrics::storage().observe_snapshot_build(started.elapsed());
+    let file = File::open(&current).map_err(|e| StoreError::io(&current, e))?;
+    Ok((meta, file))
+}
+
+/// Makes the received snapshot in `received` current, then replaces the state machine with it
+/// in one atomic write.
+fn install_snapshot_file(
+    db: &DB,
+    dir: &Path,
+    mut received: File,
+    expected: &SnapshotMeta,
+) -> Result<(), StoreError> {
+    let installing = dir.join("installing.tmp");
+    received.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(&installing, e))?;
+    let mut copy = File::create(&installing).map_err(|e| StoreError::io(&installing, e))?;
+    std::io::copy(&mut received, &mut copy).map_err(|e| StoreError::io(&installing, e))?;
+    copy.sync_all().map_err(|e| StoreError::io(&installing, e))?;
+    drop(copy);
+
+    let file = File::open(&installing).map_err(|e| StoreError::io(&installing, e))?;
+    let (meta, mut reader) = SnapshotReader::open(BufReader::new(file))?;
+    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot file describes {:?}, but it was sent as {:?}",
+            meta.last_log_id, expected.last_log_id
+        )));
+    }
+    let kv = cf(db, CF_KV)?;
+    let mut batch = WriteBatch::default();
+    // User keys are UTF-8, which never contains the byte 0xFF: this range covers every key.
+    batch.delete_range_cf(kv, &b""[..], &b"\xff"[..]);
+    while let Some((key, record)) = reader.next_record()? {
+        decode_record(&record)?;
+        batch.put_cf(kv, &key, &record);
+    }
+    let sm = cf(db, CF_SM)?;
+    batch.put_cf(sm, codec::LAST_APPLIED, encode(&meta.last_log_id)?);
+    batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&meta.last_membership)?);
+
+    let current = dir.join(CURRENT_SNAPSHOT);
+    std::fs::rename(&installing, &current).map_err(|e| StoreError::io(&current, e))?;
+    sync_dir(dir)?;
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    Ok(())
+}
+
+fn open_current_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
+    let current = dir.join(CURRENT_SNAPSHOT);
+    let file = match File::open(&current) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(&current, e)),
+    };
+    let (meta, _) = SnapshotReader::open(BufReader::new(&file))?;
+    let mut file = file;
+    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(&current, e))?;
+    Ok(Some((meta, file)))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let applied = read_sm_meta::<Option<LogId>>(&db, ReadOptions::default(), codec::LAST_APPLIED)?;
+            let membership = read_sm_meta(&db, ReadOptions::default(), codec::LAST_MEMBERSHIP)?;
+            Ok((applied.flatten(), membership.unwrap_or_default()))
+        })
+        .await
+        .map_err(sm_read_err)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        let started = std::time::Instant::now();
+        let count = entries.len();
+        let results = run_blocking(move || apply_entries(&db, entries)).await.map_err(sm_write_err)?;
+        metrics::storage().observe_apply(started.elapsed(), count);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), snapshot_dir: self.snapshot_dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let dir = self.snapshot_dir.clone();
+        // An unnamed temporary file: it disappears by itself if the transfer is abandoned.
+        let file = run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e)))
+            .await
+            .map_err(snapshot_err)?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let received = snapshot.into_std().await;
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let expected = meta.clone();
+        run_blocking(move || install_snapshot_file(&db, &dir, received, &expected))
+            .await
+            .map_err(snapshot_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let dir = self.snapshot_dir.clone();
+        let current = run_blocking(move || open_current_snapshot(&dir))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        Ok(current.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+    }
+}
+
+/// Builds snapshots on openraft's request, from a consistent view of the state machine.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let (meta, file) =
+            run_blocking(move || build_snapshot_file(&db, &dir)).await.map_err(snapshot_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+    }
+}
+
+/// One page of an ordered listing.
+#[derive(Debug)]
+pub struct RangePage {
+    pub entries: Vec<(String, KeyRecord)>,
+    pub next_key: Option<String>,
+    /// The revision (last applied log index) the page was read at.
+    pub revision: u64,
+}
+
+/// Read access to the key-value data, for serving clients beside raft.
+#[derive(Clone)]
+pub struct KvReader {
+    db: Arc<DB>,
+}
+
+impl KvReader {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<KeyRecord>, StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            db.get_pinned_cf(cf(&db, CF_KV)?, key.as_bytes())?.map(|b| decode_record(&b)).transpose()
+        })
+        .await
+    }
+
+    /// Keys in `[start, end)` (no upper bound when `end` is `None`), at most `limit`, read from
+    /// one consistent view.
+    pub async fn range(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<RangePage, StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let view = db.snapshot();
+            let mut opts = ReadOptions::default();
+            opts.set_snapshot(&view);
+            let revision = read_sm_meta::<Option<LogId>>(&db, opts, codec::LAST_APPLIED)?
+                .flatten()
+                .map_or(0, |id| id.index);
+            let mut entries = Vec::new();
+            let mut next_key = None;
+            let iter = view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
+            for item in iter {
+                let (key, record) = item?;
+                if end.as_ref().is_some_and(|end| *key >= **end) {
+                    break;
+                }
+                let key = String::from_utf8(key.into_vec())
+                    .map_err(|_| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
+                if entries.len() == limit {
+                    next_key = Some(key);
+                    break;
+                }
+                entries.push((key, decode_record(&record)?));
+            }
+            Ok(RangePage { entries, next_key, revision })
+        })
+        .await
+    }
+
+    /// The last log id applied to the state machine.
+    pub async fn last_applied(&self) -> Result<Option<LogId>, StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            Ok(read_sm_meta::<Option<LogId>>(&db, ReadOptions::default(), codec::LAST_APPLIED)?.flatten())
+        })
+        .await
+    }
+
+    /// Approximate on-disk size of the store, in bytes.
+    pub fn disk_size(&self) -> u64 {
+        super::disk_size(&self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(value: &str, precondition: Option<Precondition>) -> Command {
+        Command::Put { key: "k".into(), value: value.as_bytes().to_vec(), precondition }
+    }
+
+    fn record(create: u64, modified: u64, version: u64, value: &str) -> KeyRecord {
+        KeyRecord {
+            create_revision: create,
+            mod_revision: modified,
+            version,
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_first_put_creates_the_key_at_its_revision() {
+        let (result, change) = apply_command(put("v", None), 7, None);
+        assert!(result.succeeded);
+        assert_eq!(result.prev, None);
+        assert_eq!(change, Some(Some(record(7, 7, 1, "v"))));
+    }
+
+    #[test]
+    fn a_later_put_keeps_the_create_revision_and_bumps_the_version() {
+        let current = record(7, 7, 1, "v");
+        let (result, change) = apply_command(put("w", None), 9, Some(&current));
+        assert_eq!(result.prev, Some(current));
+        assert_eq!(change, Some(Some(record(7, 9, 2, "w"))));
+    }
+
+    #[test]
+    fn compare_and_swap_writes_only_when_the_mod_revision_matches() {
+        let current = record(3, 5, 2, "v");
+        let (ok, change) = apply_command(put("w", Some(Precondition::ModRevision(5))), 8, Some(&current));
+        assert!(ok.succeeded);
+        assert!(change.is_some());
+        let (stale, change) = apply_command(put("w", Some(Precondition::ModRevision(4))), 8, Some(&current));
+        assert!(!stale.succeeded);
+        assert_eq!(stale.prev, Some(current));
+        assert_eq!(change, None);
+    }
+
+    #[test]
+    fn must_not_exist_fails_on_an_existing_key_and_succeeds_on_a_missing_one() {
+        let current = record(3, 5, 2, "v");
+        let (exists, change) = apply_command(put("w", Some(Precondition::Absent)), 8, Some(&current));
+        assert!(!exists.succeeded);
+        assert_eq!(change, None);
+        let (absent, change) = apply_command(put("w", Some(Precondition::Absent)), 8, None);
+        assert!(absent.succeeded);
+        assert_eq!(change, Some(Some(record(8, 8, 1, "w"))));
+    }
+
+    #[test]
+    fn deleting_a_missing_key_changes_nothing() {
+        let (result, change) =
+            apply_command(Command::Delete { key: "k".into(), precondition: None }, 4, None);
+        assert!(result.succeeded);
+        assert_eq!(result.prev, None);
+        assert_eq!(change, None);
+    }
+
+    #[test]
+    fn a_conditional_delete_removes_only_the_expected_revision() {
+        let current = record(3, 5, 2, "v");
+        let delete =
+            |rev| Command::Delete { key: "k".into(), precondition: Some(Precondition::ModRevision(rev)) };
+        assert_eq!(apply_command(delete(4), 9, Some(&current)).1, None);
+        assert_eq!(apply_command(delete(5), 9, Some(&current)).1, Some(None));
+    }
+}

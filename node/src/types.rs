@@ -1,0 +1,86 @@
+//! The application types openraft is instantiated with: what a member is, what a log entry
+//! carries, and what applying it answers.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// metaStore's raft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
+
+/// A member as the raft membership records it: where its peers and its clients reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Base URL of the member's peer (raft) listener.
+    pub peer_url: String,
+    /// Base URL of the member's client API; empty when it was configured statically without one.
+    pub client_url: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "peer={} client={}", self.peer_url, self.client_url)
+    }
+}
+
+/// A condition on the key's current state that a write requires (compare-and-swap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    Absent,
+    ModRevision(u64),
+}
+
+/// A state-machine command: the payload of a normal log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put { key: String, value: Vec<u8>, precondition: Option<Precondition> },
+    Delete { key: String, precondition: Option<Precondition> },
+}
+
+impl Command {
+    pub fn key(&self) -> &str {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A key as stored: its value and revision metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// What applying a [`Command`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The revision (log index) of the entry that carried the command.
+    pub revision: u64,
+    /// False when the precondition did not hold; then nothing was written.
+    pub succeeded: bool,
+    /// The key before the command (on failure: the key as it is, which made the compare fail).
+    pub prev: Option<KeyRecord>,
+}

@@ -1,0 +1,171 @@
+//! The client API on a real single-member store: revisions, compare-and-swap, ranges, errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use metastore_client::{Client, Consistency, Precondition, RangeRequest, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+async fn single() -> (Cluster, Client) {
+    let cluster = Cluster::start(1, &[]);
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let client = cluster.node(1).client();
+    eventually(Duration::from_secs(10), || client.put("warmup", b"x".to_vec(), None)).await;
+    (cluster, client)
+}
+
+fn url(cluster: &Cluster, path: &str) -> String {
+    format!("{}{path}", cluster.node(1).client_url())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_carry_revisions_and_versions() {
+    let (_cluster, client) = single().await;
+    let first = client.put("a", b"1".to_vec(), None).await.expect("put");
+    assert_eq!(first.prev_kv, None);
+    let second = client.put("a", b"2".to_vec(), None).await.expect("put");
+    assert!(second.revision > first.revision, "revisions grow");
+    assert_eq!(second.prev_kv.as_ref().map(|kv| kv.value.clone()), Some(b"1".to_vec()));
+    let kv = client.get("a", Consistency::Linearizable).await.expect("get").expect("present");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (first.revision, second.revision, 2));
+    assert_eq!(kv.value, b"2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_and_swap_succeeds_only_on_the_expected_revision() {
+    let (_cluster, client) = single().await;
+    let created = client.put("cas", b"v1".to_vec(), Some(Precondition::Absent)).await.expect("create");
+    let again = client.put("cas", b"v1".to_vec(), Some(Precondition::Absent)).await.expect_err("exists");
+    assert_eq!(again.status(), Some(409));
+
+    let stale =
+        client.put("cas", b"v2".to_vec(), Some(Precondition::ModRevision(created.revision + 100))).await;
+    assert_eq!(stale.expect_err("stale revision").status(), Some(409));
+    client.put("cas", b"v2".to_vec(), Some(Precondition::ModRevision(created.revision))).await.expect("swap");
+
+    let kv = client.get("cas", Consistency::Linearizable).await.expect("get").expect("present");
+    let wrong = client.delete("cas", Some(Precondition::ModRevision(created.revision))).await;
+    assert_eq!(wrong.expect_err("old revision").status(), Some(409));
+    let deleted =
+        client.delete("cas", Some(Precondition::ModRevision(kv.mod_revision))).await.expect("delete");
+    assert!(deleted.deleted);
+    assert_eq!(client.get("cas", Consistency::Linearizable).await.expect("get"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_list_in_order_and_paginate() {
+    let (_cluster, client) = single().await;
+    for i in 0..25 {
+        client.put(&format!("dir/{i:02}"), vec![i as u8], None).await.expect("put");
+    }
+    client.put("dis", b"outside".to_vec(), None).await.expect("put");
+    let mut seen = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .range(&RangeRequest {
+                prefix: Some("dir/".into()),
+                start: start.clone(),
+                limit: Some(10),
+                ..Default::default()
+            })
+            .await
+            .expect("range");
+        seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+        if !page.more {
+            break;
+        }
+        start = page.next_key;
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("dir/{i:02}")).collect();
+    assert_eq!(seen, expected);
+    let stale = client
+        .range(&RangeRequest {
+            prefix: Some("dir/".into()),
+            consistency: Consistency::Stale,
+            ..Default::default()
+        })
+        .await
+        .expect("stale range");
+    assert_eq!(stale.kvs.len(), 25);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let (cluster, client) = single().await;
+    let http = reqwest::Client::new();
+    let check = |status: u16, code: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status().as_u16(), status);
+            let body: serde_json::Value = resp.json().await.expect("a JSON error body");
+            assert_eq!(body["error"], code, "{body}");
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    };
+    let send = |req: reqwest::RequestBuilder| async move { req.send().await.expect("answered") };
+
+    check(400, "invalid_key")(send(http.get(url(&cluster, "/v1/kv/bad%FFkey"))).await).await;
+    check(400, "invalid_key")(send(http.put(url(&cluster, "/bad%C3%28")).body("x")).await).await;
+    let long_key = "k".repeat(MAX_KEY_BYTES + 1);
+    check(413, "key_too_large")(send(http.put(url(&cluster, &format!("/v1/kv/{long_key}"))).body("x")).await)
+        .await;
+    let big = vec![b'v'; MAX_VALUE_BYTES + 1];
+    check(413, "body_too_large")(send(http.put(url(&cluster, "/v1/kv/big")).body(big)).await).await;
+    check(400, "invalid_precondition")(
+        send(http.put(url(&cluster, "/v1/kv/a?if_mod_revision=x")).body("x")).await,
+    )
+    .await;
+    check(400, "invalid_consistency")(send(http.get(url(&cluster, "/v1/kv/a?consistency=maybe"))).await)
+        .await;
+    check(400, "invalid_limit")(send(http.get(url(&cluster, "/v1/kv?limit=0"))).await).await;
+    check(400, "invalid_json")(send(http.post(url(&cluster, "/v1/cluster/members")).body("{not json")).await)
+        .await;
+    let bad_member = r#"{"id": 0, "peer_url": "http://127.0.0.1:1"}"#;
+    check(400, "invalid_member")(
+        send(http.post(url(&cluster, "/v1/cluster/members")).body(bad_member)).await,
+    )
+    .await;
+    check(404, "key_not_found")(send(http.get(url(&cluster, "/v1/kv/absent"))).await).await;
+    check(404, "not_found")(send(http.get(url(&cluster, "/v1/nothing/here"))).await).await;
+
+    assert_eq!(client.get("big", Consistency::Linearizable).await.expect("get"), None);
+    assert_eq!(client.get("a", Consistency::Linearizable).await.expect("get"), None);
+    // A value of exactly the limit is accepted.
+    client.put("max", vec![b'v'; MAX_VALUE_BYTES], None).await.expect("a value at the limit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_and_metrics_are_served() {
+    let (cluster, client) = single().await;
+    let http = reqwest::Client::new();
+    assert!(client.ready().await.expect("readyz"));
+    let health = http.get(url(&cluster, "/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status().as_u16(), 200);
+    let metrics =
+        http.get(url(&cluster, "/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for name in [
+        "metastore_raft_term",
+        "metastore_raft_applied_index",
+        "metastore_http_requests_total",
+        "metastore_log_sync_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_member_waits_until_initialized_through_the_api() {
+    let mut cluster = Cluster::empty();
+    let index = cluster.add_joining(1, &[]);
+    let client = cluster.nodes[index].client();
+    eventually(Duration::from_secs(10), || async {
+        client.cluster().await.map(|s| assert!(!s.initialized, "a joining member does not bootstrap"))
+    })
+    .await;
+    assert!(!client.ready().await.expect("readyz answers"));
+    client.init(vec![]).await.expect("init");
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), || client.put("k", b"v".to_vec(), None)).await;
+    assert_eq!(client.init(vec![]).await.expect_err("second init").status(), Some(409));
+}

@@ -1,0 +1,221 @@
+//! Cluster behaviour with real processes: failover, minority loss, catch-up through a snapshot,
+//! growing and shrinking under load, and refusing to re-initialize.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use metastore_client::{AddMemberRequest, Client, ClientError, Consistency, MemberRole};
+
+const ELECTION: Duration = Duration::from_secs(30);
+
+async fn put(client: &Client, key: &str, value: &str) -> Result<u64, ClientError> {
+    client.put(key, value.as_bytes().to_vec(), None).await.map(|r| r.revision)
+}
+
+async fn value_of(client: &Client, key: &str, consistency: Consistency) -> Option<String> {
+    let kv = client.get(key, consistency).await.ok()??;
+    String::from_utf8(kv.value).ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_leader_elects_a_new_one_and_writes_resume() {
+    let mut cluster = Cluster::start(3, &[]);
+    let old = cluster.wait_for_leader(ELECTION).await;
+    let any = cluster.node(old).client();
+    eventually(Duration::from_secs(10), || put(&any, "before", "1")).await;
+
+    cluster.kill(old);
+    let new = cluster.wait_for_leader(ELECTION).await;
+    assert_ne!(new, old, "a surviving member leads");
+    let survivor = cluster.running().next().expect("a survivor").client();
+    eventually(Duration::from_secs(10), || put(&survivor, "after", "2")).await;
+    for node in cluster.running() {
+        assert_eq!(value_of(&node.client(), "before", Consistency::Linearizable).await.as_deref(), Some("1"));
+        assert_eq!(value_of(&node.client(), "after", Consistency::Linearizable).await.as_deref(), Some("2"));
+    }
+
+    // The old leader comes back as a follower and catches up.
+    cluster.restart(old);
+    let back = cluster.node(old).client();
+    eventually(Duration::from_secs(20), || async {
+        match value_of(&back, "after", Consistency::Stale).await {
+            Some(v) if v == "2" => Ok(()),
+            other => Err(format!("member {old} has {other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_member_of_three_down_writes_continue_and_it_catches_up() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+
+    let client = cluster.node(leader).client();
+    for i in 0..20 {
+        let (key, value) = (format!("k{i}"), i.to_string());
+        eventually(Duration::from_secs(10), || put(&client, &key, &value)).await;
+    }
+    cluster.restart(follower);
+    let back = cluster.node(follower).client();
+    eventually(Duration::from_secs(20), || async {
+        match value_of(&back, "k19", Consistency::Stale).await {
+            Some(v) if v == "19" => Ok(()),
+            other => Err(format!("member {follower} has {other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-entries", "20"]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(lagging);
+
+    let client = cluster.node(leader).client();
+    for i in 0..150 {
+        let (key, value) = (format!("key-{i:03}"), format!("v{i}"));
+        eventually(Duration::from_secs(10), || put(&client, &key, &value)).await;
+    }
+    let purged = eventually(Duration::from_secs(20), || async {
+        let status = cluster.status(leader).await;
+        match status.purged_index {
+            Some(p) if p > 20 => Ok(p),
+            other => Err(format!("leader has purged up to {other:?}")),
+        }
+    })
+    .await;
+    assert!(purged > 20, "the leader purged its log behind a snapshot");
+
+    cluster.restart(lagging);
+    let back = cluster.node(lagging).client();
+    eventually(Duration::from_secs(30), || async {
+        match value_of(&back, "key-149", Consistency::Stale).await {
+            Some(v) if v == "v149" => Ok(()),
+            other => Err(format!("member {lagging} has {other:?}")),
+        }
+    })
+    .await;
+    let status = cluster.status(lagging).await;
+    assert!(status.snapshot_index.is_some(), "the lagging member installed a snapshot: {status:?}");
+    for i in [0, 75, 149] {
+        assert_eq!(
+            value_of(&back, &format!("key-{i:03}"), Consistency::Stale).await,
+            Some(format!("v{i}")),
+            "key-{i:03} on member {lagging}"
+        );
+    }
+}
+
+/// Writes distinct keys in a loop through every member in turn, recording each acknowledged one.
+async fn writer(clients: Vec<Client>, stop: Arc<AtomicBool>) -> BTreeMap<String, String> {
+    let mut acknowledged = BTreeMap::new();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w-{i:06}");
+        let value = format!("value-{i}");
+        let client = &clients[i as usize % clients.len()];
+        if client.put(&key, value.as_bytes().to_vec(), None).await.is_ok() {
+            acknowledged.insert(key, value);
+        }
+        i += 1;
+    }
+    acknowledged
+}
+
+async fn voters_and_learners(client: &Client) -> (Vec<u64>, Vec<u64>) {
+    let status = client.cluster().await.expect("status");
+    let pick = |role| status.members.iter().filter(|m| m.role == role).map(|m| m.id).collect();
+    (pick(MemberRole::Voter), pick(MemberRole::Learner))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn growing_to_five_and_shrinking_to_three_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader(ELECTION).await;
+    let admin = cluster.node(1).client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = tokio::spawn(writer((1..=3).map(|id| cluster.node(id).client()).collect(), stop.clone()));
+
+    for id in [4, 5] {
+        cluster.add_joining(id, &[]);
+        let joining = cluster.node(id);
+        assert!(
+            !joining.client().ready().await.unwrap_or(false),
+            "a joining member is not ready before it is added"
+        );
+        let request = AddMemberRequest { id, peer_url: joining.peer_url(), client_url: joining.client_url() };
+        eventually(Duration::from_secs(30), || admin.add_learner(&request)).await;
+        eventually(Duration::from_secs(30), || admin.promote(id)).await;
+    }
+    assert_eq!(voters_and_learners(&admin).await, (vec![1, 2, 3, 4, 5], vec![]));
+
+    for id in [5, 4] {
+        eventually(Duration::from_secs(30), || admin.remove_member(id)).await;
+        cluster.stop(id);
+    }
+    assert_eq!(voters_and_learners(&admin).await, (vec![1, 2, 3], vec![]));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writers.await.expect("writer");
+    assert!(acknowledged.len() > 20, "the writer made progress: {} writes", acknowledged.len());
+    for id in 1..=3 {
+        let client = cluster.node(id).client();
+        let page = client
+            .range(&metastore_client::RangeRequest {
+                prefix: Some("w-".into()),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .expect("range");
+        let stored: BTreeMap<String, String> =
+            page.kvs.into_iter().map(|kv| (kv.key, String::from_utf8(kv.value).expect("utf-8"))).collect();
+        for (key, value) in &acknowledged {
+            assert_eq!(stored.get(key), Some(value), "acknowledged {key} on member {id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_with_data_never_reinitializes_whatever_its_flags() {
+    let mut cluster = Cluster::start(1, &[]);
+    cluster.wait_for_leader(ELECTION).await;
+    let client = cluster.node(1).client();
+    eventually(Duration::from_secs(10), || put(&client, "kept", "yes")).await;
+    cluster.stop(1);
+
+    // Restarted as if it were the first of a new three-member cluster.
+    let node = cluster.node(1);
+    let other_peers = format!(
+        "{},http://127.0.0.1:{},http://127.0.0.1:{}",
+        node.peer_url(),
+        common::free_port(),
+        common::free_port()
+    );
+    let args = vec![
+        "--member-id".to_string(),
+        "1".to_string(),
+        "--cluster".to_string(),
+        other_peers,
+        "--port".to_string(),
+        node.client_port.to_string(),
+    ];
+    cluster.restart_with(1, args);
+    cluster.wait_for_leader(ELECTION).await;
+    let status = cluster.status(1).await;
+    assert_eq!(status.members.len(), 1, "the membership is the stored one: {status:?}");
+    assert_eq!(value_of(&client, "kept", Consistency::Linearizable).await.as_deref(), Some("yes"));
+    let again = client.init(vec![]).await.expect_err("init on a member with data is refused");
+    assert_eq!(again.status(), Some(409));
+}

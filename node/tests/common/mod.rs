@@ -1,0 +1,254 @@
+//! A harness that runs real `metastore` processes on 127.0.0.1, each on ports of its own and
+//! with its data in a temporary directory, and talks to them through the client crate.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use metastore_client::{Client, ClusterStatus};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_metastore");
+
+/// A port nobody listens on right now (the OS picks it; released for the node to take).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.client_url())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A set of member processes sharing one working directory (so `data/N` lands in it).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// `n` members started statically with the seed report's flags, on fresh ports.
+    pub fn start(n: usize, extra: &[&str]) -> Self {
+        let mut cluster = Self::empty();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let urls: Vec<String> = ports.iter().map(|(p, _)| format!("http://127.0.0.1:{p}")).collect();
+        for (i, (peer, client)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut args = vec![
+                "--member-id".to_string(),
+                id.to_string(),
+                "--cluster".to_string(),
+                urls.join(","),
+                "--port".to_string(),
+                client.to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            cluster.add(id, *peer, *client, args);
+        }
+        cluster
+    }
+
+    pub fn empty() -> Self {
+        Self { dir: tempfile::tempdir().expect("temp dir"), nodes: Vec::new() }
+    }
+
+    /// Registers and starts a member with explicit arguments.
+    pub fn add(&mut self, id: u64, peer_port: u16, client_port: u16, args: Vec<String>) -> usize {
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        self.nodes.push(Node { id, client_port, peer_port, args, child: None, log });
+        let index = self.nodes.len() - 1;
+        self.spawn(index);
+        index
+    }
+
+    /// Starts a member that joins (does not bootstrap) and waits to be added.
+    pub fn add_joining(&mut self, id: u64, extra: &[&str]) -> usize {
+        let (peer, client) = (free_port(), free_port());
+        let mut args = vec![
+            "--join".to_string(),
+            "--member-id".to_string(),
+            id.to_string(),
+            "--advertise-peer-url".to_string(),
+            format!("http://127.0.0.1:{peer}"),
+            "--port".to_string(),
+            client.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.add(id, peer, client, args)
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("no such member")
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).expect("no such member")
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let dir = self.dir.path().to_path_buf();
+        let node = &mut self.nodes[index];
+        let log = File::options().create(true).append(true).open(&node.log).expect("log file");
+        let child = Command::new(BIN)
+            .args(&node.args)
+            .current_dir(&dir)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn metastore");
+        node.child = Some(child);
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join("data").join(id.to_string())
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        let index = self.index_of(id);
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        let index = self.index_of(id);
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "member {id} exited with {status} after SIGTERM");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("member {id} did not stop within 20s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let index = self.index_of(id);
+        assert!(self.nodes[index].child.is_none(), "member {id} is still running");
+        self.spawn(index);
+    }
+
+    /// Restart with different arguments (the data directory stays).
+    pub fn restart_with(&mut self, id: u64, args: Vec<String>) {
+        let index = self.index_of(id);
+        self.nodes[index].args = args;
+        self.restart(id);
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.is_running())
+    }
+
+    /// Waits until every running member names the same leader, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for node in self.running() {
+                leaders.push(node.client().cluster().await.ok().and_then(|s| s.leader_id));
+            }
+            if let Some(Some(first)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*first)) && self.running().any(|n| n.id == *first) {
+                    return *first;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status(&self, id: u64) -> ClusterStatus {
+        self.node(id).client().cluster().await.expect("cluster status")
+    }
+
+    /// The last lines of every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            out.push_str(&format!("--- member {} ---\n{}\n", node.id, tail.join("\n")));
+        }
+        out
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Retries `f` until it succeeds or `timeout` passes; returns the last error on timeout.
+pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => panic!("gave up after {timeout:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! openraft's own storage conformance suite, run against the RocksDB store.
+
+use metastore_node::storage::{self, LogStore, StateMachine};
+use metastore_node::types::{StorageError, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+
+struct RocksBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm, _reader) = storage::open(dir.path()).await.expect("open store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn the_rocksdb_store_passes_openraft_conformance() -> Result<(), StorageError> {
+    Suite::test_all(RocksBuilder)
+}
