@@ -27,7 +27,7 @@ pub enum StartError {
         source: storage::StoreError,
     },
     #[error("invalid raft configuration: {0}")]
-    RaftConfig(#[from] openraft::ConfigError),
+    RaftConfig(#[source] Box<openraft::ConfigError>),
     #[error("cannot start raft: {0}")]
     Raft(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -44,7 +44,8 @@ pub enum StartError {
 
 /// openraft's configuration for real networks and multi-MiB snapshots. Its defaults assume a
 /// LAN-speed test bed (50ms heartbeats, 150–300ms elections, 200ms per snapshot chunk).
-pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, openraft::ConfigError> {
+pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, StartError> {
+    let keep = (tuning.snapshot_entries / 2).min(1_000);
     let config = Config {
         cluster_name: "metastore".to_string(),
         // Heartbeats well inside the election timeout; etcd's defaults are 100ms / 1000ms.
@@ -61,11 +62,13 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, openraft::ConfigE
         snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_entries),
         // Keep some log behind the snapshot so that briefly lagging followers catch up from
         // the log instead of needing a whole snapshot.
-        max_in_snapshot_log_to_keep: (tuning.snapshot_entries / 2).min(1_000),
-        purge_batch_size: 256,
+        max_in_snapshot_log_to_keep: keep,
+        // Purging is one range delete, so batching it buys little; keep it below the kept log.
+        purge_batch_size: keep.clamp(1, 256),
         ..Default::default()
     };
-    Ok(Arc::new(config.validate()?))
+    let config = config.validate().map_err(|e| StartError::RaftConfig(Box::new(e)))?;
+    Ok(Arc::new(config))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

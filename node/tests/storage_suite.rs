@@ -15,6 +15,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
 }
 
 #[test]
-fn the_rocksdb_store_passes_openraft_conformance() -> Result<(), StorageError> {
-    Suite::test_all(RocksBuilder)
+fn the_rocksdb_store_passes_openraft_conformance() {
+    if let Err(e) = Suite::test_all(RocksBuilder) {
+        panic!("openraft's storage suite failed: {e}");
+    }
 }

@@ -143,6 +143,8 @@ impl PeerConnection {
         self.client.call(&self.member.peer_url, path, request, option.hard_ttl()).await
     }
 
+    // The error type is openraft's, fixed by the `RaftNetwork` trait.
+    #[allow(clippy::result_large_err)]
     fn answer<Resp, E: std::error::Error>(
         &self,
         answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,

@@ -64,6 +64,9 @@ fn write_err(e: io::Error) -> StoreError {
     StoreError::io("snapshot", e)
 }
 
+/// One key with its encoded record.
+pub(crate) type Record = (Vec<u8>, Vec<u8>);
+
 pub(crate) struct SnapshotReader<R: Read> {
     input: R,
     count: u64,
@@ -85,7 +88,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next `(key, record)`, or `None` after the end mark.
-    pub(crate) fn next_record(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub(crate) fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
         if self.done {
             return Ok(None);
         }
