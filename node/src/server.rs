@@ -99,6 +99,27 @@ pub async fn run(
             .map_err(|e| StartError::Raft(e.to_string()))?;
     let service = Service::new(id, config.member.clone(), raft.clone(), reader, peers);
 
+    // Bootstrap before serving peer traffic, so that no leader's append can reach this member
+    // between the pristine check and its own initialization.
+    match (&config.bootstrap, pristine) {
+        (Bootstrap::Static(members), true) => {
+            tracing::info!(member = id, members = members.len(), "empty store: initializing the cluster");
+            match service.initialize(members.clone()).await {
+                Ok(()) => {}
+                // openraft found raft state our pristine check did not: the cluster exists.
+                Err(ServiceError::Conflict(_)) => {
+                    tracing::info!(member = id, "already initialized by the leader")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (Bootstrap::Static(_), false) => tracing::info!(member = id, "store has raft state: resuming"),
+        (Bootstrap::Join, true) => {
+            tracing::info!(member = id, "empty store: waiting to be added by a leader")
+        }
+        (Bootstrap::Join, false) => tracing::info!(member = id, "store has raft state: resuming"),
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -123,18 +144,6 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "member started"
     );
-
-    match (&config.bootstrap, pristine) {
-        (Bootstrap::Static(members), true) => {
-            tracing::info!(member = id, members = members.len(), "empty store: initializing the cluster");
-            service.initialize(members.clone()).await?;
-        }
-        (Bootstrap::Static(_), false) => tracing::info!(member = id, "store has raft state: resuming"),
-        (Bootstrap::Join, true) => {
-            tracing::info!(member = id, "empty store: waiting to be added by a leader")
-        }
-        (Bootstrap::Join, false) => tracing::info!(member = id, "store has raft state: resuming"),
-    }
 
     shutdown.await;
     tracing::info!(member = id, "shutting down");

@@ -211,7 +211,8 @@ impl Cluster {
         let mut out = String::new();
         for node in &self.nodes {
             let text = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
+            // Backtraces would push the interesting lines out of the tail.
+            let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("  ")).collect();
             let tail = &lines[lines.len().saturating_sub(25)..];
             out.push_str(&format!("--- member {} ---\n{}\n", node.id, tail.join("\n")));
         }
