@@ -3,8 +3,12 @@ use clap::Parser;
 use metastore_node::config::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// openraft logs every failed replication retry (twice a second per unreachable peer); the
+/// network layer logs a peer going down and coming back once instead.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=error,openraft::replication=off,openraft::engine=off";
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

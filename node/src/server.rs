@@ -137,6 +137,8 @@ pub async fn run(
             .run(),
     );
     tokio::spawn(log_raft_changes(id, raft.clone()));
+    let publisher = service.clone();
+    tokio::spawn(async move { publisher.publish_client_url().await });
     tracing::info!(
         member = id,
         peer = %config.member.peer_url,

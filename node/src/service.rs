@@ -129,6 +129,41 @@ impl Service {
         }
     }
 
+    /// Keeps asking the leader to record this member's advertised client URL until the
+    /// membership holds it. Static clusters start with peer URLs only, since every member must
+    /// propose the identical initial membership.
+    pub async fn publish_client_url(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let recorded = {
+                let m = metrics.borrow_and_update();
+                m.membership_config.membership().get_node(&self.id).map(|n| n.client_url.clone())
+            };
+            match recorded {
+                Some(url) if url == self.member.client_url => return,
+                // Not a member yet (a joining member): wait for the membership to change.
+                None => {}
+                Some(_) => {
+                    let change = MembershipChange::SetClientUrl {
+                        id: self.id,
+                        client_url: self.member.client_url.clone(),
+                    };
+                    match self.change_membership(change).await {
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::debug!(member = self.id, error = %e, "client URL not recorded yet")
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Initializes raft on this member with `members` (which must include it).
     pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
         match self.raft.initialize(members).await {
@@ -283,6 +318,19 @@ impl Service {
                 }
                 tracing::info!(member = id, "promoting learner to voter");
                 self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+            }
+            MembershipChange::SetClientUrl { id, client_url } => {
+                let Some(current) = membership.get_node(&id) else {
+                    return Err(ForwardError::Rejected(format!("member {id} is not in the cluster")));
+                };
+                if current.client_url == client_url {
+                    return unchanged;
+                }
+                let member = Member { peer_url: current.peer_url.clone(), client_url };
+                tracing::info!(member = id, client_url = %member.client_url, "recording client URL");
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
+                    .await
             }
             MembershipChange::Remove { id } => {
                 if voters.contains(&id) {

@@ -169,3 +169,25 @@ async fn a_joining_member_waits_until_initialized_through_the_api() {
     eventually(Duration::from_secs(10), || client.put("k", b"v".to_vec(), None)).await;
     assert_eq!(client.init(vec![]).await.expect_err("second init").status(), Some(409));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_flag_can_come_from_a_metastore_environment_variable() {
+    let mut cluster = Cluster::empty();
+    let (peer, client) = (common::free_port(), common::free_port());
+    let data_dir = cluster.path().join("elsewhere");
+    let env = vec![
+        ("METASTORE_MEMBER_ID".to_string(), "7".to_string()),
+        ("METASTORE_ADVERTISE_PEER_URL".to_string(), format!("http://127.0.0.1:{peer}")),
+        ("METASTORE_PORT".to_string(), client.to_string()),
+        ("METASTORE_DATA_DIR".to_string(), data_dir.display().to_string()),
+        ("METASTORE_JOIN".to_string(), "true".to_string()),
+    ];
+    let index = cluster.add_with_env(7, peer, client, env);
+    let node = cluster.nodes[index].client();
+    let status = eventually(Duration::from_secs(10), || node.cluster()).await;
+    assert_eq!(status.member_id, 7);
+    assert!(!status.initialized, "METASTORE_JOIN=true keeps it from bootstrapping");
+    node.init(vec![]).await.expect("init");
+    eventually(Duration::from_secs(10), || node.put("k", b"v".to_vec(), None)).await;
+    assert!(data_dir.join("db").is_dir(), "the data lives in METASTORE_DATA_DIR");
+}

@@ -59,6 +59,17 @@ async fn the_seed_report_holds_and_survives_restart_and_kill_9() {
     for id in 1..=3 {
         assert!(cluster.data_dir(id).is_dir(), "data/{id} exists");
     }
+    // Each member publishes its client URL into the membership, which starts with peer URLs only.
+    eventually(Duration::from_secs(10), || async {
+        let members = cluster.status(1).await.members;
+        let published = members.iter().all(|m| m.client_url == cluster.node(m.id).client_url());
+        if published {
+            Ok(())
+        } else {
+            Err(format!("{members:?}"))
+        }
+    })
+    .await;
     let missing = raw_get(&http, cluster.nodes[0].client_port, "no-such-key").await.expect("answered");
     assert_eq!(missing.0, 404);
 

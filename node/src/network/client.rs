@@ -1,6 +1,8 @@
 //! The calling side of peer traffic: openraft's network (append, vote, snapshot chunks) and
 //! the forwarding of client work to the leader.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -99,15 +101,35 @@ fn classify(url: &str, source: reqwest::Error) -> PeerError {
     }
 }
 
+/// Which peers answered their last call, so that a peer going down or coming back is logged
+/// once, not on every retry.
+#[derive(Default)]
+struct Reachability {
+    unreachable: Mutex<HashMap<NodeId, bool>>,
+}
+
+impl Reachability {
+    fn record(&self, target: NodeId, url: &str, reachable: bool) {
+        let Ok(mut states) = self.unreachable.lock() else { return };
+        let was_unreachable = states.insert(target, !reachable).unwrap_or(false);
+        match (was_unreachable, reachable) {
+            (false, false) => tracing::warn!(peer = target, url, "peer unreachable"),
+            (true, true) => tracing::info!(peer = target, url, "peer reachable again"),
+            _ => {}
+        }
+    }
+}
+
 /// openraft's view of the peer network: one [`PeerConnection`] per target member.
 #[derive(Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
+    reachability: Arc<Reachability>,
 }
 
 impl PeerNetwork {
     pub fn new(client: PeerClient) -> Self {
-        Self { client }
+        Self { client, reachability: Arc::default() }
     }
 }
 
@@ -115,7 +137,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
-        PeerConnection { client: self.client.clone(), target, member: node.clone() }
+        PeerConnection {
+            client: self.client.clone(),
+            target,
+            member: node.clone(),
+            reachability: self.reachability.clone(),
+        }
     }
 }
 
@@ -123,6 +150,7 @@ pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
     member: Member,
+    reachability: Arc<Reachability>,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
@@ -149,6 +177,8 @@ impl PeerConnection {
         &self,
         answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,
     ) -> RpcResult<Resp, E> {
+        let reachable = !matches!(answer, Err(PeerError::Unreachable { .. }));
+        self.reachability.record(self.target, &self.member.peer_url, reachable);
         let answer = answer.map_err(|e| match e {
             // Unreachable makes openraft back off instead of retrying at full speed.
             PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),

@@ -46,6 +46,9 @@ pub enum MembershipChange {
     Promote { id: NodeId },
     /// Remove a voter or a learner.
     Remove { id: NodeId },
+    /// Record a member's client URL. Its peer URL never changes this way: a member reachable at
+    /// two addresses could count twice towards a quorum.
+    SetClientUrl { id: NodeId, client_url: String },
 }
 
 /// Work a follower passes to the leader.

@@ -23,6 +23,7 @@ pub struct Node {
     pub client_port: u16,
     pub peer_port: u16,
     pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -84,7 +85,22 @@ impl Cluster {
     /// Registers and starts a member with explicit arguments.
     pub fn add(&mut self, id: u64, peer_port: u16, client_port: u16, args: Vec<String>) -> usize {
         let log = self.dir.path().join(format!("node-{id}.log"));
-        self.nodes.push(Node { id, client_port, peer_port, args, child: None, log });
+        self.nodes.push(Node { id, client_port, peer_port, args, env: Vec::new(), child: None, log });
+        let index = self.nodes.len() - 1;
+        self.spawn(index);
+        index
+    }
+
+    /// Registers and starts a member configured through environment variables only.
+    pub fn add_with_env(
+        &mut self,
+        id: u64,
+        peer_port: u16,
+        client_port: u16,
+        env: Vec<(String, String)>,
+    ) -> usize {
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        self.nodes.push(Node { id, client_port, peer_port, args: Vec::new(), env, child: None, log });
         let index = self.nodes.len() - 1;
         self.spawn(index);
         index
@@ -120,8 +136,9 @@ impl Cluster {
         let log = File::options().create(true).append(true).open(&node.log).expect("log file");
         let child = Command::new(BIN)
             .args(&node.args)
+            .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&dir)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
