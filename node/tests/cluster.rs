@@ -22,6 +22,17 @@ async fn value_of(client: &Client, key: &str, consistency: Consistency) -> Optio
     String::from_utf8(kv.value).ok()
 }
 
+/// Waits until the member's own copy (a stale read) holds `key = expected`.
+async fn caught_up(client: &Client, key: &str, expected: &str, timeout: Duration) {
+    eventually(timeout, || async {
+        match value_of(client, key, Consistency::Stale).await {
+            Some(v) if v == expected => Ok(()),
+            other => Err(format!("{} has {key} = {other:?}", client.base_url())),
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_elects_a_new_one_and_writes_resume() {
     let mut cluster = Cluster::start(3, &[]);
@@ -42,13 +53,7 @@ async fn killing_the_leader_elects_a_new_one_and_writes_resume() {
     // The old leader comes back as a follower and catches up.
     cluster.restart(old);
     let back = cluster.node(old).client();
-    eventually(Duration::from_secs(20), || async {
-        match value_of(&back, "after", Consistency::Stale).await {
-            Some(v) if v == "2" => Ok(()),
-            other => Err(format!("member {old} has {other:?}")),
-        }
-    })
-    .await;
+    caught_up(&back, "after", "2", Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,13 +70,7 @@ async fn with_one_member_of_three_down_writes_continue_and_it_catches_up() {
     }
     cluster.restart(follower);
     let back = cluster.node(follower).client();
-    eventually(Duration::from_secs(20), || async {
-        match value_of(&back, "k19", Consistency::Stale).await {
-            Some(v) if v == "19" => Ok(()),
-            other => Err(format!("member {follower} has {other:?}")),
-        }
-    })
-    .await;
+    caught_up(&back, "k19", "19", Duration::from_secs(20)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,13 +97,7 @@ async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() 
 
     cluster.restart(lagging);
     let back = cluster.node(lagging).client();
-    eventually(Duration::from_secs(30), || async {
-        match value_of(&back, "key-149", Consistency::Stale).await {
-            Some(v) if v == "v149" => Ok(()),
-            other => Err(format!("member {lagging} has {other:?}")),
-        }
-    })
-    .await;
+    caught_up(&back, "key-149", "v149", Duration::from_secs(30)).await;
     let status = cluster.status(lagging).await;
     assert!(status.snapshot_index.is_some(), "the lagging member installed a snapshot: {status:?}");
     for i in [0, 75, 149] {
