@@ -1,0 +1,6 @@
+//! The metaStore Kubernetes operator: the `MetaStoreCluster` resource, the Kubernetes objects
+//! built from it, and the planning of raft membership changes.
+
+pub mod crd;
+pub mod membership;
+pub mod resources;

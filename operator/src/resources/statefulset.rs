@@ -1,0 +1,245 @@
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SecurityContext, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+use super::{labels, owned_metadata, selector_labels, BuildError, Names, CLIENT_PORT, DATA_DIR, PEER_PORT};
+use crate::crd::MetaStoreCluster;
+
+/// The image used when the resource names none: the one released with this operator.
+pub const DEFAULT_IMAGE: &str = concat!("metastore:", env!("CARGO_PKG_VERSION"));
+
+/// Seconds a member gets to stop after SIGTERM: enough to finish in-flight writes.
+const TERMINATION_GRACE_SECONDS: i64 = 30;
+const VOLUME: &str = "data";
+/// The non-root user of the image.
+const USER_ID: i64 = 65532;
+
+fn env_from_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.to_string(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_string(), value: Some(value.into()), ..Default::default() }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("client".to_string()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Members prefer distinct nodes, so that losing a node costs at most one member.
+fn spread_affinity(names: &Names) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(selector_labels(names)),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_string(),
+                    ..Default::default()
+                },
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The member container. Every pod starts in join mode: the operator initializes the first
+/// member and adds the others through the raft API, so a pod never bootstraps by itself and a
+/// pod that lost its volume comes back empty instead of forming a cluster of its own.
+fn container(cluster: &MetaStoreCluster, names: &Names) -> Container {
+    let host = format!("$(POD_NAME).{}.$(POD_NAMESPACE).svc", names.peer_service());
+    let raft = &cluster.spec.raft;
+    Container {
+        name: "metastore".to_string(),
+        image: Some(cluster.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string())),
+        env: Some(vec![
+            env_from_field("POD_NAME", "metadata.name"),
+            env_from_field("POD_NAMESPACE", "metadata.namespace"),
+            env("METASTORE_MEMBER_ID_FROM_HOSTNAME", "true"),
+            env("METASTORE_JOIN", "true"),
+            env("METASTORE_BIND_ADDRESS", "0.0.0.0"),
+            env("METASTORE_PORT", CLIENT_PORT.to_string()),
+            env("METASTORE_PEER_PORT", PEER_PORT.to_string()),
+            env("METASTORE_ADVERTISE_PEER_URL", format!("http://{host}:{PEER_PORT}")),
+            env("METASTORE_ADVERTISE_CLIENT_URL", format!("http://{host}:{CLIENT_PORT}")),
+            env("METASTORE_DATA_DIR", DATA_DIR),
+            env("METASTORE_LOG_FORMAT", "json"),
+            env("METASTORE_HEARTBEAT_INTERVAL_MS", raft.heartbeat_interval_ms.to_string()),
+            env("METASTORE_ELECTION_TIMEOUT_MS", raft.election_timeout_ms.to_string()),
+            env("METASTORE_SNAPSHOT_ENTRIES", raft.snapshot_entries.to_string()),
+        ]),
+        ports: Some(vec![
+            ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
+            ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..Default::default() },
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: cluster.spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME.to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn volume_claim(cluster: &MetaStoreCluster) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta { name: Some(VOLUME.to_string()), ..Default::default() },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: cluster.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), cluster.spec.storage.size.clone())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The StatefulSet of members, with `replicas` pods. The reconciler chooses `replicas`: on a
+/// scale-down it shrinks the set only after the member left raft.
+pub fn stateful_set(cluster: &MetaStoreCluster, replicas: i32) -> Result<StatefulSet, BuildError> {
+    let names = Names::of(cluster)?;
+    let pod_labels = labels(&names);
+    Ok(StatefulSet {
+        metadata: owned_metadata(cluster, &names, names.stateful_set())?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.peer_service()),
+            // Members start in join mode and wait to be added, so none needs another to be
+            // ready first; parallel start makes bootstrap and recovery faster.
+            pod_management_policy: Some("Parallel".to_string()),
+            selector: LabelSelector { match_labels: Some(selector_labels(&names)), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container(cluster, &names)],
+                    affinity: Some(cluster.spec.affinity.clone().unwrap_or_else(|| spread_affinity(&names))),
+                    tolerations: Some(cluster.spec.tolerations.clone()).filter(|t| !t.is_empty()),
+                    node_selector: Some(cluster.spec.node_selector.clone()).filter(|n| !n.is_empty()),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(USER_ID),
+                        run_as_group: Some(USER_ID),
+                        fs_group: Some(USER_ID),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![volume_claim(cluster)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures::cluster;
+
+    fn env_of(sts: &StatefulSet) -> BTreeMap<String, String> {
+        let c = &sts.spec.as_ref().expect("spec").template.spec.as_ref().expect("pod").containers[0];
+        c.env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect()
+    }
+
+    #[test]
+    fn pods_join_with_their_ordinal_as_member_id_and_advertise_stable_dns() {
+        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let env = env_of(&sts);
+        assert_eq!(env["METASTORE_MEMBER_ID_FROM_HOSTNAME"], "true");
+        assert_eq!(env["METASTORE_JOIN"], "true");
+        assert_eq!(env["METASTORE_BIND_ADDRESS"], "0.0.0.0");
+        assert_eq!(
+            env["METASTORE_ADVERTISE_PEER_URL"],
+            "http://$(POD_NAME).demo-peer.$(POD_NAMESPACE).svc:12379"
+        );
+        assert_eq!(env["METASTORE_DATA_DIR"], DATA_DIR);
+        let spec = sts.spec.expect("spec");
+        assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
+        assert_eq!(spec.replicas, Some(3));
+    }
+
+    #[test]
+    fn probes_use_readyz_and_healthz_on_the_client_port() {
+        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let c = &sts.spec.expect("spec").template.spec.expect("pod").containers[0];
+        let path =
+            |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    }
+
+    #[test]
+    fn each_pod_gets_its_own_volume_of_the_requested_size() {
+        let mut c = cluster(3);
+        c.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
+        c.spec.storage.storage_class_name = Some("fast".into());
+        let sts = stateful_set(&c, 3).expect("builds");
+        let claims = sts.spec.expect("spec").volume_claim_templates.expect("claims");
+        let spec = claims[0].spec.as_ref().expect("claim spec");
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        let requests = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).expect("requests");
+        assert_eq!(requests["storage"].0, "5Gi");
+    }
+
+    #[test]
+    fn members_prefer_distinct_nodes_unless_the_user_says_otherwise() {
+        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let pod = sts.spec.expect("spec").template.spec.expect("pod");
+        let preferred = pod
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution);
+        assert_eq!(
+            preferred.expect("anti-affinity")[0].pod_affinity_term.topology_key,
+            "kubernetes.io/hostname"
+        );
+        assert_eq!(pod.termination_grace_period_seconds, Some(TERMINATION_GRACE_SECONDS));
+    }
+
+    #[test]
+    fn the_replica_count_is_the_reconcilers_choice_not_the_specs() {
+        let sts = stateful_set(&cluster(3), 5).expect("builds");
+        assert_eq!(sts.spec.expect("spec").replicas, Some(5));
+    }
+}
