@@ -85,6 +85,8 @@ pub struct MemberStatus {
 pub struct ClusterStatus {
     /// The member answering.
     pub member_id: u64,
+    /// The identity of the answering member's storage; changes when its data is lost.
+    pub incarnation: String,
     /// The leader this member currently follows, if any.
     pub leader_id: Option<u64>,
     pub term: u64,
@@ -117,6 +119,10 @@ pub struct AddMemberRequest {
     pub peer_url: String,
     #[serde(default)]
     pub client_url: String,
+    /// The new member's storage identity (from its `/v1/cluster`). When given, peers talk to
+    /// that incarnation only: if the member later loses its data it is refused, not trusted.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// Body of `POST /v1/cluster/init` (optional): the members to start the cluster with.

@@ -205,7 +205,7 @@ impl Args {
             let members = cluster
                 .iter()
                 .enumerate()
-                .map(|(i, url)| (i as u64 + 1, Member { peer_url: url.clone(), client_url: String::new() }))
+                .map(|(i, url)| (i as u64 + 1, Member { peer_url: url.clone(), ..Member::default() }))
                 .collect();
             Bootstrap::Static(members)
         };
@@ -217,7 +217,8 @@ impl Args {
         }
         Ok(NodeConfig {
             id,
-            member: Member { peer_url, client_url },
+            // The incarnation comes from the store when it is opened.
+            member: Member { peer_url, client_url, incarnation: String::new() },
             peer_listen: SocketAddr::new(self.bind_address, peer_port),
             client_listen: SocketAddr::new(self.bind_address, self.port),
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(id.to_string())),

@@ -87,6 +87,11 @@ pub async fn run(
     let pristine = storage::is_pristine(&log_store, &reader)
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+    let mut member = config.member.clone();
+    member.incarnation = log_store
+        .incarnation()
+        .await
+        .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
 
     // Listen before starting raft, so that a port already in use fails the start at once.
     let peer_listener = bind(config.peer_listen).await?;
@@ -97,7 +102,7 @@ pub async fn run(
         Raft::new(id, raft_config(&config.raft)?, PeerNetwork::new(peers.clone()), log_store, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-    let service = Service::new(id, config.member.clone(), raft.clone(), reader, peers);
+    let service = Service::new(id, member.clone(), raft.clone(), reader, peers);
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
     // between the pristine check and its own initialization.
@@ -125,7 +130,7 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let peer_server = tokio::spawn(
-        warp::serve(network::routes(service.clone()))
+        warp::serve(network::routes(service.clone(), member.incarnation.clone()))
             .incoming(peer_listener)
             .graceful(stopped(stop_rx.clone()))
             .run(),
@@ -143,6 +148,7 @@ pub async fn run(
         member = id,
         peer = %config.member.peer_url,
         client = %config.member.client_url,
+        incarnation = %member.incarnation,
         data_dir = %config.data_dir.display(),
         "member started"
     );

@@ -228,7 +228,7 @@ impl Service {
             } else {
                 crate::metrics::api().forwarded(route_of(&request));
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                match self.peers.forward(&member.peer_url, &request, timeout).await {
+                match self.peers.forward(&member, &request, timeout).await {
                     Ok(outcome) => outcome,
                     Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
                     Err(e) => {
@@ -326,7 +326,7 @@ impl Service {
                 if current.client_url == client_url {
                     return unchanged;
                 }
-                let member = Member { peer_url: current.peer_url.clone(), client_url };
+                let member = Member { client_url, ..current.clone() };
                 tracing::info!(member = id, client_url = %member.client_url, "recording client URL");
                 self.raft
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)

@@ -35,11 +35,16 @@ pub struct Member {
     pub peer_url: String,
     /// Base URL of the member's client API; empty when it was configured statically without one.
     pub client_url: String,
+    /// The identity of the member's storage, made when its store was first created. Peers
+    /// address every RPC to it, so a member that comes back on an empty volume (a new
+    /// incarnation, no memory of its votes) is refused until it is removed and added anew.
+    /// Empty when unknown (static clusters), which disables the check.
+    pub incarnation: String,
 }
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "peer={} client={}", self.peer_url, self.client_url)
+        write!(f, "peer={} client={} incarnation={}", self.peer_url, self.client_url, self.incarnation)
     }
 }
 

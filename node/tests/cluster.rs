@@ -141,14 +141,13 @@ async fn growing_to_five_and_shrinking_to_three_under_load_loses_no_acknowledged
 
     for id in [4, 5] {
         cluster.add_joining(id, &[]);
-        let joining = cluster.node(id);
+        let joining = cluster.node(id).client();
+        eventually(Duration::from_secs(10), || joining.cluster()).await;
         assert!(
-            !joining.client().ready().await.unwrap_or(false),
+            !joining.ready().await.expect("readyz answers"),
             "a joining member is not ready before it is added"
         );
-        let request = AddMemberRequest { id, peer_url: joining.peer_url(), client_url: joining.client_url() };
-        eventually(Duration::from_secs(30), || admin.add_learner(&request)).await;
-        eventually(Duration::from_secs(30), || admin.promote(id)).await;
+        add_member(&admin, &cluster, id).await;
     }
     assert_eq!(voters_and_learners(&admin).await, (vec![1, 2, 3, 4, 5], vec![]));
 
@@ -211,4 +210,45 @@ async fn a_member_with_data_never_reinitializes_whatever_its_flags() {
     assert_eq!(value_of(&client, "kept", Consistency::Linearizable).await.as_deref(), Some("yes"));
     let again = client.init(vec![]).await.expect_err("init on a member with data is refused");
     assert_eq!(again.status(), Some(409));
+}
+
+async fn add_member(admin: &Client, cluster: &Cluster, id: u64) {
+    let node = cluster.node(id);
+    let client = node.client();
+    let incarnation = eventually(Duration::from_secs(10), || client.cluster()).await.incarnation;
+    let request =
+        AddMemberRequest { id, peer_url: node.peer_url(), client_url: node.client_url(), incarnation };
+    eventually(Duration::from_secs(30), || admin.add_learner(&request)).await;
+    eventually(Duration::from_secs(30), || admin.promote(id)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_lost_its_data_is_refused_until_it_is_removed_and_added_anew() {
+    let mut cluster = Cluster::empty();
+    for id in 1..=3 {
+        cluster.add_joining(id, &[]);
+    }
+    let admin = cluster.node(1).client();
+    eventually(Duration::from_secs(10), || admin.init(vec![])).await;
+    for id in [2, 3] {
+        add_member(&admin, &cluster, id).await;
+    }
+    eventually(Duration::from_secs(10), || put(&admin, "before", "1")).await;
+
+    // Member 3 comes back on an empty data directory: a new incarnation without its votes.
+    cluster.kill(3);
+    std::fs::remove_dir_all(cluster.data_dir_of(3)).expect("wipe member 3");
+    cluster.restart(3);
+    let wiped = cluster.node(3).client();
+    eventually(Duration::from_secs(10), || wiped.cluster()).await;
+    eventually(Duration::from_secs(10), || put(&admin, "during", "2")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = wiped.cluster().await.expect("status");
+    assert!(!status.initialized, "the leader must not replicate to a wiped member: {status:?}");
+    assert_eq!(value_of(&wiped, "before", Consistency::Stale).await, None);
+
+    // Removed and added anew, it catches up as a new incarnation.
+    eventually(Duration::from_secs(30), || admin.remove_member(3)).await;
+    add_member(&admin, &cluster, 3).await;
+    caught_up(&wiped, "during", "2", Duration::from_secs(20)).await;
 }

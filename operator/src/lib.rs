@@ -2,5 +2,6 @@
 //! built from it, and the planning of raft membership changes.
 
 pub mod crd;
+pub mod executor;
 pub mod membership;
 pub mod resources;

@@ -71,6 +71,7 @@ pub async fn status(service: &Service) -> ClusterStatus {
     });
     ClusterStatus {
         member_id: m.id,
+        incarnation: service.own_member().incarnation.clone(),
         leader_id: m.current_leader,
         term: m.current_term,
         state: format!("{:?}", m.state).to_lowercase(),
@@ -113,6 +114,7 @@ fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {
     let member = Member {
         peer_url: request.peer_url.trim_end_matches('/').to_string(),
         client_url: request.client_url.trim_end_matches('/').to_string(),
+        incarnation: request.incarnation.clone(),
     };
     Ok((request.id, member))
 }

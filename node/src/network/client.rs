@@ -30,6 +30,9 @@ pub enum PeerError {
     },
     #[error("peer call to {url} failed: {message}")]
     Network { url: String, message: String },
+    /// The peer's storage is not the one the membership knows: it lost its data.
+    #[error("peer {url} is a different incarnation than the membership records: {message}")]
+    WrongIncarnation { url: String, message: String },
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -50,10 +53,10 @@ impl PeerClient {
         Ok(Self { http })
     }
 
-    /// POSTs `request` to `{peer_url}/raft/{path}` and decodes the peer's `Result`.
+    /// POSTs `request` to `{peer_url}/raft/{path}` of `target` and decodes the peer's `Result`.
     pub async fn call<Req, Resp>(
         &self,
-        peer_url: &str,
+        target: &Member,
         path: &str,
         request: &Req,
         timeout: Duration,
@@ -63,11 +66,12 @@ impl PeerClient {
         Resp: DeserializeOwned,
     {
         let body = wire::encode(request)?;
-        let url = format!("{}/raft/{path}", peer_url.trim_end_matches('/'));
+        let url = format!("{}/raft/{path}", target.peer_url.trim_end_matches('/'));
         let response = self
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(wire::INCARNATION_HEADER, &target.incarnation)
             .timeout(timeout)
             .body(body)
             .send()
@@ -75,6 +79,10 @@ impl PeerClient {
             .map_err(|source| classify(&url, source))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|source| classify(&url, source))?;
+        if status == reqwest::StatusCode::CONFLICT {
+            let message = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(PeerError::WrongIncarnation { url, message });
+        }
         if !status.is_success() {
             let message = format!("status {status}: {}", String::from_utf8_lossy(&bytes));
             return Err(PeerError::Network { url, message });
@@ -82,14 +90,14 @@ impl PeerClient {
         Ok(wire::decode(&bytes)?)
     }
 
-    /// Passes client work to the member at `peer_url`, which must be the leader.
+    /// Passes client work to `leader`.
     pub async fn forward(
         &self,
-        peer_url: &str,
+        leader: &Member,
         request: &ForwardRequest,
         timeout: Duration,
     ) -> Result<Result<ForwardResponse, ForwardError>, PeerError> {
-        self.call(peer_url, wire::FORWARD_PATH, request, timeout).await
+        self.call(leader, wire::FORWARD_PATH, request, timeout).await
     }
 }
 
@@ -168,7 +176,7 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        self.client.call(&self.member.peer_url, path, request, option.hard_ttl()).await
+        self.client.call(&self.member, path, request, option.hard_ttl()).await
     }
 
     // The error type is openraft's, fixed by the `RaftNetwork` trait.
@@ -177,11 +185,18 @@ impl PeerConnection {
         &self,
         answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,
     ) -> RpcResult<Resp, E> {
-        let reachable = !matches!(answer, Err(PeerError::Unreachable { .. }));
+        let reachable =
+            !matches!(answer, Err(PeerError::Unreachable { .. } | PeerError::WrongIncarnation { .. }));
         self.reachability.record(self.target, &self.member.peer_url, reachable);
+        if let Err(e @ PeerError::WrongIncarnation { .. }) = &answer {
+            tracing::debug!(peer = self.target, error = %e, "peer refused: it lost its storage");
+        }
         let answer = answer.map_err(|e| match e {
-            // Unreachable makes openraft back off instead of retrying at full speed.
-            PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            // Unreachable makes openraft back off instead of retrying at full speed; a member
+            // that lost its storage is as good as unreachable until it is re-added.
+            PeerError::Unreachable { .. } | PeerError::WrongIncarnation { .. } => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
             _ => RPCError::Network(NetworkError::new(&e)),
         })?;
         answer.map_err(|e| {

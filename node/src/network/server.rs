@@ -10,18 +10,34 @@ use warp::Filter;
 use super::wire::{self, ForwardRequest};
 use crate::service::Service;
 
-/// The peer listener's routes.
-pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+/// The peer listener's routes. `incarnation` is this member's storage identity: requests
+/// addressed to another incarnation (this member lost its data since the sender learnt of it)
+/// are refused with 409, so a wiped member never acts on a membership it no longer remembers.
+pub fn routes(
+    service: Service,
+    incarnation: String,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(wire::MAX_FRAME_BYTES as u64).and(warp::body::bytes());
     let with_service = warp::any().map(move || service.clone());
+    let own = warp::any().map(move || incarnation.clone());
     warp::post()
         .and(warp::path("raft"))
         .and(warp::path::param::<String>())
         .and(warp::path::end())
+        .and(warp::header::optional::<String>(wire::INCARNATION_HEADER))
+        .and(own)
         .and(body)
         .and(with_service)
         .then(
-            |rpc: String, body: Bytes, service: Service| async move { dispatch(&rpc, &body, service).await },
+            |rpc: String, addressed: Option<String>, own: String, body: Bytes, service: Service| async move {
+                match addressed.filter(|a| !a.is_empty() && *a != own) {
+                    Some(addressed) => plain(
+                        StatusCode::CONFLICT,
+                        format!("addressed to storage incarnation {addressed}, but this member's is {own}"),
+                    ),
+                    None => dispatch(&rpc, &body, service).await,
+                }
+            },
         )
 }
 

@@ -14,6 +14,9 @@ pub const VOTE_PATH: &str = "vote";
 pub const SNAPSHOT_PATH: &str = "snapshot";
 pub const FORWARD_PATH: &str = "forward";
 
+/// Header naming the storage incarnation a peer request is meant for (see `Member::incarnation`).
+pub const INCARNATION_HEADER: &str = "x-metastore-incarnation";
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]

@@ -9,6 +9,7 @@ use crate::types::KeyRecord;
 pub(crate) const VOTE: &[u8] = b"vote";
 pub(crate) const COMMITTED: &[u8] = b"committed";
 pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const INCARNATION: &[u8] = b"incarnation";
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 

@@ -49,6 +49,23 @@ impl LogStore {
         .await
     }
 
+    /// The identity of this store, created (and synced) the first time it is asked for. A
+    /// wiped data directory gets a new one.
+    pub async fn incarnation(&self) -> Result<String, StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            if let Some(existing) = Self::read_meta::<String>(&db, codec::INCARNATION)? {
+                return Ok(existing);
+            }
+            let fresh = new_incarnation();
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT)?, codec::INCARNATION, encode(&fresh)?);
+            Self::write(&db, batch, true)?;
+            Ok(fresh)
+        })
+        .await
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
         match db.get_cf(cf(db, CF_RAFT)?, key)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
@@ -61,6 +78,20 @@ impl LogStore {
         opts.set_sync(sync);
         Ok(db.write_opt(batch, &opts)?)
     }
+}
+
+/// 128 bits that differ between stores: time, process and the standard library's per-process
+/// random hash keys.
+fn new_incarnation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut a = std::collections::hash_map::RandomState::new().build_hasher();
+    a.write_u128(nanos);
+    a.write_u32(std::process::id());
+    let mut b = std::collections::hash_map::RandomState::new().build_hasher();
+    b.write_u64(a.finish());
+    format!("{:016x}{:016x}", a.finish(), b.finish())
 }
 
 fn read_err(e: StoreError) -> StorageError {

@@ -151,6 +151,15 @@ impl Cluster {
         self.dir.path().join("data").join(id.to_string())
     }
 
+    /// The data directory member `id` uses, wherever its flags put it.
+    pub fn data_dir_of(&self, id: u64) -> PathBuf {
+        let node = self.node(id);
+        match node.args.iter().position(|a| a == "--data-dir") {
+            Some(i) => self.dir.path().join(&node.args[i + 1]),
+            None => self.data_dir(id),
+        }
+    }
+
     /// kill -9.
     pub fn kill(&mut self, id: u64) {
         let index = self.index_of(id);

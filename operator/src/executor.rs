@@ -1,0 +1,149 @@
+//! Observing a cluster's members and carrying out planned membership steps, through the node
+//! API (the `metastore-client` crate is the only way the operator talks to members).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use metastore_client::{AddMemberRequest, Client, ClientError, ClusterStatus, MemberRole as WireRole};
+
+use crate::crd::MemberRole;
+use crate::membership::{Observed, PodView, RaftMember, Step};
+use crate::resources::Names;
+
+/// How far behind the leader's log a member may be and still count as healthy.
+const HEALTHY_LAG: u64 = 1_000;
+/// A member that does not answer its status within this is treated as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where each member is reached. In Kubernetes, pod DNS names; in tests, local ports.
+pub trait MemberDirectory: Send + Sync {
+    fn peer_url(&self, id: u64) -> String;
+    fn client_url(&self, id: u64) -> String;
+}
+
+impl MemberDirectory for Names {
+    fn peer_url(&self, id: u64) -> String {
+        Names::peer_url(self, id)
+    }
+    fn client_url(&self, id: u64) -> String {
+        Names::client_url(self, id)
+    }
+}
+
+/// What one observation found: the planner's input, and every member's own report.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub observed: Observed,
+    /// Each reachable member's `/v1/cluster` answer.
+    pub statuses: BTreeMap<u64, ClusterStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("no leader to carry out {0:?}")]
+    NoLeader(Step),
+    #[error("member {id} refused or failed {step:?}: {source}")]
+    Member {
+        id: u64,
+        step: Step,
+        #[source]
+        source: ClientError,
+    },
+}
+
+fn client(dir: &dyn MemberDirectory, id: u64) -> Client {
+    Client::new(dir.client_url(id))
+}
+
+/// Asks every member pod for its status and derives the leader, the membership and health.
+pub async fn observe(dir: &dyn MemberDirectory, pod_ids: &[u64], stateful_set_replicas: i32) -> Observation {
+    let probes = pod_ids.iter().map(|id| async move {
+        let status = tokio::time::timeout(PROBE_TIMEOUT, client(dir, *id).cluster()).await;
+        (*id, status.ok().and_then(Result::ok))
+    });
+    let answers = futures::future::join_all(probes).await;
+    let statuses: BTreeMap<u64, ClusterStatus> =
+        answers.into_iter().filter_map(|(id, status)| status.map(|s| (id, s))).collect();
+    let pods = pod_ids
+        .iter()
+        .map(|id| PodView {
+            id: *id,
+            reachable: statuses.contains_key(id),
+            initialized: statuses.get(id).is_some_and(|s| s.initialized),
+        })
+        .collect();
+    // The leader is the member that says it leads; its membership is the authoritative one.
+    let leader = statuses.values().find(|s| s.state == "leader" && s.leader_id == Some(s.member_id));
+    let members = leader.map(|l| membership_of(l, &statuses)).unwrap_or_default();
+    let observed = Observed { leader: leader.map(|l| l.member_id), members, pods, stateful_set_replicas };
+    Observation { observed, statuses }
+}
+
+fn membership_of(leader: &ClusterStatus, statuses: &BTreeMap<u64, ClusterStatus>) -> Vec<RaftMember> {
+    let last = leader.last_log_index.unwrap_or(0);
+    let matched: BTreeMap<u64, Option<u64>> =
+        leader.replication.iter().flatten().map(|r| (r.id, r.matched_index)).collect();
+    leader
+        .members
+        .iter()
+        .map(|m| {
+            let caught_up = m.id == leader.member_id
+                || matched
+                    .get(&m.id)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|i| last.saturating_sub(i) <= HEALTHY_LAG);
+            RaftMember {
+                id: m.id,
+                role: match m.role {
+                    WireRole::Voter => MemberRole::Voter,
+                    WireRole::Learner => MemberRole::Learner,
+                },
+                healthy: caught_up && statuses.get(&m.id).is_some_and(|s| s.initialized),
+            }
+        })
+        .collect()
+}
+
+/// Carries out a membership step, planned from `observation`, through the members' API. Steps
+/// that are not membership changes (scaling the StatefulSet, waiting) are the caller's.
+pub async fn execute(
+    dir: &dyn MemberDirectory,
+    observation: &Observation,
+    step: &Step,
+) -> Result<(), ExecError> {
+    let leader = observation.observed.leader;
+    let failed = |id: u64| {
+        let step = step.clone();
+        move |source| ExecError::Member { id, step, source }
+    };
+    let leader_id = || leader.ok_or_else(|| ExecError::NoLeader(step.clone()));
+    match step {
+        Step::Bootstrap => {
+            client(dir, 1).init(Vec::new()).await.map_err(failed(1))?;
+        }
+        Step::AddLearner { id } => {
+            let leader = leader_id()?;
+            // Peers will talk to this incarnation of the member's storage only: should its volume
+            // be lost later, the empty member is refused instead of trusted with a stale vote.
+            let incarnation = observation.statuses.get(id).map(|s| s.incarnation.clone()).unwrap_or_default();
+            let request = AddMemberRequest {
+                id: *id,
+                peer_url: dir.peer_url(*id),
+                client_url: dir.client_url(*id),
+                incarnation,
+            };
+            client(dir, leader).add_learner(&request).await.map_err(failed(leader))?;
+        }
+        Step::Promote { id } => {
+            let leader = leader_id()?;
+            client(dir, leader).promote(*id).await.map_err(failed(leader))?;
+        }
+        Step::Remove { id, .. } => {
+            let leader = leader_id()?;
+            client(dir, leader).remove_member(*id).await.map_err(failed(leader))?;
+        }
+        Step::ScaleStatefulSet(_) | Step::Wait(_) | Step::Refuse(_) | Step::Done => {}
+    }
+    Ok(())
+}
