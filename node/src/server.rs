@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use openraft::{Config, SnapshotPolicy};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::api;
@@ -71,8 +71,16 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, StartError> {
     Ok(Arc::new(config))
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })
+/// Binds a listener with `SO_REUSEADDR`, so that a restarted member can take its ports back
+/// while connections of its previous run linger in TIME_WAIT.
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let listen = || {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(1024)
+    };
+    listen().map_err(|source| StartError::Listen { addr, source })
 }
 
 /// Runs a member until `shutdown` completes, then stops it gracefully.
@@ -94,8 +102,8 @@ pub async fn run(
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
 
     // Listen before starting raft, so that a port already in use fails the start at once.
-    let peer_listener = bind(config.peer_listen).await?;
-    let client_listener = bind(config.client_listen).await?;
+    let peer_listener = bind(config.peer_listen)?;
+    let client_listener = bind(config.client_listen)?;
 
     let peers = PeerClient::new()?;
     let raft =

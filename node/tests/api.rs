@@ -191,3 +191,27 @@ async fn every_flag_can_come_from_a_metastore_environment_variable() {
     eventually(Duration::from_secs(10), || node.put("k", b"v".to_vec(), None)).await;
     assert!(data_dir.join("db").is_dir(), "the data lives in METASTORE_DATA_DIR");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_takes_its_port_back_while_old_connections_linger_in_time_wait() {
+    // Leave a connection in TIME_WAIT on the port, as a just-stopped member leaves behind: the
+    // side that closes first (here the listening side) keeps it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    drop(accepted);
+    drop(listener);
+    drop(client);
+
+    let mut cluster = Cluster::empty();
+    let peer = common::free_port();
+    let args = vec![
+        "--port".to_string(),
+        port.to_string(),
+        "--cluster".to_string(),
+        format!("http://127.0.0.1:{peer}"),
+    ];
+    cluster.add(1, peer, port, args);
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+}
