@@ -23,6 +23,8 @@ use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, Raft
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Membership changes may wait longer: adding a learner waits until it has caught up.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(40);
+/// How long adding a learner waits for it to catch up before answering anyway.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
 /// How far behind the leader's log a voter may be and still count as healthy.
 const HEALTHY_LAG: u64 = 1_000;
 
@@ -279,6 +281,20 @@ impl Service {
         }
     }
 
+    /// Waits (for a while) until the leader has replicated to learner `id` within the healthy
+    /// lag, so that adding a learner returns when it can be promoted. openraft's own blocking
+    /// add counts a learner nothing was replicated to yet as caught up while the log is short.
+    async fn await_caught_up(&self, id: NodeId) {
+        let caught_up = self
+            .raft
+            .wait(Some(LEARNER_CATCH_UP))
+            .metrics(|m| replication_lag(m, id).is_some_and(|lag| lag <= HEALTHY_LAG), "learner caught up")
+            .await;
+        if caught_up.is_err() {
+            tracing::warn!(member = id, "learner added but not caught up yet");
+        }
+    }
+
     async fn apply_membership_change(
         &self,
         change: MembershipChange,
@@ -299,7 +315,11 @@ impl Service {
                     return Err(ForwardError::Conflict(format!("member {id} is already a voter")));
                 }
                 tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
-                self.raft.add_learner(id, member, true).await
+                let added = self.raft.add_learner(id, member, true).await;
+                if added.is_ok() {
+                    self.await_caught_up(id).await;
+                }
+                added
             }
             MembershipChange::Promote { id } => {
                 if voters.contains(&id) {
