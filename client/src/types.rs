@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value the API accepts, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-/// Most entries one range request returns; larger requests are clamped to this.
+/// Most entries one range request returns.
 pub const MAX_RANGE_LIMIT: usize = 10_000;
+/// Most bytes of keys and values one range page carries; a page stops early (with `more` and
+/// `next_key`) rather than exceed it, but always holds at least one entry.
+pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// One key with its value and per-key metadata.
 ///

@@ -120,7 +120,7 @@ impl Service {
         consistency: ReadConsistency,
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.reader.range(start, end, limit).await?)
+        Ok(self.reader.range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
     }
 
     /// Carries out a membership change on the leader; returns the log index it committed at.
@@ -226,7 +226,14 @@ impl Service {
         loop {
             let (leader, member) = self.await_leader(deadline).await?;
             let outcome = if leader == self.id {
-                self.serve(request.clone()).await
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, self.serve(request.clone())).await {
+                    Ok(outcome) => outcome,
+                    // The request may still commit: its outcome is unknown, not failed.
+                    Err(_) => Err(ForwardError::Unavailable(format!(
+                        "no outcome within {budget:?}; it may yet apply"
+                    ))),
+                }
             } else {
                 crate::metrics::api().forwarded(route_of(&request));
                 let timeout = deadline.saturating_duration_since(Instant::now());
@@ -314,8 +321,14 @@ impl Service {
                 if voters.contains(&id) {
                     return Err(ForwardError::Conflict(format!("member {id} is already a voter")));
                 }
+                if let Some(existing) = membership.get_node(&id).filter(|m| **m != member) {
+                    return Err(ForwardError::Conflict(format!(
+                        "member {id} is already known as {existing}; remove it before adding it anew"
+                    )));
+                }
                 tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
-                let added = self.raft.add_learner(id, member, true).await;
+                // Not openraft's blocking add, which waits without a bound; the wait below is bounded.
+                let added = self.raft.add_learner(id, member, false).await;
                 if added.is_ok() {
                     self.await_caught_up(id).await;
                 }

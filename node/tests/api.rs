@@ -215,3 +215,20 @@ async fn a_member_takes_its_port_back_while_old_connections_linger_in_time_wait(
     cluster.add(1, peer, port, args);
     cluster.wait_for_leader(Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_page_stops_at_its_byte_budget_and_continues_from_next_key() {
+    let (_cluster, client) = single().await;
+    let value = vec![b'x'; 1024 * 1024];
+    let count = metastore_client::MAX_RANGE_BYTES / value.len() + 3;
+    for i in 0..count {
+        client.put(&format!("big/{i:02}"), value.clone(), None).await.expect("put");
+    }
+    let request = RangeRequest { prefix: Some("big/".into()), ..Default::default() };
+    let first = client.range(&request).await.expect("range");
+    assert!(first.more && first.kvs.len() < count, "a page of {} values of 1 MiB", first.kvs.len());
+    let bytes: usize = first.kvs.iter().map(|kv| kv.value.len()).sum();
+    assert!(bytes <= metastore_client::MAX_RANGE_BYTES);
+    let rest = client.range(&RangeRequest { start: first.next_key.clone(), ..request }).await.expect("range");
+    assert_eq!(first.kvs.len() + rest.kvs.len(), count);
+}

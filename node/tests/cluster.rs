@@ -247,6 +247,16 @@ async fn a_member_that_lost_its_data_is_refused_until_it_is_removed_and_added_an
     assert!(!status.initialized, "the leader must not replicate to a wiped member: {status:?}");
     assert_eq!(value_of(&wiped, "before", Consistency::Stale).await, None);
 
+    // Re-adding it as it is now, without removing it first, is refused.
+    let node = cluster.node(3);
+    let request = AddMemberRequest {
+        id: 3,
+        peer_url: node.peer_url(),
+        client_url: node.client_url(),
+        incarnation: status.incarnation.clone(),
+    };
+    assert_eq!(admin.add_learner(&request).await.expect_err("a different member 3").status(), Some(409));
+
     // Removed and added anew, it catches up as a new incarnation.
     eventually(Duration::from_secs(30), || admin.remove_member(3)).await;
     add_member(&admin, &cluster, 3).await;

@@ -2,7 +2,6 @@
 //! bad input with an [`ApiError`]; nothing panics and nothing reaches raft unchecked.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -82,9 +81,10 @@ where
     Ok(body.freeze())
 }
 
-/// The query string as name → value, percent-decoded.
-pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Infallible> + Clone {
-    warp::query::<HashMap<String, String>>().or(warp::any().map(HashMap::new)).unify()
+/// The query string as name → value, percent-decoded (empty without one). A malformed query
+/// is rejected (answered 400), never read as empty: that would drop a write's precondition.
+pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
+    warp::query::<HashMap<String, String>>()
 }
 
 pub fn consistency(query: &HashMap<String, String>) -> Result<ReadConsistency, ApiError> {

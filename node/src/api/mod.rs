@@ -38,6 +38,8 @@ pub fn routes(service: Service) -> impl Filter<Extract = (impl warp::Reply,), Er
 async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
         ApiError::not_found("not_found", "no such endpoint")
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::bad_request("invalid_query", "the query string is malformed")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
     } else {

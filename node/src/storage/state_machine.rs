@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -64,29 +64,64 @@ pub(crate) fn apply_command(
     }
 }
 
+/// Where snapshots live, and the lock that orders replacing the current one: openraft builds
+/// snapshots in a task of their own, which can overlap installing one received from the leader.
+#[derive(Clone)]
+struct SnapshotDir {
+    path: PathBuf,
+    replace: Arc<Mutex<()>>,
+}
+
+impl SnapshotDir {
+    fn current(&self) -> PathBuf {
+        self.path.join(CURRENT_SNAPSHOT)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding it left no half-done state behind the lock: files are renamed
+        // atomically. Carry on with the inner guard.
+        self.replace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The state machine handed to openraft.
 pub struct StateMachine {
     db: Arc<DB>,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
 }
 
 impl StateMachine {
     pub(crate) async fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
-        let dir = snapshot_dir.clone();
+        let snapshots = SnapshotDir { path: snapshot_dir, replace: Arc::default() };
+        let dir = snapshots.clone();
+        let store = db.clone();
         run_blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+            std::fs::create_dir_all(&dir.path).map_err(|e| StoreError::io(&dir.path, e))?;
             // A crash while building or installing leaves partial files; they are never read.
-            for entry in std::fs::read_dir(&dir).map_err(|e| StoreError::io(&dir, e))? {
-                let path = entry.map_err(|e| StoreError::io(&dir, e))?.path();
+            for entry in std::fs::read_dir(&dir.path).map_err(|e| StoreError::io(&dir.path, e))? {
+                let path = entry.map_err(|e| StoreError::io(&dir.path, e))?.path();
                 if path.file_name().is_some_and(|n| n != CURRENT_SNAPSHOT) {
                     std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
                 }
             }
-            Ok(())
+            finish_interrupted_install(&store, &dir)
         })
         .await?;
-        Ok(Self { db, snapshot_dir })
+        Ok(Self { db, snapshots })
     }
+}
+
+/// Installing a snapshot renames it into place, then writes it into the state machine. A crash
+/// between the two leaves a current snapshot ahead of the state machine; openraft would never
+/// install it again, so finish the job here.
+fn finish_interrupted_install(db: &DB, dir: &SnapshotDir) -> Result<(), StoreError> {
+    let Some((meta, _)) = open_current_snapshot(&dir.current())? else { return Ok(()) };
+    let applied = read_sm_meta::<Option<LogId>>(db, ReadOptions::default(), codec::LAST_APPLIED)?.flatten();
+    if meta.last_log_id > applied {
+        tracing::warn!(snapshot = %meta.snapshot_id, ?applied, "finishing an interrupted snapshot install");
+        load_snapshot(db, &dir.current(), &meta)?;
+    }
+    Ok(())
 }
 
 fn sm_read_err(e: StoreError) -> StorageError {
@@ -175,9 +210,9 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
-/// Writes a snapshot of the state machine as of now, makes it the current one, and returns it
-/// opened for reading.
-fn build_snapshot_file(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), StoreError> {
+/// Writes a snapshot of the state machine as of now, makes it the current one unless a newer one
+/// was installed meanwhile, and returns the current one opened for reading.
+fn build_snapshot_file(db: &DB, dir: &SnapshotDir) -> Result<(SnapshotMeta, File), StoreError> {
     let started = std::time::Instant::now();
     let view = db.snapshot();
     let mut opts = ReadOptions::default();
@@ -190,7 +225,7 @@ fn build_snapshot_file(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), Stor
     let meta =
         SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id: snapshot_id(last_applied) };
 
-    let building = dir.join(format!("{}.building", meta.snapshot_id));
+    let building = dir.path.join(format!("{}.building", meta.snapshot_id));
     let file = File::create(&building).map_err(|e| StoreError::io(&building, e))?;
     let mut writer = SnapshotWriter::new(BufWriter::new(file), &meta)?;
     for item in view.iterator_cf(cf(db, CF_KV)?, IteratorMode::Start) {
@@ -199,23 +234,30 @@ fn build_snapshot_file(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), Stor
     }
     let file = writer.finish()?.into_inner().map_err(|e| StoreError::io(&building, e.into_error()))?;
     file.sync_all().map_err(|e| StoreError::io(&building, e))?;
-    let current = dir.join(CURRENT_SNAPSHOT);
-    std::fs::rename(&building, &current).map_err(|e| StoreError::io(&current, e))?;
-    sync_dir(dir)?;
+    drop(file);
+
+    let _replacing = dir.lock();
+    if let Some((newer, file)) =
+        open_current_snapshot(&dir.current())?.filter(|(c, _)| c.last_log_id >= meta.last_log_id)
+    {
+        std::fs::remove_file(&building).map_err(|e| StoreError::io(&building, e))?;
+        return Ok((newer, file));
+    }
+    std::fs::rename(&building, dir.current()).map_err(|e| StoreError::io(dir.current(), e))?;
+    sync_dir(&dir.path)?;
     metrics::storage().observe_snapshot_build(started.elapsed());
-    let file = File::open(&current).map_err(|e| StoreError::io(&current, e))?;
+    let file = File::open(dir.current()).map_err(|e| StoreError::io(dir.current(), e))?;
     Ok((meta, file))
 }
 
-/// Makes the received snapshot in `received` current, then replaces the state machine with it
-/// in one atomic write.
+/// Makes the received snapshot in `received` current, then replaces the state machine with it.
 fn install_snapshot_file(
     db: &DB,
-    dir: &Path,
+    dir: &SnapshotDir,
     mut received: File,
     expected: &SnapshotMeta,
 ) -> Result<(), StoreError> {
-    let installing = dir.join("installing.tmp");
+    let installing = dir.path.join("installing.tmp");
     received.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(&installing, e))?;
     let mut copy = File::create(&installing).map_err(|e| StoreError::io(&installing, e))?;
     std::io::copy(&mut received, &mut copy).map_err(|e| StoreError::io(&installing, e))?;
@@ -223,13 +265,24 @@ fn install_snapshot_file(
     drop(copy);
 
     let file = File::open(&installing).map_err(|e| StoreError::io(&installing, e))?;
-    let (meta, mut reader) = SnapshotReader::open(BufReader::new(file))?;
+    let (meta, _) = SnapshotReader::open(BufReader::new(file))?;
     if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
         return Err(StoreError::Corrupt(format!(
             "snapshot file describes {:?}, but it was sent as {:?}",
             meta.last_log_id, expected.last_log_id
         )));
     }
+    // The rename is the commit point: from here a restart finishes the install itself.
+    let _replacing = dir.lock();
+    std::fs::rename(&installing, dir.current()).map_err(|e| StoreError::io(dir.current(), e))?;
+    sync_dir(&dir.path)?;
+    load_snapshot(db, &dir.current(), &meta)
+}
+
+/// Replaces the whole state machine with the snapshot at `path`, in one atomic write.
+fn load_snapshot(db: &DB, path: &Path, meta: &SnapshotMeta) -> Result<(), StoreError> {
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let (_, mut reader) = SnapshotReader::open(BufReader::new(file))?;
     let kv = cf(db, CF_KV)?;
     let mut batch = WriteBatch::default();
     // User keys are UTF-8, which never contains the byte 0xFF: this range covers every key.
@@ -241,26 +294,21 @@ fn install_snapshot_file(
     let sm = cf(db, CF_SM)?;
     batch.put_cf(sm, codec::LAST_APPLIED, encode(&meta.last_log_id)?);
     batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&meta.last_membership)?);
-
-    let current = dir.join(CURRENT_SNAPSHOT);
-    std::fs::rename(&installing, &current).map_err(|e| StoreError::io(&current, e))?;
-    sync_dir(dir)?;
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.write_opt(batch, &opts)?;
     Ok(())
 }
 
-fn open_current_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
-    let current = dir.join(CURRENT_SNAPSHOT);
-    let file = match File::open(&current) {
+fn open_current_snapshot(current: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
+    let file = match File::open(current) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io(&current, e)),
+        Err(e) => return Err(StoreError::io(current, e)),
     };
     let (meta, _) = SnapshotReader::open(BufReader::new(&file))?;
     let mut file = file;
-    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(&current, e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io(current, e))?;
     Ok(Some((meta, file)))
 }
 
@@ -296,11 +344,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), snapshot_dir: self.snapshot_dir.clone() }
+        SnapshotBuilder { db: self.db.clone(), snapshots: self.snapshots.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let dir = self.snapshot_dir.clone();
+        let dir = self.snapshots.path.clone();
         // An unnamed temporary file: it disappears by itself if the transfer is abandoned.
         let file = run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e)))
             .await
@@ -315,7 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let received = snapshot.into_std().await;
         let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
+        let dir = self.snapshots.clone();
         let expected = meta.clone();
         run_blocking(move || install_snapshot_file(&db, &dir, received, &expected))
             .await
@@ -325,8 +373,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let dir = self.snapshot_dir.clone();
-        let current = run_blocking(move || open_current_snapshot(&dir))
+        let current = self.snapshots.current();
+        let current = run_blocking(move || open_current_snapshot(&current))
             .await
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(current.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
@@ -336,13 +384,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// Builds snapshots on openraft's request, from a consistent view of the state machine.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
+        let dir = self.snapshots.clone();
         let (meta, file) =
             run_blocking(move || build_snapshot_file(&db, &dir)).await.map_err(snapshot_err)?;
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
@@ -378,13 +426,14 @@ impl KvReader {
         .await
     }
 
-    /// Keys in `[start, end)` (no upper bound when `end` is `None`), at most `limit`, read from
-    /// one consistent view.
+    /// Keys in `[start, end)` (no upper bound when `end` is `None`), at most `limit` of them and
+    /// about `max_bytes` of keys and records (at least one), read from one consistent view.
     pub async fn range(
         &self,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<RangePage, StoreError> {
         let db = self.db.clone();
         run_blocking(move || {
@@ -395,6 +444,7 @@ impl KvReader {
                 .flatten()
                 .map_or(0, |id| id.index);
             let mut entries = Vec::new();
+            let mut bytes = 0usize;
             let mut next_key = None;
             let iter = view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
             for item in iter {
@@ -404,10 +454,13 @@ impl KvReader {
                 }
                 let key = String::from_utf8(key.into_vec())
                     .map_err(|_| StoreError::Corrupt("a stored key is not UTF-8".into()))?;
-                if entries.len() == limit {
+                let full = entries.len() == limit
+                    || (!entries.is_empty() && bytes + key.len() + record.len() > max_bytes);
+                if full {
                     next_key = Some(key);
                     break;
                 }
+                bytes += key.len() + record.len();
                 entries.push((key, decode_record(&record)?));
             }
             Ok(RangePage { entries, next_key, revision })
@@ -433,6 +486,53 @@ impl KvReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A store whose state machine has applied up to `applied`, and a snapshot directory whose
+    /// current snapshot is at `snapshot` and holds `k = v`.
+    fn store_with_snapshot(applied: u64, snapshot: u64) -> (tempfile::TempDir, Arc<DB>, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
+        let sm = cf(&db, CF_SM).expect("cf");
+        db.put_cf(sm, codec::LAST_APPLIED, encode(&Some(log_id(applied))).expect("encode")).expect("put");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).expect("mkdir");
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(snapshot)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s".into(),
+        };
+        let file = File::create(snapshots.join(CURRENT_SNAPSHOT)).expect("create");
+        let mut writer = SnapshotWriter::new(file, &meta).expect("header");
+        writer.record(b"k", &encode_record(&record(1, 1, 1, "v"))).expect("record");
+        writer.finish().expect("finish");
+        (dir, db, snapshots)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_restart_finishes_an_install_interrupted_after_its_commit_point() {
+        let (_dir, db, snapshots) = store_with_snapshot(5, 10);
+        StateMachine::new(db.clone(), snapshots).await.expect("open");
+        let reader = KvReader::new(db);
+        assert_eq!(reader.last_applied().await.expect("read"), Some(log_id(10)));
+        assert_eq!(reader.get("k".into()).await.expect("read").map(|r| r.value), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_build_never_replaces_a_newer_installed_snapshot() {
+        let (_dir, db, snapshots) = store_with_snapshot(5, 50);
+        let sm = StateMachine::new(db.clone(), snapshots.clone()).await.expect("open");
+        // The store is at 50 now; pretend it had only applied 20 when the build began.
+        db.put_cf(cf(&db, CF_SM).expect("cf"), codec::LAST_APPLIED, encode(&Some(log_id(20))).expect("enc"))
+            .expect("put");
+        let (meta, _) = build_snapshot_file(&db, &sm.snapshots).expect("build");
+        assert_eq!(meta.last_log_id, Some(log_id(50)), "the newer snapshot stays current");
+        let leftovers: Vec<_> = std::fs::read_dir(&snapshots).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "the stale build was discarded");
+    }
 
     fn put(value: &str, precondition: Option<Precondition>) -> Command {
         Command::Put { key: "k".into(), value: value.as_bytes().to_vec(), precondition }
