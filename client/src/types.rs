@@ -81,6 +81,8 @@ pub struct MemberStatus {
     pub peer_url: String,
     /// Empty when the member was configured statically without one.
     pub client_url: String,
+    /// The storage incarnation peers address it by; empty while unknown.
+    pub incarnation: String,
 }
 
 /// Answer to `GET /v1/cluster`: what this member knows about the cluster.

@@ -151,7 +151,7 @@ pub async fn run(
     );
     tokio::spawn(log_raft_changes(id, raft.clone()));
     let publisher = service.clone();
-    tokio::spawn(async move { publisher.publish_client_url().await });
+    tokio::spawn(async move { publisher.publish_identity().await });
     tracing::info!(
         member = id,
         peer = %config.member.peer_url,

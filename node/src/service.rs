@@ -131,29 +131,30 @@ impl Service {
         }
     }
 
-    /// Keeps asking the leader to record this member's advertised client URL until the
-    /// membership holds it. Static clusters start with peer URLs only, since every member must
-    /// propose the identical initial membership.
-    pub async fn publish_client_url(&self) {
+    /// Keeps asking the leader to record this member's advertised client URL and, where none is
+    /// recorded, its storage incarnation, until the membership holds them. Static clusters start
+    /// with peer URLs only, since every member must propose the identical initial membership.
+    pub async fn publish_identity(&self) {
         let mut metrics = self.raft.metrics();
         loop {
             let recorded = {
                 let m = metrics.borrow_and_update();
-                m.membership_config.membership().get_node(&self.id).map(|n| n.client_url.clone())
+                m.membership_config.membership().get_node(&self.id).cloned()
             };
             match recorded {
-                Some(url) if url == self.member.client_url => return,
+                Some(r) if r.client_url == self.member.client_url && !r.incarnation.is_empty() => return,
                 // Not a member yet (a joining member): wait for the membership to change.
                 None => {}
                 Some(_) => {
-                    let change = MembershipChange::SetClientUrl {
+                    let change = MembershipChange::Describe {
                         id: self.id,
                         client_url: self.member.client_url.clone(),
+                        incarnation: self.member.incarnation.clone(),
                     };
                     match self.change_membership(change).await {
                         Ok(_) => continue,
                         Err(e) => {
-                            tracing::debug!(member = self.id, error = %e, "client URL not recorded yet")
+                            tracing::debug!(member = self.id, error = %e, "member description not recorded yet")
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -352,15 +353,17 @@ impl Service {
                 tracing::info!(member = id, "promoting learner to voter");
                 self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
             }
-            MembershipChange::SetClientUrl { id, client_url } => {
+            MembershipChange::Describe { id, client_url, incarnation } => {
                 let Some(current) = membership.get_node(&id) else {
                     return Err(ForwardError::Rejected(format!("member {id} is not in the cluster")));
                 };
-                if current.client_url == client_url {
+                let incarnation =
+                    if current.incarnation.is_empty() { incarnation } else { current.incarnation.clone() };
+                let member = Member { client_url, incarnation, ..current.clone() };
+                if *current == member {
                     return unchanged;
                 }
-                let member = Member { client_url, ..current.clone() };
-                tracing::info!(member = id, client_url = %member.client_url, "recording client URL");
+                tracing::info!(member = id, client_url = %member.client_url, incarnation = %member.incarnation, "recording member");
                 self.raft
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
                     .await

@@ -262,3 +262,35 @@ async fn a_member_that_lost_its_data_is_refused_until_it_is_removed_and_added_an
     add_member(&admin, &cluster, 3).await;
     caught_up(&wiped, "during", "2", Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_static_member_that_lost_its_data_is_refused_by_its_peers() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let admin = cluster.node(leader).client();
+    // Every member has published its incarnation.
+    eventually(Duration::from_secs(10), || async {
+        let members = admin.cluster().await.map_err(|e| e.to_string())?.members;
+        if members.iter().all(|m| !m.incarnation.is_empty()) {
+            Ok(())
+        } else {
+            Err(format!("{members:?}"))
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(10), || put(&admin, "before", "1")).await;
+
+    // A follower restarts on an empty data directory with its static flags: it initializes
+    // anew, but its peers no longer talk to it, so it never learns the data (or takes part).
+    let wiped = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.data_dir(wiped)).expect("wipe");
+    cluster.restart(wiped);
+    let client = cluster.node(wiped).client();
+    eventually(Duration::from_secs(10), || client.cluster()).await;
+    eventually(Duration::from_secs(10), || put(&admin, "during", "2")).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(value_of(&client, "before", Consistency::Stale).await, None);
+    assert_eq!(value_of(&client, "during", Consistency::Stale).await, None);
+    assert_eq!(value_of(&admin, "during", Consistency::Linearizable).await.as_deref(), Some("2"));
+}

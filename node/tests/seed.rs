@@ -59,10 +59,17 @@ async fn the_seed_report_holds_and_survives_restart_and_kill_9() {
     for id in 1..=3 {
         assert!(cluster.data_dir(id).is_dir(), "data/{id} exists");
     }
-    // Each member publishes its client URL into the membership, which starts with peer URLs only.
+    // Each member publishes its client URL and storage incarnation into the membership, which
+    // starts with peer URLs only.
+    let mut incarnations = std::collections::BTreeMap::new();
+    for id in 1..=3 {
+        incarnations.insert(id, cluster.status(id).await.incarnation);
+    }
     eventually(Duration::from_secs(10), || async {
         let members = cluster.status(1).await.members;
-        let published = members.iter().all(|m| m.client_url == cluster.node(m.id).client_url());
+        let published = members
+            .iter()
+            .all(|m| m.client_url == cluster.node(m.id).client_url() && m.incarnation == incarnations[&m.id]);
         if published {
             Ok(())
         } else {

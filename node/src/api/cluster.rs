@@ -58,6 +58,7 @@ fn members(metrics: &RaftMetrics) -> Vec<MemberStatus> {
             },
             peer_url: member.peer_url.clone(),
             client_url: member.client_url.clone(),
+            incarnation: member.incarnation.clone(),
         })
         .collect()
 }

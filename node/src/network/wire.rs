@@ -49,9 +49,11 @@ pub enum MembershipChange {
     Promote { id: NodeId },
     /// Remove a voter or a learner.
     Remove { id: NodeId },
-    /// Record a member's client URL. Its peer URL never changes this way: a member reachable at
-    /// two addresses could count twice towards a quorum.
-    SetClientUrl { id: NodeId, client_url: String },
+    /// Record what a member says of itself: its client URL, and its storage incarnation where
+    /// none is recorded yet (static members start without one). Its peer URL never changes this
+    /// way (a member reachable at two addresses could count twice towards a quorum), nor does a
+    /// recorded incarnation (that is how a member that lost its data is kept out).
+    Describe { id: NodeId, client_url: String, incarnation: String },
 }
 
 /// Work a follower passes to the leader.
