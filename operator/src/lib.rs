@@ -5,3 +5,4 @@ pub mod crd;
 pub mod executor;
 pub mod membership;
 pub mod resources;
+pub mod status;
