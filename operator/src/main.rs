@@ -2,7 +2,17 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use metastore_operator::controller::{error_policy, reconcile, Context};
+use metastore_operator::crd::MetaStoreCluster;
 
 /// The Kubernetes operator for metaStore clusters.
 #[derive(Parser)]
@@ -16,7 +26,7 @@ struct Cli {
 enum Command {
     /// Print the MetaStoreCluster CustomResourceDefinition as YAML.
     Crd,
-    /// Run the controller (not implemented yet).
+    /// Run the controller: watch MetaStoreClusters in every namespace and reconcile them.
     Run,
 }
 
@@ -32,9 +42,42 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => {
-            eprintln!("metastore-operator: the reconciler is not implemented yet");
-            ExitCode::FAILURE
-        }
+        Command::Run => match run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("metastore-operator: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let client =
+        Client::try_default().await.context("cannot reach Kubernetes (in-cluster config or kubeconfig)")?;
+    let clusters = Api::<MetaStoreCluster>::all(client.clone());
+    clusters.list(&kube::api::ListParams::default().limit(1)).await.context(
+        "cannot list MetaStoreClusters: is the CRD installed? (kubectl apply -f crds/metastorecluster.yaml)",
+    )?;
+    tracing::info!("watching MetaStoreClusters");
+    Controller::new(clusters, watcher::Config::default())
+        .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, Arc::new(Context::new(client)))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile outcome");
+            }
+        })
+        .await;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -1,0 +1,268 @@
+//! The reconciler: one pass turns a `MetaStoreCluster` into its children, observes the members,
+//! carries out at most one membership step, and records the status.
+//!
+//! apply children → observe members → plan one step → carry it out → write status → requeue
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::crd::MetaStoreCluster;
+use crate::executor::{self, MemberDirectory};
+use crate::membership::{self, Removal, Step};
+use crate::resources::{self, Names};
+use crate::{status, Error};
+
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "metastore-operator";
+/// Requeue soon while a change is in flight, rarely once converged.
+const BUSY_REQUEUE: Duration = Duration::from_secs(2);
+const IDLE_REQUEUE: Duration = Duration::from_secs(30);
+
+/// What every reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// How members are reached; pod DNS names unless a test says otherwise.
+    pub directory: Option<Arc<dyn MemberDirectory>>,
+}
+
+impl Context {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter { controller: MANAGER.to_string(), instance: std::env::var("HOSTNAME").ok() };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, directory: None }
+    }
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
+        .await
+        .map_err(|source| Error::Apply { kind: K::kind(&()).to_string(), name, source })
+}
+
+async fn event(ctx: &Context, cluster: &MetaStoreCluster, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: reason.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot record an event");
+    }
+}
+
+/// One reconcile of `cluster`.
+pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let names = Names::of(&cluster)?;
+    let ns = names.namespace.as_str();
+    let client = &ctx.client;
+
+    apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::peer_service(&cluster)?).await?;
+    apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::client_service(&cluster)?).await?;
+    let pdb = resources::pod_disruption_budget(&cluster)?;
+    if let Err(e) = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
+        // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget.
+        tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
+    }
+
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
+    let current = sts_api.get_opt(&names.stateful_set()).await.map_err(Error::Kube)?;
+    let sts_replicas = current.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0);
+    let pod_ids: Vec<u64> = (1..=sts_replicas.max(0) as u64).collect();
+
+    let directory: &dyn MemberDirectory = match &ctx.directory {
+        Some(d) => d.as_ref(),
+        None => &names,
+    };
+    let observation = executor::observe(directory, &pod_ids, sts_replicas).await;
+    let step = membership::plan(cluster.spec.replicas, &observation.observed);
+    tracing::info!(cluster = %names.cluster, ?step, "reconciling");
+
+    // The StatefulSet is applied every time (its template follows the spec); only its replica
+    // count waits for the membership plan.
+    let replicas = match step {
+        Step::ScaleStatefulSet(n) => n,
+        _ => sts_replicas,
+    };
+    apply(&sts_api, &resources::stateful_set(&cluster, replicas)?).await?;
+
+    let outcome = executor::execute(directory, &observation, &step).await;
+    match (&step, &outcome) {
+        (_, Err(e)) => event(&ctx, &cluster, EventType::Warning, "MembershipStepFailed", e.to_string()).await,
+        (Step::Bootstrap, Ok(())) => {
+            event(&ctx, &cluster, EventType::Normal, "Bootstrapped", "initialized member 1".into()).await
+        }
+        (Step::Promote { id }, Ok(())) => {
+            event(&ctx, &cluster, EventType::Normal, "MemberAdded", format!("member {id} is a voter")).await
+        }
+        (Step::Remove { id, why }, Ok(())) => {
+            let note = match why {
+                Removal::ScaleDown => format!("member {id} left the cluster"),
+                Removal::StorageLost => format!("member {id} lost its storage; it will be added anew"),
+            };
+            event(&ctx, &cluster, EventType::Normal, "MemberRemoved", note).await
+        }
+        (Step::Refuse(why), Ok(())) => {
+            event(&ctx, &cluster, EventType::Warning, "QuorumAtRisk", why.clone()).await
+        }
+        _ => {}
+    }
+
+    let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::build(&names, cluster.metadata.generation, &observation, &step, &previous, &now);
+    let patch = serde_json::json!({
+        "apiVersion": "metastore.io/v1alpha1",
+        "kind": "MetaStoreCluster",
+        "status": new_status,
+    });
+    Api::<MetaStoreCluster>::namespaced(client.clone(), ns)
+        .patch_status(&cluster.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "MetaStoreCluster/status".into(),
+            name: cluster.name_any(),
+            source,
+        })?;
+
+    outcome?;
+    Ok(match step {
+        Step::Done => Action::requeue(IDLE_REQUEUE),
+        _ => Action::requeue(BUSY_REQUEUE),
+    })
+}
+
+/// Failed reconciles are retried after a pause; the next pass starts from what it observes.
+pub fn error_policy(cluster: Arc<MetaStoreCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, kind = error.metric_label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures::cluster;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock::{self, Handle};
+
+    type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+    /// Expects the next request to be `method path`; answers it with `answer` (or, when `None`,
+    /// echoes the request body back, as an apply does) and returns the request body.
+    async fn expect(
+        server: &mut ApiServer,
+        method: Method,
+        path: &str,
+        answer: Option<(StatusCode, String)>,
+    ) -> String {
+        let (request, send) = server.next_request().await.expect("the reconciler made a request");
+        assert_eq!((request.method(), request.uri().path()), (&method, path));
+        let body = request.into_body().collect_bytes().await.expect("request body");
+        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
+        let (status, reply) = answer.unwrap_or((StatusCode::OK, body.clone()));
+        send.send_response(
+            Response::builder().status(status).body(Body::from(reply.into_bytes())).expect("response"),
+        );
+        body
+    }
+
+    /// The API server's answer to a status patch: the whole object, with the patched status.
+    fn object_with_status(cluster: &MetaStoreCluster, patch: &str) -> (StatusCode, String) {
+        let patch: serde_json::Value = serde_json::from_str(patch).expect("json patch");
+        let mut object = serde_json::to_value(cluster).expect("json object");
+        object["status"] = patch["status"].clone();
+        (StatusCode::OK, object.to_string())
+    }
+
+    /// Expects the status patch, answers it as the API server does, and returns the patch.
+    async fn expect_status(server: &mut ApiServer, cluster: &MetaStoreCluster) -> serde_json::Value {
+        let path = "/apis/metastore.io/v1alpha1/namespaces/ns/metastoreclusters/demo/status";
+        let (request, send) = server.next_request().await.expect("the reconciler made a request");
+        assert_eq!((request.method(), request.uri().path()), (&Method::PATCH, path));
+        let body = request.into_body().collect_bytes().await.expect("request body");
+        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
+        let (status, reply) = object_with_status(cluster, &body);
+        send.send_response(
+            Response::builder().status(status).body(Body::from(reply.into_bytes())).expect("response"),
+        );
+        serde_json::from_str(&body).expect("json")
+    }
+
+    fn not_found() -> (StatusCode, String) {
+        let status = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"
+        });
+        (StatusCode::NOT_FOUND, status.to_string())
+    }
+
+    #[tokio::test]
+    async fn a_new_cluster_gets_its_services_budget_and_statefulset_then_a_bootstrapping_status() {
+        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(Client::new(service, "default")));
+        let demo = cluster(3);
+        let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
+
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+        expect(&mut server, Method::PATCH, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", None)
+            .await;
+        expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+            .await;
+        let sts =
+            expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
+        let sts: serde_json::Value = serde_json::from_str(&sts).expect("json");
+        assert_eq!(sts["spec"]["replicas"], 3, "the StatefulSet is created at the desired size");
+        let status = expect_status(&mut server, &demo).await;
+        assert_eq!(status["status"]["phase"], "Bootstrapping");
+        let available = status["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Available");
+        assert_eq!(available.expect("Available")["status"], "False");
+
+        let action = reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+        assert_eq!(action, Action::requeue(BUSY_REQUEUE));
+    }
+
+    #[tokio::test]
+    async fn an_old_api_server_without_policy_v1_still_gets_a_cluster() {
+        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(Client::new(service, "default")));
+        let demo = cluster(1);
+        let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
+
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+        expect(
+            &mut server,
+            Method::PATCH,
+            "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo",
+            Some(not_found()),
+        )
+        .await;
+        expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+            .await;
+        expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
+        expect_status(&mut server, &demo).await;
+        reconciling.await.expect("reconcile task").expect("reconcile succeeds without a budget");
+    }
+}
