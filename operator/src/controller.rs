@@ -164,23 +164,36 @@ mod tests {
 
     type ApiServer = Handle<Request<Body>, Response<Body>>;
 
-    /// Expects the next request to be `method path`; answers it with `answer` (or, when `None`,
-    /// echoes the request body back, as an apply does) and returns the request body.
+    /// Expects the next request to be `method path`, answers it with `answer(request body)`,
+    /// and returns the request body.
+    async fn expect_answered(
+        server: &mut ApiServer,
+        method: Method,
+        path: &str,
+        answer: impl FnOnce(&str) -> (StatusCode, String),
+    ) -> String {
+        let (request, send) = server.next_request().await.expect("the reconciler made a request");
+        assert_eq!((request.method(), request.uri().path()), (&method, path));
+        let body = request.into_body().collect_bytes().await.expect("request body");
+        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
+        let (status, reply) = answer(&body);
+        let response = Response::builder().status(status).body(Body::from(reply.into_bytes()));
+        send.send_response(response.expect("response"));
+        body
+    }
+
+    /// Expects `method path`; answers with `answer`, or when `None` echoes the body back, as an
+    /// apply does.
     async fn expect(
         server: &mut ApiServer,
         method: Method,
         path: &str,
         answer: Option<(StatusCode, String)>,
     ) -> String {
-        let (request, send) = server.next_request().await.expect("the reconciler made a request");
-        assert_eq!((request.method(), request.uri().path()), (&method, path));
-        let body = request.into_body().collect_bytes().await.expect("request body");
-        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
-        let (status, reply) = answer.unwrap_or((StatusCode::OK, body.clone()));
-        send.send_response(
-            Response::builder().status(status).body(Body::from(reply.into_bytes())).expect("response"),
-        );
-        body
+        expect_answered(server, method, path, |body| {
+            answer.unwrap_or_else(|| (StatusCode::OK, body.to_string()))
+        })
+        .await
     }
 
     /// The API server's answer to a status patch: the whole object, with the patched status.
@@ -194,15 +207,9 @@ mod tests {
     /// Expects the status patch, answers it as the API server does, and returns the patch.
     async fn expect_status(server: &mut ApiServer, cluster: &MetaStoreCluster) -> serde_json::Value {
         let path = "/apis/metastore.io/v1alpha1/namespaces/ns/metastoreclusters/demo/status";
-        let (request, send) = server.next_request().await.expect("the reconciler made a request");
-        assert_eq!((request.method(), request.uri().path()), (&Method::PATCH, path));
-        let body = request.into_body().collect_bytes().await.expect("request body");
-        let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
-        let (status, reply) = object_with_status(cluster, &body);
-        send.send_response(
-            Response::builder().status(status).body(Body::from(reply.into_bytes())).expect("response"),
-        );
-        serde_json::from_str(&body).expect("json")
+        let patch =
+            expect_answered(server, Method::PATCH, path, |body| object_with_status(cluster, body)).await;
+        serde_json::from_str(&patch).expect("json")
     }
 
     fn not_found() -> (StatusCode, String) {
