@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::crd::MetaStoreCluster;
 use crate::executor::{self, MemberDirectory};
 use crate::membership::{self, Removal, Step};
+use crate::metrics::Metrics;
 use crate::resources::{self, Names};
 use crate::{status, Error};
 
@@ -35,12 +36,18 @@ pub struct Context {
     pub recorder: Recorder,
     /// How members are reached; pod DNS names unless a test says otherwise.
     pub directory: Option<Arc<dyn MemberDirectory>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
     pub fn new(client: Client) -> Self {
         let reporter = Reporter { controller: MANAGER.to_string(), instance: std::env::var("HOSTNAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, directory: None }
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            directory: None,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -67,8 +74,15 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, type_: EventType, reas
     }
 }
 
-/// One reconcile of `cluster`.
+/// One reconcile of `cluster`, timed.
 pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(cluster, ctx.clone()).await;
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let names = Names::of(&cluster)?;
     let ns = names.namespace.as_str();
     let client = &ctx.client;
@@ -149,7 +163,8 @@ pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Res
 }
 
 /// Failed reconciles are retried after a pause; the next pass starts from what it observes.
-pub fn error_policy(cluster: Arc<MetaStoreCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(cluster: Arc<MetaStoreCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(error.metric_label());
     tracing::warn!(cluster = %cluster.name_any(), error = %error, kind = error.metric_label(), "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }

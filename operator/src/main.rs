@@ -27,7 +27,11 @@ enum Command {
     /// Print the MetaStoreCluster CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller: watch MetaStoreClusters in every namespace and reconcile them.
-    Run,
+    Run {
+        /// Where `/metrics` and `/healthz` are served.
+        #[arg(long, env = "METASTORE_OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+        metrics_address: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => match run() {
+        Command::Run { metrics_address } => match run(metrics_address) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("metastore-operator: {e:#}");
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn run() -> anyhow::Result<()> {
+async fn run(metrics_address: std::net::SocketAddr) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -66,18 +70,29 @@ async fn run() -> anyhow::Result<()> {
     clusters.list(&kube::api::ListParams::default().limit(1)).await.context(
         "cannot list MetaStoreClusters: is the CRD installed? (kubectl apply -f crds/metastorecluster.yaml)",
     )?;
-    tracing::info!("watching MetaStoreClusters");
+    let ctx = Arc::new(Context::new(client.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(metrics_address)
+        .await
+        .with_context(|| format!("cannot listen on {metrics_address} for /metrics"))?;
+    let server = metastore_operator::metrics::serve(listener, ctx.metrics.clone(), async {
+        let _ = stopped.await;
+    });
+    let server = tokio::spawn(server);
+    tracing::info!(%metrics_address, "watching MetaStoreClusters");
     Controller::new(clusters, watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(Context::new(client)))
+        .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile outcome");
             }
         })
         .await;
+    let _ = stop.send(());
+    server.await.context("metrics server task")?;
     tracing::info!("stopped");
     Ok(())
 }
