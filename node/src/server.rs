@@ -149,9 +149,9 @@ pub async fn run(
             .graceful(stopped(stop_rx.clone()))
             .run(),
     );
-    tokio::spawn(log_raft_changes(id, raft.clone()));
+    let change_logger = tokio::spawn(log_raft_changes(id, raft.clone()));
     let publisher = service.clone();
-    tokio::spawn(async move { publisher.publish_identity().await });
+    let publisher = tokio::spawn(async move { publisher.publish_identity().await });
     tracing::info!(
         member = id,
         peer = %config.member.peer_url,
@@ -169,6 +169,13 @@ pub async fn run(
     }
     let _ = peer_server.await;
     let _ = client_server.await;
+    // Release every handle on the store before returning, so that it closes now.
+    for task in [change_logger, publisher] {
+        task.abort();
+        let _ = task.await;
+    }
+    drop(service);
+    drop(raft);
     tracing::info!(member = id, "stopped");
     Ok(())
 }

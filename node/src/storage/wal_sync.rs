@@ -18,13 +18,15 @@ use crate::metrics;
 use crate::types::TypeConfig;
 
 pub(crate) struct WalSyncer {
-    tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WalSyncer {
     pub(crate) fn start(db: Arc<DB>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
                 // Ends when every sender is gone, i.e. when the log store is dropped.
@@ -44,13 +46,29 @@ impl WalSyncer {
                 }
             })
             .map_err(|e| StoreError::io("wal-sync thread", e))?;
-        Ok(Self { tx })
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
     /// Completes `callback` once everything written to the store so far is on disk.
     pub(crate) fn sync_then(&self, callback: LogFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(callback)) = self.tx.send(callback) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(callback).map_err(|mpsc::SendError(callback)| callback),
+            None => Err(callback),
+        };
+        if let Err(callback) = sent {
             callback.log_io_completed(Err(std::io::Error::other("wal-sync thread has stopped")));
+        }
+    }
+}
+
+impl Drop for WalSyncer {
+    /// Stops the thread and waits for it, so that its handle on the database is released here
+    /// and not while the process exits: RocksDB closing concurrently with exit-time destructors
+    /// crashes ("double free").
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
