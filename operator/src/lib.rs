@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod crd;
 pub mod executor;
+pub mod lease;
 pub mod membership;
 pub mod metrics;
 pub mod resources;

@@ -3,16 +3,19 @@
 use std::process::ExitCode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use metastore_operator::controller::{error_policy, reconcile, Context};
 use metastore_operator::crd::MetaStoreCluster;
+use metastore_operator::lease::{Election, LeaderLease};
 
 /// The Kubernetes operator for metaStore clusters.
 #[derive(Parser)]
@@ -31,6 +34,12 @@ enum Command {
         /// Where `/metrics` and `/healthz` are served.
         #[arg(long, env = "METASTORE_OPERATOR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
+        /// Namespace of the leader-election Lease (the operator's own namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Identity in the Lease; the pod name.
+        #[arg(long, env = "HOSTNAME", default_value = "metastore-operator")]
+        identity: String,
     },
 }
 
@@ -46,18 +55,57 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { metrics_address } => match run(metrics_address) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("metastore-operator: {e:#}");
-                ExitCode::FAILURE
+        Command::Run { metrics_address, lease_namespace, identity } => {
+            match run(metrics_address, &lease_namespace, identity) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("metastore-operator: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
+/// Waits until this replica holds the leader Lease, then keeps renewing it; exits the process if
+/// it cannot (another replica takes over once the lease expires).
+async fn lead(lease: LeaderLease) -> anyhow::Result<()> {
+    loop {
+        match lease.try_lead(k8s_openapi::jiff::Timestamp::now()).await {
+            Ok(Election::Leading) => break,
+            Ok(Election::Following { holder }) => tracing::info!(%holder, "another replica leads; waiting"),
+            Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+        }
+        tokio::time::sleep(lease.duration() / 3).await;
+    }
+    tracing::info!("leading");
+    tokio::spawn(async move {
+        let mut last_renewal = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(lease.duration() / 3).await;
+            match lease.try_lead(k8s_openapi::jiff::Timestamp::now()).await {
+                Ok(Election::Leading) => last_renewal = std::time::Instant::now(),
+                Ok(Election::Following { holder }) => {
+                    tracing::error!(%holder, "lost the leader lease; exiting");
+                    std::process::exit(1);
+                }
+                Err(e) if last_renewal.elapsed() > lease.duration() * 2 / 3 => {
+                    tracing::error!(error = %e, "cannot renew the leader lease; exiting before it expires");
+                    std::process::exit(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed; retrying"),
+            }
+        }
+    });
+    Ok(())
+}
+
 #[tokio::main]
-async fn run(metrics_address: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn run(
+    metrics_address: std::net::SocketAddr,
+    lease_namespace: &str,
+    identity: String,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,6 +118,12 @@ async fn run(metrics_address: std::net::SocketAddr) -> anyhow::Result<()> {
     clusters.list(&kube::api::ListParams::default().limit(1)).await.context(
         "cannot list MetaStoreClusters: is the CRD installed? (kubectl apply -f crds/metastorecluster.yaml)",
     )?;
+    let lease = LeaderLease::new(
+        Api::<Lease>::namespaced(client.clone(), lease_namespace),
+        "metastore-operator",
+        identity,
+        Duration::from_secs(15),
+    );
     let ctx = Arc::new(Context::new(client.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(metrics_address)
@@ -79,6 +133,7 @@ async fn run(metrics_address: std::net::SocketAddr) -> anyhow::Result<()> {
         let _ = stopped.await;
     });
     let server = tokio::spawn(server);
+    lead(lease).await?;
     tracing::info!(%metrics_address, "watching MetaStoreClusters");
     Controller::new(clusters, watcher::Config::default())
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
