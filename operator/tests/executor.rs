@@ -24,8 +24,18 @@ fn metastore_bin() -> PathBuf {
     bin
 }
 
+/// A free port below Linux's ephemeral range, where outgoing connections cannot take it
+/// between this check and the member's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("ephemeral port").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(104_729);
+    loop {
+        let port = (20_000 + seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Member processes standing in for a StatefulSet's pods: member `id` is "pod" `id - 1`, with

@@ -12,10 +12,22 @@ use metastore_client::{Client, ClusterStatus};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_metastore");
 
-/// A port nobody listens on right now (the OS picks it; released for the node to take).
+/// A port nobody listens on right now, for a member to take.
+///
+/// Chosen below Linux's ephemeral range (32768 and up): a port the OS hands out for outgoing
+/// connections could be taken by one between this check and the member's bind.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919);
+    loop {
+        let port = (FIRST + seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Node {
