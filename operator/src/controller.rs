@@ -91,8 +91,11 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::client_service(&cluster)?).await?;
     let pdb = resources::pod_disruption_budget(&cluster)?;
     if let Err(e) = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
-        // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget.
+        // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget, but
+        // voluntary disruptions are then not kept from taking a majority: say so.
         tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
+        let note = format!("no PodDisruptionBudget protects the quorum: {e}");
+        event(&ctx, &cluster, EventType::Warning, "DisruptionBudgetUnavailable", note).await;
     }
 
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
@@ -281,6 +284,12 @@ mod tests {
             Some(not_found()),
         )
         .await;
+        let warning =
+            expect_answered(&mut server, Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events", |b| {
+                (StatusCode::CREATED, b.to_string())
+            })
+            .await;
+        assert!(warning.contains("DisruptionBudgetUnavailable"), "the missing budget is reported: {warning}");
         expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
             .await;
         expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
