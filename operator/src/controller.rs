@@ -107,7 +107,8 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         Some(d) => d.as_ref(),
         None => &names,
     };
-    let observation = executor::observe(directory, &pod_ids, sts_replicas).await;
+    let bootstrapped = cluster.status.as_ref().is_some_and(|s| s.bootstrapped);
+    let observation = executor::observe(directory, &pod_ids, sts_replicas, bootstrapped).await;
     let step = membership::plan(cluster.spec.replicas, &observation.observed);
     tracing::info!(cluster = %names.cluster, ?step, "reconciling");
 
@@ -143,7 +144,11 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 
     let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::build(&names, cluster.metadata.generation, &observation, &step, &previous, &now);
+    let mut new_status =
+        status::build(&names, cluster.metadata.generation, &observation, &step, &previous, &now);
+    if step == Step::Bootstrap && outcome.is_ok() {
+        new_status.bootstrapped = true;
+    }
     let patch = serde_json::json!({
         "apiVersion": "metastore.io/v1alpha1",
         "kind": "MetaStoreCluster",

@@ -194,6 +194,9 @@ pub struct MetaStoreClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Set once the cluster has been bootstrapped; the operator never bootstraps it again.
+    #[serde(default)]
+    pub bootstrapped: bool,
     /// Label selector of the member pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

@@ -56,14 +56,24 @@ fn client(dir: &dyn MemberDirectory, id: u64) -> Client {
 }
 
 /// Asks every member pod for its status and derives the leader, the membership and health.
-pub async fn observe(dir: &dyn MemberDirectory, pod_ids: &[u64], stateful_set_replicas: i32) -> Observation {
+/// `bootstrapped` is what the cluster's status recorded: whether it was ever bootstrapped.
+pub async fn observe(
+    dir: &dyn MemberDirectory,
+    pod_ids: &[u64],
+    stateful_set_replicas: i32,
+    bootstrapped: bool,
+) -> Observation {
     let probes = pod_ids.iter().map(|id| async move {
         let status = tokio::time::timeout(PROBE_TIMEOUT, client(dir, *id).cluster()).await;
         (*id, status.ok().and_then(Result::ok))
     });
     let answers = futures::future::join_all(probes).await;
-    let statuses: BTreeMap<u64, ClusterStatus> =
-        answers.into_iter().filter_map(|(id, status)| status.map(|s| (id, s))).collect();
+    // An answer from another member than the pod's (a stale DNS record, a reused address) is
+    // no answer at all.
+    let statuses: BTreeMap<u64, ClusterStatus> = answers
+        .into_iter()
+        .filter_map(|(id, status)| status.filter(|s| s.member_id == id).map(|s| (id, s)))
+        .collect();
     let pods = pod_ids
         .iter()
         .map(|id| PodView {
@@ -72,11 +82,26 @@ pub async fn observe(dir: &dyn MemberDirectory, pod_ids: &[u64], stateful_set_re
             initialized: statuses.get(id).is_some_and(|s| s.initialized),
         })
         .collect();
-    // The leader is the member that says it leads; its membership is the authoritative one.
-    let leader = statuses.values().find(|s| s.state == "leader" && s.leader_id == Some(s.member_id));
+    let leader = agreed_leader(&statuses);
     let members = leader.map(|l| membership_of(l, &statuses)).unwrap_or_default();
-    let observed = Observed { leader: leader.map(|l| l.member_id), members, pods, stateful_set_replicas };
+    let observed =
+        Observed { leader: leader.map(|l| l.member_id), members, pods, stateful_set_replicas, bootstrapped };
     Observation { observed, statuses }
+}
+
+/// The leader whose membership the operator may act on: of the members that say they lead, the
+/// one with the highest term, and only if a majority of its voters follow it in that term. A
+/// leader cut off from its peers may still claim to lead; acting on its stale membership could
+/// remove real members.
+fn agreed_leader(statuses: &BTreeMap<u64, ClusterStatus>) -> Option<&ClusterStatus> {
+    let leader = statuses
+        .values()
+        .filter(|s| s.state == "leader" && s.leader_id == Some(s.member_id))
+        .max_by_key(|s| s.term)?;
+    let voters = leader.members.iter().filter(|m| m.role == WireRole::Voter).count();
+    let following =
+        statuses.values().filter(|s| s.leader_id == Some(leader.member_id) && s.term == leader.term).count();
+    (following > voters / 2).then_some(leader)
 }
 
 fn membership_of(leader: &ClusterStatus, statuses: &BTreeMap<u64, ClusterStatus>) -> Vec<RaftMember> {
@@ -146,4 +171,62 @@ pub async fn execute(
         Step::ScaleStatefulSet(_) | Step::Wait(_) | Step::Refuse(_) | Step::Done => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metastore_client::MemberStatus;
+
+    fn status(id: u64, leader: Option<u64>, term: u64, voters: &[u64]) -> ClusterStatus {
+        ClusterStatus {
+            member_id: id,
+            incarnation: String::new(),
+            leader_id: leader,
+            term,
+            state: if leader == Some(id) { "leader" } else { "follower" }.into(),
+            initialized: true,
+            last_log_index: None,
+            commit_index: None,
+            applied_index: None,
+            snapshot_index: None,
+            purged_index: None,
+            replication: None,
+            members: voters
+                .iter()
+                .map(|v| MemberStatus {
+                    id: *v,
+                    role: WireRole::Voter,
+                    peer_url: String::new(),
+                    client_url: String::new(),
+                    incarnation: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_leader_followed_by_a_majority_is_agreed() {
+        let statuses =
+            BTreeMap::from([(1, status(1, Some(1), 3, &[1, 2, 3])), (2, status(2, Some(1), 3, &[1, 2, 3]))]);
+        assert_eq!(agreed_leader(&statuses).map(|l| l.member_id), Some(1));
+    }
+
+    #[test]
+    fn a_cut_off_leader_with_a_stale_term_is_not_acted_on() {
+        // 1 still says it leads in term 3; 2 and 3 elected 2 in term 4.
+        let statuses = BTreeMap::from([
+            (1, status(1, Some(1), 3, &[1, 2, 3])),
+            (2, status(2, Some(2), 4, &[1, 2, 3])),
+            (3, status(3, Some(2), 4, &[1, 2, 3])),
+        ]);
+        assert_eq!(agreed_leader(&statuses).map(|l| l.member_id), Some(2));
+    }
+
+    #[test]
+    fn a_leader_without_a_following_majority_is_not_trusted() {
+        // Of five voters only the self-declared leader answers.
+        let statuses = BTreeMap::from([(1, status(1, Some(1), 3, &[1, 2, 3, 4, 5]))]);
+        assert!(agreed_leader(&statuses).is_none());
+    }
 }

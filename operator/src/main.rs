@@ -83,7 +83,16 @@ async fn lead(lease: LeaderLease) -> anyhow::Result<()> {
         let mut last_renewal = std::time::Instant::now();
         loop {
             tokio::time::sleep(lease.duration() / 3).await;
-            match lease.try_lead(k8s_openapi::jiff::Timestamp::now()).await {
+            // Bounded: a hung request must not outlast the lease while this replica reconciles.
+            let attempt = tokio::time::timeout(
+                lease.duration() / 3,
+                lease.try_lead(k8s_openapi::jiff::Timestamp::now()),
+            );
+            let outcome = match attempt.await {
+                Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                Err(_) => Err("timed out".to_string()),
+            };
+            match outcome {
                 Ok(Election::Leading) => last_renewal = std::time::Instant::now(),
                 Ok(Election::Following { holder }) => {
                     tracing::error!(%holder, "lost the leader lease; exiting");

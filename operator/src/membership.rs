@@ -37,6 +37,9 @@ pub struct Observed {
     pub pods: Vec<PodView>,
     /// The StatefulSet's current replica count.
     pub stateful_set_replicas: i32,
+    /// The cluster was bootstrapped before (recorded in its status): it is never bootstrapped
+    /// again, whatever its pods answer now.
+    pub bootstrapped: bool,
 }
 
 /// Why a member is removed.
@@ -102,17 +105,24 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
     let n = desired as u64;
 
     let Some(_leader) = observed.leader else {
-        if observed.pods.iter().any(|p| p.initialized) {
+        // Growing is always safe (pods start in join mode) and may be what brings quorum back,
+        // e.g. after the StatefulSet was scaled down behind the operator's back.
+        if observed.stateful_set_replicas < desired {
+            return Step::ScaleStatefulSet(desired);
+        }
+        if observed.bootstrapped || observed.pods.iter().any(|p| p.initialized) {
             return Step::Wait(
                 "no leader can be observed: the members are electing one, or quorum is lost".into(),
             );
         }
-        if observed.stateful_set_replicas < desired {
-            return Step::ScaleStatefulSet(desired);
-        }
-        return match pod(observed, 1) {
-            Some(p) if p.reachable => Step::Bootstrap,
-            _ => Step::Wait("waiting for member 1 (pod 0) to start before bootstrapping".into()),
+        // Bootstrap only when every pod answers and none has raft state: a pod that does not
+        // answer may be a member of a cluster that exists.
+        let all_answer = observed.pods.len() as i32 >= observed.stateful_set_replicas
+            && observed.pods.iter().all(|p| p.reachable);
+        return if all_answer && pod(observed, 1).is_some() {
+            Step::Bootstrap
+        } else {
+            Step::Wait("waiting for every pod to answer before bootstrapping".into())
         };
     };
 
@@ -185,18 +195,43 @@ mod tests {
     }
 
     fn cluster(members: Vec<RaftMember>, pods: Vec<PodView>, sts: i32) -> Observed {
-        Observed { leader: members.first().map(|m| m.id), members, pods, stateful_set_replicas: sts }
+        Observed {
+            leader: members.first().map(|m| m.id),
+            members,
+            pods,
+            stateful_set_replicas: sts,
+            bootstrapped: true,
+        }
     }
 
     fn fresh(pods: Vec<PodView>, sts: i32) -> Observed {
-        Observed { leader: None, members: vec![], pods, stateful_set_replicas: sts }
+        Observed { leader: None, members: vec![], pods, stateful_set_replicas: sts, bootstrapped: false }
     }
 
     #[test]
     fn a_new_cluster_creates_its_pods_then_bootstraps_member_one() {
         assert_eq!(plan(3, &fresh(vec![], 0)), Step::ScaleStatefulSet(3));
         assert!(matches!(plan(3, &fresh(vec![down(1), empty(2)], 3)), Step::Wait(_)));
-        assert_eq!(plan(3, &fresh(vec![empty(1), empty(2), down(3)], 3)), Step::Bootstrap);
+        assert_eq!(plan(3, &fresh(vec![empty(1), empty(2), empty(3)], 3)), Step::Bootstrap);
+    }
+
+    #[test]
+    fn a_pod_that_does_not_answer_prevents_bootstrap_it_may_hold_the_cluster() {
+        // Pod 0 came back empty while the others are still starting: not a new cluster.
+        assert!(matches!(plan(3, &fresh(vec![empty(1), down(2), down(3)], 3)), Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_cluster_bootstrapped_once_is_never_bootstrapped_again() {
+        let mut lost_everything = fresh(vec![empty(1), empty(2), empty(3)], 3);
+        lost_everything.bootstrapped = true;
+        assert!(matches!(plan(3, &lost_everything), Step::Wait(_)));
+    }
+
+    #[test]
+    fn without_a_leader_a_statefulset_scaled_down_behind_our_back_is_grown_back() {
+        let observed = Observed { bootstrapped: true, ..fresh(vec![up(1)], 1) };
+        assert_eq!(plan(3, &observed), Step::ScaleStatefulSet(3));
     }
 
     #[test]

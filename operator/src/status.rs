@@ -149,6 +149,7 @@ pub fn build(
         members,
         conditions,
         observed_generation: generation,
+        bootstrapped: observed.bootstrapped || leader.is_some(),
         selector: Some(crate::resources::selector_string(names)),
     }
 }
@@ -207,6 +208,7 @@ mod tests {
                 members,
                 pods,
                 stateful_set_replicas: healthy.len() as i32,
+                bootstrapped: true,
             },
             statuses,
         }

@@ -45,6 +45,8 @@ struct LocalStatefulSet {
     ports: BTreeMap<u64, (u16, u16)>,
     running: BTreeMap<u64, Child>,
     replicas: i32,
+    /// What the operator records in the cluster's status once it bootstrapped it.
+    bootstrapped: bool,
 }
 
 impl MemberDirectory for LocalStatefulSet {
@@ -59,7 +61,13 @@ impl MemberDirectory for LocalStatefulSet {
 impl LocalStatefulSet {
     fn new() -> Self {
         let ports = (1..=9).map(|id| (id, (free_port(), free_port()))).collect();
-        Self { dir: tempfile::tempdir().expect("temp dir"), ports, running: BTreeMap::new(), replicas: 0 }
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            ports,
+            running: BTreeMap::new(),
+            replicas: 0,
+            bootstrapped: false,
+        }
     }
 
     fn data_dir(&self, id: u64) -> PathBuf {
@@ -132,7 +140,8 @@ impl LocalStatefulSet {
         let mut taken = Vec::new();
         loop {
             assert!(Instant::now() < deadline, "no convergence to {desired}: {taken:?}\n{}", self.logs());
-            let observation = observe(self, &self.pod_ids(), self.replicas).await;
+            let observation = observe(self, &self.pod_ids(), self.replicas, self.bootstrapped).await;
+            self.bootstrapped |= observation.observed.leader.is_some();
             let step = plan(desired, &observation.observed);
             match &step {
                 Step::Done => return taken,
@@ -146,6 +155,7 @@ impl LocalStatefulSet {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
+                    self.bootstrapped |= *membership_step == Step::Bootstrap;
                 }
             }
             if !matches!(step, Step::Wait(_)) {
@@ -155,7 +165,7 @@ impl LocalStatefulSet {
     }
 
     async fn voters(&self) -> Vec<u64> {
-        let observation = observe(self, &self.pod_ids(), self.replicas).await;
+        let observation = observe(self, &self.pod_ids(), self.replicas, self.bootstrapped).await;
         let mut voters: Vec<u64> = observation
             .observed
             .members
@@ -229,14 +239,14 @@ async fn a_step_interrupted_halfway_is_finished_by_the_next_reconcile() {
 
     // Crash point 1: the learner was added, the operator died before promoting it.
     set.scale(4);
-    let observation = observe(&set, &set.pod_ids(), 4).await;
+    let observation = observe(&set, &set.pod_ids(), 4, true).await;
     execute(&set, &observation, &Step::AddLearner { id: 4 }).await.expect("add learner");
     let steps = set.converge(4).await;
     assert_eq!(steps.first(), Some(&Step::Promote { id: 4 }));
     assert_eq!(set.voters().await, [1, 2, 3, 4]);
 
     // Crash point 2: the member left raft, the operator died before shrinking the StatefulSet.
-    let observation = observe(&set, &set.pod_ids(), 4).await;
+    let observation = observe(&set, &set.pod_ids(), 4, true).await;
     execute(
         &set,
         &observation,
