@@ -125,6 +125,8 @@ fn membership_of(leader: &ClusterStatus, statuses: &BTreeMap<u64, ClusterStatus>
                     WireRole::Learner => MemberRole::Learner,
                 },
                 healthy: caught_up && statuses.get(&m.id).is_some_and(|s| s.initialized),
+                replaced_storage: !m.incarnation.is_empty()
+                    && statuses.get(&m.id).is_some_and(|s| s.incarnation != m.incarnation),
             }
         })
         .collect()

@@ -14,6 +14,9 @@ pub struct RaftMember {
     pub role: MemberRole,
     /// Its pod answers, and the leader's log reaches it within a small lag.
     pub healthy: bool,
+    /// Its pod answers with another storage incarnation than the membership records: it lost
+    /// its data since it was added, and its peers refuse it until it is added anew.
+    pub replaced_storage: bool,
 }
 
 /// What a member pod answered, if anything.
@@ -126,15 +129,21 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
         };
     };
 
-    // A voter whose pod answers as empty lost its storage, and with it its vote: remove it,
-    // then add it anew. (An empty learner is only catching up: it has no vote to lose.)
-    for m in observed.members.iter().filter(|m| m.role == MemberRole::Voter) {
-        if pod(observed, m.id).is_some_and(|p| p.reachable && !p.initialized) {
+    // A member that lost its storage is removed, then added anew: a voter whose pod answers as
+    // empty (an empty learner may only be catching up), or any member whose storage is another
+    // incarnation than the one recorded (its peers refuse it; it could never catch up).
+    let lost = |m: &&RaftMember| {
+        m.replaced_storage
+            || (m.role == MemberRole::Voter
+                && pod(observed, m.id).is_some_and(|p| p.reachable && !p.initialized))
+    };
+    if let Some(m) = observed.members.iter().find(lost) {
+        if m.role == MemberRole::Voter {
             if let Err(why) = keeps_quorum(&observed.members, m.id) {
                 return Step::Refuse(format!("member {} lost its storage, but {why}", m.id));
             }
-            return Step::Remove { id: m.id, why: Removal::StorageLost };
         }
+        return Step::Remove { id: m.id, why: Removal::StorageLost };
     }
 
     // Shrink: the highest member beyond the desired size leaves raft before its pod goes.
@@ -176,13 +185,13 @@ mod tests {
     use MemberRole::{Learner, Voter};
 
     fn voter(id: u64) -> RaftMember {
-        RaftMember { id, role: Voter, healthy: true }
+        RaftMember { id, role: Voter, healthy: true, replaced_storage: false }
     }
     fn learner(id: u64, healthy: bool) -> RaftMember {
-        RaftMember { id, role: Learner, healthy }
+        RaftMember { id, role: Learner, healthy, replaced_storage: false }
     }
     fn sick(id: u64) -> RaftMember {
-        RaftMember { id, role: Voter, healthy: false }
+        RaftMember { id, role: Voter, healthy: false, replaced_storage: false }
     }
     fn up(id: u64) -> PodView {
         PodView { id, reachable: true, initialized: true }
@@ -302,6 +311,14 @@ mod tests {
         assert_eq!(plan(3, &lost), Step::Remove { id: 3, why: Removal::StorageLost });
         let removed = cluster(vec![voter(1), voter(2)], pods, 3);
         assert_eq!(plan(3, &removed), Step::AddLearner { id: 3 });
+    }
+
+    #[test]
+    fn a_learner_back_with_another_storage_incarnation_is_removed_not_waited_on() {
+        let mut replaced = learner(3, false);
+        replaced.replaced_storage = true;
+        let observed = cluster(vec![voter(1), voter(2), replaced], vec![up(1), up(2), empty(3)], 3);
+        assert_eq!(plan(3, &observed), Step::Remove { id: 3, why: Removal::StorageLost });
     }
 
     #[test]

@@ -191,7 +191,12 @@ mod tests {
         let members: Vec<RaftMember> = healthy
             .iter()
             .enumerate()
-            .map(|(i, h)| RaftMember { id: i as u64 + 1, role: MemberRole::Voter, healthy: *h })
+            .map(|(i, h)| RaftMember {
+                id: i as u64 + 1,
+                role: MemberRole::Voter,
+                healthy: *h,
+                replaced_storage: false,
+            })
             .collect();
         let pods = members
             .iter()
