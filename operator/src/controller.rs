@@ -89,14 +89,6 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 
     apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::peer_service(&cluster)?).await?;
     apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::client_service(&cluster)?).await?;
-    let pdb = resources::pod_disruption_budget(&cluster)?;
-    if let Err(e) = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
-        // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget, but
-        // voluntary disruptions are then not kept from taking a majority: say so.
-        tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
-        let note = format!("no PodDisruptionBudget protects the quorum: {e}");
-        event(&ctx, &cluster, EventType::Warning, "DisruptionBudgetUnavailable", note).await;
-    }
 
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
     let current = sts_api.get_opt(&names.stateful_set()).await.map_err(Error::Kube)?;
@@ -112,13 +104,34 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     let step = membership::plan(cluster.spec.replicas, &observation.observed);
     tracing::info!(cluster = %names.cluster, ?step, "reconciling");
 
+    // The budget protects the quorum of the larger of the membership being left and the one
+    // being formed, so that a drain during a scale cannot take a majority of either.
+    let voters =
+        observation.observed.members.iter().filter(|m| m.role == crate::crd::MemberRole::Voter).count();
+    let members = cluster.spec.replicas.max(sts_replicas).max(i32::try_from(voters).unwrap_or(i32::MAX));
+    let pdb = resources::pod_disruption_budget(&cluster, members)?;
+    if let Err(e) = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
+        // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget, but
+        // voluntary disruptions are then not kept from taking a majority: say so.
+        tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
+        let note = format!("no PodDisruptionBudget protects the quorum: {e}");
+        event(&ctx, &cluster, EventType::Warning, "DisruptionBudgetUnavailable", note).await;
+    }
+
     // The StatefulSet is applied every time (its template follows the spec); only its replica
     // count waits for the membership plan.
     let replicas = match step {
         Step::ScaleStatefulSet(n) => n,
         _ => sts_replicas,
     };
-    apply(&sts_api, &resources::stateful_set(&cluster, replicas)?).await?;
+    let mut desired = resources::stateful_set(&cluster, replicas)?;
+    if let (Some(live), Some(spec)) = (current.as_ref().and_then(|s| s.spec.as_ref()), desired.spec.as_mut())
+    {
+        // Kubernetes forbids changing a StatefulSet's volume claim templates: keep the live ones
+        // (a storage change in the spec applies to clusters created after it).
+        spec.volume_claim_templates = live.volume_claim_templates.clone();
+    }
+    apply(&sts_api, &desired).await?;
 
     let outcome = executor::execute(directory, &observation, &step).await;
     match (&step, &outcome) {
@@ -235,6 +248,25 @@ mod tests {
         serde_json::from_str(&patch).expect("json")
     }
 
+    /// Expects a server-side apply to `path`, answers it, and returns the applied object.
+    async fn expect_applied(server: &mut ApiServer, path: &str) -> serde_json::Value {
+        let body = expect(server, Method::PATCH, path, None).await;
+        serde_json::from_str(&body).expect("json")
+    }
+
+    /// Starts a reconcile of `cluster` against a mocked API server; its first requests apply the
+    /// two Services.
+    async fn reconcile_against_mock(
+        cluster: &MetaStoreCluster,
+    ) -> (ApiServer, tokio::task::JoinHandle<Result<Action, Error>>) {
+        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(Client::new(service, "default")));
+        let reconciling = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+        (server, reconciling)
+    }
+
     fn not_found() -> (StatusCode, String) {
         let status = serde_json::json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -245,20 +277,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_cluster_gets_its_services_budget_and_statefulset_then_a_bootstrapping_status() {
-        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = Arc::new(Context::new(Client::new(service, "default")));
         let demo = cluster(3);
-        let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
-
-        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
-        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
-        expect(&mut server, Method::PATCH, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo", None)
-            .await;
+        let (mut server, reconciling) = reconcile_against_mock(&demo).await;
         expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
             .await;
-        let sts =
-            expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
-        let sts: serde_json::Value = serde_json::from_str(&sts).expect("json");
+        let pdb =
+            expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
+        assert_eq!(pdb["spec"]["minAvailable"], 2, "a majority of three");
+        let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
         assert_eq!(sts["spec"]["replicas"], 3, "the StatefulSet is created at the desired size");
         let status = expect_status(&mut server, &demo).await;
         assert_eq!(status["status"]["phase"], "Bootstrapping");
@@ -275,13 +301,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_api_server_without_policy_v1_still_gets_a_cluster() {
-        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
-        let ctx = Arc::new(Context::new(Client::new(service, "default")));
         let demo = cluster(1);
-        let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
-
-        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
-        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+        let (mut server, reconciling) = reconcile_against_mock(&demo).await;
+        expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+            .await;
         expect(
             &mut server,
             Method::PATCH,
@@ -295,10 +318,35 @@ mod tests {
             })
             .await;
         assert!(warning.contains("DisruptionBudgetUnavailable"), "the missing budget is reported: {warning}");
-        expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
-            .await;
         expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
         expect_status(&mut server, &demo).await;
         reconciling.await.expect("reconcile task").expect("reconcile succeeds without a budget");
+    }
+
+    #[tokio::test]
+    async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_stay_as_they_are() {
+        let mut demo = cluster(3);
+        demo.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
+        let (mut server, reconciling) = reconcile_against_mock(&demo).await;
+
+        // The StatefulSet still has five pods, with the 1Gi volumes it was created with.
+        let live = resources::stateful_set(&cluster(3), 5).expect("live StatefulSet");
+        let live = serde_json::to_string(&live).expect("json");
+        expect(
+            &mut server,
+            Method::GET,
+            "/apis/apps/v1/namespaces/ns/statefulsets/demo",
+            Some((StatusCode::OK, live)),
+        )
+        .await;
+        let pdb =
+            expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
+        assert_eq!(pdb["spec"]["minAvailable"], 3, "a majority of the five members still there");
+        let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
+        assert_eq!(sts["spec"]["replicas"], 5, "pods go only after their members left raft");
+        let size = &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
+        assert_eq!(size, "1Gi", "claim templates cannot change; the live ones are kept");
+        expect_status(&mut server, &demo).await;
+        reconciling.await.expect("reconcile task").expect("reconcile succeeds");
     }
 }

@@ -5,11 +5,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{owned_metadata, selector_labels, BuildError, Names};
 use crate::crd::MetaStoreCluster;
 
-/// Voluntary disruptions (drains, evictions) may never take away a majority: at least
-/// `replicas / 2 + 1` members stay available.
-pub fn pod_disruption_budget(cluster: &MetaStoreCluster) -> Result<PodDisruptionBudget, BuildError> {
+/// Voluntary disruptions (drains, evictions) may never take away a majority of `members`: at
+/// least `members / 2 + 1` stay available. The reconciler passes the larger of the desired and
+/// the current membership, which differ while scaling.
+pub fn pod_disruption_budget(
+    cluster: &MetaStoreCluster,
+    members: i32,
+) -> Result<PodDisruptionBudget, BuildError> {
     let names = Names::of(cluster)?;
-    let quorum = cluster.spec.replicas.max(1) / 2 + 1;
+    let quorum = members.max(1) / 2 + 1;
     Ok(PodDisruptionBudget {
         metadata: owned_metadata(cluster, &names, names.cluster.clone())?,
         spec: Some(PodDisruptionBudgetSpec {
@@ -32,7 +36,7 @@ mod tests {
     #[test]
     fn the_budget_keeps_a_majority_available() {
         for (replicas, quorum) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (9, 5)] {
-            let pdb = pod_disruption_budget(&cluster(replicas)).expect("builds");
+            let pdb = pod_disruption_budget(&cluster(replicas), replicas).expect("builds");
             let min = pdb.spec.expect("spec").min_available;
             assert_eq!(min, Some(IntOrString::Int(quorum)), "{replicas} replicas");
         }
