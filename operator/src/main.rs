@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use metastore_operator::controller::{error_policy, reconcile, Context};
 use metastore_operator::crd::MetaStoreCluster;
@@ -144,7 +144,15 @@ async fn run(
     let server = tokio::spawn(server);
     lead(lease).await?;
     tracing::info!(%metrics_address, "watching MetaStoreClusters");
-    Controller::new(clusters, watcher::Config::default())
+    // Reconcile on spec changes (and on owned objects and timers), not on the operator's own
+    // status writes, which change with every reconcile under load.
+    let (reader, writer) = reflector::store();
+    let specs = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(specs, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .shutdown_on_signal()
