@@ -147,7 +147,8 @@ fn hostname() -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::Hostname(e.to_string()))
 }
 
-fn parse_url(url: &str) -> Result<Url, ConfigError> {
+/// A member URL: `http://host:port`. Used for flags and for members added through the API.
+pub fn parse_url(url: &str) -> Result<Url, ConfigError> {
     let parsed =
         Url::parse(url).map_err(|e| ConfigError::BadUrl { url: url.into(), reason: e.to_string() })?;
     if parsed.scheme() != "http" || parsed.host().is_none() {

@@ -7,7 +7,6 @@ use metastore_client::{
     AddMemberRequest, ClusterStatus, InitRequest, MemberRole, MemberStatus, MembershipResponse,
     ReplicationStatus,
 };
-use reqwest::Url;
 use serde::de::DeserializeOwned;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -93,15 +92,9 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
-    let parsed = Url::parse(url)
-        .map_err(|e| ApiError::bad_request("invalid_member", format!("{what} {url:?}: {e}")))?;
-    if parsed.scheme() != "http" || parsed.host().is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_member",
-            format!("{what} {url:?} must be http://host:port"),
-        ));
-    }
-    Ok(())
+    crate::config::parse_url(url)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("invalid_member", format!("{what}: {e}")))
 }
 
 fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {

@@ -58,10 +58,8 @@ impl StoreError {
 /// Opens (creating if needed) the store in `dir`: the raft log store, the state machine, and a
 /// reader for serving client reads beside raft.
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine, KvReader), StoreError> {
-    let dir = dir.to_path_buf();
-    let db = run_blocking(move || open_db(&dir.join("db")).map(|db| (db, dir))).await?;
-    let (db, dir) = db;
-    let db = Arc::new(db);
+    let db_dir = dir.join("db");
+    let db = Arc::new(run_blocking(move || open_db(&db_dir)).await?);
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachine::new(db.clone(), dir.join("snapshots")).await?;
     let reader = KvReader::new(db);
