@@ -210,6 +210,11 @@ mod tests {
     ) -> String {
         let (request, send) = server.next_request().await.expect("the reconciler made a request");
         assert_eq!((request.method(), request.uri().path()), (&method, path));
+        let uri = request.uri();
+        assert!(
+            crate::rbac::grants(request.method(), uri.path(), uri.query()),
+            "the chart's RBAC (rbac::REQUIRED) does not allow {method} {uri}"
+        );
         let body = request.into_body().collect_bytes().await.expect("request body");
         let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
         let (status, reply) = answer(&body);

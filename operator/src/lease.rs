@@ -126,6 +126,11 @@ mod tests {
         for (method, status, answer) in answers {
             let (request, send) = server.next_request().await.expect("a request");
             assert_eq!(request.method(), method);
+            let uri = request.uri();
+            assert!(
+                crate::rbac::grants(&method, uri.path(), uri.query()),
+                "RBAC does not allow {method} {uri}"
+            );
             let body = String::from_utf8(request.into_body().collect_bytes().await.expect("body").to_vec())
                 .expect("utf-8");
             let reply = answer.unwrap_or_else(|| body.clone());

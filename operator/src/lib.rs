@@ -7,6 +7,7 @@ pub mod executor;
 pub mod lease;
 pub mod membership;
 pub mod metrics;
+pub mod rbac;
 pub mod resources;
 pub mod status;
 
