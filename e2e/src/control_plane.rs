@@ -1,0 +1,267 @@
+//! A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and
+//! kube-controller-manager (v1.20, built by `e2e/local/control-plane.sh`), with throwaway TLS
+//! material and a static admin token. There is no scheduler and no kubelet: see `kubelet`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+
+use crate::process::{free_port, Process};
+
+/// Where `e2e/local/control-plane.sh` caches the binaries unless told otherwise.
+const DEFAULT_BIN_DIR: &str = "/var/cache/metastore/kubernetes/bin";
+const ADMIN_TOKEN_USER: &str = "e2e-admin";
+
+/// What a local control plane needs from the machine; `Err` says what is missing.
+pub fn binaries() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("METASTORE_K8S_BIN").map(PathBuf::from).unwrap_or(DEFAULT_BIN_DIR.into());
+    for binary in ["kube-apiserver", "kube-controller-manager"] {
+        if !dir.join(binary).exists() {
+            return Err(format!(
+                "{} not found in {} (build it once with e2e/local/control-plane.sh)",
+                binary,
+                dir.display()
+            ));
+        }
+    }
+    for (program, arg) in [("etcd", "--version"), ("openssl", "version")] {
+        if !crate::process::available(Path::new(program), arg) {
+            return Err(format!("`{program}` not found (apt-get install etcd-server openssl)"));
+        }
+    }
+    Ok(dir)
+}
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub server: String,
+    ca_pem: String,
+    admin_token: String,
+    // Dropped (killed) in reverse order of start.
+    controller_manager: Option<Process>,
+    apiserver: Option<Process>,
+    etcd: Option<Process>,
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().context("openssl")?;
+    if !output.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// A CA, an API-server certificate for 127.0.0.1, and a service-account key pair.
+fn make_pki(dir: &Path) -> anyhow::Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=metastore-e2e-ca",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "apiserver.key",
+            "-out",
+            "apiserver.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        ],
+    )?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "apiserver.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    )?;
+    openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
+    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+    Ok(())
+}
+
+/// A kubeconfig for `server` that authenticates with a bearer token.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
+         contexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: {user}\ncurrent-context: e2e\n"
+    )
+}
+
+impl ControlPlane {
+    /// Starts etcd, the API server and the controller manager in `dir`; returns once the API
+    /// server is ready.
+    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let dir = dir.to_path_buf();
+        make_pki(&dir)?;
+        let admin_token = format!("admin-{}", std::process::id());
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{admin_token},{ADMIN_TOKEN_USER},1,\"system:masters\"\n"),
+        )?;
+
+        let (etcd_port, etcd_peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
+        let mut etcd = Command::new("etcd");
+        etcd.args(["--name", "e2e", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &etcd_peer, "--initial-advertise-peer-urls", &etcd_peer])
+            .args(["--initial-cluster", &format!("e2e={etcd_peer}")]);
+        let etcd = Process::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+
+        let server = format!("https://127.0.0.1:{api_port}");
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver
+            .current_dir(&dir)
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--insecure-port=0"])
+            .arg(format!("--secure-port={api_port}"))
+            .args(["--tls-cert-file=apiserver.crt", "--tls-private-key-file=apiserver.key"])
+            .args(["--client-ca-file=ca.crt", "--token-auth-file=tokens.csv"])
+            .args(["--authorization-mode=RBAC", "--allow-privileged=true"])
+            .args([
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-account-key-file=sa.pub",
+            ])
+            .arg("--service-account-signing-key-file=sa.key")
+            .args(["--service-cluster-ip-range=10.96.0.0/16", "--endpoint-reconciler-type=none"])
+            .arg("--profiling=false");
+        let apiserver = Process::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
+
+        let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
+        let mut plane = Self {
+            dir: dir.clone(),
+            server,
+            ca_pem,
+            admin_token,
+            controller_manager: None,
+            apiserver: Some(apiserver),
+            etcd: Some(etcd),
+        };
+        plane.wait_ready().await?;
+
+        std::fs::write(dir.join("admin.kubeconfig"), plane.admin_kubeconfig())?;
+        let mut manager = Command::new(bin.join("kube-controller-manager"));
+        // Everything that needs real nodes, volumes or a cloud is off; what stays includes the
+        // StatefulSet, endpoints, garbage-collector, service-account token and PVC-protection
+        // controllers.
+        manager
+            .current_dir(&dir)
+            .args(["--kubeconfig=admin.kubeconfig", "--service-account-private-key-file=sa.key"])
+            .args(["--root-ca-file=ca.crt", "--leader-elect=false", "--port=0", "--secure-port=0"])
+            .arg(
+                "--controllers=*,-nodeipam,-nodelifecycle,-attachdetach,-persistentvolume-binder,\
+                 -csrsigning,-cloud-node-lifecycle,-route,-service",
+            );
+        plane.controller_manager = Some(Process::spawn(
+            "kube-controller-manager",
+            manager,
+            &dir.join("kube-controller-manager.log"),
+        )?);
+        Ok(plane)
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = self.admin_client().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    let log = self.apiserver.as_ref().map(|p| p.tail(30)).unwrap_or_default();
+                    bail!("kube-apiserver not ready after 60 s:\n{log}");
+                }
+                _ => {}
+            }
+            for process in [&mut self.etcd, &mut self.apiserver].into_iter().flatten() {
+                if let Some(status) = process.exited() {
+                    bail!("{} exited ({status}):\n{}", process.name(), process.tail(30));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn admin_kubeconfig(&self) -> String {
+        kubeconfig(&self.server, &self.ca_pem, ADMIN_TOKEN_USER, &self.admin_token)
+    }
+
+    pub fn kubeconfig_for_token(&self, user: &str, token: &str) -> String {
+        kubeconfig(&self.server, &self.ca_pem, user, token)
+    }
+
+    /// A client in the `system:masters` group.
+    pub async fn admin_client(&self) -> anyhow::Result<kube::Client> {
+        client_from_kubeconfig(&self.admin_kubeconfig()).await
+    }
+
+    /// Fails with the component's log if any part of the control plane died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for process in
+            [&mut self.etcd, &mut self.apiserver, &mut self.controller_manager].into_iter().flatten()
+        {
+            if let Some(status) = process.exited() {
+                bail!("{} exited ({status}):\n{}", process.name(), process.tail(30));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn client_from_kubeconfig(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // The controller manager first, etcd last, so no component logs a storm of errors about
+        // the one below it going away.
+        for process in [&mut self.controller_manager, &mut self.apiserver, &mut self.etcd] {
+            if let Some(mut p) = process.take() {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The end-to-end scenarios, the same on every provider: what a user does to a metaStore
+//! cluster on Kubernetes, and what must then hold.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use metastore_client::{Client, ClusterStatus, Consistency, MemberRole};
+use metastore_operator::crd::MetaStoreCluster;
+
+/// A Kubernetes cluster with the operator installed, seen from the test.
+// Used only generically inside this crate, so `Send` bounds on the futures do not matter.
+#[allow(async_fn_in_trait)]
+pub trait Provider {
+    /// A client with the rights of a cluster administrator.
+    fn kube(&self) -> kube::Client;
+    /// Where the scenarios create their MetaStoreClusters.
+    fn namespace(&self) -> &str;
+    /// A base URL that reaches the client Service `service` from the test.
+    async fn service_url(&self, service: &str) -> anyhow::Result<String>;
+    /// Stops the operator abruptly and starts it again.
+    async fn restart_operator(&mut self) -> anyhow::Result<()>;
+    /// Uninstalls the operator (helm uninstall).
+    async fn uninstall(&mut self) -> anyhow::Result<()>;
+    /// Fails if a part of the environment itself broke (not the system under test).
+    fn check_environment(&self) -> anyhow::Result<()>;
+}
+
+const CLUSTER: &str = "demo";
+/// Long enough for a membership step per member on a loaded 2-core machine; a bug shows up as
+/// a timeout with the last observation in the message.
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn say(what: &str) {
+    eprintln!("e2e: {what}");
+}
+
+/// Polls `check` until it returns `Ok`, for at most `limit`; the error names the last reason.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => {
+                say(&format!("{what}: after {:.1} s", started.elapsed().as_secs_f64()));
+                return Ok(value);
+            }
+            Err(e) if started.elapsed() > limit => bail!("{what}: not after {limit:?}: {e:#}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Every key the scenarios wrote and its last acknowledged value.
+#[derive(Default)]
+struct Ledger {
+    values: BTreeMap<String, String>,
+}
+
+impl Ledger {
+    async fn write<P: Provider>(&mut self, p: &P, prefix: &str, count: usize) -> anyhow::Result<()> {
+        let url = p.service_url(CLUSTER).await?;
+        let client = Client::new(url);
+        for i in 0..count {
+            let (key, value) = (format!("e2e/{prefix}/{i:03}"), format!("{prefix}-value-{i}"));
+            client.put(&key, value.as_bytes().to_vec(), None).await.with_context(|| format!("put {key}"))?;
+            self.values.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// Every acknowledged write reads back, linearizably, through the client Service.
+    async fn verify<P: Provider>(&self, p: &P) -> anyhow::Result<()> {
+        let client = Client::new(p.service_url(CLUSTER).await?);
+        for (key, value) in &self.values {
+            let got =
+                client.get(key, Consistency::Linearizable).await.with_context(|| format!("get {key}"))?;
+            let got = got.with_context(|| format!("acknowledged key {key} is missing"))?;
+            anyhow::ensure!(got.value == value.as_bytes(), "{key}: read {:?}, wrote {value:?}", got.value);
+        }
+        say(&format!("{} acknowledged keys read back", self.values.len()));
+        Ok(())
+    }
+}
+
+fn clusters(p: &impl Provider) -> Api<MetaStoreCluster> {
+    Api::namespaced(p.kube(), p.namespace())
+}
+
+async fn raft_status<P: Provider>(p: &P) -> anyhow::Result<ClusterStatus> {
+    let url = p.service_url(CLUSTER).await?;
+    Ok(tokio::time::timeout(Duration::from_secs(5), Client::new(url).cluster()).await??)
+}
+
+/// Waits until the cluster is Available with `size` healthy voters, no learners, `size` ready
+/// pods, and the StatefulSet at `size`; returns the raft view.
+async fn converged<P: Provider>(p: &P, size: usize) -> anyhow::Result<ClusterStatus> {
+    eventually(&format!("{size} voters, Available"), CONVERGE, || async {
+        p.check_environment()?;
+        let cluster = clusters(p).get(CLUSTER).await?;
+        let status = cluster.status.clone().unwrap_or_default();
+        let available = status.conditions.iter().find(|c| c.type_ == "Available");
+        let available = available.map(|c| (c.status.clone(), c.message.clone()));
+        anyhow::ensure!(
+            available.as_ref().is_some_and(|(s, _)| s == "True"),
+            "Available: {available:?}, phase {:?}",
+            status.phase
+        );
+        anyhow::ensure!(status.ready_replicas == size as i32, "{} ready replicas", status.ready_replicas);
+        anyhow::ensure!(status.members.iter().all(|m| m.healthy), "unhealthy members: {:?}", status.members);
+        let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
+        let replicas = sets.get(CLUSTER).await?.spec.and_then(|s| s.replicas);
+        anyhow::ensure!(replicas == Some(size as i32), "StatefulSet replicas {replicas:?}");
+        let raft = raft_status(p).await?;
+        let voters = raft.members.iter().filter(|m| m.role == MemberRole::Voter).count();
+        anyhow::ensure!(
+            voters == size && raft.members.len() == size,
+            "raft members {:?}",
+            raft.members.iter().map(|m| (m.id, m.role)).collect::<Vec<_>>()
+        );
+        Ok(raft)
+    })
+    .await
+}
+
+async fn scale<P: Provider>(p: &P, replicas: i32) -> anyhow::Result<()> {
+    say(&format!("scaling to {replicas}"));
+    // Through the scale subresource, as `kubectl scale msc/demo --replicas N` does.
+    let patch = serde_json::json!({"spec": {"replicas": replicas}});
+    clusters(p).patch_scale(CLUSTER, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+fn pod_name(id: u64) -> String {
+    format!("{CLUSTER}-{}", id - 1)
+}
+
+/// Waits until the pod `name` that had `old_uid` is replaced by a new, ready one.
+async fn replaced(pods: &Api<Pod>, name: &str, old_uid: Option<String>) -> anyhow::Result<()> {
+    eventually(&format!("{name} is replaced"), CONVERGE, || async {
+        let pod = pods.get_opt(name).await?.context("no pod")?;
+        anyhow::ensure!(pod.uid() != old_uid, "still the old pod");
+        let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+        let ready = conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+        anyhow::ensure!(ready, "not ready");
+        Ok(())
+    })
+    .await
+}
+
+/// Runs every scenario in order against `p`.
+pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
+    let mut ledger = Ledger::default();
+    one_cluster_lifecycle(&*p, &mut ledger).await?;
+    operator_restarted_mid_scale(p, &mut ledger).await?;
+    uninstall(p).await
+}
+
+async fn one_cluster_lifecycle<P: Provider>(p: &P, ledger: &mut Ledger) -> anyhow::Result<()> {
+    say("apply a 3-member MetaStoreCluster");
+    let demo: MetaStoreCluster = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metastore.io/v1alpha1",
+        "kind": "MetaStoreCluster",
+        "metadata": {"name": CLUSTER},
+        "spec": {"replicas": 3, "storage": {"size": "1Gi"}},
+    }))?;
+    clusters(p).create(&PostParams::default(), &demo).await?;
+    converged(p, 3).await?;
+    ledger.write(p, "initial", 20).await?;
+    ledger.verify(p).await?;
+
+    scale(p, 5).await?;
+    converged(p, 5).await?;
+    ledger.write(p, "at-five", 10).await?;
+    ledger.verify(p).await?;
+    scale(p, 3).await?;
+    converged(p, 3).await?;
+    ledger.verify(p).await?;
+
+    leader_pod_deleted(p, ledger).await?;
+    member_volume_lost(p, ledger).await
+}
+
+async fn leader_pod_deleted<P: Provider>(p: &P, ledger: &mut Ledger) -> anyhow::Result<()> {
+    let before = raft_status(p).await?;
+    let leader = before.leader_id.context("no leader")?;
+    say(&format!("delete the leader's pod {} (term {})", pod_name(leader), before.term));
+    let pods: Api<Pod> = Api::namespaced(p.kube(), p.namespace());
+    let old = pods.get(&pod_name(leader)).await?.uid();
+    pods.delete(&pod_name(leader), &DeleteParams::default()).await?;
+    replaced(&pods, &pod_name(leader), old).await?;
+    // A member back within the election timeout may resume as leader of the same term (its
+    // vote is durable); otherwise the others elect one. Either way, writes must go through.
+    eventually("a leader serves writes", CONVERGE, || async {
+        let status = raft_status(p).await?;
+        anyhow::ensure!(status.leader_id.is_some(), "no leader in term {}", status.term);
+        let client = Client::new(p.service_url(CLUSTER).await?);
+        client.put("e2e/failover-probe", b"ok".to_vec(), None).await?;
+        Ok(())
+    })
+    .await?;
+    ledger.write(p, "after-failover", 5).await?;
+    converged(p, 3).await?;
+    ledger.verify(p).await
+}
+
+/// A member's volume is deleted with its pod: the member comes back empty, and the operator
+/// must remove it from raft and add it anew, never let it vote with a stale log.
+async fn member_volume_lost<P: Provider>(p: &P, ledger: &mut Ledger) -> anyhow::Result<()> {
+    let before = raft_status(p).await?;
+    let leader = before.leader_id.context("no leader")?;
+    let victim =
+        before.members.iter().map(|m| m.id).filter(|id| *id != leader).max().context("no follower")?;
+    let incarnation = before.members.iter().find(|m| m.id == victim).map(|m| m.incarnation.clone());
+    let (pod, claim) = (pod_name(victim), format!("data-{}", pod_name(victim)));
+    say(&format!("delete {pod} and its volume claim {claim}"));
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(p.kube(), p.namespace());
+    let pods: Api<Pod> = Api::namespaced(p.kube(), p.namespace());
+    let old_claim = claims.get(&claim).await?.uid();
+    let old_pod = pods.get(&pod).await?.uid();
+    claims.delete(&claim, &DeleteParams::default()).await?;
+    pods.delete(&pod, &DeleteParams::default()).await?;
+    // The claim goes once no scheduled pod uses it. A pod the StatefulSet recreated before
+    // that cannot start (its claim is being deleted, then missing) and the StatefulSet makes
+    // no new claim for an existing pod: delete that pod once more, as an administrator does.
+    eventually(&format!("{pod} has a new {claim}"), CONVERGE, || async {
+        match claims.get_opt(&claim).await? {
+            Some(c) if c.uid() != old_claim => return Ok(()),
+            _ => {}
+        }
+        if let Some(stuck) = pods.get_opt(&pod).await? {
+            let running = stuck.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if stuck.uid() != old_pod && !running {
+                pods.delete(&pod, &DeleteParams::default()).await?;
+            }
+        }
+        bail!("the old claim is still there or no new one yet")
+    })
+    .await?;
+    replaced(&pods, &pod, old_pod).await?;
+    eventually(&format!("member {victim} is back with new storage"), CONVERGE, || async {
+        let status = raft_status(p).await?;
+        let member = status.members.iter().find(|m| m.id == victim).context("not a member")?;
+        anyhow::ensure!(
+            !member.incarnation.is_empty() && Some(&member.incarnation) != incarnation.as_ref(),
+            "incarnation still {:?}",
+            member.incarnation
+        );
+        Ok(())
+    })
+    .await?;
+    converged(p, 3).await?;
+    ledger.write(p, "after-replacement", 5).await?;
+    ledger.verify(p).await
+}
+
+async fn operator_restarted_mid_scale<P: Provider>(p: &mut P, ledger: &mut Ledger) -> anyhow::Result<()> {
+    scale(&*p, 5).await?;
+    let watching = &*p;
+    eventually("the scale-up is under way", CONVERGE, || async {
+        let status = raft_status(watching).await?;
+        anyhow::ensure!(status.members.len() > 3, "still {} members", status.members.len());
+        Ok(())
+    })
+    .await?;
+    say("restart the operator in the middle of the scale-up");
+    p.restart_operator().await?;
+    let p = &*p;
+    converged(p, 5).await?;
+    ledger.verify(p).await?;
+    scale(p, 3).await?;
+    converged(p, 3).await?;
+    ledger.verify(p).await
+}
+
+async fn uninstall<P: Provider>(p: &mut P) -> anyhow::Result<()> {
+    say("delete the MetaStoreCluster; its StatefulSet, Services and pods follow");
+    clusters(&*p).delete(CLUSTER, &DeleteParams::default()).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
+    let pods: Api<Pod> = Api::namespaced(p.kube(), p.namespace());
+    eventually("the cluster's objects are collected", CONVERGE, || async {
+        anyhow::ensure!(sets.get_opt(CLUSTER).await?.is_none(), "StatefulSet still there");
+        let left = pods.list(&Default::default()).await?.items.len();
+        anyhow::ensure!(left == 0, "{left} pods left");
+        Ok(())
+    })
+    .await?;
+    say("uninstall the operator");
+    p.uninstall().await
+}
