@@ -37,6 +37,9 @@ pub struct Context {
     /// How members are reached; pod DNS names unless a test says otherwise.
     pub directory: Option<Arc<dyn MemberDirectory>>,
     pub metrics: Arc<Metrics>,
+    /// Clusters told that this API server has no `policy/v1` PodDisruptionBudget (Kubernetes
+    /// before 1.21): once is enough, and the budget is not tried again until a restart.
+    budgets_unavailable: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Context {
@@ -47,8 +50,37 @@ impl Context {
             client,
             directory: None,
             metrics: Arc::default(),
+            budgets_unavailable: std::sync::Mutex::default(),
         }
     }
+
+    /// Whether the API server was found to lack PodDisruptionBudgets; if so, also whether
+    /// `cluster` was already told.
+    fn budgets(&self, cluster: &str) -> Budgets {
+        let Ok(told) = self.budgets_unavailable.lock() else { return Budgets::Supported };
+        match told.as_ref() {
+            None => Budgets::Supported,
+            Some(told) if told.contains(cluster) => Budgets::UnavailableAndReported,
+            Some(_) => Budgets::Unavailable,
+        }
+    }
+
+    fn budgets_unavailable(&self, cluster: &str) {
+        if let Ok(mut told) = self.budgets_unavailable.lock() {
+            told.get_or_insert_with(Default::default).insert(cluster.to_string());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budgets {
+    Supported,
+    Unavailable,
+    UnavailableAndReported,
+}
+
+fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Apply { source: kube::Error::Api(status), .. } if status.code == 404)
 }
 
 async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
@@ -110,11 +142,28 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         observation.observed.members.iter().filter(|m| m.role == crate::crd::MemberRole::Voter).count();
     let members = cluster.spec.replicas.max(sts_replicas).max(i32::try_from(voters).unwrap_or(i32::MAX));
     let pdb = resources::pod_disruption_budget(&cluster, members)?;
-    if let Err(e) = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
+    let key = format!("{ns}/{}", names.cluster);
+    let unavailable = match ctx.budgets(&key) {
+        Budgets::Supported => {
+            match apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &pdb).await {
+                Ok(_) => None,
+                Err(e) if is_not_found(&e) => Some(e.to_string()),
+                // Membership must not wait on the budget: say so and go on; the next pass retries.
+                Err(e) => {
+                    tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
+                    None
+                }
+            }
+        }
+        Budgets::Unavailable => Some("this API server has no policy/v1 PodDisruptionBudget".to_string()),
+        Budgets::UnavailableAndReported => None,
+    };
+    if let Some(why) = unavailable {
         // Kubernetes before 1.21 has no policy/v1; the cluster works without a budget, but
-        // voluntary disruptions are then not kept from taking a majority: say so.
-        tracing::warn!(cluster = %names.cluster, error = %e, "cannot apply the PodDisruptionBudget");
-        let note = format!("no PodDisruptionBudget protects the quorum: {e}");
+        // voluntary disruptions are then not kept from taking a majority: say so, once.
+        ctx.budgets_unavailable(&key);
+        tracing::warn!(cluster = %names.cluster, error = %why, "no PodDisruptionBudget protects the quorum");
+        let note = format!("no PodDisruptionBudget protects the quorum: {why}");
         event(&ctx, &cluster, EventType::Warning, "DisruptionBudgetUnavailable", note).await;
     }
 
@@ -326,6 +375,31 @@ mod tests {
         expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
         expect_status(&mut server, &demo).await;
         reconciling.await.expect("reconcile task").expect("reconcile succeeds without a budget");
+    }
+
+    #[tokio::test]
+    async fn a_missing_budget_api_is_reported_once_and_not_tried_again() {
+        let demo = cluster(1);
+        let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = Arc::new(Context::new(Client::new(service, "default")));
+        for pass in 0..2 {
+            let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+            expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+            expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+            let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
+            expect(&mut server, Method::GET, sts, Some(not_found())).await;
+            if pass == 0 {
+                let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
+                expect(&mut server, Method::PATCH, pdb, Some(not_found())).await;
+                let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+                expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string()))
+                    .await;
+            }
+            // The second pass goes straight from the StatefulSet read to its apply.
+            expect(&mut server, Method::PATCH, sts, None).await;
+            expect_status(&mut server, &demo).await;
+            reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+        }
     }
 
     #[tokio::test]

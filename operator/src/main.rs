@@ -10,12 +10,14 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use metastore_operator::controller::{error_policy, reconcile, Context};
 use metastore_operator::crd::MetaStoreCluster;
 use metastore_operator::lease::{Election, LeaderLease};
+use metastore_operator::resources;
 
 /// The Kubernetes operator for metaStore clusters.
 #[derive(Parser)]
@@ -155,6 +157,17 @@ async fn run(
     Controller::for_stream(specs, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        // Pods belong to the StatefulSet, not to the cluster; but a member pod that starts,
+        // becomes ready or comes back empty is news to its cluster, sooner than the next requeue.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(resources::MEMBER_POD_SELECTOR),
+            |pod| {
+                let namespace = pod.namespace()?;
+                let cluster = resources::cluster_of_pod(pod.labels())?;
+                Some(ObjectRef::<MetaStoreCluster>::new(cluster).within(&namespace))
+            },
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -51,6 +51,13 @@ pub const REQUIRED: &[Permission] = &[
         why: "own each cluster's peer and client Services",
     },
     Permission {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails",
+    },
+    Permission {
         group: "policy",
         resource: "poddisruptionbudgets",
         verbs: &["create", "patch"],

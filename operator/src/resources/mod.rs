@@ -72,11 +72,23 @@ impl Names {
     }
 }
 
+/// Selects the member pods of every cluster.
+pub const MEMBER_POD_SELECTOR: &str = "app.kubernetes.io/name=metastore";
+const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// The cluster a member pod belongs to, from its labels.
+pub fn cluster_of_pod(labels: &BTreeMap<String, String>) -> Option<&str> {
+    if labels.get("app.kubernetes.io/name").map(String::as_str) != Some("metastore") {
+        return None;
+    }
+    labels.get(INSTANCE_LABEL).map(String::as_str)
+}
+
 /// The labels that select a cluster's pods.
 pub fn selector_labels(names: &Names) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "metastore".to_string()),
-        ("app.kubernetes.io/instance".to_string(), names.cluster.clone()),
+        (INSTANCE_LABEL.to_string(), names.cluster.clone()),
     ])
 }
 
@@ -134,6 +146,16 @@ mod tests {
         assert_eq!(names.pod(1), "demo-0");
         assert_eq!(names.peer_url(3), "http://demo-2.demo-peer.ns.svc:12379");
         assert_eq!(names.client_url(1), "http://demo-0.demo-peer.ns.svc:12380");
+    }
+
+    #[test]
+    fn member_pods_lead_back_to_their_cluster_and_other_pods_do_not() {
+        let names = Names::of(&cluster(3)).expect("names");
+        assert_eq!(cluster_of_pod(&selector_labels(&names)), Some("demo"));
+        let selector: Vec<String> = selector_labels(&names).iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert!(selector.contains(&MEMBER_POD_SELECTOR.to_string()), "the watch selects member pods");
+        let other = BTreeMap::from([(INSTANCE_LABEL.to_string(), "demo".to_string())]);
+        assert_eq!(cluster_of_pod(&other), None, "an unrelated pod with an instance label");
     }
 
     #[test]
