@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use metastore_client::{Client, ClusterStatus, Consistency, MemberRole};
@@ -156,6 +157,22 @@ async fn replaced(pods: &Api<Pod>, name: &str, old_uid: Option<String>) -> anyho
     .await
 }
 
+/// Waits for the operator's Event `reason` on the cluster, its note containing `note`.
+async fn recorded<P: Provider>(p: &P, reason: &str, note: &str) -> anyhow::Result<()> {
+    let events: Api<Event> = Api::namespaced(p.kube(), p.namespace());
+    eventually(&format!("Event {reason}: {note}"), CONVERGE, || async {
+        let all = events.list(&Default::default()).await?.items;
+        let found = all.iter().any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.note.as_deref().is_some_and(|n| n.contains(note))
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CLUSTER)
+        });
+        anyhow::ensure!(found, "not among {} events", all.len());
+        Ok(())
+    })
+    .await
+}
+
 /// Runs every scenario in order against `p`.
 pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
     let mut ledger = Ledger::default();
@@ -174,6 +191,7 @@ async fn one_cluster_lifecycle<P: Provider>(p: &P, ledger: &mut Ledger) -> anyho
     }))?;
     clusters(p).create(&PostParams::default(), &demo).await?;
     converged(p, 3).await?;
+    recorded(p, "Bootstrapped", "initialized member 1").await?;
     ledger.write(p, "initial", 20).await?;
     ledger.verify(p).await?;
 
@@ -258,6 +276,7 @@ async fn member_volume_lost<P: Provider>(p: &P, ledger: &mut Ledger) -> anyhow::
     })
     .await?;
     converged(p, 3).await?;
+    recorded(p, "MemberStorageLost", &format!("member {victim} lost its storage")).await?;
     ledger.write(p, "after-replacement", 5).await?;
     ledger.verify(p).await
 }

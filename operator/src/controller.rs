@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -93,16 +93,78 @@ where
         .map_err(|source| Error::Apply { kind: K::kind(&()).to_string(), name, source })
 }
 
-async fn event(ctx: &Context, cluster: &MetaStoreCluster, type_: EventType, reason: &str, note: String) {
+/// An Event to record on a cluster. Kubernetes (and kube's recorder) treat events with the
+/// same reason, action and related object as one event happening again, keeping the first
+/// note: so each member's events name its pod as the related object, and a member replaced
+/// for lost storage has its own reason, distinct from one removed by a scale-down.
+struct Notice {
+    type_: EventType,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+    member: Option<u64>,
+}
+
+impl Notice {
+    fn warning(reason: &'static str, action: &'static str, note: String) -> Self {
+        Self { type_: EventType::Warning, reason, action, note, member: None }
+    }
+}
+
+/// What a membership step's outcome is worth telling the cluster's users.
+fn notice(step: &Step, outcome: &Result<(), executor::ExecError>) -> Option<Notice> {
+    let normal = |reason, action, note: String, member| Notice {
+        type_: EventType::Normal,
+        reason,
+        action,
+        note,
+        member,
+    };
+    let member = match step {
+        Step::AddLearner { id } | Step::Promote { id } | Step::Remove { id, .. } => Some(*id),
+        _ => None,
+    };
+    Some(match (step, outcome) {
+        (_, Err(e)) => {
+            Notice { member, ..Notice::warning("MembershipStepFailed", "ChangeMembership", e.to_string()) }
+        }
+        (Step::Bootstrap, Ok(())) => {
+            normal("Bootstrapped", "Initialize", "initialized member 1".into(), Some(1))
+        }
+        (Step::Promote { id }, Ok(())) => {
+            normal("MemberAdded", "Promote", format!("member {id} is a voter"), member)
+        }
+        (Step::Remove { id, why: Removal::ScaleDown }, Ok(())) => {
+            normal("MemberRemoved", "Remove", format!("member {id} left the cluster"), member)
+        }
+        (Step::Remove { id, why: Removal::StorageLost }, Ok(())) => normal(
+            "MemberStorageLost",
+            "Remove",
+            format!("member {id} lost its storage; it will be added anew"),
+            member,
+        ),
+        (Step::Refuse(why), Ok(())) => Notice::warning("QuorumAtRisk", "Refuse", why.clone()),
+        _ => return None,
+    })
+}
+
+async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice: Notice) {
+    let pod = |id: u64| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(names.pod(id)),
+        namespace: Some(names.namespace.clone()),
+        ..Default::default()
+    };
     let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: reason.to_string(),
-        secondary: None,
+        type_: notice.type_,
+        reason: notice.reason.to_string(),
+        note: Some(notice.note),
+        action: notice.action.to_string(),
+        secondary: notice.member.map(pod),
     };
     if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot record an event");
+        tracing::warn!(error = %e, reason = notice.reason, "cannot record an event");
     }
 }
 
@@ -164,7 +226,8 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         ctx.budgets_unavailable(&key);
         tracing::warn!(cluster = %names.cluster, error = %why, "no PodDisruptionBudget protects the quorum");
         let note = format!("no PodDisruptionBudget protects the quorum: {why}");
-        event(&ctx, &cluster, EventType::Warning, "DisruptionBudgetUnavailable", note).await;
+        event(&ctx, &cluster, &names, Notice::warning("DisruptionBudgetUnavailable", "ApplyBudget", note))
+            .await;
     }
 
     // The StatefulSet is applied every time (its template follows the spec); only its replica
@@ -183,25 +246,8 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     apply(&sts_api, &desired).await?;
 
     let outcome = executor::execute(directory, &observation, &step).await;
-    match (&step, &outcome) {
-        (_, Err(e)) => event(&ctx, &cluster, EventType::Warning, "MembershipStepFailed", e.to_string()).await,
-        (Step::Bootstrap, Ok(())) => {
-            event(&ctx, &cluster, EventType::Normal, "Bootstrapped", "initialized member 1".into()).await
-        }
-        (Step::Promote { id }, Ok(())) => {
-            event(&ctx, &cluster, EventType::Normal, "MemberAdded", format!("member {id} is a voter")).await
-        }
-        (Step::Remove { id, why }, Ok(())) => {
-            let note = match why {
-                Removal::ScaleDown => format!("member {id} left the cluster"),
-                Removal::StorageLost => format!("member {id} lost its storage; it will be added anew"),
-            };
-            event(&ctx, &cluster, EventType::Normal, "MemberRemoved", note).await
-        }
-        (Step::Refuse(why), Ok(())) => {
-            event(&ctx, &cluster, EventType::Warning, "QuorumAtRisk", why.clone()).await
-        }
-        _ => {}
+    if let Some(notice) = notice(&step, &outcome) {
+        event(&ctx, &cluster, &names, notice).await;
     }
 
     let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -375,6 +421,19 @@ mod tests {
         expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
         expect_status(&mut server, &demo).await;
         reconciling.await.expect("reconcile task").expect("reconcile succeeds without a budget");
+    }
+
+    #[test]
+    fn each_member_event_names_its_pod_and_a_replacement_is_not_a_scale_down() {
+        let scale_down = notice(&Step::Remove { id: 5, why: Removal::ScaleDown }, &Ok(())).expect("event");
+        let lost = notice(&Step::Remove { id: 3, why: Removal::StorageLost }, &Ok(())).expect("event");
+        assert_eq!((scale_down.reason, scale_down.member), ("MemberRemoved", Some(5)));
+        assert_eq!((lost.reason, lost.member), ("MemberStorageLost", Some(3)));
+        assert!(lost.note.contains("lost its storage"));
+        let added = notice(&Step::Promote { id: 4 }, &Ok(())).expect("event");
+        assert_eq!((added.reason, added.member), ("MemberAdded", Some(4)));
+        assert!(notice(&Step::Done, &Ok(())).is_none());
+        assert!(notice(&Step::AddLearner { id: 2 }, &Ok(())).is_none(), "the promotion tells");
     }
 
     #[tokio::test]
