@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 
-use crate::process::{free_port, Process};
+use metastore_testkit::{free_port, Process};
 
 /// Where `e2e/local/control-plane.sh` caches the binaries unless told otherwise.
 const DEFAULT_BIN_DIR: &str = "/var/cache/metastore/kubernetes/bin";
@@ -28,7 +28,7 @@ pub fn binaries() -> Result<PathBuf, String> {
         }
     }
     for (program, arg) in [("etcd", "--version"), ("openssl", "version")] {
-        if !crate::process::available(Path::new(program), arg) {
+        if !metastore_testkit::available(Path::new(program), arg) {
             return Err(format!("`{program}` not found (apt-get install etcd-server openssl)"));
         }
     }

@@ -23,8 +23,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use tokio::sync::Mutex;
 
-use crate::process::Process;
 use crate::sandbox::HostsFile;
+use metastore_testkit::Process;
 
 /// The pods this kubelet plays: the members of every MetaStoreCluster.
 const POD_SELECTOR: &str = "app.kubernetes.io/name=metastore";
@@ -322,7 +322,7 @@ fn spawn_member(
     };
     let mut process = Command::new(binary);
     process.args(args).env_clear().env("PATH", "/usr/bin:/bin").envs(env.iter().cloned());
-    Process::spawn("metastore", process, log)
+    Ok(Process::spawn("metastore", process, log)?)
 }
 
 /// The container's environment as the kubelet would give it: literal values with `$(VAR)`

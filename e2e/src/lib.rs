@@ -12,6 +12,5 @@ pub mod control_plane;
 pub mod kind;
 pub mod kubelet;
 pub mod local;
-pub mod process;
 pub mod sandbox;
 pub mod scenarios;

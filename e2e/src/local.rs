@@ -18,9 +18,9 @@ use tokio::sync::Mutex;
 
 use crate::control_plane::{self, ControlPlane};
 use crate::kubelet::{Kubelet, Pods};
-use crate::process::{free_port, workspace_binary, Process};
 use crate::sandbox::{self, HostsFile};
 use crate::scenarios::{eventually, Provider};
+use metastore_testkit::{free_port, workspace_binary, Process};
 
 const OPERATOR_NAMESPACE: &str = "metastore-system";
 const RELEASE: &str = "ops";
@@ -44,11 +44,11 @@ impl Prerequisites {
         let helm = std::env::var_os("METASTORE_HELM")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/var/cache/metastore/tools/helm".into());
-        if !crate::process::available(&helm, "version") {
+        if !metastore_testkit::available(&helm, "version") {
             return Err(format!("helm not found at {} (scripts/install-helm.sh)", helm.display()));
         }
-        let metastore = workspace_binary("metastore").map_err(|e| e.to_string())?;
-        let operator = workspace_binary("metastore-operator").map_err(|e| e.to_string())?;
+        let metastore = workspace_binary("metastore")?;
+        let operator = workspace_binary("metastore-operator")?;
         Ok(Self { k8s_bin, helm, metastore, operator })
     }
 }
@@ -185,7 +185,7 @@ impl Local {
                     out += &format!(
                         "--- {} (last 15 lines)\n{}\n",
                         path.display(),
-                        crate::process::tail(&path, 15)
+                        metastore_testkit::tail(&path, 15)
                     );
                 }
             }

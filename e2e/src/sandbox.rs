@@ -120,10 +120,10 @@ pub fn can_isolate() -> Result<(), String> {
     if uid.as_deref() != Some("0") {
         return Err("root, for private mount, network and PID namespaces (unshare)".into());
     }
-    if !crate::process::available(Path::new("unshare"), "--version") {
+    if !metastore_testkit::available(Path::new("unshare"), "--version") {
         return Err("`unshare` (util-linux)".into());
     }
-    if !crate::process::available(Path::new("ip"), "-V") {
+    if !metastore_testkit::available(Path::new("ip"), "-V") {
         return Err("`ip` (iproute2)".into());
     }
     Ok(())

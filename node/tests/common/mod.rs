@@ -2,33 +2,16 @@
 //! with its data in a temporary directory, and talks to them through the client crate.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use metastore_client::{Client, ClusterStatus};
+use metastore_testkit::Process;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_metastore");
 
-/// A port nobody listens on right now, for a member to take.
-///
-/// Chosen below Linux's ephemeral range (32768 and up): a port the OS hands out for outgoing
-/// connections could be taken by one between this check and the member's bind.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7919);
-    loop {
-        let port = (FIRST + seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use metastore_testkit::free_port;
 
 pub struct Node {
     pub id: u64,
@@ -36,7 +19,7 @@ pub struct Node {
     pub peer_port: u16,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
-    child: Option<Child>,
+    process: Option<Process>,
     log: PathBuf,
 }
 
@@ -54,11 +37,11 @@ impl Node {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(Process::id)
     }
 }
 
@@ -97,7 +80,7 @@ impl Cluster {
     /// Registers and starts a member with explicit arguments.
     pub fn add(&mut self, id: u64, peer_port: u16, client_port: u16, args: Vec<String>) -> usize {
         let log = self.dir.path().join(format!("node-{id}.log"));
-        self.nodes.push(Node { id, client_port, peer_port, args, env: Vec::new(), child: None, log });
+        self.nodes.push(Node { id, client_port, peer_port, args, env: Vec::new(), process: None, log });
         let index = self.nodes.len() - 1;
         self.spawn(index);
         index
@@ -112,7 +95,7 @@ impl Cluster {
         env: Vec<(String, String)>,
     ) -> usize {
         let log = self.dir.path().join(format!("node-{id}.log"));
-        self.nodes.push(Node { id, client_port, peer_port, args: Vec::new(), env, child: None, log });
+        self.nodes.push(Node { id, client_port, peer_port, args: Vec::new(), env, process: None, log });
         let index = self.nodes.len() - 1;
         self.spawn(index);
         index
@@ -145,18 +128,13 @@ impl Cluster {
     fn spawn(&mut self, index: usize) {
         let dir = self.dir.path().to_path_buf();
         let node = &mut self.nodes[index];
-        let log = File::options().create(true).append(true).open(&node.log).expect("log file");
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(&node.args)
             .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn metastore");
-        node.child = Some(child);
+            .env_remove("RUST_LOG");
+        node.process = Some(Process::spawn("metastore", command, &node.log).expect("spawn metastore"));
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
@@ -175,35 +153,25 @@ impl Cluster {
     /// kill -9.
     pub fn kill(&mut self, id: u64) {
         let index = self.index_of(id);
-        if let Some(mut child) = self.nodes[index].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.kill();
         }
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self, id: u64) {
         let index = self.index_of(id);
-        if let Some(mut child) = self.nodes[index].child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "member {id} exited with {status} after SIGTERM");
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("member {id} did not stop within 20s of SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut process) = self.nodes[index].process.take() {
+            match process.stop(Duration::from_secs(20)) {
+                Some(status) => assert!(status.success(), "member {id} exited with {status} after SIGTERM"),
+                None => panic!("member {id} did not stop within 20s of SIGTERM"),
             }
         }
     }
 
     pub fn restart(&mut self, id: u64) {
         let index = self.index_of(id);
-        assert!(self.nodes[index].child.is_none(), "member {id} is still running");
+        assert!(self.nodes[index].process.is_none(), "member {id} is still running");
         self.spawn(index);
     }
 
@@ -268,10 +236,7 @@ impl Drop for Cluster {
             eprintln!("{}", self.logs());
         }
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            node.process.take();
         }
     }
 }

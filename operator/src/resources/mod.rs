@@ -120,8 +120,9 @@ fn owned_metadata(cluster: &MetaStoreCluster, names: &Names, name: String) -> Re
     })
 }
 
-#[cfg(test)]
-pub(crate) mod fixtures {
+/// Example objects for the operator's tests (unit and integration).
+#[doc(hidden)]
+pub mod fixtures {
     use crate::crd::{MetaStoreCluster, MetaStoreClusterSpec};
 
     /// A `demo` cluster in namespace `ns`, as the API server would return it.

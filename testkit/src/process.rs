@@ -1,12 +1,10 @@
-//! Child processes the suite runs (etcd, the control plane, members, the operator): each logs to
-//! a file and is killed when dropped, so a failed scenario leaves nothing running.
+//! Child processes a test runs (members, the operator, a control plane): each logs to a file
+//! and is killed when dropped, so a failed test leaves nothing running.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use anyhow::Context as _;
 
 pub struct Process {
     name: String,
@@ -16,19 +14,19 @@ pub struct Process {
 
 impl Process {
     /// Starts `command`, its output appended to `log`.
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(name: &str, mut command: Command, log: &Path) -> std::io::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
-            .with_context(|| format!("cannot open {}", log.display()))?;
+            .map_err(annotate(format!("cannot open {}", log.display())))?;
         let err = out.try_clone()?;
         let child = command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+            .map_err(annotate(format!("cannot start {name} ({command:?})")))?;
         Ok(Self { name: name.to_string(), child, log: log.to_path_buf() })
     }
 
@@ -41,20 +39,21 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
-    /// SIGTERM, then SIGKILL once `grace` has passed.
-    pub fn stop(&mut self, grace: Duration) {
-        if self.exited().is_some() {
-            return;
+    /// SIGTERM, then SIGKILL once `grace` has passed. How it exited, if it did by itself.
+    pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
         }
         let _ = Command::new("kill").arg("-TERM").arg(self.id().to_string()).status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
+            if let Some(status) = self.exited() {
+                return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
+        None
     }
 
     /// SIGKILL: a crash, as far as the process can tell.
@@ -71,6 +70,10 @@ impl Process {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+fn annotate(what: String) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    move |e| std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 impl Drop for Process {
@@ -100,11 +103,14 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A binary of this workspace, built next to the test executable (`<target>/debug/deps/..`).
-pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(Path::parent).context("no target directory")?.join(name);
-    anyhow::ensure!(bin.exists(), "{} is missing: `cargo test --workspace` builds it", bin.display());
+/// A binary of this workspace, built next to the test executable (`<target>/debug/deps/..`);
+/// `Err` says how to build it.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.parent().and_then(Path::parent).ok_or("no target directory")?.join(name);
+    if !bin.exists() {
+        return Err(format!("{} is missing: `cargo test --workspace` builds it", bin.display()));
+    }
     Ok(bin)
 }
 

@@ -1,0 +1,253 @@
+//! The reconciler's conversations with Kubernetes, stated request by request against a mocked
+//! API server (tower-test): what it reads, what it applies, what it reports. Where a
+//! conversation involves members, they are real `metastore` processes.
+
+mod support;
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use metastore_operator::controller::{reconcile, Context, BUSY_REQUEUE};
+use metastore_operator::crd::MetaStoreCluster;
+use metastore_operator::resources::fixtures::cluster;
+use metastore_operator::{rbac, resources, Error};
+use tower_test::mock::{self, Handle};
+
+type ApiServer = Handle<Request<Body>, Response<Body>>;
+
+/// Expects the next request to be `method path`, answers it with `answer(request body)`,
+/// and returns the request body.
+async fn expect_answered(
+    server: &mut ApiServer,
+    method: Method,
+    path: &str,
+    answer: impl FnOnce(&str) -> (StatusCode, String),
+) -> String {
+    let (request, send) = server.next_request().await.expect("the reconciler made a request");
+    assert_eq!((request.method(), request.uri().path()), (&method, path));
+    let uri = request.uri();
+    assert!(
+        rbac::grants(request.method(), uri.path(), uri.query()),
+        "the chart's RBAC (rbac::REQUIRED) does not allow {method} {uri}"
+    );
+    let body = request.into_body().collect_bytes().await.expect("request body");
+    let body = String::from_utf8(body.to_vec()).expect("utf-8 body");
+    let (status, reply) = answer(&body);
+    let response = Response::builder().status(status).body(Body::from(reply.into_bytes()));
+    send.send_response(response.expect("response"));
+    body
+}
+
+/// Expects `method path`; answers with `answer`, or when `None` echoes the body back, as an
+/// apply does.
+async fn expect(
+    server: &mut ApiServer,
+    method: Method,
+    path: &str,
+    answer: Option<(StatusCode, String)>,
+) -> String {
+    expect_answered(server, method, path, |body| answer.unwrap_or_else(|| (StatusCode::OK, body.to_string())))
+        .await
+}
+
+/// The API server's answer to a status patch: the whole object, with the patched status.
+fn object_with_status(cluster: &MetaStoreCluster, patch: &str) -> (StatusCode, String) {
+    let patch: serde_json::Value = serde_json::from_str(patch).expect("json patch");
+    let mut object = serde_json::to_value(cluster).expect("json object");
+    object["status"] = patch["status"].clone();
+    (StatusCode::OK, object.to_string())
+}
+
+/// Expects the status patch, answers it as the API server does, and returns the patch.
+async fn expect_status(server: &mut ApiServer, cluster: &MetaStoreCluster) -> serde_json::Value {
+    let path = "/apis/metastore.io/v1alpha1/namespaces/ns/metastoreclusters/demo/status";
+    let patch = expect_answered(server, Method::PATCH, path, |body| object_with_status(cluster, body)).await;
+    serde_json::from_str(&patch).expect("json")
+}
+
+/// Expects a server-side apply to `path`, answers it, and returns the applied object.
+async fn expect_applied(server: &mut ApiServer, path: &str) -> serde_json::Value {
+    let body = expect(server, Method::PATCH, path, None).await;
+    serde_json::from_str(&body).expect("json")
+}
+
+/// Starts a reconcile of `cluster` against a mocked API server; its first requests apply the
+/// two Services.
+async fn reconcile_against_mock(
+    cluster: &MetaStoreCluster,
+) -> (ApiServer, tokio::task::JoinHandle<Result<Action, Error>>) {
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(service, "default")));
+    let reconciling = tokio::spawn(reconcile(Arc::new(cluster.clone()), ctx));
+    expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+    expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+    (server, reconciling)
+}
+
+fn not_found() -> (StatusCode, String) {
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "reason": "NotFound", "code": 404, "message": "not found"
+    });
+    (StatusCode::NOT_FOUND, status.to_string())
+}
+
+#[tokio::test]
+async fn a_new_cluster_gets_its_services_budget_and_statefulset_then_a_bootstrapping_status() {
+    let demo = cluster(3);
+    let (mut server, reconciling) = reconcile_against_mock(&demo).await;
+    expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+        .await;
+    let pdb = expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
+    assert_eq!(pdb["spec"]["minAvailable"], 2, "a majority of three");
+    let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
+    assert_eq!(sts["spec"]["replicas"], 3, "the StatefulSet is created at the desired size");
+    let status = expect_status(&mut server, &demo).await;
+    assert_eq!(status["status"]["phase"], "Bootstrapping");
+    let available = status["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Available");
+    assert_eq!(available.expect("Available")["status"], "False");
+
+    let action = reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(BUSY_REQUEUE));
+}
+
+#[tokio::test]
+async fn an_old_api_server_without_policy_v1_still_gets_a_cluster() {
+    let demo = cluster(1);
+    let (mut server, reconciling) = reconcile_against_mock(&demo).await;
+    expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+        .await;
+    expect(
+        &mut server,
+        Method::PATCH,
+        "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo",
+        Some(not_found()),
+    )
+    .await;
+    let warning =
+        expect_answered(&mut server, Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events", |b| {
+            (StatusCode::CREATED, b.to_string())
+        })
+        .await;
+    assert!(warning.contains("DisruptionBudgetUnavailable"), "the missing budget is reported: {warning}");
+    expect(&mut server, Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None).await;
+    expect_status(&mut server, &demo).await;
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds without a budget");
+}
+
+#[tokio::test]
+async fn a_missing_budget_api_is_reported_once_and_not_tried_again() {
+    let demo = cluster(1);
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(service, "default")));
+    for pass in 0..2 {
+        let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+        expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+        let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
+        expect(&mut server, Method::GET, sts, Some(not_found())).await;
+        if pass == 0 {
+            let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
+            expect(&mut server, Method::PATCH, pdb, Some(not_found())).await;
+            let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+            expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string()))
+                .await;
+        }
+        // The second pass goes straight from the StatefulSet read to its apply.
+        expect(&mut server, Method::PATCH, sts, None).await;
+        expect_status(&mut server, &demo).await;
+        reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+    }
+}
+
+#[tokio::test]
+async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_stay_as_they_are() {
+    let mut demo = cluster(3);
+    demo.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
+    let (mut server, reconciling) = reconcile_against_mock(&demo).await;
+
+    // The StatefulSet still has five pods, with the 1Gi volumes it was created with.
+    let live = resources::stateful_set(&cluster(3), 5).expect("live StatefulSet");
+    let live = serde_json::to_string(&live).expect("json");
+    expect(
+        &mut server,
+        Method::GET,
+        "/apis/apps/v1/namespaces/ns/statefulsets/demo",
+        Some((StatusCode::OK, live)),
+    )
+    .await;
+    let pdb = expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
+    assert_eq!(pdb["spec"]["minAvailable"], 3, "a majority of the five members still there");
+    let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
+    assert_eq!(sts["spec"]["replicas"], 5, "pods go only after their members left raft");
+    let size = &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
+    assert_eq!(size, "1Gi", "claim templates cannot change; the live ones are kept");
+    expect_status(&mut server, &demo).await;
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+}
+
+/// Expects the two Service applies every reconcile starts with.
+async fn expect_services(server: &mut ApiServer) {
+    expect(server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+    expect(server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+}
+
+fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    let conditions = status["status"]["conditions"].as_array().expect("conditions");
+    conditions.iter().find(|c| c["type"] == kind).expect("condition")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_down_takes_the_highest_member_out_of_raft_before_the_statefulset_shrinks() {
+    let mut members = support::LocalStatefulSet::new();
+    members.converge(3).await;
+    let mut demo = cluster(2);
+    demo.status =
+        Some(metastore_operator::crd::MetaStoreClusterStatus { bootstrapped: true, ..Default::default() });
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Context::new(Client::new(service, "default")).with_directory(Arc::new(members.directory()));
+    let ctx = Arc::new(ctx);
+    let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
+    let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
+    let live = serde_json::to_string(&resources::stateful_set(&cluster(3), 3).expect("sts")).expect("json");
+
+    // First pass: member 3 leaves raft while its pod stays.
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+    expect_services(&mut server).await;
+    expect(&mut server, Method::GET, sts, Some((StatusCode::OK, live.clone()))).await;
+    assert_eq!(expect_applied(&mut server, pdb).await["spec"]["minAvailable"], 2, "a majority of three");
+    assert_eq!(expect_applied(&mut server, sts).await["spec"]["replicas"], 3, "the pod stays for now");
+    let event =
+        expect_answered(&mut server, Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events", |b| {
+            (StatusCode::CREATED, b.to_string())
+        })
+        .await;
+    let event: serde_json::Value = serde_json::from_str(&event).expect("json");
+    assert_eq!(
+        (event["reason"].as_str(), event["related"]["name"].as_str()),
+        (Some("MemberRemoved"), Some("demo-2"))
+    );
+    let status = expect_status(&mut server, &demo).await;
+    assert_eq!(status["status"]["phase"], "Scaling");
+    assert_eq!(condition(&status, "Progressing")["reason"], "RemovingMember");
+    let action = reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+    assert_eq!(action, Action::requeue(BUSY_REQUEUE));
+    assert_eq!(members.voters().await, [1, 2], "member 3 left raft");
+
+    // Second pass: only now does the StatefulSet shrink.
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+    expect_services(&mut server).await;
+    expect(&mut server, Method::GET, sts, Some((StatusCode::OK, live))).await;
+    assert_eq!(expect_applied(&mut server, pdb).await["spec"]["minAvailable"], 2, "three pods still run");
+    assert_eq!(expect_applied(&mut server, sts).await["spec"]["replicas"], 2, "now the pod goes");
+    let status = expect_status(&mut server, &demo).await;
+    assert_eq!(condition(&status, "Progressing")["reason"], "ScalingStatefulSet");
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+}
