@@ -1,0 +1,316 @@
+//! A cluster of real `metastore` processes on 127.0.0.1 that faults can be done to: killed,
+//! paused, stopped, wiped, removed from raft and added back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use metastore_client::{AddMemberRequest, Client, MemberRole};
+use metastore_testkit::{free_port, Process};
+
+pub struct Member {
+    pub id: u64,
+    pub peer_port: u16,
+    pub client_port: u16,
+    process: Option<Process>,
+    paused: bool,
+    /// Started in join mode (after a wipe or a removal): waits to be added.
+    joining: bool,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+}
+
+pub struct Cluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    pub members: BTreeMap<u64, Member>,
+    /// Short timeouts, so that a fault is noticed within a second or two.
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts `size` members as a static cluster (`--cluster`), as the seed report does.
+    pub fn start(binary: PathBuf, size: u64) -> anyhow::Result<Self> {
+        let members = (1..=size)
+            .map(|id| {
+                let member = Member {
+                    id,
+                    peer_port: free_port(),
+                    client_port: free_port(),
+                    process: None,
+                    paused: false,
+                    joining: false,
+                };
+                (id, member)
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_millis(500))
+            .build()?;
+        let mut cluster = Self { binary, dir: tempfile::tempdir()?, members, http };
+        for id in 1..=size {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("member-{id}"))
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let peers: Vec<String> = self.members.values().map(Member::peer_url).collect();
+        let member = &self.members[&id];
+        let mut command = Command::new(&self.binary);
+        command.args(["--member-id", &id.to_string(), "--port", &member.client_port.to_string()]);
+        command.arg("--data-dir").arg(self.data_dir(id));
+        if member.joining {
+            command.args(["--join", "--advertise-peer-url", &member.peer_url()]);
+            command.args(["--advertise-client-url", &member.client_url()]);
+        } else {
+            command.args(["--cluster", &peers.join(",")]);
+        }
+        command.env_remove("RUST_LOG");
+        let log = self.dir.path().join(format!("member-{id}.log"));
+        let process = Process::spawn("metastore", command, &log)?;
+        let member = self.members.get_mut(&id).context("no such member")?;
+        member.process = Some(process);
+        member.paused = false;
+        Ok(())
+    }
+
+    pub fn client(&self, id: u64) -> Client {
+        Client::with_http(self.members[&id].client_url(), self.http.clone())
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(member) = self.members.get_mut(&id) {
+            if let Some(mut process) = member.process.take() {
+                process.kill();
+            }
+            member.paused = false;
+        }
+    }
+
+    /// Starts a stopped member again, on its data.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if !self.members[&id].is_running() {
+            self.spawn(id)?;
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let member = self.members.get_mut(&id).context("no such member")?;
+        let Some(process) = &member.process else { return Ok(()) };
+        let status = Command::new("kill").arg(signal).arg(process.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} failed");
+        member.paused = signal == "-STOP";
+        Ok(())
+    }
+
+    /// SIGSTOP: the member stops in its tracks, as in a long GC pause or a frozen VM.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, "-STOP")
+    }
+
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.members.get(&id).is_some_and(|m| m.paused) {
+            self.signal(id, "-CONT")?;
+        }
+        Ok(())
+    }
+
+    /// Kills the member and deletes its data directory: a lost disk.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id);
+        let dir = self.data_dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot wipe {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The leader a majority of the reachable members names.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for member in self.members.values().filter(|m| m.is_running() && !m.paused) {
+            if let Ok(status) = self.client(member.id).cluster().await {
+                if let Some(leader) = status.leader_id {
+                    *votes.entry(leader).or_default() += 1;
+                }
+            }
+        }
+        let majority = self.members.len() / 2 + 1;
+        votes.into_iter().find(|(_, n)| *n >= majority).map(|(id, _)| id)
+    }
+
+    pub async fn wait_for_leader(&self, limit: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return Ok(leader);
+            }
+            if Instant::now() > deadline {
+                bail!("no leader within {limit:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replaces member `id` in raft by a fresh one on an empty store: removes it, starts it in
+    /// join mode, adds it as a learner with its new incarnation and promotes it. What the
+    /// operator does for a member that lost its storage.
+    pub async fn replace(&mut self, id: u64) -> anyhow::Result<()> {
+        self.remove(id).await.context("remove")?;
+        self.wipe(id)?;
+        self.members.get_mut(&id).context("no such member")?.joining = true;
+        self.spawn(id)?;
+        let fresh = self.client(id);
+        let incarnation = retry(|| fresh.cluster()).await?.incarnation;
+        let member = &self.members[&id];
+        let request = AddMemberRequest {
+            id,
+            peer_url: member.peer_url(),
+            client_url: member.client_url(),
+            incarnation,
+        };
+        let request = &request;
+        self.on_leader(|leader| async move {
+            let members = leader.cluster().await?.members;
+            match members.iter().find(|m| m.id == id).map(|m| m.role) {
+                None => {
+                    leader.add_learner(request).await?;
+                    leader.promote(id).await?;
+                }
+                Some(MemberRole::Learner) => {
+                    leader.promote(id).await?;
+                }
+                Some(MemberRole::Voter) => {}
+            }
+            Ok(())
+        })
+        .await
+        .context("add and promote")
+    }
+
+    /// Takes member `id` out of raft; its process runs on, no longer a member.
+    pub async fn remove(&self, id: u64) -> anyhow::Result<()> {
+        self.on_leader(|leader| async move {
+            // Idempotent: an attempt whose answer was lost may have done it.
+            if leader.cluster().await?.members.iter().any(|m| m.id == id) {
+                leader.remove_member(id).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs a membership change on whichever member leads at each attempt, for up to 30 s,
+    /// with a timeout long enough for a learner to catch up.
+    async fn on_leader<F, Fut>(&self, change: F) -> anyhow::Result<()>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<(), metastore_client::ClientError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let outcome = match self.leader().await {
+                Some(leader) => {
+                    let leader = Client::new(self.members[&leader].client_url());
+                    // The others may not have noticed yet that it is gone or lost its memory:
+                    // only a member that says it leads is asked.
+                    match leader.cluster().await {
+                        Ok(status) if status.leader_id == Some(status.member_id) => {
+                            change(leader).await.map_err(|e| e.to_string())
+                        }
+                        Ok(_) => Err("the named leader does not lead".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                None => Err("no leader".to_string()),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => bail!("{e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// Every member running and not paused.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            self.resume(id)?;
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    pub fn logs(&self) -> String {
+        self.ids()
+            .iter()
+            .map(|id| {
+                let log = self.dir.path().join(format!("member-{id}.log"));
+                format!("--- member {id}\n{}", metastore_testkit::tail(&log, 15))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Retries a call for up to 20 s: the member may be starting.
+async fn retry<T, E: std::fmt::Display, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => bail!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A stopped process cannot be killed until it is continued.
+        let _ = self.heal_signals();
+    }
+}
+
+impl Cluster {
+    fn heal_signals(&mut self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            self.resume(id)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! metaStore's robustness suite, in the spirit of Jepsen and etcd's robustness tests: concurrent
+//! clients record what they saw against a real cluster while a nemesis injects faults; a
+//! linearizability checker judges the history, and the healed cluster must still hold every
+//! acknowledged write.
+
+pub mod checker;
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod run;
+pub mod workload;

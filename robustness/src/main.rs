@@ -1,0 +1,103 @@
+//! `metastore-robustness`: one run of a workload against a local cluster under a nemesis.
+//!
+//!   metastore-robustness --nemesis kill-leader --duration 60 --seed 7
+//!
+//! Prints what happened and the verdict; exits 1 on an anomaly or a lost write.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use metastore_robustness::nemesis::Nemesis;
+use metastore_robustness::run::{run, Config};
+use metastore_robustness::workload::Workload;
+
+#[derive(Parser)]
+#[command(name = "metastore-robustness", version, about = "Fault injection with a linearizability checker")]
+struct Cli {
+    /// The faults to inject; `all` runs each in turn.
+    #[arg(long, value_enum, default_value_t = Nemesis::KillLeader)]
+    nemesis: Nemesis,
+    /// Run every nemesis in turn, each for `--duration`.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, value_enum, default_value_t = Workload::Mixed)]
+    workload: Workload,
+    /// Seconds of load per nemesis.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    members: u64,
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// How many keys the clients share: fewer keys, more contention.
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// Milliseconds a fault lasts, and quiet time after it heals.
+    #[arg(long, default_value_t = 2_000)]
+    hold_ms: u64,
+    #[arg(long, default_value_t = 2_000)]
+    settle_ms: u64,
+    /// The `metastore` binary; by default the one next to this binary.
+    #[arg(long)]
+    metastore: Option<PathBuf>,
+    /// Print each report as JSON too.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let binary = match cli.metastore.clone().map(Ok).unwrap_or_else(sibling_metastore) {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("metastore-robustness: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let nemeses = if cli.all { Nemesis::all().to_vec() } else { vec![cli.nemesis] };
+    let mut passed = true;
+    for nemesis in nemeses {
+        let config = Config {
+            binary: binary.clone(),
+            members: cli.members,
+            clients: cli.clients,
+            keys: cli.keys,
+            duration: Duration::from_secs(cli.duration),
+            seed: cli.seed,
+            nemesis,
+            workload: cli.workload,
+            hold: Duration::from_millis(cli.hold_ms),
+            settle: Duration::from_millis(cli.settle_ms),
+        };
+        match run(&config).await {
+            Ok(report) => {
+                println!("{}", report.summary());
+                if cli.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                }
+                passed &= report.passed();
+            }
+            Err(e) => {
+                eprintln!("metastore-robustness: {nemesis:?}: {e:#}");
+                passed = false;
+            }
+        }
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sibling_metastore() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe.with_file_name("metastore");
+    anyhow::ensure!(binary.exists(), "no metastore binary next to {}: pass --metastore", exe.display());
+    Ok(binary)
+}

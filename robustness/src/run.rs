@@ -1,0 +1,158 @@
+//! One run: start a cluster, let clients record a history while the nemesis strikes, heal,
+//! read every key's final value, and judge.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use metastore_client::Consistency;
+use serde::Serialize;
+
+use crate::checker::{self, Verdict};
+use crate::cluster::Cluster;
+use crate::history::{Operation, Outcome};
+use crate::nemesis::{self, Fault, Nemesis, Schedule};
+use crate::workload::{ClientTask, Recorder, Workload};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub binary: PathBuf,
+    pub members: u64,
+    pub clients: usize,
+    pub keys: usize,
+    pub duration: Duration,
+    pub seed: u64,
+    pub nemesis: Nemesis,
+    pub workload: Workload,
+    pub hold: Duration,
+    pub settle: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub nemesis: Nemesis,
+    pub seed: u64,
+    pub operations: usize,
+    pub ok: usize,
+    pub refused: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub faults: Vec<Fault>,
+    pub verdict: Verdict,
+    /// Acknowledged writes the healed cluster does not reflect.
+    pub lost_writes: Vec<Operation>,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Linearizable && self.lost_writes.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        let verdict = match &self.verdict {
+            Verdict::Linearizable => "linearizable".to_string(),
+            Verdict::NotLinearizable { key, stuck_at } => {
+                format!("NOT LINEARIZABLE on {key} at {stuck_at:?}")
+            }
+            Verdict::Inconclusive { key } => format!("INCONCLUSIVE on {key} (search budget exhausted)"),
+        };
+        format!(
+            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults; {}; {} lost acknowledged writes",
+            self.nemesis,
+            self.seed,
+            self.operations,
+            self.ok,
+            self.refused,
+            self.failed,
+            self.unknown,
+            self.seconds,
+            self.faults.len(),
+            verdict,
+            self.lost_writes.len()
+        )
+    }
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let cluster = Cluster::start(config.binary.clone(), config.members)?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();
+    let cluster = tokio::sync::Mutex::new(cluster);
+
+    let recorder = Recorder::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for id in 0..config.clients {
+        let task = ClientTask {
+            id,
+            keys: config.keys,
+            workload: config.workload,
+            members: members.clone(),
+            recorder: recorder.clone(),
+            seed: config.seed,
+        };
+        clients.push(tokio::spawn(task.run(stopped.clone())));
+    }
+    let schedule = Schedule { nemesis: config.nemesis, hold: config.hold, settle: config.settle };
+    let faults = {
+        let nemesis = nemesis::run(&cluster, schedule, config.seed, started, stopped.clone());
+        let deadline = async {
+            tokio::time::sleep(config.duration).await;
+            let _ = stop.send(true);
+        };
+        let (faults, ()) = tokio::join!(nemesis, deadline);
+        faults
+    };
+    for client in clients {
+        client.await.context("client task")?;
+    }
+    let faults = match faults {
+        Ok(faults) => faults,
+        Err(e) => anyhow::bail!("the nemesis failed: {e:#}\n{}", cluster.lock().await.logs()),
+    };
+
+    // Everything healed: the final state, read linearizably, must hold every acknowledged write.
+    let mut cluster = cluster.into_inner();
+    cluster.heal()?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let history = recorder.history();
+    let mut finals = BTreeMap::new();
+    for key in history.by_key().keys() {
+        let value = read_final(&cluster, leader, key).await?;
+        finals.insert(key.to_string(), value);
+    }
+    let verdict = checker::check(&history);
+    let lost_writes = checker::lost_writes(&history, &finals);
+    let count = |o: Outcome| history.operations.iter().filter(|op| op.outcome == o).count();
+    let report = Report {
+        nemesis: config.nemesis,
+        seed: config.seed,
+        operations: history.operations.len(),
+        ok: count(Outcome::Ok),
+        refused: count(Outcome::Refused),
+        failed: count(Outcome::Failed),
+        unknown: count(Outcome::Unknown),
+        faults,
+        verdict,
+        lost_writes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if !report.passed() {
+        eprintln!("{}", cluster.logs());
+    }
+    Ok(report)
+}
+
+async fn read_final(cluster: &Cluster, leader: u64, key: &str) -> anyhow::Result<Option<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cluster.client(leader).get(key, Consistency::Linearizable).await {
+            Ok(kv) => return Ok(kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+            Err(e) if Instant::now() > deadline => anyhow::bail!("final read of {key}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
