@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use reqwest::Url;
 
+use crate::network::{PeerToken, TokenError};
 use crate::types::{Member, NodeId};
 
 /// A member of a metaStore cluster: a strongly consistent, replicated key-value store.
@@ -52,6 +53,16 @@ pub struct Args {
     /// Where the member keeps its data; defaults to data/<member id>.
     #[arg(long, env = "METASTORE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// A file holding the cluster's peer token: members answer peer traffic only from
+    /// holders of the same token. Off when neither this nor METASTORE_PEER_TOKEN is set.
+    #[arg(long, env = "METASTORE_PEER_TOKEN_FILE", conflicts_with = "peer_token")]
+    pub peer_token_file: Option<PathBuf>,
+
+    /// The cluster's peer token itself (prefer --peer-token-file: a command line is visible to
+    /// every local user).
+    #[arg(long, env = "METASTORE_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
 
     /// Start without bootstrapping: wait to be added to an existing cluster by its leader.
     #[arg(long, env = "METASTORE_JOIN")]
@@ -109,6 +120,7 @@ pub struct NodeConfig {
     pub bootstrap: Bootstrap,
     pub raft: RaftTuning,
     pub log_format: LogFormat,
+    pub peer_token: Option<PeerToken>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,6 +137,8 @@ pub enum ConfigError {
     Hostname(String),
     #[error("the election timeout ({election}ms) must be at least three heartbeats ({heartbeat}ms each)")]
     Timing { election: u64, heartbeat: u64 },
+    #[error(transparent)]
+    PeerToken(#[from] TokenError),
 }
 
 /// Member id from a StatefulSet pod name: the ordinal after the last `-`, plus one.
@@ -230,6 +244,11 @@ impl Args {
                 snapshot_entries: self.snapshot_entries,
             },
             log_format: self.log_format,
+            peer_token: match (&self.peer_token, &self.peer_token_file) {
+                (Some(token), _) => Some(PeerToken::new(token)?),
+                (None, Some(path)) => Some(PeerToken::from_file(path)?),
+                (None, None) => None,
+            },
         })
     }
 }
@@ -245,6 +264,20 @@ mod tests {
     }
 
     const SEED_CLUSTER: &str = "http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379";
+
+    #[test]
+    fn a_peer_token_comes_from_a_file_or_the_environment_and_must_be_strong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").expect("write");
+        let c = resolve(&["--peer-token-file", file.to_str().expect("utf-8")]).expect("resolves");
+        assert!(c.peer_token.is_some());
+        assert!(resolve(&[]).expect("resolves").peer_token.is_none(), "off unless configured");
+        let weak = resolve(&["--peer-token", "secret"]);
+        assert!(matches!(weak, Err(ConfigError::PeerToken(TokenError::TooShort(6)))));
+        let missing = resolve(&["--peer-token-file", "/nonexistent/token"]);
+        assert!(matches!(missing, Err(ConfigError::PeerToken(TokenError::Unreadable { .. }))));
+    }
 
     #[test]
     fn no_flags_is_a_single_member_on_localhost() {

@@ -105,7 +105,7 @@ pub async fn run(
     let peer_listener = bind(config.peer_listen)?;
     let client_listener = bind(config.client_listen)?;
 
-    let peers = PeerClient::new()?;
+    let peers = PeerClient::new(config.peer_token.as_ref())?;
     let raft =
         Raft::new(id, raft_config(&config.raft)?, PeerNetwork::new(peers.clone()), log_store, state_machine)
             .await
@@ -138,7 +138,7 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let peer_server = tokio::spawn(
-        warp::serve(network::routes(service.clone(), member.incarnation.clone()))
+        warp::serve(network::routes(service.clone(), member.incarnation.clone(), config.peer_token.clone()))
             .incoming(peer_listener)
             .graceful(stopped(stop_rx.clone()))
             .run(),

@@ -294,3 +294,37 @@ async fn a_static_member_that_lost_its_data_is_refused_by_its_peers() {
     assert_eq!(value_of(&client, "during", Consistency::Stale).await, None);
     assert_eq!(value_of(&admin, "during", Consistency::Linearizable).await.as_deref(), Some("2"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_peer_token_a_stray_process_cannot_campaign_or_append() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let cluster = Cluster::start(3, &["--peer-token", TOKEN]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster.node(leader).client();
+    put(&client, "before", "1").await.expect("members with the token replicate");
+    let term = cluster.status(leader).await.term;
+
+    // A vote request from a candidate with a far higher term: what a stray member would send.
+    let candidate = openraft::Vote::new(term + 100, 9);
+    let request: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(candidate, None);
+    let frame = metastore_node::network::wire::encode(&request).expect("frame");
+    let http = reqwest::Client::new();
+    for node in cluster.running() {
+        let url = format!("{}/raft/vote", node.peer_url());
+        for authorization in [None, Some("Bearer ffffffffffffffffffffffffffffffff")] {
+            let mut call = http.post(&url).body(frame.clone());
+            if let Some(header) = authorization {
+                call = call.header("authorization", header);
+            }
+            let answer = call.send().await.expect("an answer");
+            assert_eq!(answer.status(), 401, "member {} with {authorization:?}", node.id);
+        }
+    }
+    assert_eq!(cluster.status(leader).await.term, term, "nobody took the stray vote request seriously");
+    put(&client, "after", "2").await.expect("writes go on under the same leader");
+
+    // The same request with the cluster's token is answered: the refusal was the token's doing.
+    let url = format!("{}/raft/vote", cluster.node(leader).peer_url());
+    let answer = http.post(&url).header("authorization", format!("Bearer {TOKEN}")).body(frame).send().await;
+    assert_eq!(answer.expect("an answer").status(), 200);
+}

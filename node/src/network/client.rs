@@ -16,6 +16,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::auth::PeerToken;
 use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, FrameError};
 use crate::types::{Member, NodeId, TypeConfig};
 
@@ -33,6 +34,9 @@ pub enum PeerError {
     /// The peer's storage is not the one the membership knows: it lost its data.
     #[error("peer {url} is a different incarnation than the membership records: {message}")]
     WrongIncarnation { url: String, message: String },
+    /// The peer does not accept this member's peer token: not the same cluster.
+    #[error("peer {url} refused this member's peer token: {message}")]
+    Unauthorized { url: String, message: String },
     #[error(transparent)]
     Frame(#[from] FrameError),
 }
@@ -44,8 +48,18 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// A client whose every request presents `token`, if the cluster has one.
+    pub fn new(token: Option<&PeerToken>) -> Result<Self, reqwest::Error> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            // A token is printable ASCII (checked at start), so it is a valid header value.
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&token.header_value()) {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -79,6 +93,10 @@ impl PeerClient {
             .map_err(|source| classify(&url, source))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|source| classify(&url, source))?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            let message = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(PeerError::Unauthorized { url, message });
+        }
         if status == reqwest::StatusCode::CONFLICT {
             let message = String::from_utf8_lossy(&bytes).into_owned();
             return Err(PeerError::WrongIncarnation { url, message });
@@ -117,14 +135,16 @@ struct Reachability {
 }
 
 impl Reachability {
-    fn record(&self, target: NodeId, url: &str, reachable: bool) {
-        let Ok(mut states) = self.unreachable.lock() else { return };
+    /// Records the outcome of a call; returns whether the peer was reachable before it.
+    fn record(&self, target: NodeId, url: &str, reachable: bool) -> bool {
+        let Ok(mut states) = self.unreachable.lock() else { return true };
         let was_unreachable = states.insert(target, !reachable).unwrap_or(false);
         match (was_unreachable, reachable) {
             (false, false) => tracing::warn!(peer = target, url, "peer unreachable"),
             (true, true) => tracing::info!(peer = target, url, "peer reachable again"),
             _ => {}
         }
+        !was_unreachable
     }
 }
 
@@ -185,18 +205,29 @@ impl PeerConnection {
         &self,
         answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,
     ) -> RpcResult<Resp, E> {
-        let reachable =
-            !matches!(answer, Err(PeerError::Unreachable { .. } | PeerError::WrongIncarnation { .. }));
-        self.reachability.record(self.target, &self.member.peer_url, reachable);
-        if let Err(e @ PeerError::WrongIncarnation { .. }) = &answer {
-            tracing::debug!(peer = self.target, error = %e, "peer refused: it lost its storage");
+        let reachable = !matches!(
+            answer,
+            Err(PeerError::Unreachable { .. }
+                | PeerError::WrongIncarnation { .. }
+                | PeerError::Unauthorized { .. })
+        );
+        let was_reachable = self.reachability.record(self.target, &self.member.peer_url, reachable);
+        match &answer {
+            Err(e @ PeerError::WrongIncarnation { .. }) => {
+                tracing::debug!(peer = self.target, error = %e, "peer refused: it lost its storage")
+            }
+            // A configuration error worth an operator's attention, once per outage.
+            Err(e @ PeerError::Unauthorized { .. }) if was_reachable => {
+                tracing::warn!(peer = self.target, error = %e, "peer refused this member's peer token")
+            }
+            _ => {}
         }
         let answer = answer.map_err(|e| match e {
             // Unreachable makes openraft back off instead of retrying at full speed; a member
-            // that lost its storage is as good as unreachable until it is re-added.
-            PeerError::Unreachable { .. } | PeerError::WrongIncarnation { .. } => {
-                RPCError::Unreachable(Unreachable::new(&e))
-            }
+            // that lost its storage, or that is not of this cluster, is as good as unreachable.
+            PeerError::Unreachable { .. }
+            | PeerError::WrongIncarnation { .. }
+            | PeerError::Unauthorized { .. } => RPCError::Unreachable(Unreachable::new(&e)),
             _ => RPCError::Network(NetworkError::new(&e)),
         })?;
         answer.map_err(|e| {

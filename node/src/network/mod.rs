@@ -3,10 +3,13 @@
 //!
 //! Every body is postcard-encoded (compact, no JSON on the peer path), and every answer is a
 //! postcard `Result` so that errors cross the wire typed. Connections are pooled keep-alive.
+//! With a peer token configured, every request carries it and every member demands it.
 
+mod auth;
 mod client;
 mod server;
 pub mod wire;
 
+pub use auth::{PeerToken, TokenError};
 pub use client::{PeerClient, PeerError, PeerNetwork};
 pub use server::routes;

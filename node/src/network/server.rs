@@ -7,23 +7,37 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::PeerToken;
 use super::wire::{self, ForwardRequest};
 use crate::service::Service;
 
-/// The peer listener's routes. `incarnation` is this member's storage identity: requests
-/// addressed to another incarnation (this member lost its data since the sender learnt of it)
-/// are refused with 409, so a wiped member never acts on a membership it no longer remembers.
+/// The peer listener's routes. With a `token`, requests that do not present it are refused
+/// with 401 before anything else is looked at. `incarnation` is this member's storage
+/// identity: requests addressed to another incarnation (this member lost its data since the
+/// sender learnt of it) are refused with 409, so a wiped member never acts on a membership it
+/// no longer remembers.
 pub fn routes(
     service: Service,
     incarnation: String,
+    token: Option<PeerToken>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(wire::MAX_FRAME_BYTES as u64).and(warp::body::bytes());
     let with_service = warp::any().map(move || service.clone());
     let own = warp::any().map(move || incarnation.clone());
+    let token = warp::any().map(move || token.clone());
+    let authorized = warp::header::optional::<String>("authorization").and(token).and_then(
+        |presented: Option<String>, token: Option<PeerToken>| async move {
+            match token {
+                Some(token) if !token.admits(presented.as_deref()) => Err(warp::reject::custom(Unauthorized)),
+                _ => Ok(()),
+            }
+        },
+    );
     warp::post()
         .and(warp::path("raft"))
         .and(warp::path::param::<String>())
         .and(warp::path::end())
+        .and(authorized.untuple_one())
         .and(warp::header::optional::<String>(wire::INCARNATION_HEADER))
         .and(own)
         .and(body)
@@ -39,7 +53,24 @@ pub fn routes(
                 }
             },
         )
+        .recover(|rejection: warp::Rejection| async move {
+            if rejection.find::<Unauthorized>().is_some() {
+                Ok(plain(
+                    StatusCode::UNAUTHORIZED,
+                    "peer authentication failed: wrong or missing peer token".into(),
+                ))
+            } else {
+                Err(rejection)
+            }
+        })
+        .unify()
 }
+
+/// A peer request without this cluster's token.
+#[derive(Debug)]
+struct Unauthorized;
+
+impl warp::reject::Reject for Unauthorized {}
 
 async fn dispatch(rpc: &str, body: &[u8], service: Service) -> Response {
     let raft = service.raft().clone();
