@@ -56,27 +56,11 @@ impl Provider for Kind {
     /// A fresh `kubectl port-forward` to the Service (one pod behind it, which may have gone
     /// since the last call).
     async fn service_url(&self, service: &str) -> anyhow::Result<String> {
-        let mut forward = self.forward.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        if let Some(mut old) = forward.take() {
-            let _ = old.kill();
-            let _ = old.wait();
-        }
-        let mut child = self
-            .kubectl()
-            .args(["port-forward", "-n", CLUSTER_NAMESPACE, &format!("svc/{service}"), ":12380"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("kubectl port-forward")?;
-        let stdout = child.stdout.take().context("port-forward output")?;
-        *forward = Some(child);
-        // "Forwarding from 127.0.0.1:41234 -> 12380"
-        let line = BufReader::new(stdout).lines().next().context("port-forward said nothing")??;
-        let local = line
-            .strip_prefix("Forwarding from ")
-            .and_then(|rest| rest.split(" -> ").next())
-            .with_context(|| format!("unexpected port-forward output: {line}"))?;
-        Ok(format!("http://{local}"))
+        self.port_forward(&format!("svc/{service}"), 12380)
+    }
+
+    async fn pod_url(&self, pod: &str, port: u16) -> anyhow::Result<String> {
+        self.port_forward(&format!("pod/{pod}"), port)
     }
 
     async fn restart_operator(&mut self) -> anyhow::Result<()> {
@@ -100,6 +84,33 @@ impl Provider for Kind {
 
     fn check_environment(&self) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+impl Kind {
+    /// Replaces the previous `kubectl port-forward` with one to `port` of `target`.
+    fn port_forward(&self, target: &str, port: u16) -> anyhow::Result<String> {
+        let mut forward = self.forward.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if let Some(mut old) = forward.take() {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
+        let mut child = self
+            .kubectl()
+            .args(["port-forward", "-n", CLUSTER_NAMESPACE, target, &format!(":{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("kubectl port-forward")?;
+        let stdout = child.stdout.take().context("port-forward output")?;
+        *forward = Some(child);
+        // "Forwarding from 127.0.0.1:41234 -> 12380"
+        let line = BufReader::new(stdout).lines().next().context("port-forward said nothing")??;
+        let local = line
+            .strip_prefix("Forwarding from ")
+            .and_then(|rest| rest.split(" -> ").next())
+            .with_context(|| format!("unexpected port-forward output: {line}"))?;
+        Ok(format!("http://{local}"))
     }
 }
 

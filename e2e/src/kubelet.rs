@@ -2,7 +2,7 @@
 //!
 //! It registers one Node and binds each pod to it (the scheduler's part), then runs the pod as a
 //! local `metastore` process from the pod's own container env, the way a container runtime
-//! would: downward-API values filled in, `$(VAR)` references expanded, an address of the
+//! would: downward-API and Secret values filled in, `$(VAR)` references expanded, an address of the
 //! sandbox's pod network in place of the pod's own network namespace, and a data
 //! directory per PersistentVolumeClaim (keyed by the claim's UID, so a new claim starts empty
 //! and a claim outlives its pods). It probes `/readyz` and writes the pod status the
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Container, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -67,6 +67,7 @@ impl Pods {
 pub struct Kubelet {
     api: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
+    secrets: Api<Secret>,
     metastore: PathBuf,
     dir: PathBuf,
     hosts: HostsFile,
@@ -84,7 +85,8 @@ impl Kubelet {
     ) -> Self {
         Self {
             api: Api::namespaced(client.clone(), namespace),
-            claims: Api::namespaced(client, namespace),
+            claims: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client, namespace),
             metastore,
             dir,
             hosts,
@@ -205,6 +207,24 @@ impl Kubelet {
         Ok(Some(volumes))
     }
 
+    /// The values of the Secret keys the container's env refers to, or `None` while one is
+    /// missing (the container cannot start, as on a real node).
+    async fn secret_values(&self, container: &Container) -> anyhow::Result<Option<SecretValues>> {
+        let mut values = SecretValues::new();
+        for var in container.env.iter().flatten() {
+            let Some(reference) = var.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) else {
+                continue;
+            };
+            let Some(secret) = self.secrets.get_opt(&reference.name).await? else { return Ok(None) };
+            let Some(value) = secret.data.as_ref().and_then(|d| d.get(&reference.key)) else {
+                return Ok(None);
+            };
+            let value = String::from_utf8(value.0.clone()).context("secret value is not UTF-8")?;
+            values.insert((reference.name.clone(), reference.key.clone()), value);
+        }
+        Ok(Some(values))
+    }
+
     async fn start(&mut self, pod: &Pod, uid: &str) -> anyhow::Result<()> {
         let Some(volumes) = self.volumes(pod).await? else { return Ok(()) };
         let spec = pod.spec.as_ref().context("pod without a spec")?;
@@ -226,7 +246,8 @@ impl Kubelet {
             hostnames.push(format!("{fqdn}.cluster.local"));
             hostnames.push(fqdn);
         }
-        let mut env = container_env(container, pod, ip, &volumes);
+        let Some(secrets) = self.secret_values(container).await? else { return Ok(()) };
+        let mut env = container_env(container, pod, ip, &volumes, &secrets);
         env.push(("HOSTNAME".into(), hostname));
         let command: Vec<String> =
             container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect();
@@ -333,12 +354,19 @@ fn container_env(
     pod: &Pod,
     ip: Ipv4Addr,
     volumes: &BTreeMap<String, PathBuf>,
+    secrets: &SecretValues,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     for var in container.env.iter().flatten() {
+        let source = var.value_from.as_ref();
         let value = if let Some(value) = &var.value {
             expand(value, &env)
-        } else if let Some(field) = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+        } else if let Some(reference) = source.and_then(|v| v.secret_key_ref.as_ref()) {
+            match secrets.get(&(reference.name.clone(), reference.key.clone())) {
+                Some(value) => value.clone(),
+                None => continue,
+            }
+        } else if let Some(field) = source.and_then(|v| v.field_ref.as_ref()) {
             match field.field_path.as_str() {
                 "metadata.name" => pod.name_any(),
                 "metadata.namespace" => pod.namespace().unwrap_or_default(),
@@ -369,6 +397,9 @@ fn container_env(
     }
     env
 }
+
+/// Secret values by (Secret name, key).
+type SecretValues = BTreeMap<(String, String), String>;
 
 /// Kubernetes' `$(VAR)` expansion against the variables defined so far.
 fn expand(value: &str, env: &[(String, String)]) -> String {

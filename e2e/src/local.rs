@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, PostParams};
 use kube::Api;
@@ -235,6 +235,12 @@ impl Provider for Local {
             }
         }
         bail!("Service {service} has no ready endpoint")
+    }
+
+    async fn pod_url(&self, pod: &str, port: u16) -> anyhow::Result<String> {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), CLUSTER_NAMESPACE);
+        let ip = pods.get(pod).await?.status.and_then(|s| s.pod_ip).context("the pod has no address yet")?;
+        Ok(format!("http://{ip}:{port}"))
     }
 
     async fn restart_operator(&mut self) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -24,6 +24,8 @@ pub trait Provider {
     fn namespace(&self) -> &str;
     /// A base URL that reaches the client Service `service` from the test.
     async fn service_url(&self, service: &str) -> anyhow::Result<String>;
+    /// A base URL that reaches `port` of the pod `pod` from the test.
+    async fn pod_url(&self, pod: &str, port: u16) -> anyhow::Result<String>;
     /// Stops the operator abruptly and starts it again.
     async fn restart_operator(&mut self) -> anyhow::Result<()>;
     /// Uninstalls the operator (helm uninstall).
@@ -144,6 +146,19 @@ fn pod_name(id: u64) -> String {
     format!("{CLUSTER}-{}", id - 1)
 }
 
+/// The operator gave the cluster a peer token: members refuse peer requests without it.
+async fn peer_traffic_needs_the_token<P: Provider>(p: &P) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(p.kube(), p.namespace());
+    let secret = secrets.get(&format!("{CLUSTER}-peer-token")).await.context("the peer-token Secret")?;
+    let token = secret.data.and_then(|d| d.get("token").cloned()).context("a token")?;
+    anyhow::ensure!(token.0.len() >= 32, "a token of {} bytes", token.0.len());
+    let url = format!("{}/raft/vote", p.pod_url(&pod_name(1), 12379).await?);
+    let answer = reqwest::Client::new().post(&url).body(vec![0u8; 4]).send().await?;
+    anyhow::ensure!(answer.status() == 401, "a peer request without the token got {}", answer.status());
+    say("peer requests without the cluster's token are refused");
+    Ok(())
+}
+
 /// Waits until the pod `name` that had `old_uid` is replaced by a new, ready one.
 async fn replaced(pods: &Api<Pod>, name: &str, old_uid: Option<String>) -> anyhow::Result<()> {
     eventually(&format!("{name} is replaced"), CONVERGE, || async {
@@ -192,6 +207,7 @@ async fn one_cluster_lifecycle<P: Provider>(p: &P, ledger: &mut Ledger) -> anyho
     clusters(p).create(&PostParams::default(), &demo).await?;
     converged(p, 3).await?;
     recorded(p, "Bootstrapped", "initialized member 1").await?;
+    peer_traffic_needs_the_token(p).await?;
     ledger.write(p, "initial", 20).await?;
     ledger.verify(p).await?;
 

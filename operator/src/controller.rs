@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -174,6 +174,39 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice:
     }
 }
 
+/// Creates a new cluster's peer-token Secret, once, before its first member starts; it is
+/// never rewritten. Only `create` is needed: an existing one answers 409, and the operator
+/// never reads a Secret.
+async fn create_peer_token(
+    secrets: &Api<Secret>,
+    cluster: &MetaStoreCluster,
+    names: &Names,
+) -> Result<(), Error> {
+    let secret = resources::peer_token_secret(cluster, new_token())?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(Error::Apply { kind: "Secret".into(), name: names.peer_token_secret(), source }),
+    }
+}
+
+/// Whether a cluster's members were started with a peer token. A cluster bootstrapped without
+/// one keeps running without: turning authentication on needs every member restarted at once,
+/// or the first to get the token is cut off from the others.
+fn uses_peer_token(stateful_set: &StatefulSet) -> bool {
+    let pod = stateful_set.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    pod.iter()
+        .flat_map(|p| &p.containers)
+        .flat_map(|c| c.env.iter().flatten())
+        .any(|e| e.name == "METASTORE_PEER_TOKEN")
+}
+
+/// 256 random bits from the operating system, as hex.
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One reconcile of `cluster`, timed.
 pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -192,6 +225,13 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
     let current = sts_api.get_opt(&names.stateful_set()).await.map_err(Error::Kube)?;
+    let bootstrapped = cluster.status.as_ref().is_some_and(|s| s.bootstrapped);
+    let peer_auth = if bootstrapped {
+        current.as_ref().is_some_and(uses_peer_token)
+    } else {
+        create_peer_token(&Api::namespaced(client.clone(), ns), &cluster, &names).await?;
+        true
+    };
     let sts_replicas = current.as_ref().and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0);
     let pod_ids: Vec<u64> = (1..=sts_replicas.max(0) as u64).collect();
 
@@ -199,7 +239,6 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         Some(d) => d.as_ref(),
         None => &names,
     };
-    let bootstrapped = cluster.status.as_ref().is_some_and(|s| s.bootstrapped);
     let observation = executor::observe(directory, &pod_ids, sts_replicas, bootstrapped).await;
     let step = membership::plan(cluster.spec.replicas, &observation.observed);
     tracing::info!(cluster = %names.cluster, ?step, "reconciling");
@@ -242,7 +281,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         Step::ScaleStatefulSet(n) => n,
         _ => sts_replicas,
     };
-    let mut desired = resources::stateful_set(&cluster, replicas)?;
+    let mut desired = resources::stateful_set(&cluster, replicas, peer_auth)?;
     if let (Some(live), Some(spec)) = (current.as_ref().and_then(|s| s.spec.as_ref()), desired.spec.as_mut())
     {
         // Kubernetes forbids changing a StatefulSet's volume claim templates: keep the live ones

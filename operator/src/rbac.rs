@@ -52,6 +52,13 @@ pub const REQUIRED: &[Permission] = &[
     },
     Permission {
         group: "",
+        resource: "secrets",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        why: "create each new cluster's peer-token Secret, once; the operator never reads a Secret",
+    },
+    Permission {
+        group: "",
         resource: "pods",
         verbs: &["list", "watch"],
         scope: Scope::Cluster,

@@ -87,6 +87,24 @@ async fn reconcile_against_mock(
     (server, reconciling)
 }
 
+/// Expects the peer-token Secret to be created; answers that it was, or with `conflict` that it
+/// already exists. Returns the Secret sent.
+async fn expect_peer_token(server: &mut ApiServer, conflict: bool) -> serde_json::Value {
+    let body = expect_answered(server, Method::POST, "/api/v1/namespaces/ns/secrets", |body| {
+        if conflict {
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "reason": "AlreadyExists", "code": 409, "message": "already exists"
+            });
+            (StatusCode::CONFLICT, status.to_string())
+        } else {
+            (StatusCode::CREATED, body.to_string())
+        }
+    })
+    .await;
+    serde_json::from_str(&body).expect("json")
+}
+
 fn not_found() -> (StatusCode, String) {
     let status = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -101,10 +119,17 @@ async fn a_new_cluster_gets_its_services_budget_and_statefulset_then_a_bootstrap
     let (mut server, reconciling) = reconcile_against_mock(&demo).await;
     expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
         .await;
+    let secret = expect_peer_token(&mut server, false).await;
+    let token = secret["stringData"]["token"].as_str().expect("a token");
+    assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()), "256 random bits: {token}");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["name"], "demo", "deleted with the cluster");
     let pdb = expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
     assert_eq!(pdb["spec"]["minAvailable"], 2, "a majority of three");
     let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
     assert_eq!(sts["spec"]["replicas"], 3, "the StatefulSet is created at the desired size");
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
+    let token_env = env.iter().find(|e| e["name"] == "METASTORE_PEER_TOKEN").expect("members get the token");
+    assert_eq!(token_env["valueFrom"]["secretKeyRef"]["name"], "demo-peer-token");
     let status = expect_status(&mut server, &demo).await;
     assert_eq!(status["status"]["phase"], "Bootstrapping");
     let available = status["status"]["conditions"]
@@ -124,6 +149,7 @@ async fn an_old_api_server_without_policy_v1_still_gets_a_cluster() {
     let (mut server, reconciling) = reconcile_against_mock(&demo).await;
     expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
         .await;
+    expect_peer_token(&mut server, false).await;
     expect(
         &mut server,
         Method::PATCH,
@@ -153,6 +179,7 @@ async fn a_missing_budget_api_is_reported_once_and_not_tried_again() {
         expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
         let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
         expect(&mut server, Method::GET, sts, Some(not_found())).await;
+        expect_peer_token(&mut server, pass > 0).await;
         if pass == 0 {
             let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
             expect(&mut server, Method::PATCH, pdb, Some(not_found())).await;
@@ -174,7 +201,7 @@ async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_sta
     let (mut server, reconciling) = reconcile_against_mock(&demo).await;
 
     // The StatefulSet still has five pods, with the 1Gi volumes it was created with.
-    let live = resources::stateful_set(&cluster(3), 5).expect("live StatefulSet");
+    let live = resources::stateful_set(&cluster(3), 5, true).expect("live StatefulSet");
     let live = serde_json::to_string(&live).expect("json");
     expect(
         &mut server,
@@ -183,6 +210,7 @@ async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_sta
         Some((StatusCode::OK, live)),
     )
     .await;
+    expect_peer_token(&mut server, true).await;
     let pdb = expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
     assert_eq!(pdb["spec"]["minAvailable"], 3, "a majority of the five members still there");
     let sts = expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
@@ -216,14 +244,19 @@ async fn scaling_down_takes_the_highest_member_out_of_raft_before_the_statefulse
     let ctx = Arc::new(ctx);
     let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
     let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
-    let live = serde_json::to_string(&resources::stateful_set(&cluster(3), 3).expect("sts")).expect("json");
+    // Created without peer authentication: a bootstrapped cluster stays as it was started.
+    let live =
+        serde_json::to_string(&resources::stateful_set(&cluster(3), 3, false).expect("sts")).expect("json");
 
     // First pass: member 3 leaves raft while its pod stays.
     let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
     expect_services(&mut server).await;
     expect(&mut server, Method::GET, sts, Some((StatusCode::OK, live.clone()))).await;
     assert_eq!(expect_applied(&mut server, pdb).await["spec"]["minAvailable"], 2, "a majority of three");
-    assert_eq!(expect_applied(&mut server, sts).await["spec"]["replicas"], 3, "the pod stays for now");
+    let applied = expect_applied(&mut server, sts).await;
+    assert_eq!(applied["spec"]["replicas"], 3, "the pod stays for now");
+    let env = applied["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(!env.contains("METASTORE_PEER_TOKEN"), "no token forced on running members");
     let event =
         expect_answered(&mut server, Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events", |b| {
             (StatusCode::CREATED, b.to_string())

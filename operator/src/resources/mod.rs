@@ -2,6 +2,7 @@
 //! they take the resource and return the object to apply, with no client in sight.
 
 mod pdb;
+mod secret;
 mod service;
 mod statefulset;
 
@@ -11,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 pub use pdb::pod_disruption_budget;
+pub use secret::{peer_token_secret, PEER_TOKEN_KEY};
 pub use service::{client_service, peer_service};
 pub use statefulset::{stateful_set, DEFAULT_IMAGE};
 
@@ -53,6 +55,11 @@ impl Names {
     /// The Service clients use.
     pub fn client_service(&self) -> String {
         self.cluster.clone()
+    }
+
+    /// The Secret with the members' peer token.
+    pub fn peer_token_secret(&self) -> String {
+        format!("{}-peer-token", self.cluster)
     }
 
     pub fn pod(&self, member_id: u64) -> String {

@@ -2,14 +2,17 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-use super::{labels, owned_metadata, selector_labels, BuildError, Names, CLIENT_PORT, DATA_DIR, PEER_PORT};
+use super::{
+    labels, owned_metadata, selector_labels, BuildError, Names, CLIENT_PORT, DATA_DIR, PEER_PORT,
+    PEER_TOKEN_KEY,
+};
 use crate::crd::MetaStoreCluster;
 
 /// The image used when the resource names none: the one released with this operator.
@@ -74,28 +77,43 @@ fn spread_affinity(names: &Names) -> Affinity {
 /// The member container. Every pod starts in join mode: the operator initializes the first
 /// member and adds the others through the raft API, so a pod never bootstraps by itself and a
 /// pod that lost its volume comes back empty instead of forming a cluster of its own.
-fn container(cluster: &MetaStoreCluster, names: &Names) -> Container {
+fn container(cluster: &MetaStoreCluster, names: &Names, peer_auth: bool) -> Container {
     let host = format!("$(POD_NAME).{}.$(POD_NAMESPACE).svc", names.peer_service());
     let raft = &cluster.spec.raft;
+    let mut env = vec![
+        env_from_field("POD_NAME", "metadata.name"),
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
+        env("METASTORE_MEMBER_ID_FROM_HOSTNAME", "true"),
+        env("METASTORE_JOIN", "true"),
+        env("METASTORE_BIND_ADDRESS", "0.0.0.0"),
+        env("METASTORE_PORT", CLIENT_PORT.to_string()),
+        env("METASTORE_PEER_PORT", PEER_PORT.to_string()),
+        env("METASTORE_ADVERTISE_PEER_URL", format!("http://{host}:{PEER_PORT}")),
+        env("METASTORE_ADVERTISE_CLIENT_URL", format!("http://{host}:{CLIENT_PORT}")),
+        env("METASTORE_DATA_DIR", DATA_DIR),
+        env("METASTORE_LOG_FORMAT", "json"),
+        env("METASTORE_HEARTBEAT_INTERVAL_MS", raft.heartbeat_interval_ms.to_string()),
+        env("METASTORE_ELECTION_TIMEOUT_MS", raft.election_timeout_ms.to_string()),
+        env("METASTORE_SNAPSHOT_ENTRIES", raft.snapshot_entries.to_string()),
+    ];
+    if peer_auth {
+        env.push(EnvVar {
+            name: "METASTORE_PEER_TOKEN".to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: names.peer_token_secret(),
+                    key: PEER_TOKEN_KEY.to_string(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     Container {
         name: "metastore".to_string(),
         image: Some(cluster.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string())),
-        env: Some(vec![
-            env_from_field("POD_NAME", "metadata.name"),
-            env_from_field("POD_NAMESPACE", "metadata.namespace"),
-            env("METASTORE_MEMBER_ID_FROM_HOSTNAME", "true"),
-            env("METASTORE_JOIN", "true"),
-            env("METASTORE_BIND_ADDRESS", "0.0.0.0"),
-            env("METASTORE_PORT", CLIENT_PORT.to_string()),
-            env("METASTORE_PEER_PORT", PEER_PORT.to_string()),
-            env("METASTORE_ADVERTISE_PEER_URL", format!("http://{host}:{PEER_PORT}")),
-            env("METASTORE_ADVERTISE_CLIENT_URL", format!("http://{host}:{CLIENT_PORT}")),
-            env("METASTORE_DATA_DIR", DATA_DIR),
-            env("METASTORE_LOG_FORMAT", "json"),
-            env("METASTORE_HEARTBEAT_INTERVAL_MS", raft.heartbeat_interval_ms.to_string()),
-            env("METASTORE_ELECTION_TIMEOUT_MS", raft.election_timeout_ms.to_string()),
-            env("METASTORE_SNAPSHOT_ENTRIES", raft.snapshot_entries.to_string()),
-        ]),
+        env: Some(env),
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
             ContainerPort { name: Some("peer".into()), container_port: PEER_PORT, ..Default::default() },
@@ -143,8 +161,13 @@ fn volume_claim(cluster: &MetaStoreCluster) -> PersistentVolumeClaim {
 }
 
 /// The StatefulSet of members, with `replicas` pods. The reconciler chooses `replicas`: on a
-/// scale-down it shrinks the set only after the member left raft.
-pub fn stateful_set(cluster: &MetaStoreCluster, replicas: i32) -> Result<StatefulSet, BuildError> {
+/// scale-down it shrinks the set only after the member left raft. With `peer_auth`, members
+/// present and demand the token of the cluster's peer-token Secret.
+pub fn stateful_set(
+    cluster: &MetaStoreCluster,
+    replicas: i32,
+    peer_auth: bool,
+) -> Result<StatefulSet, BuildError> {
     let names = Names::of(cluster)?;
     let pod_labels = labels(&names);
     Ok(StatefulSet {
@@ -159,7 +182,7 @@ pub fn stateful_set(cluster: &MetaStoreCluster, replicas: i32) -> Result<Statefu
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
                 spec: Some(PodSpec {
-                    containers: vec![container(cluster, &names)],
+                    containers: vec![container(cluster, &names, peer_auth)],
                     affinity: Some(cluster.spec.affinity.clone().unwrap_or_else(|| spread_affinity(&names))),
                     tolerations: Some(cluster.spec.tolerations.clone()).filter(|t| !t.is_empty()),
                     node_selector: Some(cluster.spec.node_selector.clone()).filter(|n| !n.is_empty()),
@@ -191,8 +214,22 @@ mod tests {
     }
 
     #[test]
+    fn with_peer_authentication_members_read_the_token_from_the_clusters_secret() {
+        let token_of = |sts: &StatefulSet| {
+            let c = &sts.spec.as_ref().expect("spec").template.spec.as_ref().expect("pod").containers[0];
+            c.env.iter().flatten().find(|e| e.name == "METASTORE_PEER_TOKEN").cloned()
+        };
+        let with = stateful_set(&cluster(3), 3, true).expect("builds");
+        let source =
+            token_of(&with).and_then(|e| e.value_from).and_then(|v| v.secret_key_ref).expect("secret ref");
+        assert_eq!((source.name.as_str(), source.key.as_str()), ("demo-peer-token", PEER_TOKEN_KEY));
+        let without = stateful_set(&cluster(3), 3, false).expect("builds");
+        assert!(token_of(&without).is_none(), "no token for a cluster created without one");
+    }
+
+    #[test]
     fn pods_join_with_their_ordinal_as_member_id_and_advertise_stable_dns() {
-        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let sts = stateful_set(&cluster(3), 3, true).expect("builds");
         let env = env_of(&sts);
         assert_eq!(env["METASTORE_MEMBER_ID_FROM_HOSTNAME"], "true");
         assert_eq!(env["METASTORE_JOIN"], "true");
@@ -209,7 +246,7 @@ mod tests {
 
     #[test]
     fn probes_use_readyz_and_healthz_on_the_client_port() {
-        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let sts = stateful_set(&cluster(3), 3, true).expect("builds");
         let c = &sts.spec.expect("spec").template.spec.expect("pod").containers[0];
         let path =
             |p: &Option<Probe>| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
@@ -219,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_container_meets_the_restricted_pod_security_standard() {
-        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let sts = stateful_set(&cluster(3), 3, true).expect("builds");
         let c = &sts.spec.expect("spec").template.spec.expect("pod").containers[0];
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -234,7 +271,7 @@ mod tests {
         let mut c = cluster(3);
         c.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
         c.spec.storage.storage_class_name = Some("fast".into());
-        let sts = stateful_set(&c, 3).expect("builds");
+        let sts = stateful_set(&c, 3, true).expect("builds");
         let claims = sts.spec.expect("spec").volume_claim_templates.expect("claims");
         let spec = claims[0].spec.as_ref().expect("claim spec");
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
@@ -244,7 +281,7 @@ mod tests {
 
     #[test]
     fn members_prefer_distinct_nodes_unless_the_user_says_otherwise() {
-        let sts = stateful_set(&cluster(3), 3).expect("builds");
+        let sts = stateful_set(&cluster(3), 3, true).expect("builds");
         let pod = sts.spec.expect("spec").template.spec.expect("pod");
         let preferred = pod
             .affinity
@@ -259,7 +296,7 @@ mod tests {
 
     #[test]
     fn the_replica_count_is_the_reconcilers_choice_not_the_specs() {
-        let sts = stateful_set(&cluster(3), 5).expect("builds");
+        let sts = stateful_set(&cluster(3), 5, true).expect("builds");
         assert_eq!(sts.spec.expect("spec").replicas, Some(5));
     }
 }
