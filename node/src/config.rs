@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use reqwest::Url;
 
+use crate::listener::Limits;
 use crate::network::{PeerToken, TokenError};
 use crate::types::{Member, NodeId};
 
@@ -63,6 +64,15 @@ pub struct Args {
     /// every local user).
     #[arg(long, env = "METASTORE_PEER_TOKEN", hide_env_values = true)]
     pub peer_token: Option<String>,
+
+    /// Most connections each listener serves at once; more wait to be accepted.
+    #[arg(long, env = "METASTORE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// A connection must send a request's headers within this (else it is closed): bounds
+    /// slow-loris clients and idle keep-alive connections.
+    #[arg(long, env = "METASTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
 
     /// Start without bootstrapping: wait to be added to an existing cluster by its leader.
     #[arg(long, env = "METASTORE_JOIN")]
@@ -121,6 +131,7 @@ pub struct NodeConfig {
     pub raft: RaftTuning,
     pub log_format: LogFormat,
     pub peer_token: Option<PeerToken>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -244,6 +255,10 @@ impl Args {
                 snapshot_entries: self.snapshot_entries,
             },
             log_format: self.log_format,
+            limits: Limits {
+                max_connections: self.max_connections.max(1),
+                header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(100)),
+            },
             peer_token: match (&self.peer_token, &self.peer_token_file) {
                 (Some(token), _) => Some(PeerToken::new(token)?),
                 (None, Some(path)) => Some(PeerToken::from_file(path)?),

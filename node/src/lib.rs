@@ -4,10 +4,12 @@
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
 //! - [`service`]: the store as clients see it on any member (forwarding, read index).
 //! - [`api`]: the client HTTP API.
+//! - [`listener`]: serving HTTP within connection and header-time limits.
 //! - [`server`]: starting, bootstrapping and stopping a member.
 
 pub mod api;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod network;
 pub mod server;

@@ -8,12 +8,12 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::api;
 use crate::config::{Bootstrap, NodeConfig, RaftTuning};
 use crate::network::{self, PeerClient, PeerNetwork};
 use crate::service::{Service, ServiceError};
 use crate::storage;
 use crate::types::{NodeId, Raft};
+use crate::{api, listener};
 
 /// Largest snapshot chunk sent in one peer request.
 const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
@@ -137,18 +137,19 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let peer_server = tokio::spawn(
-        warp::serve(network::routes(service.clone(), member.incarnation.clone(), config.peer_token.clone()))
-            .incoming(peer_listener)
-            .graceful(stopped(stop_rx.clone()))
-            .run(),
-    );
-    let client_server = tokio::spawn(
-        warp::serve(api::routes(service.clone()))
-            .incoming(client_listener)
-            .graceful(stopped(stop_rx.clone()))
-            .run(),
-    );
+    let peer_routes = network::routes(service.clone(), member.incarnation.clone(), config.peer_token.clone());
+    let peer_server = tokio::spawn(listener::serve(
+        warp::service(peer_routes),
+        peer_listener,
+        config.limits,
+        stopped(stop_rx.clone()),
+    ));
+    let client_server = tokio::spawn(listener::serve(
+        warp::service(api::routes(service.clone())),
+        client_listener,
+        config.limits,
+        stopped(stop_rx.clone()),
+    ));
     let change_logger = tokio::spawn(log_raft_changes(id, raft.clone()));
     let publisher = service.clone();
     let publisher = tokio::spawn(async move { publisher.publish_identity().await });

@@ -234,3 +234,44 @@ async fn a_range_page_stops_at_its_byte_budget_and_continues_from_next_key() {
     let rest = client.range(&RangeRequest { start: first.next_key.clone(), ..request }).await.expect("range");
     assert_eq!(first.kvs.len() + rest.kvs.len(), count);
 }
+
+/// Open sockets of process `pid`.
+fn sockets_of(pid: u32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the member's file descriptors");
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_numerous_clients_cannot_take_a_member_down() {
+    let cluster = Cluster::start(1, &["--max-connections", "16", "--header-timeout-ms", "500"]);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let node = cluster.node(1);
+    let pid = node.pid().expect("running");
+    let before = sockets_of(pid);
+
+    // 64 slow-loris connections: each sends half a request's headers, then nothing.
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", node.client_port)).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /v1/kv/x HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = sockets_of(pid) - before;
+    assert!(held <= 16, "at most 16 connections are taken on at once, not {held}");
+
+    // Each stalled connection is closed after half a second, so a real request gets through.
+    let client = node.client();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(15), client.put("still", b"here".to_vec(), None)).await;
+    answer.expect("served once the stalled connections timed out").expect("the write succeeds");
+    assert!(node.is_running());
+    drop(stalled);
+}

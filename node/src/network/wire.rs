@@ -104,6 +104,48 @@ mod tests {
         assert!(decode::<ForwardRequest>(&frame).is_err());
     }
 
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use proptest::prelude::*;
+
+    use crate::types::TypeConfig;
+
+    /// Decodes `bytes` as every message a peer listener accepts; none may panic.
+    fn decode_as_every_request(bytes: &[u8]) {
+        let _ = decode::<AppendEntriesRequest<TypeConfig>>(bytes);
+        let _ = decode::<VoteRequest<NodeId>>(bytes);
+        let _ = decode::<InstallSnapshotRequest<TypeConfig>>(bytes);
+        let _ = decode::<ForwardRequest>(bytes);
+    }
+
+    fn sample_frames() -> Vec<Vec<u8>> {
+        let write =
+            ForwardRequest::Write(Command::Put { key: "key".into(), value: vec![7; 40], precondition: None });
+        let vote: VoteRequest<NodeId> = VoteRequest::new(openraft::Vote::new(3, 1), None);
+        vec![encode(&write).expect("encode"), encode(&vote).expect("encode")]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_an_error_or_a_message_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            decode_as_every_request(&bytes);
+        }
+
+        #[test]
+        fn damaged_frames_are_an_error_or_a_message_never_a_panic(
+            frame in 0usize..2,
+            cut in 0usize..64,
+            flips in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+        ) {
+            let mut bytes = sample_frames()[frame].clone();
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut));
+            decode_as_every_request(&bytes);
+        }
+    }
+
     #[test]
     fn requests_round_trip() {
         let req =
