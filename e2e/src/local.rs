@@ -39,7 +39,8 @@ pub struct Prerequisites {
 impl Prerequisites {
     /// What is here, or what is missing and how to get it.
     pub fn check() -> Result<Self, String> {
-        sandbox::can_isolate()?;
+        metastore_testkit::sandbox::can_isolate(&[])
+            .map_err(|missing| format!("{missing} (the pods' network and DNS names live in a sandbox)"))?;
         let k8s_bin = control_plane::binaries()?;
         let helm = std::env::var_os("METASTORE_HELM")
             .map(PathBuf::from)
@@ -284,8 +285,8 @@ pub fn run_suite(test_name: &str) {
             return;
         }
     };
-    if !sandbox::inside() {
-        let passed = sandbox::rerun_inside(test_name).expect("re-run under unshare");
+    if !metastore_testkit::sandbox::inside() {
+        let passed = metastore_testkit::sandbox::rerun_test_inside(test_name).expect("re-run under unshare");
         assert!(passed, "the end-to-end scenarios failed (output above)");
         return;
     }

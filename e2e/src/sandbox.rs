@@ -1,10 +1,8 @@
-//! The local suite's sandbox: the test re-runs itself in private mount, network and PID
-//! namespaces (`unshare`), where it may
+//! What the local suite does inside its sandbox (`metastore_testkit::sandbox`):
 //! - mount a private copy over `/etc/hosts`, so that glibc's resolver (used by the operator and
 //!   the members) finds pod names such as `demo-0.demo-peer.e2e.svc`;
 //! - give pods addresses of a pod network (Kubernetes refuses loopback addresses in
-//!   Endpoints) on a loopback of its own, with ports no other test can take;
-//! - and know that every process it started dies with it, whatever way it ends.
+//!   Endpoints) on a loopback of its own, with ports no other test can take.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -14,9 +12,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context as _};
+use metastore_testkit::sandbox;
 
-/// Set in the re-executed test that runs inside the sandbox.
-pub const SANDBOX_ENV: &str = "METASTORE_E2E_SANDBOX";
 /// The pod network: every address in it is local to the sandbox.
 pub const POD_NETWORK: &str = "10.244.0.0/16";
 
@@ -34,7 +31,7 @@ struct Inner {
 impl HostsFile {
     /// Copies `/etc/hosts` into `dir` and mounts the copy over it. Only inside the sandbox.
     pub fn take_over(dir: &Path) -> anyhow::Result<Self> {
-        anyhow::ensure!(inside(), "refusing to mount over /etc/hosts outside the sandbox");
+        anyhow::ensure!(sandbox::inside(), "refusing to mount over /etc/hosts outside the sandbox");
         let original = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         let path = dir.join("hosts");
         std::fs::write(&path, &original)?;
@@ -80,51 +77,9 @@ impl Inner {
     }
 }
 
-/// Whether this process runs inside the sandbox.
-pub fn inside() -> bool {
-    std::env::var_os(SANDBOX_ENV).is_some()
-}
-
-/// Runs the test `name` of the current test binary again inside the sandbox, as the init
-/// process of its PID namespace: when it exits, the kernel kills everything it started.
-/// Returns whether it passed.
-pub fn rerun_inside(name: &str) -> anyhow::Result<bool> {
-    let exe = std::env::current_exe()?;
-    let status = Command::new("unshare")
-        .args(["--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SANDBOX_ENV, "1")
-        .status()
-        .context("cannot run unshare")?;
-    Ok(status.success())
-}
-
 /// Inside the sandbox: brings its loopback up and makes every pod-network address local.
 pub fn set_up_network() -> anyhow::Result<()> {
-    anyhow::ensure!(inside(), "refusing to change the network outside the sandbox");
-    for args in [vec!["link", "set", "lo", "up"], vec!["route", "add", "local", POD_NETWORK, "dev", "lo"]] {
-        let status = Command::new("ip").args(&args).status().context("cannot run ip (iproute2)")?;
-        anyhow::ensure!(status.success(), "ip {} failed", args.join(" "));
-    }
-    Ok(())
-}
-
-/// Whether this machine can make the sandbox: root, `unshare` and `ip`.
-pub fn can_isolate() -> Result<(), String> {
-    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-    });
-    if uid.as_deref() != Some("0") {
-        return Err("root, for private mount, network and PID namespaces (unshare)".into());
-    }
-    if !metastore_testkit::available(Path::new("unshare"), "--version") {
-        return Err("`unshare` (util-linux)".into());
-    }
-    if !metastore_testkit::available(Path::new("ip"), "-V") {
-        return Err("`ip` (iproute2)".into());
-    }
+    sandbox::must("ip", &["link", "set", "lo", "up"])?;
+    sandbox::must("ip", &["route", "add", "local", POD_NETWORK, "dev", "lo"])?;
     Ok(())
 }

@@ -10,8 +10,12 @@ use anyhow::{bail, Context as _};
 use metastore_client::{AddMemberRequest, Client, MemberRole};
 use metastore_testkit::{free_port, Process};
 
+use crate::network::{self, Network};
+
 pub struct Member {
     pub id: u64,
+    /// 127.0.0.1, or its own address when members have networks of their own.
+    pub host: String,
     pub peer_port: u16,
     pub client_port: u16,
     process: Option<Process>,
@@ -22,11 +26,11 @@ pub struct Member {
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -37,24 +41,28 @@ impl Member {
 pub struct Cluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
+    /// Members' own networks, when links between them are to be cut.
+    network: Option<Network>,
     pub members: BTreeMap<u64, Member>,
     /// Short timeouts, so that a fault is noticed within a second or two.
     http: reqwest::Client,
 }
 
 impl Cluster {
-    /// Starts `size` members as a static cluster (`--cluster`), as the seed report does.
-    pub fn start(binary: PathBuf, size: u64) -> anyhow::Result<Self> {
-        let members = (1..=size)
-            .map(|id| {
-                let member = Member {
-                    id,
-                    peer_port: free_port(),
-                    client_port: free_port(),
-                    process: None,
-                    paused: false,
-                    joining: false,
+    /// Starts `size` members as a static cluster (`--cluster`), as the seed report does; with
+    /// `own_networks`, each in a network namespace of its own (inside the sandbox only).
+    pub fn start(binary: PathBuf, size: u64, own_networks: bool) -> anyhow::Result<Self> {
+        let ids: Vec<u64> = (1..=size).collect();
+        let network = if own_networks { Some(Network::create(&ids)?) } else { None };
+        let members = ids
+            .iter()
+            .map(|&id| {
+                let (host, peer_port, client_port) = match network {
+                    Some(_) => (network::address(id), 12379, 12380),
+                    None => ("127.0.0.1".to_string(), free_port(), free_port()),
                 };
+                let member =
+                    Member { id, host, peer_port, client_port, process: None, paused: false, joining: false };
                 (id, member)
             })
             .collect();
@@ -62,8 +70,8 @@ impl Cluster {
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_millis(500))
             .build()?;
-        let mut cluster = Self { binary, dir: tempfile::tempdir()?, members, http };
-        for id in 1..=size {
+        let mut cluster = Self { binary, dir: tempfile::tempdir()?, network, members, http };
+        for id in ids {
             cluster.spawn(id)?;
         }
         Ok(cluster)
@@ -80,7 +88,15 @@ impl Cluster {
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let peers: Vec<String> = self.members.values().map(Member::peer_url).collect();
         let member = &self.members[&id];
-        let mut command = Command::new(&self.binary);
+        let mut command = match self.network {
+            Some(_) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &network::namespace(id)]).arg(&self.binary);
+                command.args(["--bind-address", &member.host]);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command.args(["--member-id", &id.to_string(), "--port", &member.client_port.to_string()]);
         command.arg("--data-dir").arg(self.data_dir(id));
         if member.joining {
@@ -262,8 +278,31 @@ impl Cluster {
         }
     }
 
-    /// Every member running and not paused.
+    /// Cuts every link between `one` and `other`, in the directions given: `one` stops
+    /// hearing `other`, and with `both_ways` the reverse too.
+    pub fn partition(&self, one: &[u64], other: &[u64], both_ways: bool) -> anyhow::Result<()> {
+        let network = self.network.as_ref().context("partitions need members with networks of their own")?;
+        for a in one {
+            for b in other {
+                network.block(*b, *a)?;
+                if both_ways {
+                    network.block(*a, *b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn heal_network(&self) -> anyhow::Result<()> {
+        match &self.network {
+            Some(network) => Ok(network.heal()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Every member running and not paused, and every link working.
     pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.heal_network()?;
         for id in self.ids() {
             self.resume(id)?;
             self.restart(id)?;

@@ -7,5 +7,6 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod network;
 pub mod run;
 pub mod workload;

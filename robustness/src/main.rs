@@ -12,11 +12,13 @@ use clap::Parser;
 use metastore_robustness::nemesis::Nemesis;
 use metastore_robustness::run::{run, Config};
 use metastore_robustness::workload::Workload;
+use metastore_testkit::sandbox;
 
 #[derive(Parser)]
 #[command(name = "metastore-robustness", version, about = "Fault injection with a linearizability checker")]
 struct Cli {
-    /// The faults to inject; `all` runs each in turn.
+    /// The faults to inject. The partition nemeses need root: the run moves into private
+    /// network namespaces.
     #[arg(long, value_enum, default_value_t = Nemesis::KillLeader)]
     nemesis: Nemesis,
     /// Run every nemesis in turn, each for `--duration`.
@@ -59,7 +61,33 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let nemeses = if cli.all { Nemesis::all().to_vec() } else { vec![cli.nemesis] };
+    let mut nemeses = if cli.all { Nemesis::all().to_vec() } else { vec![cli.nemesis] };
+    // Partitions cut links between members in network namespaces of their own: the whole run
+    // moves into a sandbox, where nothing it changes outlives it.
+    if nemeses.iter().any(|n| n.partitions()) && !sandbox::inside() {
+        match sandbox::can_isolate(&[("iptables", "--version")]) {
+            Ok(()) => {
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                let exe = std::env::current_exe().unwrap_or_else(|_| "metastore-robustness".into());
+                return match sandbox::rerun_inside(&exe, &args) {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("metastore-robustness: cannot enter the sandbox: {e}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            Err(missing) if cli.all => {
+                eprintln!("SKIPPED: the partition nemeses need {missing}");
+                nemeses.retain(|n| !n.partitions());
+            }
+            Err(missing) => {
+                eprintln!("metastore-robustness: {:?} needs {missing}", cli.nemesis);
+                return ExitCode::from(2);
+            }
+        }
+    }
     let mut passed = true;
     for nemesis in nemeses {
         let config = Config {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use serde::Serialize;
 
@@ -28,6 +28,13 @@ pub enum Nemesis {
     /// Crash a random member and delete its data; restart it with its original flags (it must
     /// be refused, never vote with a forgotten vote), then replace it through raft.
     Wipe,
+    /// Split the members into a random minority and majority, cut off from each other both
+    /// ways. Needs the sandbox (root).
+    Partition,
+    /// Cut the leader off from every other member, both ways.
+    PartitionLeader,
+    /// The leader stops hearing from the others while they still hear it.
+    PartitionOneWay,
 }
 
 impl Nemesis {
@@ -39,7 +46,15 @@ impl Nemesis {
             Nemesis::PauseLeader,
             Nemesis::Membership,
             Nemesis::Wipe,
+            Nemesis::Partition,
+            Nemesis::PartitionLeader,
+            Nemesis::PartitionOneWay,
         ]
+    }
+
+    /// Whether it cuts links, so that members need networks of their own.
+    pub fn partitions(self) -> bool {
+        matches!(self, Nemesis::Partition | Nemesis::PartitionLeader | Nemesis::PartitionOneWay)
     }
 }
 
@@ -81,13 +96,16 @@ pub async fn run(
         let target = {
             let cluster = cluster.lock().await;
             match schedule.nemesis {
-                Nemesis::KillLeader | Nemesis::PauseLeader => cluster.leader().await,
+                Nemesis::KillLeader
+                | Nemesis::PauseLeader
+                | Nemesis::PartitionLeader
+                | Nemesis::PartitionOneWay => cluster.leader().await,
                 _ => cluster.ids().choose(&mut rng).copied(),
             }
         };
         let Some(member) = target else { continue };
         faults.push(Fault { nemesis: schedule.nemesis, member, at: started.elapsed().as_secs_f64() });
-        strike(cluster, schedule.nemesis, member).await?;
+        strike(cluster, schedule.nemesis, member, &mut rng).await?;
         let stopping = sleep_or_stop(&mut stop, schedule.hold).await;
         heal(cluster, schedule.nemesis, member).await?;
         if stopping {
@@ -97,9 +115,24 @@ pub async fn run(
     Ok(faults)
 }
 
-async fn strike(cluster: &tokio::sync::Mutex<Cluster>, nemesis: Nemesis, member: u64) -> anyhow::Result<()> {
+async fn strike(
+    cluster: &tokio::sync::Mutex<Cluster>,
+    nemesis: Nemesis,
+    member: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
     let mut cluster = cluster.lock().await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != member).collect();
     match nemesis {
+        Nemesis::Partition => {
+            // A random minority (at least one member) against the rest.
+            let mut ids = cluster.ids();
+            ids.shuffle(rng);
+            let (few, many) = ids.split_at(((ids.len() - 1) / 2).max(1));
+            cluster.partition(few, many, true)?;
+        }
+        Nemesis::PartitionLeader => cluster.partition(&[member], &others, true)?,
+        Nemesis::PartitionOneWay => cluster.partition(&[member], &others, false)?,
         Nemesis::None => {}
         Nemesis::Kill | Nemesis::KillLeader => cluster.kill(member),
         Nemesis::Pause | Nemesis::PauseLeader => cluster.pause(member)?,
@@ -120,6 +153,7 @@ async fn heal(cluster: &tokio::sync::Mutex<Cluster>, nemesis: Nemesis, member: u
         Nemesis::Kill | Nemesis::KillLeader => cluster.restart(member)?,
         Nemesis::Pause | Nemesis::PauseLeader => cluster.resume(member)?,
         Nemesis::Membership | Nemesis::Wipe => cluster.replace(member).await?,
+        Nemesis::Partition | Nemesis::PartitionLeader | Nemesis::PartitionOneWay => cluster.heal_network()?,
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub struct Report {
     pub failed: usize,
     pub unknown: usize,
     pub faults: Vec<Fault>,
+    /// Elections the faults caused: the term at the end less the term at the start.
+    pub elections: u64,
     pub verdict: Verdict,
     /// Acknowledged writes the healed cluster does not reflect.
     pub lost_writes: Vec<Operation>,
@@ -59,7 +61,7 @@ impl Report {
             Verdict::Inconclusive { key } => format!("INCONCLUSIVE on {key} (search budget exhausted)"),
         };
         format!(
-            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults; {}; {} lost acknowledged writes",
+            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes",
             self.nemesis,
             self.seed,
             self.operations,
@@ -69,6 +71,7 @@ impl Report {
             self.unknown,
             self.seconds,
             self.faults.len(),
+            self.elections,
             verdict,
             self.lost_writes.len()
         )
@@ -77,8 +80,9 @@ impl Report {
 
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let cluster = Cluster::start(config.binary.clone(), config.members)?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let cluster = Cluster::start(config.binary.clone(), config.members, config.nemesis.partitions())?;
+    let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let first_term = cluster.client(first_leader).cluster().await?.term;
     let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();
     let cluster = tokio::sync::Mutex::new(cluster);
 
@@ -118,6 +122,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let mut cluster = cluster.into_inner();
     cluster.heal()?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let last_term = cluster.client(leader).cluster().await?.term;
     let history = recorder.history();
     let mut finals = BTreeMap::new();
     for key in history.by_key().keys() {
@@ -136,6 +141,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         failed: count(Outcome::Failed),
         unknown: count(Outcome::Unknown),
         faults,
+        elections: last_term.saturating_sub(first_term),
         verdict,
         lost_writes,
         seconds: started.elapsed().as_secs_f64(),

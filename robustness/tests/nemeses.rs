@@ -7,26 +7,66 @@ use std::time::Duration;
 use metastore_robustness::nemesis::Nemesis;
 use metastore_robustness::run::{run, Config};
 use metastore_robustness::workload::Workload;
+use metastore_testkit::sandbox;
 
 async fn survives(nemesis: Nemesis) {
+    report_of(nemesis).await;
+}
+
+async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
     let binary = metastore_testkit::workspace_binary("metastore").unwrap_or_else(|e| panic!("{e}"));
     let config = Config {
         binary,
         members: 3,
         clients: 6,
         keys: 4,
-        duration: Duration::from_secs(8),
+        duration: Duration::from_secs(9),
         seed: 7,
         nemesis,
         workload: Workload::Mixed,
-        hold: Duration::from_millis(1_500),
+        // Long enough for the others to notice a lost leader and elect one (about 1.7 s).
+        hold: Duration::from_millis(3_000),
         settle: Duration::from_millis(1_000),
     };
     let report = run(&config).await.unwrap_or_else(|e| panic!("{nemesis:?}: {e:#}"));
     eprintln!("{}", report.summary());
     assert!(report.faults.len() >= 2 || nemesis == Nemesis::None, "the nemesis struck: {:?}", report.faults);
     assert!(report.ok > 100, "the clients made progress: {}", report.summary());
+    if matches!(nemesis, Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader) {
+        assert!(report.elections > 0, "taking the leader away forced elections: {}", report.summary());
+    }
     assert!(report.passed(), "{}", report.summary());
+    report
+}
+
+/// Partitions need members in network namespaces of their own: the test re-runs itself in a
+/// sandbox (root), or says why it cannot.
+fn survives_partitions(nemesis: Nemesis, test: &str) {
+    if !sandbox::inside() {
+        if let Err(missing) = sandbox::can_isolate(&[("iptables", "--version")]) {
+            eprintln!("SKIPPED: {nemesis:?} needs {missing}");
+            return;
+        }
+        assert!(sandbox::rerun_test_inside(test).expect("unshare"), "{nemesis:?} failed (output above)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(survives(nemesis));
+}
+
+#[test]
+fn minority_partitioned_off() {
+    survives_partitions(Nemesis::Partition, "minority_partitioned_off");
+}
+
+#[test]
+fn the_leader_partitioned_off() {
+    survives_partitions(Nemesis::PartitionLeader, "the_leader_partitioned_off");
+}
+
+#[test]
+fn the_leader_deaf_to_the_others() {
+    survives_partitions(Nemesis::PartitionOneWay, "the_leader_deaf_to_the_others");
 }
 
 #[tokio::test(flavor = "multi_thread")]
