@@ -86,8 +86,8 @@ pub struct Args {
     #[arg(long, env = "METASTORE_HEARTBEAT_INTERVAL_MS", default_value_t = 100)]
     pub heartbeat_interval_ms: u64,
 
-    /// Shortest election timeout, in milliseconds; each timeout is drawn from [min, 2*min).
-    #[arg(long, env = "METASTORE_ELECTION_TIMEOUT_MS", default_value_t = 500)]
+    /// Shortest election timeout, in milliseconds; each timeout is drawn from [min, 1.5*min).
+    #[arg(long, env = "METASTORE_ELECTION_TIMEOUT_MS", default_value_t = 300)]
     pub election_timeout_ms: u64,
 
     /// Take a snapshot (and purge the log behind it) after this many applied entries.

@@ -116,7 +116,7 @@ fn default_heartbeat() -> u32 {
     100
 }
 fn default_election() -> u32 {
-    500
+    300
 }
 fn default_snapshot_entries() -> u32 {
     10_000

@@ -1,0 +1,224 @@
+//! Generating load and measuring it: closed loop (C clients, each sending its next request when
+//! the last one is answered) or open loop (requests at a fixed rate, latency measured from when
+//! each was due, so a stall is not hidden by requests that were never sent).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::target::{Endpoint, System};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Workload {
+    Put,
+    /// Linearizable reads.
+    Get,
+    /// Reads served from the member's own state.
+    StaleGet,
+    /// Half linearizable reads, half writes.
+    Mixed,
+    /// Read, then compare-and-swap on the revision read.
+    Cas,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub system: System,
+    pub workload: Workload,
+    pub clients: usize,
+    pub keys: usize,
+    pub value_size: usize,
+    pub duration: Duration,
+    /// Requests per second in all (open loop); `None` for closed loop.
+    pub rate: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub system: System,
+    pub workload: Workload,
+    pub clients: usize,
+    pub operations: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// CPU the generator itself used, in cores (1.0 = one core busy): if it nears the
+    /// machine's core count, the generator is the bottleneck.
+    pub generator_cores: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 60 s, three significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
+}
+
+/// Fills the key space so that reads find values, 64 writes at a time.
+pub async fn preload(endpoints: &[Endpoint], keys: usize, value: &[u8]) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(0..keys)
+        .map(|key| async move { endpoints[key % endpoints.len()].put(&key_name(key), value).await })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+fn key_name(key: usize) -> String {
+    format!("bench/{key:08}")
+}
+
+/// One operation of `workload` on a random key; errors are counted, not fatal.
+async fn operate(
+    endpoint: &Endpoint,
+    workload: Workload,
+    rng: &mut StdRng,
+    keys: usize,
+    value: &[u8],
+) -> bool {
+    let key = key_name(rng.random_range(0..keys.max(1)));
+    let result = match workload {
+        Workload::Put => endpoint.put(&key, value).await,
+        Workload::Get => endpoint.get(&key, false).await.map(|_| ()),
+        Workload::StaleGet => endpoint.get(&key, true).await.map(|_| ()),
+        Workload::Mixed if rng.random_bool(0.5) => endpoint.put(&key, value).await,
+        Workload::Mixed => endpoint.get(&key, false).await.map(|_| ()),
+        Workload::Cas => match endpoint.get(&key, false).await {
+            Ok(revision) => endpoint.cas(&key, revision, value).await.map(|_| ()),
+            Err(e) => Err(e),
+        },
+    };
+    result.is_ok()
+}
+
+/// CPU time this process used so far (user + system), from /proc.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux architecture that matters here.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
+    let value: Arc<[u8]> = vec![b'v'; plan.value_size].into();
+    let started = Instant::now();
+    let cpu_before = cpu_time();
+    let deadline = started + plan.duration;
+    let mut tasks = Vec::new();
+    match plan.rate {
+        None => {
+            for client in 0..plan.clients {
+                let endpoint = endpoints[client % endpoints.len()].clone();
+                let (workload, keys, value) = (plan.workload, plan.keys, value.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = StdRng::seed_from_u64(client as u64);
+                    let (mut latencies, mut errors) = (histogram(), 0u64);
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        if !operate(&endpoint, workload, &mut rng, keys, &value).await {
+                            errors += 1;
+                        }
+                        let _ = latencies.record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                    (latencies, errors)
+                }));
+            }
+        }
+        Some(rate) => {
+            // Each of C senders owns every C-th slot of the schedule, and waits for no answer
+            // before its next slot: a request answered late is measured from when it was due.
+            let interval = Duration::from_secs_f64(plan.clients as f64 / rate.max(1) as f64);
+            for client in 0..plan.clients {
+                let endpoint = endpoints[client % endpoints.len()].clone();
+                let (workload, keys, value) = (plan.workload, plan.keys, value.clone());
+                let offset = interval.mul_f64(client as f64 / plan.clients as f64);
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = StdRng::seed_from_u64(client as u64);
+                    let mut in_flight = Vec::new();
+                    let mut due = started + offset;
+                    while due < deadline {
+                        tokio::time::sleep_until(due.into()).await;
+                        let (endpoint, value) = (endpoint.clone(), value.clone());
+                        let mut request_rng = StdRng::seed_from_u64(rng.random());
+                        let scheduled = due;
+                        in_flight.push(tokio::spawn(async move {
+                            let ok = operate(&endpoint, workload, &mut request_rng, keys, &value).await;
+                            (ok, scheduled.elapsed())
+                        }));
+                        due += interval;
+                    }
+                    let (mut latencies, mut errors) = (histogram(), 0u64);
+                    for request in in_flight {
+                        match request.await {
+                            Ok((ok, latency)) => {
+                                errors += u64::from(!ok);
+                                let _ = latencies.record(latency.as_micros().max(1) as u64);
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (latencies, errors)
+                }));
+            }
+        }
+    }
+    let (mut latencies, mut errors) = (histogram(), 0u64);
+    for task in tasks {
+        let (client_latencies, client_errors) = task.await?;
+        latencies.add(&client_latencies).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        errors += client_errors;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let generator_cores = match (cpu_before, cpu_time()) {
+        (Some(before), Some(after)) => (after - before).as_secs_f64() / seconds,
+        _ => f64::NAN,
+    };
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    let operations = latencies.len();
+    Ok(Outcome {
+        system: plan.system,
+        workload: plan.workload,
+        clients: plan.clients,
+        operations,
+        errors,
+        seconds,
+        throughput: operations.saturating_sub(errors) as f64 / seconds,
+        p50_ms: ms(latencies.value_at_quantile(0.5)),
+        p99_ms: ms(latencies.value_at_quantile(0.99)),
+        p999_ms: ms(latencies.value_at_quantile(0.999)),
+        max_ms: ms(latencies.max()),
+        generator_cores,
+    })
+}
+
+impl Outcome {
+    pub const HEADER: &'static str =
+        "system     workload   clients    ops/s    p50 ms   p99 ms  p99.9 ms   max ms  errors  gen cores";
+
+    pub fn row(&self) -> String {
+        format!(
+            "{:<10} {:<10} {:>7} {:>8.0} {:>9.2} {:>8.2} {:>9.2} {:>8.2} {:>7} {:>10.2}",
+            format!("{:?}", self.system).to_lowercase(),
+            format!("{:?}", self.workload).to_lowercase(),
+            self.clients,
+            self.throughput,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.errors,
+            self.generator_cores
+        )
+    }
+}
