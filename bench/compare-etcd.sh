@@ -7,6 +7,10 @@
 #   bench/compare-etcd.sh                 # C = 1 16 64 256, 10 s per row
 #   DURATION=30 CLIENTS="64 256" bench/compare-etcd.sh
 #
+# Then, for each system: start to first write, resident memory idle and under load, disk and
+# restart-to-ready with BIG_KEYS keys (1 000 000 by default), and failover (kill -9 of the
+# leader to the next successful write).
+#
 # Needs etcd (apt-get install etcd-server). Builds metaStore with --release (the first time,
 # RocksDB's C++ takes a long while).
 set -euo pipefail
@@ -17,6 +21,7 @@ CLIENTS="${CLIENTS:-1 16 64 256}"
 WORKLOADS="${WORKLOADS:-put get stale-get}"
 KEYS="${KEYS:-10000}"
 PROFILE="${PROFILE:-release}"
+BIG_KEYS="${BIG_KEYS:-1000000}"
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 2; }
 if [[ "$PROFILE" == release ]]; then
@@ -31,35 +36,66 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+now() { date +%s.%N; }
+etcd_pids=(); ms_pids=()
+
 # etcd: 3 members, default durability.
 etcd_cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$work/etcd$i" \
-    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-    --initial-cluster "$etcd_cluster" --initial-cluster-state new --log-level error \
-    >"$work/etcd$i.log" 2>&1 &
-  pids+=($!)
-done
+start_etcd() { # [state]
+  etcd_pids=()
+  for i in 1 2 3; do
+    etcd --name "e$i" --data-dir "$work/etcd$i" \
+      --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+      --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+      --initial-cluster "$etcd_cluster" --initial-cluster-state "${1:-new}" --log-level error \
+      >>"$work/etcd$i.log" 2>&1 &
+    etcd_pids+=($!); pids+=($!); disown $!
+  done
+}
 etcd_endpoints="http://127.0.0.1:23791,http://127.0.0.1:23792,http://127.0.0.1:23793"
 
 # metaStore: 3 members.
 ms_cluster="http://127.0.0.1:24791,http://127.0.0.1:24792,http://127.0.0.1:24793"
-for i in 1 2 3; do
-  "$bin/metastore" --member-id "$i" --cluster "$ms_cluster" --port "2480$i" --data-dir "$work/ms$i" \
-    >"$work/ms$i.log" 2>&1 &
-  pids+=($!)
-done
+start_metastore() {
+  ms_pids=()
+  for i in 1 2 3; do
+    "$bin/metastore" --member-id "$i" --cluster "$ms_cluster" --port "2480$i" --data-dir "$work/ms$i" \
+      >>"$work/ms$i.log" 2>&1 &
+    ms_pids+=($!); pids+=($!); disown $!
+  done
+}
 ms_endpoints="http://127.0.0.1:24801,http://127.0.0.1:24802,http://127.0.0.1:24803"
 
-ready() { for _ in $(seq 100); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; return 1; }
-ready "http://127.0.0.1:23791/health" || { echo "etcd did not start" >&2; exit 1; }
-ready "http://127.0.0.1:24801/readyz" || { echo "metaStore did not start" >&2; exit 1; }
+# The first write either system acknowledges, polled every 10 ms, in seconds since `$1`.
+first_write() { # system endpoint since
+  local url
+  if [[ $1 == metastore ]]; then url="$2/v1/kv/bench-probe"; else url="$2/v3/kv/put"; fi
+  for _ in $(seq 3000); do
+    if [[ $1 == metastore ]]; then
+      curl -sf -m 1 -XPUT --data x "$url" >/dev/null && break
+    else
+      curl -sf -m 1 -XPOST -d '{"key":"YmVuY2gtcHJvYmU=","value":"eA=="}' "$url" >/dev/null && break
+    fi
+    sleep 0.01
+  done
+  python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$3" "$(now)"
+}
+
+rss_mib() { # pids...: resident memory of the processes together, MiB
+  local kib=0
+  for pid in "$@"; do kib=$((kib + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
+  echo $((kib / 1024))
+}
+
+t=$(now); start_etcd; etcd_first=$(first_write etcd http://127.0.0.1:23791 "$t")
+t=$(now); start_metastore; ms_first=$(first_write metastore http://127.0.0.1:24801 "$t")
+sleep 2
+etcd_idle=$(rss_mib "${etcd_pids[@]}"); ms_idle=$(rss_mib "${ms_pids[@]}")
 
 bench() { # system endpoints workload clients
   "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" \
@@ -88,3 +124,64 @@ print(f"{workload:<10} {c:>7} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m[
 PY
   done
 done
+
+# Resident memory under load: the peak while 64 clients write.
+peak_under_load() { # system endpoints pids...
+  local system=$1 endpoints=$2; shift 2
+  "$bin/metastore-bench" --system "$system" --endpoints "$endpoints" --workload put --clients 64 \
+    --keys "$KEYS" --duration "$DURATION" >/dev/null &
+  local load=$! peak=0 now_mib
+  while kill -0 "$load" 2>/dev/null; do
+    now_mib=$(rss_mib "$@"); ((now_mib > peak)) && peak=$now_mib; sleep 0.2
+  done
+  echo "$peak"
+}
+etcd_load=$(peak_under_load etcd "$etcd_endpoints" "${etcd_pids[@]}")
+ms_load=$(peak_under_load metastore "$ms_endpoints" "${ms_pids[@]}")
+
+# BIG_KEYS keys: disk used, then the whole cluster killed and restarted until it takes a write.
+big() { # system endpoints
+  "$bin/metastore-bench" --system "$1" --endpoints "$2" --keys "$BIG_KEYS" --preload --duration 0 >/dev/null
+}
+big etcd "$etcd_endpoints"; big metastore "$ms_endpoints"
+sleep 2
+etcd_disk=$(du -sm "$work"/etcd? | awk '{s+=$1} END {print s}')
+ms_disk=$(du -sm "$work"/ms? | awk '{s+=$1} END {print s}')
+kill -9 "${etcd_pids[@]}" "${ms_pids[@]}"
+for pid in "${etcd_pids[@]}" "${ms_pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; done
+t=$(now); start_etcd existing; etcd_restart=$(first_write etcd http://127.0.0.1:23791 "$t")
+t=$(now); start_metastore; ms_restart=$(first_write metastore http://127.0.0.1:24801 "$t")
+
+# Failover: kill -9 of the leader, then writes to the others until one is acknowledged.
+etcd_leader_index() {
+  for i in 1 2 3; do
+    local s; s=$(curl -sf -XPOST -d '{}' "http://127.0.0.1:2379$i/v3/maintenance/status") || continue
+    python3 -c "import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s['header']['member_id']==s['leader'] else 1)" "$s" && { echo "$i"; return; }
+  done
+}
+ms_leader_index() {
+  curl -sf "http://127.0.0.1:24801/v1/cluster" | python3 -c "import json,sys; print(json.load(sys.stdin)['leader_id'])"
+}
+failover() { # system leader-index
+  local system=$1 leader=$2 port_base
+  if [[ $system == metastore ]]; then
+    port_base=2480; kill -9 "${ms_pids[$((leader - 1))]}"
+  else
+    port_base=2379; kill -9 "${etcd_pids[$((leader - 1))]}"
+  fi
+  local t; t=$(now)
+  local other=$((leader % 3 + 1))
+  first_write "$system" "http://127.0.0.1:${port_base}${other}" "$t"
+}
+sleep 2
+etcd_failover=$(failover etcd "$(etcd_leader_index)")
+ms_failover=$(failover metastore "$(ms_leader_index)")
+
+echo
+printf '%-34s %12s %12s\n' measure metaStore etcd
+printf '%-34s %12s %12s\n' "start to first write (s)" "$ms_first" "$etcd_first"
+printf '%-34s %12s %12s\n' "failover, kill -9 leader (s)" "$ms_failover" "$etcd_failover"
+printf '%-34s %12s %12s\n' "restart to first write, $BIG_KEYS keys (s)" "$ms_restart" "$etcd_restart"
+printf '%-34s %12s %12s\n' "resident memory, 3 members idle (MiB)" "$ms_idle" "$etcd_idle"
+printf '%-34s %12s %12s\n' "resident memory, under load (MiB)" "$ms_load" "$etcd_load"
+printf '%-34s %12s %12s\n' "disk, 3 members, $BIG_KEYS keys (MiB)" "$ms_disk" "$etcd_disk"
