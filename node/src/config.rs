@@ -74,6 +74,10 @@ pub struct Args {
     #[arg(long, env = "METASTORE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
 
+    /// A request must be answered within this (body included), or its connection is closed.
+    #[arg(long, env = "METASTORE_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+
     /// Start without bootstrapping: wait to be added to an existing cluster by its leader.
     #[arg(long, env = "METASTORE_JOIN")]
     pub join: bool,
@@ -258,6 +262,7 @@ impl Args {
             limits: Limits {
                 max_connections: self.max_connections.max(1),
                 header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(100)),
+                request_timeout: std::time::Duration::from_millis(self.request_timeout_ms.max(100)),
             },
             peer_token: match (&self.peer_token, &self.peer_token_file) {
                 (Some(token), _) => Some(PeerToken::new(token)?),

@@ -1,7 +1,8 @@
 //! Serving HTTP on a listener within limits, so that slow or numerous clients cannot take a
 //! member down: at most `max_connections` connections at once (the rest wait in the kernel's
-//! accept queue), and a connection that does not send a request's headers within
-//! `header_timeout` (slow-loris, or idle keep-alive) is closed, freeing its place.
+//! accept queue); a connection that does not send a request's headers within `header_timeout`
+//! (slow-loris, or idle keep-alive) is closed, freeing its place; and a request not answered
+//! within `request_timeout` (a body sent a byte at a time, say) has its connection closed.
 //!
 //! warp's own server has neither limit and cannot be given them, so the filter is served here
 //! with hyper directly.
@@ -23,6 +24,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// Longer than any request takes when served normally: adding a learner waits up to 20 s
+    /// for it to catch up, a snapshot chunk up to 10 s.
+    pub request_timeout: Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,7 +76,10 @@ pub async fn serve<S, B>(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()));
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(Deadline { inner: service.clone(), limit: limits.request_timeout }),
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -85,5 +92,42 @@ pub async fn serve<S, B>(
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
+    }
+}
+
+/// A service whose every call must finish within `limit`; otherwise it fails, and hyper closes
+/// the connection. The call includes reading the request body.
+#[derive(Clone)]
+struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request not served within {0:?}")]
+struct DeadlineExceeded(Duration);
+
+impl<S, Request> tower_service::Service<Request> for Deadline<S>
+where
+    S: tower_service::Service<Request>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let (call, limit) = (self.inner.call(request), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, call).await {
+                Ok(answer) => answer.map_err(Into::into),
+                Err(_) => Err(Box::new(DeadlineExceeded(limit)) as BoxError),
+            }
+        })
     }
 }

@@ -275,3 +275,26 @@ async fn slow_and_numerous_clients_cannot_take_a_member_down() {
     assert!(node.is_running());
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_sent_a_byte_at_a_time_does_not_hold_a_connection_forever() {
+    let limits = ["--max-connections", "4", "--header-timeout-ms", "500", "--request-timeout-ms", "1000"];
+    let cluster = Cluster::start(1, &limits);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let node = cluster.node(1);
+
+    // Eight writes whose headers promise a kilobyte of body, of which one byte ever comes.
+    let mut trickling = Vec::new();
+    for _ in 0..8 {
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", node.client_port)).await.expect("connect");
+        let head = b"PUT /v1/kv/slow HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nx";
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head).await.expect("write");
+        trickling.push(stream);
+    }
+    let client = node.client();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(15), client.put("still", b"here".to_vec(), None)).await;
+    answer.expect("served once the trickling requests ran out of time").expect("the write succeeds");
+    drop(trickling);
+}

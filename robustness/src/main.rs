@@ -62,6 +62,14 @@ async fn main() -> ExitCode {
         }
     };
     let mut nemeses = if cli.all { Nemesis::all().to_vec() } else { vec![cli.nemesis] };
+    if sandbox::inside() {
+        // A new network namespace starts with its loopback down; members without networks of
+        // their own live on it.
+        if let Err(e) = sandbox::must("ip", &["link", "set", "lo", "up"]) {
+            eprintln!("metastore-robustness: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // Partitions cut links between members in network namespaces of their own: the whole run
     // moves into a sandbox, where nothing it changes outlives it.
     if nemeses.iter().any(|n| n.partitions()) && !sandbox::inside() {

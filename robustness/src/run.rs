@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use metastore_client::Consistency;
 use serde::Serialize;
 
 use crate::checker::{self, Verdict};
@@ -123,12 +122,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     cluster.heal()?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let last_term = cluster.client(leader).cluster().await?.term;
-    let history = recorder.history();
+    let keys: Vec<String> = recorder.history().by_key().keys().map(|k| k.to_string()).collect();
     let mut finals = BTreeMap::new();
-    for key in history.by_key().keys() {
-        let value = read_final(&cluster, leader, key).await?;
-        finals.insert(key.to_string(), value);
+    for key in keys {
+        let value = read_final(&cluster, &recorder, leader, &key).await?;
+        finals.insert(key, value);
     }
+    // The final reads are part of the history: the checker then also judges the final state.
+    let history = recorder.history();
     let verdict = checker::check(&history);
     let lost_writes = checker::lost_writes(&history, &finals);
     let count = |o: Outcome| history.operations.iter().filter(|op| op.outcome == o).count();
@@ -152,11 +153,16 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn read_final(cluster: &Cluster, leader: u64, key: &str) -> anyhow::Result<Option<String>> {
+async fn read_final(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    leader: u64,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match cluster.client(leader).get(key, Consistency::Linearizable).await {
-            Ok(kv) => return Ok(kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())),
+        match recorder.read_final(&cluster.client(leader), key).await {
+            Ok(value) => return Ok(value),
             Err(e) if Instant::now() > deadline => anyhow::bail!("final read of {key}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

@@ -40,6 +40,23 @@ impl Recorder {
         }
     }
 
+    /// Records a linearizable read made outside the clients (the final reads after healing).
+    pub async fn read_final(&self, member: &Client, key: &str) -> Result<Option<String>, ClientError> {
+        let invoked = self.now();
+        let value = member.get(key, Consistency::Linearizable).await?;
+        let value = value.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let completed = Some(self.now());
+        self.record(Operation {
+            client: usize::MAX,
+            key: key.to_string(),
+            op: Op::Read(value.clone()),
+            invoked,
+            completed,
+            outcome: Outcome::Ok,
+        });
+        Ok(value)
+    }
+
     pub fn history(&self) -> History {
         self.history.lock().map(|h| h.clone()).unwrap_or_default()
     }
