@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use metastore_client::{AddMemberRequest, Client, MemberRole};
 use metastore_testkit::{free_port, Process};
 
-use crate::network::{self, Network};
+use crate::network::Network;
 
 pub struct Member {
     pub id: u64,
@@ -41,11 +41,12 @@ impl Member {
 pub struct Cluster {
     binary: PathBuf,
     dir: tempfile::TempDir,
-    /// Members' own networks, when links between them are to be cut.
-    network: Option<Network>,
     pub members: BTreeMap<u64, Member>,
     /// Short timeouts, so that a fault is noticed within a second or two.
     http: reqwest::Client,
+    /// Members' own networks, when links between them are to be cut. Last, so that it is torn
+    /// down after the members (dropped with `members`) have stopped.
+    network: Option<Network>,
 }
 
 impl Cluster {
@@ -57,8 +58,8 @@ impl Cluster {
         let members = ids
             .iter()
             .map(|&id| {
-                let (host, peer_port, client_port) = match network {
-                    Some(_) => (network::address(id), 12379, 12380),
+                let (host, peer_port, client_port) = match &network {
+                    Some(network) => (network.address(id), 12379, 12380),
                     None => ("127.0.0.1".to_string(), free_port(), free_port()),
                 };
                 let member =
@@ -88,10 +89,10 @@ impl Cluster {
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let peers: Vec<String> = self.members.values().map(Member::peer_url).collect();
         let member = &self.members[&id];
-        let mut command = match self.network {
-            Some(_) => {
+        let mut command = match &self.network {
+            Some(network) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", &network::namespace(id)]).arg(&self.binary);
+                command.args(["netns", "exec", &network.namespace(id)]).arg(&self.binary);
                 command.args(["--bind-address", &member.host]);
                 command
             }

@@ -1,60 +1,88 @@
 //! A network of its own for each member, so that faults can cut links between them: every
-//! member in a network namespace with a veth link into one bridge, at 10.99.0.<id>; the
+//! member in a network namespace with a veth link into one bridge, at 10.99.<run>.<id>; the
 //! clients reach them from the runner's namespace over the bridge. Partitions are iptables
 //! rules in a member's namespace dropping what it receives from another member; healing
 //! flushes them. Only inside the sandbox (`metastore_testkit::sandbox`): nothing outlives it.
 
 use metastore_testkit::sandbox::must;
 
-const BRIDGE: &str = "msbr0";
-const RUNNER_ADDRESS: &str = "10.99.0.254/24";
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Runs in one sandbox each get their own names and subnet, so that nothing a previous run
+/// left behind can get in the way.
+static RUNS: AtomicU32 = AtomicU32::new(0);
 
 pub struct Network {
     ids: Vec<u64>,
+    run: u32,
 }
 
-pub fn namespace(id: u64) -> String {
-    format!("ms{id}")
-}
+impl Network {
+    pub fn namespace(&self, id: u64) -> String {
+        format!("ms{}-{id}", self.run)
+    }
 
-pub fn address(id: u64) -> String {
-    format!("10.99.0.{id}")
+    pub fn address(&self, id: u64) -> String {
+        format!("10.99.{}.{id}", self.run)
+    }
+
+    fn bridge(&self) -> String {
+        format!("msbr{}", self.run)
+    }
 }
 
 impl Network {
     /// Builds the bridge and one namespace per member.
     pub fn create(ids: &[u64]) -> std::io::Result<Self> {
-        // Named namespaces live under /run/netns: a tmpfs of the sandbox's own.
-        std::fs::create_dir_all("/run/netns")?;
-        must("mount", &["-t", "tmpfs", "tmpfs", "/run/netns"])?;
-        must("ip", &["link", "set", "lo", "up"])?;
-        must("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
-        must("ip", &["addr", "add", RUNNER_ADDRESS, "dev", BRIDGE])?;
-        must("ip", &["link", "set", BRIDGE, "up"])?;
+        let network = Self { ids: ids.to_vec(), run: RUNS.fetch_add(1, Ordering::Relaxed) % 250 };
+        if network.run == 0 {
+            // Named namespaces live under /run/netns: a tmpfs of the sandbox's own.
+            std::fs::create_dir_all("/run/netns")?;
+            must("mount", &["-t", "tmpfs", "tmpfs", "/run/netns"])?;
+            must("ip", &["link", "set", "lo", "up"])?;
+        }
+        let bridge = network.bridge();
+        must("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        must("ip", &["addr", "add", &format!("10.99.{}.254/24", network.run), "dev", &bridge])?;
+        must("ip", &["link", "set", &bridge, "up"])?;
         for id in ids {
-            let (ns, veth) = (namespace(*id), format!("msv{id}"));
+            let (ns, veth) = (network.namespace(*id), format!("msv{}x{id}", network.run));
             must("ip", &["netns", "add", &ns])?;
             must("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-            must("ip", &["link", "set", &veth, "master", BRIDGE, "up"])?;
-            let cidr = format!("{}/24", address(*id));
+            must("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
+            let cidr = format!("{}/24", network.address(*id));
             must("ip", &["netns", "exec", &ns, "ip", "addr", "add", &cidr, "dev", "eth0"])?;
             must("ip", &["netns", "exec", &ns, "ip", "link", "set", "eth0", "up"])?;
             must("ip", &["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
         }
-        Ok(Self { ids: ids.to_vec() })
+        Ok(network)
     }
 
     /// Member `to` no longer receives anything member `from` sends.
     pub fn block(&self, from: u64, to: u64) -> std::io::Result<()> {
-        let source = address(from);
-        must("ip", &["netns", "exec", &namespace(to), "iptables", "-A", "INPUT", "-s", &source, "-j", "DROP"])
+        let source = self.address(from);
+        must(
+            "ip",
+            &["netns", "exec", &self.namespace(to), "iptables", "-A", "INPUT", "-s", &source, "-j", "DROP"],
+        )
     }
 
     /// Every link works again.
     pub fn heal(&self) -> std::io::Result<()> {
         for id in &self.ids {
-            must("ip", &["netns", "exec", &namespace(*id), "iptables", "-F", "INPUT"])?;
+            must("ip", &["netns", "exec", &self.namespace(*id), "iptables", "-F", "INPUT"])?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Network {
+    /// Takes the namespaces and the bridge down once the members have stopped. Best effort:
+    /// the sandbox's end removes whatever is left.
+    fn drop(&mut self) {
+        for id in &self.ids {
+            let _ = must("ip", &["netns", "del", &self.namespace(*id)]);
+        }
+        let _ = must("ip", &["link", "del", &self.bridge()]);
     }
 }
