@@ -36,7 +36,6 @@ pub fn binaries() -> Result<PathBuf, String> {
 }
 
 pub struct ControlPlane {
-    pub dir: PathBuf,
     pub server: String,
     ca_pem: String,
     admin_token: String,
@@ -169,7 +168,6 @@ impl ControlPlane {
 
         let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
         let mut plane = Self {
-            dir: dir.clone(),
             server,
             ca_pem,
             admin_token,

@@ -54,11 +54,6 @@ pub struct Pods {
 }
 
 impl Pods {
-    /// The process id of the member in `pod`, if it runs.
-    pub fn pid(&self, pod: &str) -> Option<u32> {
-        self.running.values().find(|p| p.name == pod).map(|p| p.process.id())
-    }
-
     pub fn count(&self) -> usize {
         self.running.len()
     }
