@@ -31,15 +31,26 @@ pub enum Verdict {
     },
 }
 
-/// Checks every key of `history`; the first key that fails decides.
+/// Checks every key of `history`: the first key proven not linearizable decides; otherwise the
+/// first key the search gave up on makes the whole inconclusive.
 pub fn check(history: &History) -> Verdict {
+    check_within(history, STEP_BUDGET)
+}
+
+fn check_within(history: &History, budget: u64) -> Verdict {
+    let mut verdict = Verdict::Linearizable;
     for (key, operations) in history.by_key() {
-        let verdict = check_key(key, &operations);
-        if verdict != Verdict::Linearizable {
-            return verdict;
+        match check_key_within(key, &operations, budget) {
+            Verdict::Linearizable => {}
+            gave_up @ Verdict::Inconclusive { .. } => {
+                if verdict == Verdict::Linearizable {
+                    verdict = gave_up;
+                }
+            }
+            violation @ Verdict::NotLinearizable { .. } => return violation,
         }
     }
-    Verdict::Linearizable
+    verdict
 }
 
 /// Values as small integers (0 is "absent"), so that states are cheap to copy and hash.
@@ -218,6 +229,10 @@ const UNSEEN: u32 = u32::MAX;
 
 /// Checks the operations on one key.
 pub fn check_key(key: &str, operations: &[&Operation]) -> Verdict {
+    check_key_within(key, operations, STEP_BUDGET)
+}
+
+fn check_key_within(key: &str, operations: &[&Operation], mut budget: u64) -> Verdict {
     let relevant = relevant(operations);
     let operations: Vec<&Operation> = relevant.iter().map(|(o, _)| *o).collect();
     let unseen: Vec<bool> = relevant.iter().map(|(_, unseen)| *unseen).collect();
@@ -254,7 +269,6 @@ pub fn check_key(key: &str, operations: &[&Operation]) -> Verdict {
     let mut remaining = required.iter().filter(|r| **r).count();
     let mut deepest = (0usize, None::<usize>);
     let mut cursor = events.next[HEAD];
-    let mut budget = STEP_BUDGET;
 
     while remaining > 0 {
         budget = match budget.checked_sub(1) {
@@ -362,6 +376,24 @@ mod tests {
             Verdict::NotLinearizable { .. } => false,
             Verdict::Inconclusive { .. } => panic!("inconclusive"),
         }
+    }
+
+    #[test]
+    fn a_violation_on_any_key_outweighs_a_key_the_search_gave_up_on() {
+        let mut on_b = vec![write("a", 0, 1), read(None, 2, 3)];
+        for o in &mut on_b {
+            o.key = "b".into();
+        }
+        // Key "k" (checked first) takes at least 40 steps: 20 writes each read back.
+        let mut operations: Vec<Operation> = (0..20u64)
+            .flat_map(|i| {
+                [write(&i.to_string(), 4 * i, 4 * i + 1), read(Some(&i.to_string()), 4 * i + 2, 4 * i + 3)]
+            })
+            .collect();
+        assert!(matches!(check_within(&history(operations.clone()), 10), Verdict::Inconclusive { .. }));
+        operations.extend(on_b);
+        let verdict = check_within(&history(operations), 10);
+        assert!(matches!(verdict, Verdict::NotLinearizable { ref key, .. } if key == "b"), "{verdict:?}");
     }
 
     #[test]
