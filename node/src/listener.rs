@@ -1,8 +1,10 @@
 //! Serving HTTP on a listener within limits, so that slow or numerous clients cannot take a
 //! member down: at most `max_connections` connections at once (the rest wait in the kernel's
 //! accept queue); a connection that does not send a request's headers within `header_timeout`
-//! (slow-loris, or idle keep-alive) is closed, freeing its place; and a request not answered
-//! within `request_timeout` (a body sent a byte at a time, say) has its connection closed.
+//! (slow-loris, or idle keep-alive) is closed, freeing its place; a client that stops taking
+//! its answer for as long (never reading a large response) is closed too; and a request not
+//! answered within `request_timeout` (a body sent a byte at a time, say) has its connection
+//! closed. At shutdown, connections still open after the drain are closed.
 //!
 //! warp's own server has neither limit and cannot be given them, so the filter is served here
 //! with hyper directly.
@@ -15,7 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio_io_timeout::TimeoutStream;
 
 /// How long in-flight requests get to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -23,6 +26,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Also how long a write of the answer may wait for the client to read.
     pub header_timeout: Duration,
     /// Longer than any request takes when served normally: adding a learner waits up to 20 s
     /// for it to catch up, a snapshot chunk up to 10 s.
@@ -51,6 +55,8 @@ pub async fn serve<S, B>(
 {
     let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Dropped once the drain is over, which closes every connection left.
+    let (draining, drained) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let place = tokio::select! {
@@ -73,18 +79,24 @@ pub async fn serve<S, B>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.header_timeout));
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(Box::pin(stream)),
                 TowerToHyperService::new(Deadline { inner: service.clone(), limit: limits.request_timeout }),
             );
         let connection = graceful.watch(connection);
+        let mut drained = drained.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // A client that hung up or timed out: its business, not this member's.
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    // A client that hung up or timed out: its business, not this member's.
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                _ = drained.changed() => tracing::debug!("connection closed at the end of the drain"),
             }
             drop(place);
         });
@@ -93,6 +105,7 @@ pub async fn serve<S, B>(
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
     }
+    drop(draining);
 }
 
 /// A service whose every call must finish within `limit`; otherwise it fails, and hyper closes

@@ -298,3 +298,33 @@ async fn a_body_sent_a_byte_at_a_time_does_not_hold_a_connection_forever() {
     answer.expect("served once the trickling requests ran out of time").expect("the write succeeds");
     drop(trickling);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_its_answers_does_not_hold_a_connection_forever() {
+    let cluster = Cluster::start(1, &["--max-connections", "2", "--header-timeout-ms", "500"]);
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let node = cluster.node(1);
+    {
+        let client = node.client();
+        eventually(Duration::from_secs(10), || client.put("big", vec![b'v'; MAX_VALUE_BYTES], None)).await;
+    }
+    // That client's idle connection closes after the header timeout, leaving both places free.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Both connections ask for 64 MiB of answers and read none of it: far more than the
+    // sockets' buffers hold, so the member's writes stall.
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", node.client_port)).await.expect("connect");
+        let request = b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n".repeat(64);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &request).await.expect("write");
+        stuck.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = node.client();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(15), client.put("still", b"here".to_vec(), None)).await;
+    answer.expect("served once the stalled writes timed out").expect("the write succeeds");
+    drop(stuck);
+}
