@@ -38,6 +38,8 @@ pub enum ServiceError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("local storage failed: {0}")]
     Storage(#[from] storage::StoreError),
 }
@@ -49,6 +51,7 @@ impl From<ForwardError> for ServiceError {
             ForwardError::Unavailable(m) => ServiceError::Unavailable(m),
             ForwardError::Rejected(m) => ServiceError::Invalid(m),
             ForwardError::Conflict(m) => ServiceError::Conflict(m),
+            ForwardError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),
         }
     }
 }
@@ -223,6 +226,11 @@ impl Service {
             _ => REQUEST_DEADLINE,
         };
         let deadline = Instant::now() + budget;
+        // A lost answer to a read is just a failure: reads change nothing.
+        let lost_answer = |message: String| match request {
+            ForwardRequest::ReadIndex => ForwardError::Unavailable(message),
+            _ => ForwardError::OutcomeUnknown(message),
+        };
         let mut attempt: u32 = 0;
         loop {
             let (leader, member) = self.await_leader(deadline).await?;
@@ -231,9 +239,7 @@ impl Service {
                 match tokio::time::timeout(left, self.serve(request.clone())).await {
                     Ok(outcome) => outcome,
                     // The request may still commit: its outcome is unknown, not failed.
-                    Err(_) => Err(ForwardError::Unavailable(format!(
-                        "no outcome within {budget:?}; it may yet apply"
-                    ))),
+                    Err(_) => Err(lost_answer(format!("no outcome within {budget:?}; it may yet apply"))),
                 }
             } else {
                 crate::metrics::api().forwarded(route_of(&request));
@@ -242,7 +248,7 @@ impl Service {
                     Ok(outcome) => outcome,
                     Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
                     Err(e) => {
-                        Err(ForwardError::Unavailable(format!("forwarding to leader {leader} failed: {e}")))
+                        Err(lost_answer(format!("forwarding to leader {leader} failed after sending: {e}")))
                     }
                 }
             };
@@ -273,10 +279,15 @@ impl Service {
     /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
     pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
         match request {
-            ForwardRequest::Write(command) => match self.raft.client_write(command).await {
-                Ok(response) => Ok(ForwardResponse::Written(response.data)),
-                Err(e) => Err(write_error(e)),
-            },
+            ForwardRequest::Write(command) => {
+                if !self.leads() {
+                    return Err(ForwardError::NotLeader { leader: None });
+                }
+                match self.raft.client_write(command).await {
+                    Ok(response) => Ok(ForwardResponse::Written(response.data)),
+                    Err(e) => Err(proposed_write_error(e)),
+                }
+            }
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => Ok(ForwardResponse::ReadIndex(read_log_id.map_or(0, |id| id.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
@@ -307,10 +318,10 @@ impl Service {
         &self,
         change: MembershipChange,
     ) -> Result<ForwardResponse, ForwardError> {
-        let metrics = self.metrics();
-        if metrics.current_leader != Some(self.id) || metrics.state != ServerState::Leader {
+        if !self.leads() {
             return Err(ForwardError::NotLeader { leader: None });
         }
+        let metrics = self.metrics();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
@@ -385,8 +396,16 @@ impl Service {
         };
         match result {
             Ok(response) => Ok(ForwardResponse::MembershipChanged(response.log_id.index)),
-            Err(e) => Err(write_error(e)),
+            Err(e) => Err(proposed_write_error(e)),
         }
+    }
+
+    /// Whether this member believes it leads. Work refused on this check was never proposed,
+    /// so the forwarder may safely retry it elsewhere.
+    fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 }
 
@@ -426,16 +445,28 @@ fn not_leader(f: ForwardToLeader<NodeId, Member>) -> ForwardError {
     ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
+/// What a failed proposal means to the client.
+///
+/// openraft answers ForwardToLeader both when it refuses a proposal and when it truncates an
+/// uncommitted entry it had appended — and another member may still commit that entry (a
+/// leader of a later term can, in clusters of five or more). Proposals are only made after
+/// [`Service::leads`] said yes, so the answer here is "unknown", never "retry": a retry could
+/// apply the write twice.
+fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(f),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::OutcomeUnknown(format!(
+            "leadership moved (new leader: {:?}) while the write was in flight; it may or may not apply",
+            f.leader_id
+        )),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(
             e,
         ))) => ForwardError::Conflict(format!("another membership change is in progress: {e}")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ForwardError::Rejected(e.to_string())
         }
-        RaftError::Fatal(e) => ForwardError::Unavailable(e.to_string()),
+        RaftError::Fatal(e) => {
+            ForwardError::OutcomeUnknown(format!("raft stopped with the write in flight: {e}"))
+        }
     }
 }
 
@@ -493,6 +524,19 @@ mod tests {
             check_quorum_after_removal(&m, &BTreeSet::from([1]), 1),
             Err(ForwardError::Rejected(_))
         ));
+    }
+
+    #[test]
+    fn a_proposal_answered_with_forward_to_leader_has_an_unknown_outcome_and_is_not_retried() {
+        // openraft sends this when it truncates an entry it had appended; that entry may still
+        // commit elsewhere, so "not the leader" (which the forwarder retries) would be wrong.
+        let truncated = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader::new(
+            2,
+            Member::default(),
+        )));
+        assert!(matches!(proposed_write_error(truncated), ForwardError::OutcomeUnknown(_)));
+        let unknown = ServiceError::from(ForwardError::OutcomeUnknown("leadership moved".into()));
+        assert!(matches!(unknown, ServiceError::OutcomeUnknown(_)));
     }
 
     #[test]

@@ -50,6 +50,9 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Invalid(_) => Self::bad_request("invalid_request", message),
             ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            ServiceError::OutcomeUnknown(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown", message)
+            }
             ServiceError::Storage(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }

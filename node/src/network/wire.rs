@@ -84,6 +84,10 @@ pub enum ForwardError {
     Rejected(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The work was handed to raft but no answer came: it may or may not take effect, so it
+    /// must never be retried on the client's behalf.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 #[cfg(test)]
