@@ -41,12 +41,31 @@ impl ClientError {
         }
     }
 
-    /// True for errors worth retrying: unreachable node, no leader, not ready.
+    /// True when the request certainly had no effect and may be sent again as it is: the
+    /// node could not be connected to, or answered 503 for no leader or not ready. A write
+    /// answered `outcome_unknown`, or whose answer was lost, may have applied.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Api(e) => e.status == 503,
-            ClientError::Transport { .. } => true,
+            ClientError::Api(e) => e.status == 503 && e.code() != "outcome_unknown",
+            ClientError::Transport { source, .. } => source.is_connect(),
             ClientError::Protocol { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, code: &str) -> ClientError {
+        ClientError::Api(ApiError { status, body: ErrorBody { error: code.into(), message: String::new() } })
+    }
+
+    #[test]
+    fn only_answers_that_guarantee_nothing_happened_are_retryable() {
+        assert!(answered(503, "no_leader").is_retryable());
+        assert!(answered(503, "not_ready").is_retryable());
+        assert!(!answered(503, "outcome_unknown").is_retryable(), "the write may have applied");
+        assert!(!answered(409, "compare_failed").is_retryable());
     }
 }
