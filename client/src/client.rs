@@ -61,10 +61,19 @@ pub struct RangeRequest {
 ///
 /// Any member serves every request: writes and linearizable reads sent to a follower are
 /// forwarded to the leader by the node itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// The cluster's peer token, presented on membership changes (see [`Client::with_token`]).
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: clients end up in logs.
+        f.debug_struct("Client").field("base", &self.base).field("token", &self.token.is_some()).finish()
+    }
 }
 
 impl Client {
@@ -81,7 +90,23 @@ impl Client {
     /// A client sharing an existing connection pool.
     pub fn with_http(base_url: impl Into<String>, http: reqwest::Client) -> Self {
         let base = base_url.into().trim_end_matches('/').to_string();
-        Self { base, http }
+        Self { base, http, token: None }
+    }
+
+    /// Presents `token` on membership changes (init, add, promote, remove), which members
+    /// started with a peer token refuse without it.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// A membership request, carrying the token if there is one.
+    fn admin(&self, method: Method, url: &str) -> RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.token {
+            Some(token) => req.bearer_auth(token.trim()),
+            None => req,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -162,28 +187,28 @@ impl Client {
     /// Initializes a new cluster on this (empty) node: of itself alone when `members` is empty.
     pub async fn init(&self, members: Vec<AddMemberRequest>) -> Result<MembershipResponse, ClientError> {
         let url = format!("{}/v1/cluster/init", self.base);
-        let req = self.http.post(&url).json(&InitRequest { members });
+        let req = self.admin(Method::POST, &url).json(&InitRequest { members });
         self.send_json(&url, req).await
     }
 
     /// Adds a member as a learner; returns once it has caught up with the leader's log.
     pub async fn add_learner(&self, member: &AddMemberRequest) -> Result<MembershipResponse, ClientError> {
         let url = format!("{}/v1/cluster/members", self.base);
-        let req = self.http.post(&url).json(member);
+        let req = self.admin(Method::POST, &url).json(member);
         self.send_json(&url, req).await
     }
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: u64) -> Result<MembershipResponse, ClientError> {
         let url = format!("{}/v1/cluster/members/{id}/promote", self.base);
-        let req = self.http.post(&url);
+        let req = self.admin(Method::POST, &url);
         self.send_json(&url, req).await
     }
 
     /// Removes a member (voter or learner) from the cluster.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, ClientError> {
         let url = format!("{}/v1/cluster/members/{id}", self.base);
-        let req = self.http.request(Method::DELETE, &url);
+        let req = self.admin(Method::DELETE, &url);
         self.send_json(&url, req).await
     }
 

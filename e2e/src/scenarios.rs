@@ -146,7 +146,8 @@ fn pod_name(id: u64) -> String {
     format!("{CLUSTER}-{}", id - 1)
 }
 
-/// The operator gave the cluster a peer token: members refuse peer requests without it.
+/// The operator gave the cluster a peer token: members refuse peer requests, and membership
+/// changes on the client port, without it.
 async fn peer_traffic_needs_the_token<P: Provider>(p: &P) -> anyhow::Result<()> {
     let secrets: Api<Secret> = Api::namespaced(p.kube(), p.namespace());
     let secret = secrets.get(&format!("{CLUSTER}-peer-token")).await.context("the peer-token Secret")?;
@@ -155,7 +156,16 @@ async fn peer_traffic_needs_the_token<P: Provider>(p: &P) -> anyhow::Result<()> 
     let url = format!("{}/raft/vote", p.pod_url(&pod_name(1), 12379).await?);
     let answer = reqwest::Client::new().post(&url).body(vec![0u8; 4]).send().await?;
     anyhow::ensure!(answer.status() == 401, "a peer request without the token got {}", answer.status());
-    say("peer requests without the cluster's token are refused");
+    let stray = metastore_client::AddMemberRequest {
+        id: 9,
+        peer_url: "http://127.0.0.1:9".into(),
+        client_url: String::new(),
+        incarnation: String::new(),
+    };
+    let client = Client::new(p.pod_url(&pod_name(1), 12380).await?);
+    let refused = client.add_learner(&stray).await.err().and_then(|e| e.status());
+    anyhow::ensure!(refused == Some(401), "adding a member without the token got {refused:?}");
+    say("peer requests and membership changes without the cluster's token are refused");
     Ok(())
 }
 

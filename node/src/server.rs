@@ -148,7 +148,7 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let client_server = tokio::spawn(listener::serve(
-        warp::service(api::routes(service.clone())),
+        warp::service(api::routes(service.clone(), config.peer_token.clone())),
         client_listener,
         config.limits,
         stopped(stop_rx.clone()),

@@ -328,3 +328,35 @@ async fn with_a_peer_token_a_stray_process_cannot_campaign_or_append() {
     let answer = http.post(&url).header("authorization", format!("Bearer {TOKEN}")).body(frame).send().await;
     assert_eq!(answer.expect("an answer").status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_peer_token_only_its_holders_change_the_membership() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let mut cluster = Cluster::empty();
+    for id in 1..=2 {
+        cluster.add_joining(id, &["--peer-token", TOKEN]);
+    }
+    let anyone = cluster.node(1).client();
+    eventually(Duration::from_secs(10), || anyone.cluster()).await;
+    assert_eq!(anyone.init(vec![]).await.expect_err("no token").status(), Some(401));
+    let admin = cluster.node(1).client().with_token(TOKEN);
+    eventually(Duration::from_secs(10), || admin.init(vec![])).await;
+
+    // A stray process asks to be added at its own address: the leader would send it the log
+    // and the token. Refused, whoever answers; the status stays open to read.
+    let stray = AddMemberRequest {
+        id: 9,
+        peer_url: "http://127.0.0.1:9".into(),
+        client_url: String::new(),
+        incarnation: String::new(),
+    };
+    assert_eq!(anyone.add_learner(&stray).await.expect_err("no token").status(), Some(401));
+    let wrong = cluster.node(1).client().with_token("ffffffffffffffffffffffffffffffff");
+    assert_eq!(wrong.add_learner(&stray).await.expect_err("wrong token").status(), Some(401));
+    assert_eq!(anyone.promote(9).await.expect_err("no token").status(), Some(401));
+
+    add_member(&admin, &cluster, 2).await;
+    assert_eq!(anyone.remove_member(2).await.expect_err("no token").status(), Some(401));
+    let members = anyone.cluster().await.expect("status is open").members;
+    assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+}

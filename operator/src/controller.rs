@@ -175,8 +175,7 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice:
 }
 
 /// Creates a new cluster's peer-token Secret, once, before its first member starts; it is
-/// never rewritten. Only `create` is needed: an existing one answers 409, and the operator
-/// never reads a Secret.
+/// never rewritten (an existing one answers 409).
 async fn create_peer_token(
     secrets: &Api<Secret>,
     cluster: &MetaStoreCluster,
@@ -188,6 +187,19 @@ async fn create_peer_token(
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
         Err(source) => Err(Error::Apply { kind: "Secret".into(), name: names.peer_token_secret(), source }),
     }
+}
+
+/// The cluster's peer token, which its members require on membership changes. Read only when
+/// a change is about to be made, and only this cluster's own Secret.
+async fn read_peer_token(secrets: &Api<Secret>, names: &Names) -> Result<String, Error> {
+    let name = names.peer_token_secret();
+    let failed = |reason: String| Error::PeerToken { name: name.clone(), reason };
+    let secret = secrets.get_opt(&name).await.map_err(|e| failed(e.to_string()))?;
+    let secret = secret
+        .ok_or_else(|| failed("it does not exist: membership cannot change until it is restored".into()))?;
+    let token = secret.data.as_ref().and_then(|d| d.get(resources::PEER_TOKEN_KEY));
+    let token = token.ok_or_else(|| failed(format!("it has no `{}` key", resources::PEER_TOKEN_KEY)))?;
+    String::from_utf8(token.0.clone()).map_err(|_| failed("the token is not UTF-8".into()))
 }
 
 /// Whether a cluster's members were started with a peer token. A cluster bootstrapped without
@@ -290,7 +302,12 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     }
     apply(&sts_api, &desired).await?;
 
-    let outcome = executor::execute(directory, &observation, &step).await;
+    let token = if peer_auth && step.changes_membership() {
+        Some(read_peer_token(&Api::namespaced(client.clone(), ns), &names).await?)
+    } else {
+        None
+    };
+    let outcome = executor::execute(directory, &observation, &step, token.as_deref()).await;
     if let Some(notice) = notice(&step, &outcome) {
         event(&ctx, &cluster, &names, notice).await;
     }

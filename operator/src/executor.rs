@@ -132,13 +132,22 @@ fn membership_of(leader: &ClusterStatus, statuses: &BTreeMap<u64, ClusterStatus>
         .collect()
 }
 
-/// Carries out a membership step, planned from `observation`, through the members' API. Steps
-/// that are not membership changes (scaling the StatefulSet, waiting) are the caller's.
+/// Carries out a membership step, planned from `observation`, through the members' API,
+/// presenting the cluster's peer `token` where its members have one. Steps that are not
+/// membership changes (scaling the StatefulSet, waiting) are the caller's.
 pub async fn execute(
     dir: &dyn MemberDirectory,
     observation: &Observation,
     step: &Step,
+    token: Option<&str>,
 ) -> Result<(), ExecError> {
+    let client = |id: u64| {
+        let client = client(dir, id);
+        match token {
+            Some(token) => client.with_token(token),
+            None => client,
+        }
+    };
     let leader = observation.observed.leader;
     let failed = |id: u64| {
         let step = step.clone();
@@ -147,7 +156,7 @@ pub async fn execute(
     let leader_id = || leader.ok_or_else(|| ExecError::NoLeader(step.clone()));
     match step {
         Step::Bootstrap => {
-            client(dir, 1).init(Vec::new()).await.map_err(failed(1))?;
+            client(1).init(Vec::new()).await.map_err(failed(1))?;
         }
         Step::AddLearner { id } => {
             let leader = leader_id()?;
@@ -160,15 +169,15 @@ pub async fn execute(
                 client_url: dir.client_url(*id),
                 incarnation,
             };
-            client(dir, leader).add_learner(&request).await.map_err(failed(leader))?;
+            client(leader).add_learner(&request).await.map_err(failed(leader))?;
         }
         Step::Promote { id } => {
             let leader = leader_id()?;
-            client(dir, leader).promote(*id).await.map_err(failed(leader))?;
+            client(leader).promote(*id).await.map_err(failed(leader))?;
         }
         Step::Remove { id, .. } => {
             let leader = leader_id()?;
-            client(dir, leader).remove_member(*id).await.map_err(failed(leader))?;
+            client(leader).remove_member(*id).await.map_err(failed(leader))?;
         }
         Step::ScaleStatefulSet(_) | Step::Wait(_) | Step::Refuse(_) | Step::Done => {}
     }

@@ -27,6 +27,8 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error(transparent)]
     Membership(#[from] executor::ExecError),
+    #[error("cannot read the peer token from Secret {name}: {reason}")]
+    PeerToken { name: String, reason: String },
 }
 
 impl Error {
@@ -37,6 +39,7 @@ impl Error {
             Error::Apply { .. } => "apply",
             Error::Kube(_) => "kube",
             Error::Membership(_) => "membership",
+            Error::PeerToken { .. } => "peer_token",
         }
     }
 }

@@ -80,6 +80,13 @@ pub enum Step {
     Done,
 }
 
+impl Step {
+    /// Whether carrying out this step changes the raft membership through a member's API.
+    pub fn changes_membership(&self) -> bool {
+        matches!(self, Step::Bootstrap | Step::AddLearner { .. } | Step::Promote { .. } | Step::Remove { .. })
+    }
+}
+
 fn pod(observed: &Observed, id: u64) -> Option<&PodView> {
     observed.pods.iter().find(|p| p.id == id)
 }

@@ -53,9 +53,10 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "",
         resource: "secrets",
-        verbs: &["create"],
+        verbs: &["create", "get"],
         scope: Scope::Cluster,
-        why: "create each new cluster's peer-token Secret, once; the operator never reads a Secret",
+        why: "create each new cluster's peer-token Secret, once, and read it back: members require \
+              the token on membership changes",
     },
     Permission {
         group: "",
@@ -174,6 +175,8 @@ mod tests {
     fn nothing_outside_the_table_is_granted() {
         assert!(grants(&Method::PATCH, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None));
         assert!(!grants(&Method::DELETE, "/apis/apps/v1/namespaces/ns/statefulsets/demo", None));
-        assert!(!grants(&Method::GET, "/api/v1/namespaces/ns/secrets/token", None));
+        assert!(grants(&Method::GET, "/api/v1/namespaces/ns/secrets/demo-peer-token", None));
+        assert!(!grants(&Method::GET, "/api/v1/namespaces/ns/secrets", None), "Secrets are never listed");
+        assert!(!grants(&Method::PUT, "/api/v1/namespaces/ns/secrets/demo-peer-token", None));
     }
 }

@@ -232,18 +232,30 @@ fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::V
     conditions.iter().find(|c| c["type"] == kind).expect("condition")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn scaling_down_takes_the_highest_member_out_of_raft_before_the_statefulset_shrinks() {
-    let mut members = support::LocalStatefulSet::new();
+const STATEFUL_SET: &str = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
+const BUDGET: &str = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
+
+async fn three_running_members(mut members: support::LocalStatefulSet) -> support::LocalStatefulSet {
     members.converge(3).await;
+    members
+}
+
+/// A bootstrapped cluster whose spec went from three members to two, and a reconciler that
+/// reaches `members` and a mocked API server.
+fn shrinking_to_two(members: &support::LocalStatefulSet) -> (MetaStoreCluster, ApiServer, Arc<Context>) {
     let mut demo = cluster(2);
     demo.status =
         Some(metastore_operator::crd::MetaStoreClusterStatus { bootstrapped: true, ..Default::default() });
-    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
     let ctx = Context::new(Client::new(service, "default")).with_directory(Arc::new(members.directory()));
-    let ctx = Arc::new(ctx);
-    let sts = "/apis/apps/v1/namespaces/ns/statefulsets/demo";
-    let pdb = "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo";
+    (demo, server, Arc::new(ctx))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_down_takes_the_highest_member_out_of_raft_before_the_statefulset_shrinks() {
+    let members = three_running_members(support::LocalStatefulSet::new()).await;
+    let (demo, mut server, ctx) = shrinking_to_two(&members);
+    let (sts, pdb) = (STATEFUL_SET, BUDGET);
     // Created without peer authentication: a bootstrapped cluster stays as it was started.
     let live =
         serde_json::to_string(&resources::stateful_set(&cluster(3), 3, false).expect("sts")).expect("json");
@@ -283,4 +295,46 @@ async fn scaling_down_takes_the_highest_member_out_of_raft_before_the_statefulse
     let status = expect_status(&mut server, &demo).await;
     assert_eq!(condition(&status, "Progressing")["reason"], "ScalingStatefulSet");
     reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_change_presents_the_token_read_from_the_clusters_secret() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let members = three_running_members(support::LocalStatefulSet::with_peer_token(TOKEN)).await;
+    let (demo, mut server, ctx) = shrinking_to_two(&members);
+    let (sts, pdb) = (STATEFUL_SET, BUDGET);
+    let secret = "/api/v1/namespaces/ns/secrets/demo-peer-token";
+    let live =
+        serde_json::to_string(&resources::stateful_set(&cluster(3), 3, true).expect("sts")).expect("json");
+
+    // The Secret is gone (deleted by hand): the reconcile fails, saying so, and changes nothing.
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+    expect_services(&mut server).await;
+    expect(&mut server, Method::GET, sts, Some((StatusCode::OK, live.clone()))).await;
+    expect_applied(&mut server, pdb).await;
+    expect_applied(&mut server, sts).await;
+    expect(&mut server, Method::GET, secret, Some(not_found())).await;
+    let failed = reconciling.await.expect("reconcile task").expect_err("no token, no membership change");
+    assert!(matches!(failed, Error::PeerToken { .. }), "{failed}");
+    assert_eq!(members.voters().await, [1, 2, 3]);
+
+    // With the Secret, the member leaves raft: the members took the token.
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx.clone()));
+    expect_services(&mut server).await;
+    expect(&mut server, Method::GET, sts, Some((StatusCode::OK, live))).await;
+    expect_applied(&mut server, pdb).await;
+    expect_applied(&mut server, sts).await;
+    let stored = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "demo-peer-token", "namespace": "ns" },
+        "data": { "token": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" }
+    });
+    expect(&mut server, Method::GET, secret, Some((StatusCode::OK, stored.to_string()))).await;
+    let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    let event =
+        expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string())).await;
+    assert!(event.contains("MemberRemoved"), "{event}");
+    expect_status(&mut server, &demo).await;
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+    assert_eq!(members.voters().await, [1, 2]);
 }

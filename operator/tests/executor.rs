@@ -11,14 +11,25 @@ use metastore_operator::executor::{execute, observe};
 use metastore_operator::membership::Step;
 use support::LocalStatefulSet;
 
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn membership_follows_one_three_five_three_one_and_keeps_every_key() {
-    let mut set = LocalStatefulSet::new();
+    // As under Kubernetes: members require the cluster's peer token on membership changes.
+    let mut set = LocalStatefulSet::with_peer_token(TOKEN);
     let mut written = BTreeMap::new();
 
     let steps = set.converge(1).await;
     assert_eq!(steps, [Step::ScaleStatefulSet(1), Step::Bootstrap]);
     set.write(&mut written, "at1").await;
+
+    // Without the token, a step is refused and changes nothing.
+    set.scale(2);
+    let observation = observe(&set, &set.pod_ids(), 2, true).await;
+    let refused = execute(&set, &observation, &Step::AddLearner { id: 2 }, None).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("401")), "refused without the token");
+    let after = observe(&set, &set.pod_ids(), 2, true).await;
+    assert_eq!(after.observed.members.len(), 1, "not even a learner was added: {:?}", after.observed);
 
     for (size, voters) in [(3, vec![1, 2, 3]), (5, vec![1, 2, 3, 4, 5]), (3, vec![1, 2, 3]), (1, vec![1])] {
         set.converge(size).await;
@@ -38,7 +49,7 @@ async fn a_step_interrupted_halfway_is_finished_by_the_next_reconcile() {
     // Crash point 1: the learner was added, the operator died before promoting it.
     set.scale(4);
     let observation = observe(&set, &set.pod_ids(), 4, true).await;
-    execute(&set, &observation, &Step::AddLearner { id: 4 }).await.expect("add learner");
+    execute(&set, &observation, &Step::AddLearner { id: 4 }, None).await.expect("add learner");
     let steps = set.converge(4).await;
     assert_eq!(steps.first(), Some(&Step::Promote { id: 4 }));
     assert_eq!(set.voters().await, [1, 2, 3, 4]);
@@ -49,6 +60,7 @@ async fn a_step_interrupted_halfway_is_finished_by_the_next_reconcile() {
         &set,
         &observation,
         &Step::Remove { id: 4, why: metastore_operator::membership::Removal::ScaleDown },
+        None,
     )
     .await
     .expect("remove");

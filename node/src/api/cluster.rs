@@ -1,4 +1,8 @@
 //! Cluster status and membership: `/v1/cluster`, `/v1/cluster/init`, `/v1/cluster/members`.
+//!
+//! Status is open to every client. Changing the membership is not, on a member that has a peer
+//! token: adding a learner makes the leader send it the log and the token, so those requests
+//! must present the token themselves (`Authorization: Bearer`).
 
 use std::collections::BTreeMap;
 
@@ -8,40 +12,74 @@ use metastore_client::{
     ReplicationStatus,
 };
 use serde::de::DeserializeOwned;
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
 use super::input::body;
 use crate::network::wire::MembershipChange;
+use crate::network::PeerToken;
 use crate::service::Service;
 use crate::types::{Member, NodeId, RaftMetrics};
 
-pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn routes(
+    service: Service,
+    token: Option<PeerToken>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let svc = warp::any().map(move || service.clone());
+    // Checked before a body is read, so an unauthorized request costs nothing more.
+    let admin =
+        warp::header::optional::<String>("authorization").map(
+            move |presented: Option<String>| {
+                match &token {
+            Some(token) if !token.admits(presented.as_deref()) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "changing the membership needs the cluster's peer token as `Authorization: Bearer <token>`",
+            )),
+            _ => Ok(()),
+        }
+            },
+        );
     let status = warp::get()
         .and(warp::path!("v1" / "cluster"))
         .and(svc.clone())
         .then(|s: Service| async move { warp::reply::json(&status(&s).await).into_response() });
     let init = warp::post()
         .and(warp::path!("v1" / "cluster" / "init"))
+        .and(admin.clone())
         .and(body())
         .and(svc.clone())
-        .then(|body, s| async move { respond(init(body, s).await) });
+        .then(|admitted, body, s| guarded(admitted, init(body, s)));
     let add = warp::post()
         .and(warp::path!("v1" / "cluster" / "members"))
+        .and(admin.clone())
         .and(body())
         .and(svc.clone())
-        .then(|body, s| async move { respond(add_member(body, s).await) });
+        .then(|admitted, body, s| guarded(admitted, add_member(body, s)));
     let promote = warp::post()
         .and(warp::path!("v1" / "cluster" / "members" / NodeId / "promote"))
+        .and(admin.clone())
         .and(svc.clone())
-        .then(|id, s| async move { respond(change(MembershipChange::Promote { id }, s).await) });
+        .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Promote { id }, s)));
     let remove = warp::delete()
         .and(warp::path!("v1" / "cluster" / "members" / NodeId))
+        .and(admin)
         .and(svc)
-        .then(|id, s| async move { respond(change(MembershipChange::Remove { id }, s).await) });
+        .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Remove { id }, s)));
     status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify()
+}
+
+/// Runs `handler` only for a request that was admitted.
+async fn guarded(
+    admitted: Result<(), ApiError>,
+    handler: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    match admitted {
+        Ok(()) => respond(handler.await),
+        Err(refused) => refused.into_response(),
+    }
 }
 
 fn members(metrics: &RaftMetrics) -> Vec<MemberStatus> {

@@ -19,11 +19,16 @@ use warp::{Filter, Rejection};
 pub use error::ApiError;
 
 use crate::metrics::{self, RequestLabels};
+use crate::network::PeerToken;
 use crate::service::Service;
 
-pub fn routes(service: Service) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+/// With a peer `token`, membership changes must present it (see [`cluster`]).
+pub fn routes(
+    service: Service,
+    token: Option<PeerToken>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     health::routes(service.clone())
-        .or(cluster::routes(service.clone()))
+        .or(cluster::routes(service.clone(), token))
         .unify()
         .or(kv::routes(service.clone()))
         .unify()

@@ -26,6 +26,8 @@ pub struct LocalStatefulSet {
     pub replicas: i32,
     /// What the operator records in the cluster's status once it bootstrapped it.
     pub bootstrapped: bool,
+    /// The peer token members start with, as pods do from the cluster's Secret.
+    pub token: Option<String>,
 }
 
 /// Where each member listens (peer, client), for a reconciler that must own its directory.
@@ -59,7 +61,15 @@ impl LocalStatefulSet {
             running: BTreeMap::new(),
             replicas: 0,
             bootstrapped: false,
+            token: None,
         }
+    }
+
+    /// Members that require `token` of peers and on membership changes.
+    pub fn with_peer_token(token: &str) -> Self {
+        let mut set = Self::new();
+        set.token = Some(token.to_string());
+        set
     }
 
     pub fn directory(&self) -> Ports {
@@ -80,6 +90,9 @@ impl LocalStatefulSet {
             .args(["--advertise-client-url", &format!("http://127.0.0.1:{client}")])
             .arg("--data-dir")
             .arg(self.data_dir(id));
+        if let Some(token) = &self.token {
+            command.env("METASTORE_PEER_TOKEN", token);
+        }
         let process = Process::spawn("metastore", command, &log).expect("spawn metastore");
         self.running.insert(id, process);
     }
@@ -140,7 +153,8 @@ impl LocalStatefulSet {
                 Step::Wait(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Step::ScaleStatefulSet(n) => self.scale(*n),
                 membership_step => {
-                    if let Err(e) = execute(self, &observation, membership_step).await {
+                    if let Err(e) = execute(self, &observation, membership_step, self.token.as_deref()).await
+                    {
                         // Transient (e.g. a learner not caught up yet): observe again.
                         eprintln!("step {membership_step:?} failed, retrying: {e}");
                         tokio::time::sleep(Duration::from_millis(200)).await;
