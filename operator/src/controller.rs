@@ -303,7 +303,20 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     apply(&sts_api, &desired).await?;
 
     let token = if peer_auth && step.changes_membership() {
-        Some(read_peer_token(&Api::namespaced(client.clone(), ns), &names).await?)
+        match read_peer_token(&Api::namespaced(client.clone(), ns), &names).await {
+            Ok(token) => Some(token),
+            Err(e) => {
+                let note = e.to_string();
+                event(
+                    &ctx,
+                    &cluster,
+                    &names,
+                    Notice::warning("PeerTokenUnavailable", "ChangeMembership", note),
+                )
+                .await;
+                return Err(e);
+            }
+        }
     } else {
         None
     };

@@ -314,6 +314,13 @@ async fn a_membership_change_presents_the_token_read_from_the_clusters_secret() 
     expect_applied(&mut server, pdb).await;
     expect_applied(&mut server, sts).await;
     expect(&mut server, Method::GET, secret, Some(not_found())).await;
+    let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    let warning =
+        expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string())).await;
+    assert!(
+        warning.contains("PeerTokenUnavailable"),
+        "the missing Secret is reported on the cluster: {warning}"
+    );
     let failed = reconciling.await.expect("reconcile task").expect_err("no token, no membership change");
     assert!(matches!(failed, Error::PeerToken { .. }), "{failed}");
     assert_eq!(members.voters().await, [1, 2, 3]);
@@ -330,7 +337,6 @@ async fn a_membership_change_presents_the_token_read_from_the_clusters_secret() 
         "data": { "token": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" }
     });
     expect(&mut server, Method::GET, secret, Some((StatusCode::OK, stored.to_string()))).await;
-    let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
     let event =
         expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string())).await;
     assert!(event.contains("MemberRemoved"), "{event}");

@@ -380,20 +380,21 @@ mod tests {
 
     #[test]
     fn a_violation_on_any_key_outweighs_a_key_the_search_gave_up_on() {
-        let mut on_b = vec![write("a", 0, 1), read(None, 2, 3)];
-        for o in &mut on_b {
-            o.key = "b".into();
+        // Keys are checked in order: "k" before "z".
+        let mut on_z = vec![write("a", 0, 1), read(None, 2, 3)];
+        for o in &mut on_z {
+            o.key = "z".into();
         }
-        // Key "k" (checked first) takes at least 40 steps: 20 writes each read back.
+        // Key "k" takes at least 40 steps: 20 writes each read back.
         let mut operations: Vec<Operation> = (0..20u64)
             .flat_map(|i| {
                 [write(&i.to_string(), 4 * i, 4 * i + 1), read(Some(&i.to_string()), 4 * i + 2, 4 * i + 3)]
             })
             .collect();
         assert!(matches!(check_within(&history(operations.clone()), 10), Verdict::Inconclusive { .. }));
-        operations.extend(on_b);
+        operations.extend(on_z);
         let verdict = check_within(&history(operations), 10);
-        assert!(matches!(verdict, Verdict::NotLinearizable { ref key, .. } if key == "b"), "{verdict:?}");
+        assert!(matches!(verdict, Verdict::NotLinearizable { ref key, .. } if key == "z"), "{verdict:?}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use metastore_client::{
     ReplicationStatus,
 };
 use serde::de::DeserializeOwned;
+use warp::http::header::{HeaderMap, AUTHORIZATION};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -28,20 +29,11 @@ pub fn routes(
     token: Option<PeerToken>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let svc = warp::any().map(move || service.clone());
-    // Checked before a body is read, so an unauthorized request costs nothing more.
-    let admin =
-        warp::header::optional::<String>("authorization").map(
-            move |presented: Option<String>| {
-                match &token {
-            Some(token) if !token.admits(presented.as_deref()) => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "changing the membership needs the cluster's peer token as `Authorization: Bearer <token>`",
-            )),
-            _ => Ok(()),
-        }
-            },
-        );
+    // Any header at all (even one that is not text) reaches `admit`: a bad one must be refused
+    // here, not passed on to another route.
+    let admin = warp::header::headers_cloned().map(move |headers: HeaderMap| {
+        admit(token.as_ref(), headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
+    });
     let status = warp::get()
         .and(warp::path!("v1" / "cluster"))
         .and(svc.clone())
@@ -69,6 +61,19 @@ pub fn routes(
         .and(svc)
         .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Remove { id }, s)));
     status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify()
+}
+
+/// Whether a membership request may go ahead: always without a token; with one, only if the
+/// request presents it.
+fn admit(token: Option<&PeerToken>, authorization: Option<&str>) -> Result<(), ApiError> {
+    match token {
+        Some(token) if !token.admits(authorization) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "changing the membership needs the cluster's peer token as `Authorization: Bearer <token>`",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Runs `handler` only for a request that was admitted.

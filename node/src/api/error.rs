@@ -32,7 +32,8 @@ impl ApiError {
     pub fn into_response(self) -> Response {
         let body = ErrorBody { error: self.code.to_string(), message: self.message };
         let reply = warp::reply::with_status(warp::reply::json(&body), self.status);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // No retry invitation for a write that may have applied: resending could apply it twice.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code != "outcome_unknown" {
             warp::reply::with_header(reply, "retry-after", RETRY_AFTER_SECS).into_response()
         } else {
             reply.into_response()
