@@ -3,11 +3,13 @@
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
 //! - [`service`]: the store as clients see it on any member (forwarding, read index).
+//! - [`batcher`]: group commit, many client writes per raft entry on the leader.
 //! - [`api`]: the client HTTP API.
 //! - [`listener`]: serving HTTP within connection and header-time limits.
 //! - [`server`]: starting, bootstrapping and stopping a member.
 
 pub mod api;
+pub mod batcher;
 pub mod config;
 pub mod listener;
 pub mod metrics;

@@ -62,6 +62,8 @@ pub struct ApiMetrics {
     requests: Family<RequestLabels, Counter>,
     request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     forwarded: Family<RouteLabels, Counter>,
+    batch_writes: Histogram,
+    read_index_reads: Histogram,
 }
 
 impl ApiMetrics {
@@ -73,6 +75,16 @@ impl ApiMetrics {
     /// A request this member passed on to the leader.
     pub fn forwarded(&self, route: &'static str) {
         self.forwarded.get_or_create(&RouteLabels { route }).inc();
+    }
+
+    /// A raft entry proposed with `writes` client writes in it (group commit).
+    pub fn proposed(&self, writes: usize) {
+        self.batch_writes.observe(writes as f64);
+    }
+
+    /// One read index obtained for `reads` linearizable reads.
+    pub fn read_index_shared(&self, reads: usize) {
+        self.read_index_reads.observe(reads as f64);
     }
 }
 
@@ -123,10 +135,22 @@ fn metrics() -> &'static Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             forwarded: Family::default(),
+            batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            read_index_reads: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         };
         registry.register("http_requests", "Client API requests", api.requests.clone());
         registry.register("http_request_seconds", "Client API request latency", api.request_seconds.clone());
         registry.register("forwarded_requests", "Requests passed on to the leader", api.forwarded.clone());
+        registry.register(
+            "proposal_writes",
+            "Client writes proposed in one raft entry (group commit)",
+            api.batch_writes.clone(),
+        );
+        registry.register(
+            "read_index_reads",
+            "Linearizable reads answered by one read index (one leadership confirmation)",
+            api.read_index_reads.clone(),
+        );
         let raft = RaftGauges {
             term: Gauge::default(),
             leader: Gauge::default(),

@@ -4,7 +4,8 @@
 //! network itself, so clients never need to find the leader. Linearizable reads use the
 //! read-index protocol: the leader confirms its leadership with a quorum and names the log
 //! index a read must reflect; the member that got the read waits until it has applied that
-//! index and then answers from its own copy. Stale reads skip the round trip.
+//! index and then answers from its own copy. Concurrent reads share one confirmation, and
+//! concurrent writes one raft entry ([`crate::batcher`]). Stale reads skip the round trip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -12,8 +13,10 @@ use std::time::{Duration, Instant};
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
-use openraft::{ChangeMembers, ServerState};
+use openraft::ChangeMembers;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::batcher::WriteBatcher;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
 use crate::network::{PeerClient, PeerError};
 use crate::storage::{self, KvReader, RangePage};
@@ -70,11 +73,24 @@ pub struct Service {
     raft: Raft,
     reader: KvReader,
     peers: PeerClient,
+    batcher: WriteBatcher,
+    /// Linearizable reads waiting for a read index (see [`share_read_index`]).
+    reads: mpsc::Sender<ReadIndexWaiter>,
 }
 
+type ReadIndexWaiter = oneshot::Sender<Result<u64, ServiceError>>;
+
+/// Reads waiting for a read index; beyond this, readers wait to queue (backpressure).
+const READ_QUEUE: usize = 8192;
+
 impl Service {
+    /// Must be called within a Tokio runtime: it starts the member's write batcher.
     pub fn new(id: NodeId, member: Member, raft: Raft, reader: KvReader, peers: PeerClient) -> Self {
-        Self { id, member, raft, reader, peers }
+        let batcher = WriteBatcher::start(id, raft.clone());
+        let (reads, waiting) = mpsc::channel(READ_QUEUE);
+        let service = Self { id, member, raft, reader, peers, batcher, reads };
+        tokio::spawn(share_read_index(service.clone(), waiting));
+        service
     }
 
     pub fn id(&self) -> NodeId {
@@ -204,10 +220,9 @@ impl Service {
             return Ok(());
         }
         let deadline = Instant::now() + REQUEST_DEADLINE;
-        let index = match self.execute(ForwardRequest::ReadIndex).await? {
-            ForwardResponse::ReadIndex(index) => index,
-            other => return Err(unexpected(other)),
-        };
+        let (waiter, index) = oneshot::channel();
+        self.reads.send(waiter).await.map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
+        let index = index.await.map_err(|_| ServiceError::Unavailable("shutting down".into()))??;
         let wait = deadline.saturating_duration_since(Instant::now());
         self.raft.wait(Some(wait)).applied_index_at_least(Some(index), "linearizable read").await.map_err(
             |e| ServiceError::Unavailable(format!("this member did not catch up to index {index}: {e}")),
@@ -247,6 +262,12 @@ impl Service {
                 match self.peers.forward(&member, &request, timeout).await {
                     Ok(outcome) => outcome,
                     Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
+                    // Refused before the request was read: nothing ran.
+                    Err(e @ (PeerError::Unauthorized { .. } | PeerError::WrongIncarnation { .. })) => {
+                        Err(ForwardError::Unavailable(format!(
+                            "leader {leader} refused the forwarded request: {e}"
+                        )))
+                    }
                     Err(e) => {
                         Err(lost_answer(format!("forwarding to leader {leader} failed after sending: {e}")))
                     }
@@ -279,15 +300,10 @@ impl Service {
     /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
     pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
         match request {
-            ForwardRequest::Write(command) => {
-                if !self.leads() {
-                    return Err(ForwardError::NotLeader { leader: None });
-                }
-                match self.raft.client_write(command).await {
-                    Ok(response) => Ok(ForwardResponse::Written(response.data)),
-                    Err(e) => Err(proposed_write_error(e)),
-                }
+            ForwardRequest::Write(Command::Batch(_)) => {
+                Err(ForwardError::Rejected("batches are formed by the leader, not sent to it".into()))
             }
+            ForwardRequest::Write(command) => self.batcher.write(command).await.map(ForwardResponse::Written),
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => Ok(ForwardResponse::ReadIndex(read_log_id.map_or(0, |id| id.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
@@ -403,9 +419,46 @@ impl Service {
     /// Whether this member believes it leads. Work refused on this check was never proposed,
     /// so the forwarder may safely retry it elsewhere.
     fn leads(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        m.current_leader == Some(self.id) && m.state == ServerState::Leader
+        crate::batcher::leads(self.id, &self.raft)
+    }
+}
+
+/// Answers linearizable reads' requests for a read index, sharing one leadership confirmation
+/// among every read that arrived before it began. A confirmation that began before a read
+/// arrived could reflect a leadership already lost by then, so a read only ever joins the
+/// next one; one runs at a time, and reads queue behind it.
+async fn share_read_index(service: Service, mut waiting: mpsc::Receiver<ReadIndexWaiter>) {
+    while let Some(first) = waiting.recv().await {
+        let mut readers = vec![first];
+        while let Ok(next) = waiting.try_recv() {
+            readers.push(next);
+        }
+        crate::metrics::api().read_index_shared(readers.len());
+        let index = match service.execute(ForwardRequest::ReadIndex).await {
+            Ok(ForwardResponse::ReadIndex(index)) => Ok(index),
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => Err(e),
+        };
+        for reader in readers {
+            let _ = reader.send(match &index {
+                Ok(index) => Ok(*index),
+                Err(e) => Err(e.shared()),
+            });
+        }
+    }
+}
+
+impl ServiceError {
+    /// The same error for another waiter; a storage error travels as its message.
+    fn shared(&self) -> ServiceError {
+        match self {
+            ServiceError::NoLeader => ServiceError::NoLeader,
+            ServiceError::Unavailable(m) => ServiceError::Unavailable(m.clone()),
+            ServiceError::Invalid(m) => ServiceError::Invalid(m.clone()),
+            ServiceError::Conflict(m) => ServiceError::Conflict(m.clone()),
+            ServiceError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m.clone()),
+            ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -450,9 +503,9 @@ fn not_leader(f: ForwardToLeader<NodeId, Member>) -> ForwardError {
 /// openraft answers ForwardToLeader both when it refuses a proposal and when it truncates an
 /// uncommitted entry it had appended — and another member may still commit that entry (a
 /// leader of a later term can, in clusters of five or more). Proposals are only made after
-/// [`Service::leads`] said yes, so the answer here is "unknown", never "retry": a retry could
-/// apply the write twice.
-fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
+/// the member checked that it leads ([`crate::batcher::leads`]), so the answer here is
+/// "unknown", never "retry": a retry could apply the write twice.
+pub(crate) fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::OutcomeUnknown(format!(
             "leadership moved (new leader: {:?}) while the write was in flight; it may or may not apply",
@@ -485,7 +538,7 @@ fn unexpected(response: ForwardResponse) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{LogId, Membership, StoredMembership};
+    use openraft::{LogId, Membership, ServerState, StoredMembership};
     use std::sync::Arc;
 
     fn leader_metrics(last: u64, matched: &[(NodeId, Option<u64>)]) -> RaftMetrics {

@@ -11,7 +11,7 @@ openraft::declare_raft_types!(
     /// metaStore's raft type configuration.
     pub TypeConfig:
         D = Command,
-        R = CommandResult,
+        R = Applied,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
@@ -58,14 +58,44 @@ pub enum Precondition {
 /// A state-machine command: the payload of a normal log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: Vec<u8>, precondition: Option<Precondition> },
-    Delete { key: String, precondition: Option<Precondition> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        precondition: Option<Precondition>,
+    },
+    Delete {
+        key: String,
+        precondition: Option<Precondition>,
+    },
+    /// Client writes proposed together as one entry (group commit), applied in order. They
+    /// share the entry's revision, so the leader never puts one key in a batch twice: a key's
+    /// mod revision must name one state of it.
+    Batch(Vec<Command>),
 }
 
 impl Command {
-    pub fn key(&self) -> &str {
+    /// The client writes this command carries, in order: itself, or a batch's.
+    pub fn into_writes(self) -> Vec<Command> {
         match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => key,
+            Command::Batch(commands) => commands.into_iter().flat_map(Command::into_writes).collect(),
+            single => vec![single],
+        }
+    }
+
+    /// The key a single write changes; `None` for a batch.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key, .. } => Some(key),
+            Command::Batch(_) => None,
+        }
+    }
+
+    /// About how many bytes the command takes in a log entry.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key, .. } => key.len(),
+            Command::Batch(commands) => commands.iter().map(Command::size).sum(),
         }
     }
 }
@@ -79,7 +109,12 @@ pub struct KeyRecord {
     pub value: Vec<u8>,
 }
 
-/// What applying a [`Command`] did.
+/// What applying a log entry did: one answer per client write it carried, in order (none for
+/// blank and membership entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied(pub Vec<CommandResult>);
+
+/// What applying a single write did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResult {
     /// The revision (log index) of the entry that carried the command.

@@ -354,9 +354,84 @@ async fn with_a_peer_token_only_its_holders_change_the_membership() {
     let wrong = cluster.node(1).client().with_token("ffffffffffffffffffffffffffffffff");
     assert_eq!(wrong.add_learner(&stray).await.expect_err("wrong token").status(), Some(401));
     assert_eq!(anyone.promote(9).await.expect_err("no token").status(), Some(401));
+    let garbled = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff").expect("obs-text is allowed");
+    let url = format!("{}/v1/cluster/members/9/promote", cluster.node(1).client_url());
+    let answer =
+        reqwest::Client::new().post(url).header("authorization", garbled).send().await.expect("answer");
+    assert_eq!(answer.status(), 401, "a header that is not text is no token, not another route");
 
     add_member(&admin, &cluster, 2).await;
     assert_eq!(anyone.remove_member(2).await.expect_err("no token").status(), Some(401));
     let members = anyone.cluster().await.expect("status is open").members;
     assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// The sum and count of a histogram in a member's `/metrics`.
+async fn histogram(node: &common::Node, name: &str) -> (f64, f64) {
+    let text = reqwest::get(format!("{}/metrics", node.client_url())).await.expect("metrics").text().await;
+    let text = text.expect("metrics text");
+    let value = |suffix: &str| {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name}_{suffix} "))).expect("the metric");
+        line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number")
+    };
+    (value("sum"), value("count"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_clients_share_raft_entries_and_read_indexes_and_lose_no_update() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster.node(leader).client();
+    eventually(Duration::from_secs(10), || put(&client, "counter", "0")).await;
+
+    // 24 clients spread over the members each add 1 to a counter 10 times, by compare-and-swap
+    // on the revision they read, retrying when another got there first; between increments
+    // they overwrite one of four hot keys. Every write must replace a state older than itself:
+    // two writes to one key sharing an entry's revision would hand the second a "previous"
+    // state at its own revision, which a compare-and-swap could then wrongly match.
+    let mut writers = Vec::new();
+    for n in 0..24u64 {
+        let client = cluster.node(n % 3 + 1).client();
+        writers.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < 10 {
+                let Ok(Some(current)) = client.get("counter", Consistency::Linearizable).await else {
+                    continue;
+                };
+                let next =
+                    String::from_utf8(current.value).expect("utf-8").parse::<u64>().expect("a number") + 1;
+                let precondition = Some(metastore_client::Precondition::ModRevision(current.mod_revision));
+                if client.put("counter", next.to_string().into_bytes(), precondition).await.is_ok() {
+                    done += 1;
+                }
+                let hot = format!("hot-{}", (n + done) % 4);
+                if let Ok(written) = client.put(&hot, n.to_string().into_bytes(), None).await {
+                    let replaced = written.prev_kv.map_or(0, |prev| prev.mod_revision);
+                    assert!(
+                        replaced < written.revision,
+                        "{hot} at {} replaced a state at {replaced}",
+                        written.revision
+                    );
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert_eq!(value_of(&client, "counter", Consistency::Linearizable).await.as_deref(), Some("240"));
+
+    let (writes, entries) = histogram(cluster.node(leader), "metastore_proposal_writes").await;
+    assert!(writes > entries, "group commit put several writes in some entries ({writes} in {entries})");
+    let mut shared = (0.0, 0.0);
+    for node in cluster.running() {
+        let (reads, indexes) = histogram(node, "metastore_read_index_reads").await;
+        shared = (shared.0 + reads, shared.1 + indexes);
+    }
+    assert!(
+        shared.0 > shared.1,
+        "concurrent reads shared read indexes ({} reads, {} indexes)",
+        shared.0,
+        shared.1
+    );
 }

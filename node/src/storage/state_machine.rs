@@ -22,14 +22,14 @@ use super::snapshot::{SnapshotReader, SnapshotWriter};
 use super::{cf, run_blocking, StoreError, CF_KV, CF_SM};
 use crate::metrics;
 use crate::types::{
-    Command, CommandResult, Entry, KeyRecord, LogId, Precondition, SnapshotMeta, StorageError,
+    Applied, Command, CommandResult, Entry, KeyRecord, LogId, Precondition, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 
 const CURRENT_SNAPSHOT: &str = "current.snap";
 
-/// Applies a command to a key's current state. Pure: returns the answer and, if the key
-/// changes, its new state (`Some(None)` for a deletion).
+/// Applies a single write to its key's current state. Pure: returns the answer and, if the key
+/// changes, its new state (`Some(None)` for a deletion). Batches are unpacked by the caller.
 pub(crate) fn apply_command(
     command: Command,
     revision: u64,
@@ -61,6 +61,8 @@ pub(crate) fn apply_command(
             let change = current.map(|_| None);
             (CommandResult { revision, succeeded: true, prev }, change)
         }
+        // Never reached: batches are unpacked before this. Refused rather than half-applied.
+        Command::Batch(_) => (CommandResult { revision, succeeded: false, prev }, None),
     }
 }
 
@@ -147,7 +149,7 @@ fn read_sm_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StoreError> {
+fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
     let kv = cf(db, CF_KV)?;
     let mut batch = WriteBatch::default();
     // Later commands in the batch must see the effect of earlier ones on the same key.
@@ -159,26 +161,32 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, Sto
         let revision = entry.log_id.index;
         last_applied = Some(entry.log_id);
         match entry.payload {
-            EntryPayload::Blank => results.push(CommandResult { revision, succeeded: true, prev: None }),
+            EntryPayload::Blank => results.push(Applied::default()),
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                results.push(CommandResult { revision, succeeded: true, prev: None });
+                results.push(Applied::default());
             }
             EntryPayload::Normal(command) => {
-                let key = command.key().to_string();
-                let current = match pending.get(&key) {
-                    Some(state) => state.clone(),
-                    None => db.get_pinned_cf(kv, key.as_bytes())?.map(|b| decode_record(&b)).transpose()?,
-                };
-                let (result, change) = apply_command(command, revision, current.as_ref());
-                if let Some(new_state) = change {
-                    match &new_state {
-                        Some(record) => batch.put_cf(kv, key.as_bytes(), encode_record(record)),
-                        None => batch.delete_cf(kv, key.as_bytes()),
+                let mut applied = Vec::with_capacity(1);
+                for write in command.into_writes() {
+                    let Some(key) = write.key().map(str::to_string) else { continue };
+                    let current = match pending.get(&key) {
+                        Some(state) => state.clone(),
+                        None => {
+                            db.get_pinned_cf(kv, key.as_bytes())?.map(|b| decode_record(&b)).transpose()?
+                        }
+                    };
+                    let (result, change) = apply_command(write, revision, current.as_ref());
+                    if let Some(new_state) = change {
+                        match &new_state {
+                            Some(record) => batch.put_cf(kv, key.as_bytes(), encode_record(record)),
+                            None => batch.delete_cf(kv, key.as_bytes()),
+                        }
+                        pending.insert(key, new_state);
                     }
-                    pending.insert(key, new_state);
+                    applied.push(result);
                 }
-                results.push(result);
+                results.push(Applied(applied));
             }
         }
     }
@@ -326,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(sm_read_err)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -602,5 +610,36 @@ mod tests {
             |rev| Command::Delete { key: "k".into(), precondition: Some(Precondition::ModRevision(rev)) };
         assert_eq!(apply_command(delete(4), 9, Some(&current)).1, None);
         assert_eq!(apply_command(delete(5), 9, Some(&current)).1, Some(None));
+    }
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(command) }
+    }
+
+    #[test]
+    fn a_batch_applies_its_writes_in_order_at_the_entry_revision_and_answers_each() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = super::super::open_db(&dir.path().join("db")).expect("open");
+        let put_to = |key: &str, value: &str, precondition| Command::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            precondition,
+        };
+        let batch = Command::Batch(vec![
+            put_to("a", "1", None),
+            put_to("b", "2", Some(Precondition::Absent)),
+            put_to("c", "3", Some(Precondition::ModRevision(99))),
+        ]);
+        let answers =
+            apply_entries(&db, vec![entry(4, put_to("b", "0", None)), entry(5, batch)]).expect("apply");
+        assert_eq!(answers.len(), 2, "one answer per entry");
+        let results: Vec<(u64, bool)> = answers[1].0.iter().map(|r| (r.revision, r.succeeded)).collect();
+        assert_eq!(results, [(5, true), (5, false), (5, false)], "each write answered, in order");
+        let kv = cf(&db, CF_KV).expect("cf");
+        let stored =
+            |key: &str| db.get_cf(kv, key).expect("read").map(|b| decode_record(&b).expect("record"));
+        assert_eq!(stored("a"), Some(record(5, 5, 1, "1")));
+        assert_eq!(stored("b"), Some(record(4, 4, 1, "0")), "its compare failed: unchanged");
+        assert_eq!(stored("c"), None);
     }
 }

@@ -1,0 +1,146 @@
+//! Group commit at the leader: client writes that arrive while earlier ones are being committed
+//! wait, and are then proposed together as one raft entry. One entry costs one log append and
+//! one fsync on each member however many writes it carries, so under load the cost of a commit
+//! is shared; a lone write is proposed at once, as itself.
+//!
+//! A batch never holds one key twice: its writes share the entry's revision, and a key's mod
+//! revision must name a single state of it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use openraft::ServerState;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::network::wire::ForwardError;
+use crate::types::{Command, CommandResult, NodeId, Raft};
+
+/// Proposals in flight at once. While they are, new writes queue up and form the next batch.
+const IN_FLIGHT: usize = 2;
+/// At most this many writes in one entry...
+const MAX_WRITES: usize = 1024;
+/// ...and about this many bytes (a single larger write still goes alone).
+const MAX_BYTES: usize = 1024 * 1024;
+/// Writes waiting for a proposal; beyond this, callers wait to queue (backpressure).
+const QUEUE: usize = 8192;
+
+type Reply = oneshot::Sender<Result<CommandResult, ForwardError>>;
+
+struct Pending {
+    command: Command,
+    reply: Reply,
+}
+
+/// A handle to the member's batcher; clones share it.
+#[derive(Clone)]
+pub struct WriteBatcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl WriteBatcher {
+    /// Starts the batcher of member `id`; it stops when the last handle is dropped.
+    pub fn start(id: NodeId, raft: Raft) -> Self {
+        let (queue, pending) = mpsc::channel(QUEUE);
+        tokio::spawn(run(id, raft, pending));
+        Self { queue }
+    }
+
+    /// Commits `command` on this member, which must lead, and answers what applying it did.
+    ///
+    /// `NotLeader` means it was never proposed (safe to send elsewhere); once proposed, a
+    /// failure is `OutcomeUnknown`.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, ForwardError> {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Pending { command, reply }).await.is_err() {
+            return Err(ForwardError::Unavailable("this member is shutting down".into()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ForwardError::OutcomeUnknown("this member stopped with the write in flight".into()))
+        })
+    }
+}
+
+async fn run(id: NodeId, raft: Raft, mut pending: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut held_over: Option<Pending> = None;
+    loop {
+        // Wait for a free slot before taking writes, so they gather while all slots are busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let first = match held_over.take() {
+            Some(first) => first,
+            None => match pending.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = first.command.size();
+        let mut keys: HashSet<String> = first.command.key().map(str::to_string).into_iter().collect();
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
+            let Ok(next) = pending.try_recv() else { break };
+            match next.command.key() {
+                Some(key) if !keys.contains(key) => {
+                    keys.insert(key.to_string());
+                    bytes += next.command.size();
+                    batch.push(next);
+                }
+                // A key already in the batch (or a batch forwarded whole) starts the next one.
+                _ => {
+                    held_over = Some(next);
+                    break;
+                }
+            }
+        }
+        tokio::spawn(propose(id, raft.clone(), batch, slot));
+    }
+}
+
+/// Proposes `batch` as one entry and answers each of its writers.
+async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaphorePermit) {
+    if !leads(id, &raft) {
+        for p in batch {
+            let _ = p.reply.send(Err(ForwardError::NotLeader { leader: None }));
+        }
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<Reply>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let command = match <[Command; 1]>::try_from(commands) {
+        Ok([single]) => single,
+        Err(commands) => Command::Batch(commands),
+    };
+    let writes = replies.len();
+    crate::metrics::api().proposed(writes);
+    match raft.client_write(command).await {
+        Ok(response) if response.data.0.len() == writes => {
+            for (reply, result) in replies.into_iter().zip(response.data.0) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(response) => {
+            // The state machine answers every write of an entry; anything else is a bug, and
+            // the writes did happen in some form: say so rather than guess.
+            tracing::error!(
+                writes,
+                answers = response.data.0.len(),
+                "an entry's answers do not match its writes"
+            );
+            for reply in replies {
+                let _ = reply.send(Err(ForwardError::OutcomeUnknown("the entry's answers were lost".into())));
+            }
+        }
+        Err(e) => {
+            let error = crate::service::proposed_write_error(e);
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Whether member `id` believes it leads. Writes refused on this check were never proposed.
+pub fn leads(id: NodeId, raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    m.current_leader == Some(id) && m.state == ServerState::Leader
+}
