@@ -19,7 +19,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::codec::{self, decode, decode_log_key, encode, log_key};
 use super::wal_sync::WalSyncer;
-use super::{cf, run_blocking, StoreError, CF_LOG, CF_RAFT};
+use super::{cf, run_blocking, run_write, StoreError, CF_LOG, CF_RAFT};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The raft log store. Cloning is cheap; clones share the database.
@@ -188,7 +188,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
-        run_blocking(move || {
+        run_write(0, move || {
             let mut batch = WriteBatch::default();
             batch.put_cf(cf(&db, CF_RAFT)?, codec::COMMITTED, encode(&committed)?);
             // Not synced: a lost commit mark is re-learned from the leader, and the state
@@ -217,7 +217,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((log_key(entry.log_id.index), bytes));
         }
         let db = self.db.clone();
-        run_blocking(move || {
+        let bytes = encoded.iter().map(|(_, value)| value.len()).sum();
+        run_write(bytes, move || {
             let log = cf(&db, CF_LOG)?;
             let mut batch = WriteBatch::default();
             for (key, value) in &encoded {

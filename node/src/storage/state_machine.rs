@@ -15,11 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB};
 
 use super::codec::{self, decode, decode_record, encode, encode_record};
 use super::snapshot::{SnapshotReader, SnapshotWriter};
-use super::{cf, run_blocking, StoreError, CF_KV, CF_SM};
+use super::{cf, run_blocking, run_write, StoreError, CF_KV, CF_SM};
 use crate::metrics;
 use crate::types::{
     Applied, Command, CommandResult, Entry, KeyRecord, LogId, Precondition, SnapshotMeta, StorageError,
@@ -146,6 +146,14 @@ fn read_sm_meta<T: serde::de::DeserializeOwned>(
     match db.get_cf_opt(cf(db, CF_SM)?, key, &opts)? {
         Some(bytes) => Ok(Some(decode(&bytes)?)),
         None => Ok(None),
+    }
+}
+
+/// About how many bytes applying `entry` writes.
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(command) => command.size(),
+        _ => 0,
     }
 }
 
@@ -346,7 +354,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let started = std::time::Instant::now();
         let count = entries.len();
-        let results = run_blocking(move || apply_entries(&db, entries)).await.map_err(sm_write_err)?;
+        let bytes = entries.iter().map(entry_size).sum();
+        let results = run_write(bytes, move || apply_entries(&db, entries)).await.map_err(sm_write_err)?;
         metrics::storage().observe_apply(started.elapsed(), count);
         Ok(results)
     }
@@ -427,6 +436,15 @@ impl KvReader {
     }
 
     pub async fn get(&self, key: String) -> Result<Option<KeyRecord>, StoreError> {
+        // Most reads are answered from memory (memtables, block cache): try that here, and go to
+        // a blocking thread only when the read would need the disk.
+        let mut in_memory = ReadOptions::default();
+        in_memory.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_pinned_cf_opt(cf(&self.db, CF_KV)?, key.as_bytes(), &in_memory) {
+            Ok(found) => return found.map(|b| decode_record(&b)).transpose(),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
+            Err(e) => return Err(e.into()),
+        }
         let db = self.db.clone();
         run_blocking(move || {
             db.get_pinned_cf(cf(&db, CF_KV)?, key.as_bytes())?.map(|b| decode_record(&b)).transpose()
@@ -641,5 +659,21 @@ mod tests {
         assert_eq!(stored("a"), Some(record(5, 5, 1, "1")));
         assert_eq!(stored("b"), Some(record(4, 4, 1, "0")), "its compare failed: unchanged");
         assert_eq!(stored("c"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_only_on_disk_is_read_from_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("db");
+        {
+            let db = super::super::open_db(&path).expect("open");
+            let kv = cf(&db, CF_KV).expect("cf");
+            db.put_cf(kv, "k", encode_record(&record(1, 1, 1, "v"))).expect("put");
+            db.flush_cf(kv).expect("flush to a table file");
+        }
+        // Reopened, nothing is in memory: the in-memory attempt is incomplete and must fall back.
+        let reader = KvReader::new(Arc::new(super::super::open_db(&path).expect("reopen")));
+        assert_eq!(reader.get("k".into()).await.expect("read").map(|r| r.value), Some(b"v".to_vec()));
+        assert_eq!(reader.get("absent".into()).await.expect("read"), None);
     }
 }
