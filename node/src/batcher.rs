@@ -18,9 +18,9 @@ use crate::types::{Command, CommandResult, NodeId, Raft};
 /// Proposals in flight at once. While they are, new writes queue up and form the next batch.
 const IN_FLIGHT: usize = 2;
 /// At most this many writes in one entry...
-const MAX_WRITES: usize = 1024;
+pub(crate) const MAX_WRITES: usize = 1024;
 /// ...and about this many bytes (a single larger write still goes alone).
-const MAX_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BYTES: usize = 1024 * 1024;
 /// Writes waiting for a proposal; beyond this, callers wait to queue (backpressure).
 const QUEUE: usize = 8192;
 

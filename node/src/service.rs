@@ -8,13 +8,14 @@
 //! concurrent writes one raft entry ([`crate::batcher`]). Stale reads skip the round trip.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
 use openraft::ChangeMembers;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::batcher::WriteBatcher;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
@@ -76,20 +77,33 @@ pub struct Service {
     batcher: WriteBatcher,
     /// Linearizable reads waiting for a read index (see [`share_read_index`]).
     reads: mpsc::Sender<ReadIndexWaiter>,
+    /// Writes waiting to be sent to the leader (see [`forward_writes`]).
+    writes: mpsc::Sender<WriteWaiter>,
 }
 
 type ReadIndexWaiter = oneshot::Sender<Result<u64, ServiceError>>;
 
-/// Reads waiting for a read index; beyond this, readers wait to queue (backpressure).
+struct WriteWaiter {
+    command: Command,
+    reply: oneshot::Sender<Result<CommandResult, ServiceError>>,
+}
+
+/// Requests with gathered writes in flight to the leader at once, from one member.
+const FORWARDS_IN_FLIGHT: usize = 4;
+
+/// Reads waiting for a read index, or writes waiting to be forwarded; beyond this, callers
+/// wait to queue (backpressure).
 const READ_QUEUE: usize = 8192;
 
 impl Service {
     /// Must be called within a Tokio runtime: it starts the member's write batcher.
     pub fn new(id: NodeId, member: Member, raft: Raft, reader: KvReader, peers: PeerClient) -> Self {
         let batcher = WriteBatcher::start(id, raft.clone());
-        let (reads, waiting) = mpsc::channel(READ_QUEUE);
-        let service = Self { id, member, raft, reader, peers, batcher, reads };
-        tokio::spawn(share_read_index(service.clone(), waiting));
+        let (reads, waiting_reads) = mpsc::channel(READ_QUEUE);
+        let (writes, waiting_writes) = mpsc::channel(READ_QUEUE);
+        let service = Self { id, member, raft, reader, peers, batcher, reads, writes };
+        tokio::spawn(share_read_index(service.clone(), waiting_reads));
+        tokio::spawn(forward_writes(service.clone(), waiting_writes));
         service
     }
 
@@ -115,10 +129,64 @@ impl Service {
     }
 
     /// Commits `command` through raft and returns what applying it did.
+    ///
+    /// On the leader it goes straight to the batcher. Elsewhere, writes that arrive together
+    /// travel to the leader in one request ([`forward_writes`]).
     pub async fn write(&self, command: Command) -> Result<CommandResult, ServiceError> {
-        match self.execute(ForwardRequest::Write(command)).await? {
-            ForwardResponse::Written(result) => Ok(result),
-            other => Err(unexpected(other)),
+        if self.leads() {
+            match self.batcher.write(command.clone()).await {
+                // Leadership just moved, and the write was never proposed: forward it.
+                Err(ForwardError::NotLeader { .. }) => {}
+                answer => return answer.map_err(ServiceError::from),
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let shutting_down = || ServiceError::Unavailable("this member is shutting down".into());
+        self.writes.send(WriteWaiter { command, reply }).await.map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| {
+            ServiceError::OutcomeUnknown("this member stopped with the write in flight".into())
+        })?
+    }
+
+    /// Commits gathered writes through the leader and answers each writer. Writes the leader
+    /// refused because it no longer led were never proposed, and are sent again.
+    async fn write_all(&self, mut pending: Vec<WriteWaiter>) {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        for attempt in 1u64.. {
+            let commands = pending.iter().map(|w| w.command.clone()).collect();
+            let answers = match self.execute_until(ForwardRequest::Writes(commands), deadline).await {
+                Ok(ForwardResponse::Written(answers)) if answers.len() == pending.len() => answers,
+                Ok(other) => {
+                    let lost = format!("the leader's answer did not match the writes: {other:?}");
+                    pending.iter().map(|_| Err(ForwardError::OutcomeUnknown(lost.clone()))).collect()
+                }
+                Err(e) => {
+                    for waiter in pending {
+                        let _ = waiter.reply.send(Err(e.shared()));
+                    }
+                    return;
+                }
+            };
+            let mut refused = Vec::new();
+            for (waiter, answer) in pending.into_iter().zip(answers) {
+                match answer {
+                    Err(ForwardError::NotLeader { .. }) => refused.push(waiter),
+                    answer => {
+                        let _ = waiter.reply.send(answer.map_err(ServiceError::from));
+                    }
+                }
+            }
+            if refused.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline || attempt >= 20 {
+                for waiter in refused {
+                    let _ = waiter.reply.send(Err(ServiceError::NoLeader));
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+            pending = refused;
         }
     }
 
@@ -240,7 +308,15 @@ impl Service {
             ForwardRequest::ChangeMembership(_) => MEMBERSHIP_DEADLINE,
             _ => REQUEST_DEADLINE,
         };
-        let deadline = Instant::now() + budget;
+        self.execute_until(request, Instant::now() + budget).await
+    }
+
+    async fn execute_until(
+        &self,
+        request: ForwardRequest,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, ServiceError> {
+        let budget = deadline.saturating_duration_since(Instant::now());
         // A lost answer to a read is just a failure: reads change nothing.
         let lost_answer = |message: String| match request {
             ForwardRequest::ReadIndex => ForwardError::Unavailable(message),
@@ -300,10 +376,16 @@ impl Service {
     /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
     pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
         match request {
-            ForwardRequest::Write(Command::Batch(_)) => {
-                Err(ForwardError::Rejected("batches are formed by the leader, not sent to it".into()))
+            ForwardRequest::Writes(commands) => {
+                if commands.iter().any(|c| matches!(c, Command::Batch(_))) {
+                    return Err(ForwardError::Rejected(
+                        "batches are formed by the leader, not sent to it".into(),
+                    ));
+                }
+                // Queued in order; the batcher answers each on its own.
+                let answers = futures::future::join_all(commands.into_iter().map(|c| self.batcher.write(c)));
+                Ok(ForwardResponse::Written(answers.await))
             }
-            ForwardRequest::Write(command) => self.batcher.write(command).await.map(ForwardResponse::Written),
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read_log_id, _)) => Ok(ForwardResponse::ReadIndex(read_log_id.map_or(0, |id| id.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
@@ -423,6 +505,29 @@ impl Service {
     }
 }
 
+/// Sends the writes waiting on this member to the leader, those that arrived together in one
+/// request: a follower under load makes one round trip for many writes, not one each.
+async fn forward_writes(service: Service, mut waiting: mpsc::Receiver<WriteWaiter>) {
+    let slots = Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT));
+    loop {
+        // Wait for a free slot before taking writes, so they gather while all slots are busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = waiting.recv().await else { return };
+        let mut bytes = first.command.size();
+        let mut gathered = vec![first];
+        while gathered.len() < crate::batcher::MAX_WRITES && bytes < crate::batcher::MAX_BYTES {
+            let Ok(next) = waiting.try_recv() else { break };
+            bytes += next.command.size();
+            gathered.push(next);
+        }
+        let service = service.clone();
+        tokio::spawn(async move {
+            service.write_all(gathered).await;
+            drop(slot);
+        });
+    }
+}
+
 /// Answers linearizable reads' requests for a read index, sharing one leadership confirmation
 /// among every read that arrived before it began. A confirmation that began before a read
 /// arrived could reflect a leadership already lost by then, so a read only ever joins the
@@ -525,7 +630,7 @@ pub(crate) fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId,
 
 fn route_of(request: &ForwardRequest) -> &'static str {
     match request {
-        ForwardRequest::Write(_) => "write",
+        ForwardRequest::Writes(_) => "write",
         ForwardRequest::ReadIndex => "read_index",
         ForwardRequest::ChangeMembership(_) => "membership",
     }

@@ -366,10 +366,21 @@ async fn with_a_peer_token_only_its_holders_change_the_membership() {
     assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1, 2]);
 }
 
+async fn metrics_of(node: &common::Node) -> String {
+    let answer = reqwest::get(format!("{}/metrics", node.client_url())).await.expect("metrics");
+    answer.text().await.expect("metrics text")
+}
+
+/// The total of the counters in a member's `/metrics` whose line starts with `prefix`.
+async fn counter(node: &common::Node, prefix: &str) -> f64 {
+    let text = metrics_of(node).await;
+    let values = text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next());
+    values.filter_map(|v| v.parse::<f64>().ok()).sum()
+}
+
 /// The sum and count of a histogram in a member's `/metrics`.
 async fn histogram(node: &common::Node, name: &str) -> (f64, f64) {
-    let text = reqwest::get(format!("{}/metrics", node.client_url())).await.expect("metrics").text().await;
-    let text = text.expect("metrics text");
+    let text = metrics_of(node).await;
     let value = |suffix: &str| {
         let line = text.lines().find(|l| l.starts_with(&format!("{name}_{suffix} "))).expect("the metric");
         line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number")
@@ -378,7 +389,7 @@ async fn histogram(node: &common::Node, name: &str) -> (f64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_clients_share_raft_entries_and_read_indexes_and_lose_no_update() {
+async fn concurrent_clients_share_raft_entries_requests_and_read_indexes_and_lose_no_update() {
     let cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(ELECTION).await;
     let client = cluster.node(leader).client();
@@ -423,6 +434,11 @@ async fn concurrent_clients_share_raft_entries_and_read_indexes_and_lose_no_upda
 
     let (writes, entries) = histogram(cluster.node(leader), "metastore_proposal_writes").await;
     assert!(writes > entries, "group commit put several writes in some entries ({writes} in {entries})");
+    for node in cluster.running().filter(|n| n.id != leader) {
+        let forwarded = counter(node, "metastore_forwarded_requests_total{route=\"write\"}").await;
+        let written = counter(node, "metastore_http_requests_total{route=\"kv\",method=\"PUT\"").await;
+        assert!(forwarded < written, "member {} sent {written} writes in {forwarded} requests", node.id);
+    }
     let mut shared = (0.0, 0.0);
     for node in cluster.running() {
         let (reads, indexes) = histogram(node, "metastore_read_index_reads").await;

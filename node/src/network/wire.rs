@@ -59,7 +59,8 @@ pub enum MembershipChange {
 /// Work a follower passes to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    Write(Command),
+    /// Client writes gathered on one member, in order; each is answered on its own.
+    Writes(Vec<Command>),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     ChangeMembership(MembershipChange),
@@ -67,7 +68,8 @@ pub enum ForwardRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Written(CommandResult),
+    /// One answer per write, in order.
+    Written(Vec<Result<CommandResult, ForwardError>>),
     ReadIndex(u64),
     /// The log index at which the membership change committed.
     MembershipChanged(u64),
@@ -103,8 +105,11 @@ mod tests {
 
     #[test]
     fn a_huge_declared_length_does_not_allocate_it() {
-        // Variant 0 (Write), Put, then a key length of about 2^63.
-        let frame = [0u8, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        // Variant 0 (Writes), one write, Put, then a key length of about 2^63.
+        let frame = [0u8, 1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<ForwardRequest>(&frame).is_err());
+        // Variant 0 (Writes) declaring about 2^63 writes.
+        let frame = [0u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode::<ForwardRequest>(&frame).is_err());
     }
 
@@ -122,8 +127,11 @@ mod tests {
     }
 
     fn sample_frames() -> Vec<Vec<u8>> {
-        let write =
-            ForwardRequest::Write(Command::Put { key: "key".into(), value: vec![7; 40], precondition: None });
+        let write = ForwardRequest::Writes(vec![Command::Put {
+            key: "key".into(),
+            value: vec![7; 40],
+            precondition: None,
+        }]);
         let vote: VoteRequest<NodeId> = VoteRequest::new(openraft::Vote::new(3, 1), None);
         vec![encode(&write).expect("encode"), encode(&vote).expect("encode")]
     }
@@ -152,8 +160,11 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let req =
-            ForwardRequest::Write(Command::Put { key: "k".into(), value: vec![1, 2], precondition: None });
+        let req = ForwardRequest::Writes(vec![Command::Put {
+            key: "k".into(),
+            value: vec![1, 2],
+            precondition: None,
+        }]);
         let back: ForwardRequest = decode(&encode(&req).expect("encode")).expect("decode");
         assert_eq!(back, req);
     }
