@@ -134,10 +134,15 @@ impl Service {
     /// travel to the leader in one request ([`forward_writes`]).
     pub async fn write(&self, command: Command) -> Result<CommandResult, ServiceError> {
         if self.leads() {
-            match self.batcher.write(command.clone()).await {
+            let answer = tokio::time::timeout(REQUEST_DEADLINE, self.batcher.write(command.clone())).await;
+            match answer {
                 // Leadership just moved, and the write was never proposed: forward it.
-                Err(ForwardError::NotLeader { .. }) => {}
-                answer => return answer.map_err(ServiceError::from),
+                Ok(Err(ForwardError::NotLeader { .. })) => {}
+                Ok(answer) => return answer.map_err(ServiceError::from),
+                Err(_) => {
+                    let message = format!("no outcome within {REQUEST_DEADLINE:?}; it may yet apply");
+                    return Err(ServiceError::OutcomeUnknown(message));
+                }
             }
         }
         let (reply, answer) = oneshot::channel();
@@ -335,18 +340,29 @@ impl Service {
             } else {
                 crate::metrics::api().forwarded(route_of(&request));
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                match self.peers.forward(&member, &request, timeout).await {
-                    Ok(outcome) => outcome,
-                    Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
-                    // Refused before the request was read: nothing ran.
-                    Err(e @ (PeerError::Unauthorized { .. } | PeerError::WrongIncarnation { .. })) => {
-                        Err(ForwardError::Unavailable(format!(
-                            "leader {leader} refused the forwarded request: {e}"
-                        )))
-                    }
-                    Err(e) => {
-                        Err(lost_answer(format!("forwarding to leader {leader} failed after sending: {e}")))
-                    }
+                tokio::select! {
+                    answer = self.peers.forward(&member, &request, timeout) => match answer {
+                        Ok(outcome) => outcome,
+                        Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
+                        // Refused before the request was read: nothing ran.
+                        Err(e @ (PeerError::Unauthorized { .. } | PeerError::WrongIncarnation { .. })) => {
+                            Err(ForwardError::Unavailable(format!(
+                                "leader {leader} refused the forwarded request: {e}"
+                            )))
+                        }
+                        Err(e) => Err(lost_answer(format!(
+                            "forwarding to leader {leader} failed after sending: {e}"
+                        ))),
+                    },
+                    // A leader cut off from this member may never answer: stop waiting once
+                    // another is known. A read simply goes to the new one (reads change
+                    // nothing); anything else may have been handed to raft already.
+                    () = self.leader_replaced(leader, deadline) => match request {
+                        ForwardRequest::ReadIndex => Err(ForwardError::NotLeader { leader: None }),
+                        _ => Err(lost_answer(format!(
+                            "leader {leader} was replaced while the request was in flight"
+                        ))),
+                    },
                 }
             };
             match outcome {
@@ -357,6 +373,20 @@ impl Service {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Resolves once this member knows a leader other than `leader`; never before `deadline`
+    /// passes otherwise.
+    async fn leader_replaced(&self, leader: NodeId, deadline: Instant) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let replaced = self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some_and(|l| l != leader), "another leader")
+            .await;
+        if replaced.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 

@@ -451,3 +451,28 @@ async fn concurrent_clients_share_raft_entries_requests_and_read_indexes_and_los
         shared.1
     );
 }
+
+fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_forwarded_to_a_leader_that_stopped_answering_goes_to_the_next_leader() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let follower = cluster.running().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    let client = cluster.node(follower).client();
+    eventually(Duration::from_secs(10), || put(&client, "k", "v")).await;
+    // The follower now holds a kept-alive connection to the leader. Stopped, the leader still
+    // takes requests on it (the kernel buffers them) but never answers.
+    assert_eq!(value_of(&client, "k", Consistency::Linearizable).await.as_deref(), Some("v"));
+    let pid = cluster.node(leader).pid().expect("running");
+    signal(pid, "-STOP");
+    // Answered by way of the leader the others elect, well inside the request's deadline,
+    // instead of waiting it out on the stopped one.
+    let read = client.get("k", Consistency::Linearizable).await;
+    signal(pid, "-CONT");
+    let read = read.expect("the read is answered once a new leader is known");
+    assert_eq!(read.map(|kv| kv.value), Some(b"v".to_vec()));
+}
