@@ -18,9 +18,9 @@ use crate::types::{Command, CommandResult, NodeId, Raft};
 /// Proposals in flight at once. While they are, new writes queue up and form the next batch.
 const IN_FLIGHT: usize = 2;
 /// At most this many writes in one entry...
-pub(crate) const MAX_WRITES: usize = 1024;
+const MAX_WRITES: usize = 1024;
 /// ...and about this many bytes (a single larger write still goes alone).
-pub(crate) const MAX_BYTES: usize = 1024 * 1024;
+const MAX_BYTES: usize = 1024 * 1024;
 /// Writes waiting for a proposal; beyond this, callers wait to queue (backpressure).
 const QUEUE: usize = 8192;
 
@@ -73,26 +73,36 @@ async fn run(id: NodeId, raft: Raft, mut pending: mpsc::Receiver<Pending>) {
                 None => return,
             },
         };
-        let mut bytes = first.command.size();
-        let mut keys: HashSet<String> = first.command.key().map(str::to_string).into_iter().collect();
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
-            let Ok(next) = pending.try_recv() else { break };
-            match next.command.key() {
-                Some(key) if !keys.contains(key) => {
-                    keys.insert(key.to_string());
-                    bytes += next.command.size();
-                    batch.push(next);
-                }
-                // A key already in the batch (or a batch forwarded whole) starts the next one.
-                _ => {
-                    held_over = Some(next);
-                    break;
-                }
-            }
-        }
+        // A key already in the batch starts the next one.
+        let mut keys = HashSet::new();
+        let admit = |c: &Command| c.key().is_some_and(|k| keys.insert(k.to_string()));
+        let (batch, rest) = gather(first, &mut pending, |p| &p.command, admit);
+        held_over = rest;
         tokio::spawn(propose(id, raft.clone(), batch, slot));
     }
+}
+
+/// Takes `first` and the writes waiting in `queue` behind it, up to [`MAX_WRITES`] and about
+/// [`MAX_BYTES`], while `admit` accepts each; the first one refused is handed back, to start
+/// the next batch.
+pub(crate) fn gather<T>(
+    first: T,
+    queue: &mut mpsc::Receiver<T>,
+    command: impl Fn(&T) -> &Command,
+    mut admit: impl FnMut(&Command) -> bool,
+) -> (Vec<T>, Option<T>) {
+    admit(command(&first));
+    let mut bytes = command(&first).size();
+    let mut batch = vec![first];
+    while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
+        let Ok(next) = queue.try_recv() else { break };
+        if !admit(command(&next)) {
+            return (batch, Some(next));
+        }
+        bytes += command(&next).size();
+        batch.push(next);
+    }
+    (batch, None)
 }
 
 /// Proposes `batch` as one entry and answers each of its writers.

@@ -93,14 +93,15 @@ const FORWARDS_IN_FLIGHT: usize = 4;
 
 /// Reads waiting for a read index, or writes waiting to be forwarded; beyond this, callers
 /// wait to queue (backpressure).
-const READ_QUEUE: usize = 8192;
+const QUEUE: usize = 8192;
 
 impl Service {
-    /// Must be called within a Tokio runtime: it starts the member's write batcher.
+    /// Must be called within a Tokio runtime: it starts the member's write batcher and the
+    /// tasks that share read indexes and forward gathered writes.
     pub fn new(id: NodeId, member: Member, raft: Raft, reader: KvReader, peers: PeerClient) -> Self {
         let batcher = WriteBatcher::start(id, raft.clone());
-        let (reads, waiting_reads) = mpsc::channel(READ_QUEUE);
-        let (writes, waiting_writes) = mpsc::channel(READ_QUEUE);
+        let (reads, waiting_reads) = mpsc::channel(QUEUE);
+        let (writes, waiting_writes) = mpsc::channel(QUEUE);
         let service = Self { id, member, raft, reader, peers, batcher, reads, writes };
         tokio::spawn(share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward_writes(service.clone(), waiting_writes));
@@ -543,13 +544,7 @@ async fn forward_writes(service: Service, mut waiting: mpsc::Receiver<WriteWaite
         // Wait for a free slot before taking writes, so they gather while all slots are busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = waiting.recv().await else { return };
-        let mut bytes = first.command.size();
-        let mut gathered = vec![first];
-        while gathered.len() < crate::batcher::MAX_WRITES && bytes < crate::batcher::MAX_BYTES {
-            let Ok(next) = waiting.try_recv() else { break };
-            bytes += next.command.size();
-            gathered.push(next);
-        }
+        let (gathered, _) = crate::batcher::gather(first, &mut waiting, |w| &w.command, |_| true);
         let service = service.clone();
         tokio::spawn(async move {
             service.write_all(gathered).await;
