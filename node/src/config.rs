@@ -97,6 +97,21 @@ pub struct Args {
     /// Take a snapshot (and purge the log behind it) after this many applied entries.
     #[arg(long, env = "METASTORE_SNAPSHOT_ENTRIES", default_value_t = 10_000)]
     pub snapshot_entries: u64,
+
+    /// How the leader knows it still leads when it names a linearizable read's index.
+    #[arg(long, env = "METASTORE_LINEARIZABLE_READS", value_enum, default_value_t = LinearizableReads::Lease)]
+    pub linearizable_reads: LinearizableReads,
+}
+
+/// How the leader confirms its leadership for linearizable reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LinearizableReads {
+    /// A quorum round at most every election timeout; in between, a lease that assumes
+    /// members' monotonic clocks advance at rates within a third of each other.
+    Lease,
+    /// A quorum round for every read (shared by concurrent reads): no clock assumption, for
+    /// virtual machines that can be frozen whole and resumed.
+    ReadIndex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +135,16 @@ pub struct RaftTuning {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_entries: u64,
+    pub linearizable_reads: LinearizableReads,
+}
+
+impl RaftTuning {
+    /// The leader's read lease per leadership confirmation: the shortest election timeout,
+    /// two thirds of the lease openraft's followers grant (`election_timeout_max`).
+    pub fn read_lease(&self) -> Option<std::time::Duration> {
+        (self.linearizable_reads == LinearizableReads::Lease)
+            .then(|| std::time::Duration::from_millis(self.election_timeout_ms))
+    }
 }
 
 /// Everything a member needs to start, resolved and checked.
@@ -257,6 +282,7 @@ impl Args {
                 heartbeat_interval_ms: self.heartbeat_interval_ms,
                 election_timeout_ms: self.election_timeout_ms,
                 snapshot_entries: self.snapshot_entries,
+                linearizable_reads: self.linearizable_reads,
             },
             log_format: self.log_format,
             limits: Limits {

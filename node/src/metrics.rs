@@ -64,6 +64,12 @@ pub struct ApiMetrics {
     forwarded: Family<RouteLabels, Counter>,
     batch_writes: Histogram,
     read_index_reads: Histogram,
+    leadership_confirmations: Family<ConfirmationLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfirmationLabels {
+    pub by: &'static str,
 }
 
 impl ApiMetrics {
@@ -85,6 +91,11 @@ impl ApiMetrics {
     /// One read index obtained for `reads` linearizable reads.
     pub fn read_index_shared(&self, reads: usize) {
         self.read_index_reads.observe(reads as f64);
+    }
+
+    /// The leader named a read index, its leadership confirmed `by` a quorum or its lease.
+    pub fn leadership_confirmed(&self, by: &'static str) {
+        self.leadership_confirmations.get_or_create(&ConfirmationLabels { by }).inc();
     }
 }
 
@@ -137,6 +148,7 @@ fn metrics() -> &'static Metrics {
             forwarded: Family::default(),
             batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             read_index_reads: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            leadership_confirmations: Family::default(),
         };
         registry.register("http_requests", "Client API requests", api.requests.clone());
         registry.register("http_request_seconds", "Client API request latency", api.request_seconds.clone());
@@ -150,6 +162,11 @@ fn metrics() -> &'static Metrics {
             "read_index_reads",
             "Linearizable reads answered by one read index (one leadership confirmation)",
             api.read_index_reads.clone(),
+        );
+        registry.register(
+            "leadership_confirmations",
+            "Read indexes the leader named, by how it knew it still led: a quorum round or its lease",
+            api.leadership_confirmations.clone(),
         );
         let raft = RaftGauges {
             term: Gauge::default(),

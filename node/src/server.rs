@@ -113,7 +113,7 @@ pub async fn run(
         Raft::new(id, raft_config(&config.raft)?, PeerNetwork::new(peers.clone()), log_store, state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-    let service = Service::new(id, member.clone(), raft.clone(), reader, peers);
+    let service = Service::new(id, member.clone(), raft.clone(), reader, peers, config.raft.read_lease());
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
     // between the pristine check and its own initialization.

@@ -4,8 +4,10 @@
 //! network itself, so clients never need to find the leader. Linearizable reads use the
 //! read-index protocol: the leader confirms its leadership with a quorum and names the log
 //! index a read must reflect; the member that got the read waits until it has applied that
-//! index and then answers from its own copy. Concurrent reads share one confirmation, and
-//! concurrent writes one raft entry ([`crate::batcher`]). Stale reads skip the round trip.
+//! index and then answers from its own copy. Concurrent reads share one confirmation, and a
+//! confirmation lends the leader a lease during which it names read indexes without another
+//! ([`crate::read_lease`]). Concurrent writes share one raft entry ([`crate::batcher`]). Stale
+//! reads skip all of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::batcher::WriteBatcher;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
 use crate::network::{PeerClient, PeerError};
+use crate::read_lease::ReadLease;
 use crate::storage::{self, KvReader, RangePage};
 use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, RaftMetrics};
 
@@ -75,6 +78,7 @@ pub struct Service {
     reader: KvReader,
     peers: PeerClient,
     batcher: WriteBatcher,
+    lease: Arc<ReadLease>,
     /// Linearizable reads waiting for a read index (see [`share_read_index`]).
     reads: mpsc::Sender<ReadIndexWaiter>,
     /// Writes waiting to be sent to the leader (see [`forward_writes`]).
@@ -97,12 +101,21 @@ const QUEUE: usize = 8192;
 
 impl Service {
     /// Must be called within a Tokio runtime: it starts the member's write batcher and the
-    /// tasks that share read indexes and forward gathered writes.
-    pub fn new(id: NodeId, member: Member, raft: Raft, reader: KvReader, peers: PeerClient) -> Self {
+    /// tasks that share read indexes and forward gathered writes. As the leader it holds a
+    /// read lease of `lease` after each leadership confirmation, or none.
+    pub fn new(
+        id: NodeId,
+        member: Member,
+        raft: Raft,
+        reader: KvReader,
+        peers: PeerClient,
+        lease: Option<Duration>,
+    ) -> Self {
         let batcher = WriteBatcher::start(id, raft.clone());
+        let lease = Arc::new(ReadLease::new(lease));
         let (reads, waiting_reads) = mpsc::channel(QUEUE);
         let (writes, waiting_writes) = mpsc::channel(QUEUE);
-        let service = Self { id, member, raft, reader, peers, batcher, reads, writes };
+        let service = Self { id, member, raft, reader, peers, batcher, lease, reads, writes };
         tokio::spawn(share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward_writes(service.clone(), waiting_writes));
         service
@@ -417,15 +430,56 @@ impl Service {
                 let answers = futures::future::join_all(commands.into_iter().map(|c| self.batcher.write(c)));
                 Ok(ForwardResponse::Written(answers.await))
             }
-            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _)) => Ok(ForwardResponse::ReadIndex(read_log_id.map_or(0, |id| id.index))),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                    Err(ForwardError::Unavailable(format!("leadership could not be confirmed: {e}")))
-                }
-                Err(RaftError::Fatal(e)) => Err(ForwardError::Unavailable(e.to_string())),
-            },
+            ForwardRequest::ReadIndex => self.read_index().await.map(ForwardResponse::ReadIndex),
             ForwardRequest::ChangeMembership(change) => self.apply_membership_change(change).await,
+        }
+    }
+
+    /// The log index a linearizable read must reflect, named as the leader: from the read
+    /// lease while it holds (renewing it in the background once half of it has passed), else
+    /// by confirming leadership with a quorum.
+    async fn read_index(&self) -> Result<u64, ForwardError> {
+        if let Some(lease) = self.lease.current() {
+            if let Some(index) = self.lease.confirm(&self.raft, lease).await {
+                crate::metrics::api().leadership_confirmed("lease");
+                if self.lease.start_renewal(&lease) {
+                    let service = self.clone();
+                    tokio::spawn(async move {
+                        let _ = service.confirm_leadership().await;
+                        service.lease.renewed();
+                    });
+                }
+                return Ok(index);
+            }
+        }
+        self.confirm_leadership().await
+    }
+
+    /// Confirms with a quorum that this member leads, and records the lease that proves.
+    async fn confirm_leadership(&self) -> Result<u64, ForwardError> {
+        // Both taken before any heartbeat is sent: the lease must not outlast the followers'
+        // promise, and a membership read too early only makes the lease fail its checks.
+        let began = Instant::now();
+        let membership = *self.metrics().membership_config.log_id();
+        let confirmed = self.raft.get_read_log_id().await;
+        crate::metrics::api().leadership_confirmed("quorum");
+        match confirmed {
+            Ok((Some(read_log_id), _)) => {
+                // The read index is the leader's first entry or a later one: its term is ours.
+                let term = read_log_id.leader_id.get_term();
+                self.lease.record(began, term, membership, read_log_id.index);
+                Ok(read_log_id.index)
+            }
+            Ok((None, _)) => Ok(0),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                let answered: Vec<String> = e.got.iter().map(|id| id.to_string()).collect();
+                Err(ForwardError::Unavailable(format!(
+                    "leadership could not be confirmed: only members [{}] answered, short of a quorum",
+                    answered.join(", ")
+                )))
+            }
+            Err(RaftError::Fatal(e)) => Err(ForwardError::Unavailable(e.to_string())),
         }
     }
 
