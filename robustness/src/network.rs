@@ -4,7 +4,7 @@
 //! rules in a member's namespace dropping what it receives from another member; healing
 //! flushes them. Only inside the sandbox (`metastore_testkit::sandbox`): nothing outlives it.
 
-use metastore_testkit::sandbox::must;
+use metastore_testkit::sandbox::{self, must};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -74,6 +74,25 @@ impl Network {
         }
         Ok(())
     }
+}
+
+/// Runs the body of test `name`, which cuts links between members, where they can have
+/// networks of their own: inside the sandbox, re-running the test there when this is not it.
+/// Skips, saying what is missing, on a machine that cannot make the sandbox.
+pub fn run_test_with_own_networks<F>(name: &str, body: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    if !sandbox::inside() {
+        if let Err(missing) = sandbox::can_isolate(&[("iptables", "--version")]) {
+            eprintln!("SKIPPED: {name} needs {missing}");
+            return;
+        }
+        assert!(sandbox::rerun_test_inside(name).expect("unshare"), "{name} failed (output above)");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(body());
 }
 
 impl Drop for Network {

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use metastore_robustness::nemesis::Nemesis;
+use metastore_robustness::network::run_test_with_own_networks;
 use metastore_robustness::run::{run, Config};
 use metastore_robustness::workload::Workload;
-use metastore_testkit::sandbox;
 
 async fn survives(nemesis: Nemesis) {
     report_of(nemesis).await;
@@ -42,16 +42,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
 /// Partitions need members in network namespaces of their own: the test re-runs itself in a
 /// sandbox (root), or says why it cannot.
 fn survives_partitions(nemesis: Nemesis, test: &str) {
-    if !sandbox::inside() {
-        if let Err(missing) = sandbox::can_isolate(&[("iptables", "--version")]) {
-            eprintln!("SKIPPED: {nemesis:?} needs {missing}");
-            return;
-        }
-        assert!(sandbox::rerun_test_inside(test).expect("unshare"), "{nemesis:?} failed (output above)");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(survives(nemesis));
+    run_test_with_own_networks(test, || survives(nemesis));
 }
 
 #[test]

@@ -6,21 +6,12 @@ use std::time::{Duration, Instant};
 
 use metastore_client::Consistency;
 use metastore_robustness::cluster::Cluster;
-use metastore_testkit::sandbox;
+use metastore_robustness::network::run_test_with_own_networks;
 
 #[test]
 fn a_leader_cut_off_never_answers_a_linearizable_read_its_successor_outdated() {
     let test = "a_leader_cut_off_never_answers_a_linearizable_read_its_successor_outdated";
-    if !sandbox::inside() {
-        if let Err(missing) = sandbox::can_isolate(&[("iptables", "--version")]) {
-            eprintln!("SKIPPED: cutting a member off needs {missing}");
-            return;
-        }
-        assert!(sandbox::rerun_test_inside(test).expect("unshare"), "failed (output above)");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    runtime.block_on(async {
+    run_test_with_own_networks(test, || async {
         let binary = metastore_testkit::workspace_binary("metastore").unwrap_or_else(|e| panic!("{e}"));
         let cluster = Cluster::start(binary, 3, true).expect("three members");
         let old = cluster.wait_for_leader(Duration::from_secs(20)).await.expect("a leader");
