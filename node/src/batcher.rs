@@ -6,6 +6,7 @@
 //! A batch never holds one key twice: its writes share the entry's revision, and a key's mod
 //! revision must name a single state of it.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -151,6 +152,6 @@ async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaph
 /// Whether member `id` believes it leads. Writes refused on this check were never proposed.
 pub fn leads(id: NodeId, raft: &Raft) -> bool {
     let metrics = raft.metrics();
-    let m = metrics.borrow();
+    let m = metrics.borrow_watched();
     m.current_leader == Some(id) && m.state == ServerState::Leader
 }

@@ -3,7 +3,6 @@
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
 //! - [`service`]: the store as clients see it on any member (forwarding, read index).
-//! - [`read_lease`]: the leader's lease on naming read indexes without a quorum round.
 //! - [`batcher`]: group commit, many client writes per raft entry on the leader.
 //! - [`api`]: the client HTTP API.
 //! - [`listener`]: serving HTTP within connection and header-time limits.
@@ -15,7 +14,6 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod network;
-pub mod read_lease;
 pub mod server;
 pub mod service;
 pub mod storage;

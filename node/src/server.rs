@@ -1,22 +1,21 @@
 //! Starting and stopping a member: storage, raft, the two listeners, bootstrap.
 
+use openraft::async_runtime::WatchReceiver;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, RaftLogReader, SnapshotPolicy};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::config::{Bootstrap, NodeConfig, RaftTuning};
-use crate::network::{self, PeerClient, PeerNetwork};
+use crate::network::{self, PeerClient, PeerNetwork, RaftRpcs, SnapshotReceiver};
 use crate::service::{Service, ServiceError};
 use crate::storage;
 use crate::types::{NodeId, Raft};
 use crate::{api, listener};
-
-/// Largest snapshot chunk sent in one peer request.
-const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,11 +55,15 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, StartError> {
         // range of [min, 2*min) with 500 ms took 1.8 s.
         election_timeout_min: tuning.election_timeout_ms,
         election_timeout_max: tuning.election_timeout_ms * 3 / 2,
-        // Per snapshot chunk: a 4 MiB chunk over a slow link plus an fsync needs seconds.
+        // Per snapshot piece: a 4 MiB piece over a slow link plus an fsync needs seconds.
         install_snapshot_timeout: 10_000,
-        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        snapshot_max_chunk_size: network::wire::SNAPSHOT_CHUNK_BYTES as u64,
         // Entries per append request; larger batches are split when they exceed the frame limit.
         max_payload_entries: 256,
+        // A member whose log went back (it lost its disk, and kept its incarnation) is caught up
+        // from scratch rather than stopping replication to it, as 0.9's
+        // `loosen-follower-log-revert` did.
+        allow_log_reversion: Some(true),
         // Snapshot, then purge the log behind it, every `snapshot_entries` applied entries.
         snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_entries),
         // Keep some log behind the snapshot so that briefly lagging followers catch up from
@@ -92,7 +95,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let id = config.id;
-    let (log_store, state_machine, reader) = storage::open(&config.data_dir)
+    let started = Instant::now();
+    let (mut log_store, state_machine, reader) = storage::open(&config.data_dir)
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
     let pristine = storage::is_pristine(&log_store, &reader)
@@ -107,6 +111,20 @@ pub async fn run(
     // Listen before starting raft, so that a port already in use fails the start at once.
     let peer_listener = bind(config.peer_listen)?;
     let client_listener = bind(config.client_listen)?;
+
+    let recovered_leader_vote = log_store
+        .read_vote()
+        .await
+        .map_err(|e| StartError::Storage {
+            dir: config.data_dir.clone(),
+            source: storage::StoreError::Task(e.to_string()),
+        })?
+        .is_some_and(|vote| vote.is_committed());
+    let lease = Duration::from_millis(raft_config(&config.raft)?.election_timeout_max);
+    let rpcs = RaftRpcs {
+        snapshots: SnapshotReceiver::new(state_machine.inbox()),
+        refuse_votes_until: network::refuses_votes_until(started, recovered_leader_vote, lease),
+    };
 
     let peers = PeerClient::new(config.peer_token.as_ref())?;
     let raft =
@@ -140,7 +158,8 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let peer_routes = network::routes(service.clone(), member.incarnation.clone(), config.peer_token.clone());
+    let peer_routes =
+        network::routes(service.clone(), rpcs, member.incarnation.clone(), config.peer_token.clone());
     let peer_server = tokio::spawn(listener::serve(
         warp::service(peer_routes),
         peer_listener,

@@ -6,25 +6,26 @@
 //! index a read must reflect; the member that got the read waits until it has applied that
 //! index and then answers from its own copy. Concurrent reads share one confirmation, and a
 //! confirmation lends the leader a lease during which it names read indexes without another
-//! ([`crate::read_lease`]). Concurrent writes share one raft entry ([`crate::batcher`]). Stale
+//! ([`ReadConfirmation`]). Concurrent writes share one raft entry ([`crate::batcher`]). Stale
 //! reads skip all of it.
 
+use openraft::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+    ChangeMembershipError, ClientWriteError, ForwardToLeader, InitializeError, LinearizableReadError,
+    RaftError,
 };
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, LinearizerOption, ReadPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::batcher::WriteBatcher;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
 use crate::network::{PeerClient, PeerError};
-use crate::read_lease::ReadLease;
 use crate::storage::{self, KvReader, RangePage};
-use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, RaftMetrics};
+use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// How long a request may wait for a leader, forwarding hops and a read index in total.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -78,7 +79,7 @@ pub struct Service {
     reader: KvReader,
     peers: PeerClient,
     batcher: WriteBatcher,
-    lease: Arc<ReadLease>,
+    confirmation: ReadConfirmation,
     /// Linearizable reads waiting for a read index (see [`share_read_index`]).
     reads: mpsc::Sender<ReadIndexWaiter>,
     /// Writes waiting to be sent to the leader (see [`forward_writes`]).
@@ -112,10 +113,10 @@ impl Service {
         lease: Option<Duration>,
     ) -> Self {
         let batcher = WriteBatcher::start(id, raft.clone());
-        let lease = Arc::new(ReadLease::new(lease));
+        let confirmation = ReadConfirmation::new(lease);
         let (reads, waiting_reads) = mpsc::channel(QUEUE);
         let (writes, waiting_writes) = mpsc::channel(QUEUE);
-        let service = Self { id, member, raft, reader, peers, batcher, lease, reads, writes };
+        let service = Self { id, member, raft, reader, peers, batcher, confirmation, reads, writes };
         tokio::spawn(share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward_writes(service.clone(), waiting_writes));
         service
@@ -139,7 +140,7 @@ impl Service {
     }
 
     pub fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
+        self.raft.metrics().borrow_watched().clone()
     }
 
     /// Commits `command` through raft and returns what applying it did.
@@ -289,7 +290,7 @@ impl Service {
 
     /// The last committed log index as this member knows it.
     pub async fn committed_index(&self) -> Option<u64> {
-        self.raft.with_raft_state(|st| st.committed.map(|id| id.index)).await.ok().flatten()
+        self.metrics().local_committed.map(|id| id.index)
     }
 
     /// Ready to serve: a leader is known and everything known committed is applied.
@@ -435,44 +436,15 @@ impl Service {
         }
     }
 
-    /// The log index a linearizable read must reflect, named as the leader: from the read
-    /// lease while it holds (renewing it in the background once half of it has passed), else
-    /// by confirming leadership with a quorum.
+    /// The log index a linearizable read must reflect, named as the leader once it knows it
+    /// still leads (see [`ReadConfirmation`]).
     async fn read_index(&self) -> Result<u64, ForwardError> {
-        if let Some(lease) = self.lease.current() {
-            if let Some(index) = self.lease.confirm(&self.raft, lease).await {
-                crate::metrics::api().leadership_confirmed("lease");
-                if self.lease.start_renewal(&lease) {
-                    let service = self.clone();
-                    tokio::spawn(async move {
-                        let _ = service.confirm_leadership().await;
-                        service.lease.renewed();
-                    });
-                }
-                return Ok(index);
-            }
-        }
-        self.confirm_leadership().await
-    }
-
-    /// Confirms with a quorum that this member leads, and records the lease that proves.
-    async fn confirm_leadership(&self) -> Result<u64, ForwardError> {
-        // Both taken before any heartbeat is sent: the lease must not outlast the followers'
-        // promise, and a membership read too early only makes the lease fail its checks.
-        let began = Instant::now();
-        let membership = *self.metrics().membership_config.log_id();
-        let confirmed = self.raft.get_read_log_id().await;
-        crate::metrics::api().leadership_confirmed("quorum");
+        let confirmed = self.raft.get_read_log_id(self.confirmation.option.clone()).await;
+        crate::metrics::api().leadership_confirmed(self.confirmation.by);
         match confirmed {
-            Ok((Some(read_log_id), _)) => {
-                // The read index is the leader's first entry or a later one: its term is ours.
-                let term = read_log_id.leader_id.get_term();
-                self.lease.record(began, term, membership, read_log_id.index);
-                Ok(read_log_id.index)
-            }
-            Ok((None, _)) => Ok(0),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(not_leader(f)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Ok((read_log_id, _)) => Ok(read_log_id.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
                 let answered: Vec<String> = e.got.iter().map(|id| id.to_string()).collect();
                 Err(ForwardError::Unavailable(format!(
                     "leadership could not be confirmed: only members [{}] answered, short of a quorum",
@@ -678,7 +650,41 @@ fn check_quorum_after_removal(
     Ok(())
 }
 
-fn not_leader(f: ForwardToLeader<NodeId, Member>) -> ForwardError {
+/// How the leader knows it still leads when it names a read index.
+///
+/// With a lease: openraft's leader records, for each follower, when it *sent* the last request
+/// that follower acknowledged; the latest time acknowledged by a quorum is the start of a lease
+/// (`Leader::last_quorum_acked_time`). A follower that acknowledged a request refuses to vote
+/// for anyone for `election_timeout_max` after it received it (`VoteHandler::update_vote`,
+/// `Engine::handle_vote_req`), and a restarted one for as long after it starts
+/// ([`crate::network::refuses_votes_until`]); so no other leader exists until that long after
+/// the quorum's acknowledged send time. openraft judges the lease inside its core, at the
+/// instant it handles the read (`RaftCore::handle_get_linearizer`): still the leader of its
+/// term, and `now < quorum_acked_at + lease`; else it sends heartbeats and waits for a quorum
+/// to acknowledge one sent after the read arrived. The lease asked for is `election_timeout_min`,
+/// leaving a third of the followers' promise for clocks that run at different rates (clocks
+/// need not agree, only advance alike; a virtual machine frozen whole cannot promise that: run
+/// it with `--linearizable-reads read-index`). openraft's own `ReadPolicy::LeaseRead` uses the
+/// whole promise, with no such margin.
+///
+/// Without a lease: a quorum must acknowledge a heartbeat sent after the read arrived.
+#[derive(Clone)]
+struct ReadConfirmation {
+    option: LinearizerOption,
+    /// The metric label of the confirmations it makes.
+    by: &'static str,
+}
+
+impl ReadConfirmation {
+    fn new(lease: Option<Duration>) -> Self {
+        match lease {
+            Some(lease) => Self { option: LinearizerOption::new(Some(lease), true), by: "lease" },
+            None => Self { option: ReadPolicy::ReadIndex.into(), by: "quorum" },
+        }
+    }
+}
+
+fn not_leader(f: ForwardToLeader<TypeConfig>) -> ForwardError {
     ForwardError::NotLeader { leader: f.leader_id.zip(f.leader_node) }
 }
 
@@ -689,9 +695,11 @@ fn not_leader(f: ForwardToLeader<NodeId, Member>) -> ForwardError {
 /// leader of a later term can, in clusters of five or more). Proposals are only made after
 /// the member checked that it leads ([`crate::batcher::leads`]), so the answer here is
 /// "unknown", never "retry": a retry could apply the write twice.
-pub(crate) fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> ForwardError {
+pub(crate) fn proposed_write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::OutcomeUnknown(format!(
+        RaftError::APIError(
+            ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+        ) => ForwardError::OutcomeUnknown(format!(
             "leadership moved (new leader: {:?}) while the write was in flight; it may or may not apply",
             f.leader_id
         )),
@@ -700,6 +708,10 @@ pub(crate) fn proposed_write_error(e: RaftError<NodeId, ClientWriteError<NodeId,
         ))) => ForwardError::Conflict(format!("another membership change is in progress: {e}")),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             ForwardError::Rejected(e.to_string())
+        }
+        // Only for writes with openraft preconditions, which are never made here.
+        RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => {
+            ForwardError::OutcomeUnknown(format!("openraft refused the write: {e}"))
         }
         RaftError::Fatal(e) => {
             ForwardError::OutcomeUnknown(format!("raft stopped with the write in flight: {e}"))
@@ -732,11 +744,20 @@ mod tests {
         m.state = ServerState::Leader;
         let replication = matched
             .iter()
-            .map(|(id, idx)| (*id, idx.map(|i| LogId::new(openraft::CommittedLeaderId::new(1, 1), i))))
+            .map(|(id, idx)| {
+                (
+                    *id,
+                    idx.map(|i| {
+                        LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, i)
+                    }),
+                )
+            })
             .collect();
         m.replication = Some(replication);
         let voters: BTreeSet<NodeId> = std::iter::once(1).chain(matched.iter().map(|(id, _)| *id)).collect();
-        m.membership_config = Arc::new(StoredMembership::new(None, Membership::new(vec![voters], None)));
+        let nodes: BTreeMap<NodeId, Member> = voters.iter().map(|id| (*id, Member::default())).collect();
+        let membership = Membership::new(vec![voters], nodes).expect("voters are all nodes");
+        m.membership_config = Arc::new(StoredMembership::new(None, membership));
         m
     }
 

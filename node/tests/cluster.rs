@@ -306,7 +306,8 @@ async fn with_a_peer_token_a_stray_process_cannot_campaign_or_append() {
 
     // A vote request from a candidate with a far higher term: what a stray member would send.
     let candidate = openraft::Vote::new(term + 100, 9);
-    let request: openraft::raft::VoteRequest<u64> = openraft::raft::VoteRequest::new(candidate, None);
+    let request: openraft::raft::VoteRequest<metastore_node::types::TypeConfig> =
+        openraft::raft::VoteRequest::new(candidate, None);
     let frame = metastore_node::network::wire::encode(&request).expect("frame");
     let http = reqwest::Client::new();
     for node in cluster.running() {

@@ -2,7 +2,7 @@
 
 use metastore_node::storage::{self, LogStore, StateMachine};
 use metastore_node::types::{StorageError, TypeConfig};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 struct RocksBuilder;
 
@@ -14,9 +14,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
     }
 }
 
-#[test]
-fn the_rocksdb_store_passes_openraft_conformance() {
-    if let Err(e) = Suite::test_all(RocksBuilder) {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rocksdb_store_passes_openraft_conformance() {
+    if let Err(e) = Suite::test_all(RocksBuilder).await {
         panic!("openraft's storage suite failed: {e}");
     }
 }

@@ -1,24 +1,27 @@
-//! The calling side of peer traffic: openraft's network (append, vote, snapshot chunks) and
+//! The calling side of peer traffic: openraft's network (append, vote, snapshots in pieces) and
 //! the forwarding of client work to the leader.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::auth::PeerToken;
-use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, FrameError};
-use crate::types::{Member, NodeId, TypeConfig};
+use super::wire::{
+    self, ForwardError, ForwardRequest, ForwardResponse, FrameError, SnapshotAck, SnapshotChunk,
+    SnapshotRefused,
+};
+use crate::types::{Member, NodeId, Snapshot, TypeConfig, Vote};
 
 /// Why a peer call failed before the peer could answer it.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,8 @@ pub enum PeerError {
     Unauthorized { url: String, message: String },
     #[error(transparent)]
     Frame(#[from] FrameError),
+    #[error("cannot read the snapshot to send: {0}")]
+    SnapshotFile(#[source] std::io::Error),
 }
 
 /// An HTTP client for peer listeners, with one keep-alive connection pool for all peers.
@@ -181,30 +186,25 @@ pub struct PeerConnection {
     reachability: Arc<Reachability>,
 }
 
-type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
 impl PeerConnection {
-    async fn call<Req, Resp, E>(
+    async fn call<Req, Resp>(
         &self,
         path: &str,
         request: &Req,
-        option: &RPCOption,
-    ) -> Result<Result<Resp, RaftError<NodeId, E>>, PeerError>
+        timeout: Duration,
+    ) -> Result<Result<Resp, RaftError<TypeConfig>>, PeerError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
-        self.client.call(&self.member, path, request, option.hard_ttl()).await
+        self.client.call(&self.member, path, request, timeout).await
     }
 
-    // The error type is openraft's, fixed by the `RaftNetwork` trait.
-    #[allow(clippy::result_large_err)]
-    fn answer<Resp, E: std::error::Error>(
-        &self,
-        answer: Result<Result<Resp, RaftError<NodeId, E>>, PeerError>,
-    ) -> RpcResult<Resp, E> {
+    /// Records whether the peer answered, logging changes once, and says how openraft should
+    /// treat a failure to reach it.
+    fn failure(&self, answer: Result<(), &PeerError>) -> Option<Unreachable<TypeConfig>> {
         let reachable = !matches!(
             answer,
             Err(PeerError::Unreachable { .. }
@@ -212,32 +212,105 @@ impl PeerConnection {
                 | PeerError::Unauthorized { .. })
         );
         let was_reachable = self.reachability.record(self.target, &self.member.peer_url, reachable);
-        match &answer {
+        match answer {
+            Ok(()) => None,
             Err(e @ PeerError::WrongIncarnation { .. }) => {
-                tracing::debug!(peer = self.target, error = %e, "peer refused: it lost its storage")
+                tracing::debug!(peer = self.target, error = %e, "peer refused: it lost its storage");
+                Some(Unreachable::new(e))
             }
             // A configuration error worth an operator's attention, once per outage.
-            Err(e @ PeerError::Unauthorized { .. }) if was_reachable => {
-                tracing::warn!(peer = self.target, error = %e, "peer refused this member's peer token")
+            Err(e @ PeerError::Unauthorized { .. }) => {
+                if was_reachable {
+                    tracing::warn!(peer = self.target, error = %e, "peer refused this member's peer token")
+                }
+                Some(Unreachable::new(e))
             }
-            _ => {}
-        }
-        let answer = answer.map_err(|e| match e {
             // Unreachable makes openraft back off instead of retrying at full speed; a member
             // that lost its storage, or that is not of this cluster, is as good as unreachable.
-            PeerError::Unreachable { .. }
-            | PeerError::WrongIncarnation { .. }
-            | PeerError::Unauthorized { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-            _ => RPCError::Network(NetworkError::new(&e)),
-        })?;
-        answer.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))
-        })
+            Err(e @ PeerError::Unreachable { .. }) => Some(Unreachable::new(e)),
+            Err(_) => None,
+        }
+    }
+
+    fn answer<Resp>(
+        &self,
+        answer: Result<Result<Resp, RaftError<TypeConfig>>, PeerError>,
+    ) -> RpcResult<Resp> {
+        match answer {
+            Ok(Ok(response)) => {
+                self.failure(Ok(()));
+                Ok(response)
+            }
+            // The peer's raft has stopped (it is shutting down, or its storage failed): nothing
+            // to do but wait for it, like for a peer that is down.
+            Ok(Err(e)) => {
+                self.failure(Ok(()));
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => match self.failure(Err(&e)) {
+                Some(unreachable) => Err(RPCError::Unreachable(unreachable)),
+                None => Err(RPCError::Network(NetworkError::new(&e))),
+            },
+        }
+    }
+
+    /// Sends `snapshot` piece by piece; the last piece's answer is the peer's.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let Snapshot { meta, snapshot: mut file } = snapshot;
+        let unreadable = |e| StreamingError::Network(NetworkError::new(&PeerError::SnapshotFile(e)));
+        let len = file.metadata().await.map_err(unreadable)?.len();
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(unreadable)?;
+        let transfer = transfer_id();
+        let mut offset = 0u64;
+        loop {
+            let mut data = Vec::with_capacity(wire::SNAPSHOT_CHUNK_BYTES);
+            (&mut file)
+                .take(wire::SNAPSHOT_CHUNK_BYTES as u64)
+                .read_to_end(&mut data)
+                .await
+                .map_err(unreadable)?;
+            let done = offset + data.len() as u64 >= len || data.is_empty();
+            let sent = data.len() as u64;
+            let chunk = SnapshotChunk { vote, meta: meta.clone(), transfer, offset, data, done };
+            let answer: Result<Result<SnapshotAck, SnapshotRefused>, PeerError> =
+                self.client.call(&self.member, wire::SNAPSHOT_PATH, &chunk, timeout).await;
+            let failure = self.failure(answer.as_ref().map(|_| ()));
+            match answer {
+                Ok(Ok(SnapshotAck::Finished(response))) => return Ok(response),
+                Ok(Ok(SnapshotAck::Received)) if !done => offset += sent,
+                Ok(Ok(SnapshotAck::Received)) => {
+                    let e = SnapshotRefused("the last piece was not answered with the outcome".into());
+                    return Err(StreamingError::Network(NetworkError::new(&e)));
+                }
+                Ok(Err(refused)) => return Err(StreamingError::Network(NetworkError::new(&refused))),
+                Err(e) => {
+                    return Err(match failure {
+                        Some(unreachable) => StreamingError::Unreachable(unreachable),
+                        None => StreamingError::Network(NetworkError::new(&e)),
+                    })
+                }
+            }
+        }
     }
 }
 
+/// Differs between transfers: a retried transfer is never mistaken for the rest of an aborted one.
+fn transfer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(nanos);
+    hasher.finish()
+}
+
 /// Waits between attempts to reach an unreachable peer: short at first, so a member that was
-/// restarted is caught up as soon as it listens (openraft's default is a flat 500 ms), then
+/// restarted is caught up as soon as it listens (openraft's default starts at 200 ms), then
 /// doubling to half a second.
 fn reconnect_backoff() -> Backoff {
     let delays = std::iter::successors(Some(Duration::from_millis(25)), |d| Some((*d * 2).min(MAX_BACKOFF)));
@@ -246,38 +319,61 @@ fn reconnect_backoff() -> Backoff {
 
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
-    fn backoff(&self) -> Backoff {
-        reconnect_backoff()
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = tokio::fs::File;
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(reconnect_backoff())
     }
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let entries = rpc.entries.len() as u64;
-        match self.call(wire::APPEND_PATH, &rpc, &option).await {
-            // openraft answers by sending fewer entries at a time.
-            Err(PeerError::Frame(FrameError::TooLarge(_))) if entries > 1 => {
-                Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)))
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        // Entries that do not fit in one frame: send the first half, until a part fits, and tell
+        // openraft how far it got; it sends the rest next.
+        let requested = rpc.entries.len();
+        loop {
+            let answer = self.call(wire::APPEND_PATH, &rpc, option.hard_ttl()).await;
+            match answer {
+                Err(PeerError::Frame(FrameError::TooLarge(_))) if rpc.entries.len() > 1 => {
+                    let keep = rpc.entries.len() / 2;
+                    rpc.entries.truncate(keep);
+                }
+                answer => {
+                    let response = self.answer(answer)?;
+                    return Ok(match (response, rpc.entries.last()) {
+                        (AppendEntriesResponse::Success, Some(last)) if rpc.entries.len() < requested => {
+                            AppendEntriesResponse::PartialSuccess(Some(last.log_id))
+                        }
+                        (response, _) => response,
+                    });
+                }
             }
-            answer => self.answer(answer),
         }
     }
 
-    async fn install_snapshot(
+    async fn vote(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        let answer = self.call(wire::SNAPSHOT_PATH, &rpc, &option).await;
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let answer = self.call(wire::VOTE_PATH, &rpc, option.hard_ttl()).await;
         self.answer(answer)
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        let answer = self.call(wire::VOTE_PATH, &rpc, &option).await;
-        self.answer(answer)
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.send_snapshot(vote, snapshot, option.hard_ttl()) => sent,
+        }
     }
 }
 

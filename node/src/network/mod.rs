@@ -8,8 +8,10 @@
 mod auth;
 mod client;
 mod server;
+mod snapshot;
 pub mod wire;
 
 pub use auth::{PeerToken, TokenError};
 pub use client::{PeerClient, PeerError, PeerNetwork};
-pub use server::routes;
+pub use server::{refuses_votes_until, routes, RaftRpcs};
+pub use snapshot::SnapshotReceiver;

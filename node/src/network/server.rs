@@ -1,5 +1,7 @@
 //! The answering side of peer traffic: `POST /raft/{append,vote,snapshot,forward}`.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -8,8 +10,33 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::auth::PeerToken;
-use super::wire::{self, ForwardRequest};
+use super::snapshot::SnapshotReceiver;
+use super::wire::{self, ForwardRequest, SnapshotChunk};
 use crate::service::Service;
+
+/// What answering raft's RPCs needs beside the service.
+#[derive(Clone)]
+pub struct RaftRpcs {
+    pub snapshots: SnapshotReceiver,
+    /// Until then, vote requests are refused (see [`refuses_votes_until`]).
+    pub refuse_votes_until: Option<Instant>,
+}
+
+/// When a member that restarts may vote again.
+///
+/// A follower promises its leader not to vote for anyone else for `election_timeout_max` after
+/// it last heard from it, and the leader's read lease rests on that promise. openraft 0.9 kept
+/// the promise across a restart (the vote it recovered counted as heard from just then);
+/// 0.10 recovers the vote with no lease at all (`StorageHelper::get_initial_state`). So a
+/// member that restarts with a leader's vote keeps the promise here: it answers no vote request
+/// for `election_timeout_max` after it starts, which a candidate counts as not granted.
+pub fn refuses_votes_until(
+    started: Instant,
+    recovered_leader_vote: bool,
+    lease: std::time::Duration,
+) -> Option<Instant> {
+    recovered_leader_vote.then(|| started + lease)
+}
 
 /// The peer listener's routes. With a `token`, requests that do not present it are refused
 /// with 401 before anything else is looked at. `incarnation` is this member's storage
@@ -18,11 +45,12 @@ use crate::service::Service;
 /// no longer remembers.
 pub fn routes(
     service: Service,
+    rpcs: RaftRpcs,
     incarnation: String,
     token: Option<PeerToken>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(wire::MAX_FRAME_BYTES as u64).and(warp::body::bytes());
-    let with_service = warp::any().map(move || service.clone());
+    let with_service = warp::any().map(move || (service.clone(), rpcs.clone()));
     let own = warp::any().map(move || incarnation.clone());
     let token = warp::any().map(move || token.clone());
     let authorized = warp::header::optional::<String>("authorization").and(token).and_then(
@@ -43,13 +71,17 @@ pub fn routes(
         .and(body)
         .and(with_service)
         .then(
-            |rpc: String, addressed: Option<String>, own: String, body: Bytes, service: Service| async move {
+            |rpc: String,
+             addressed: Option<String>,
+             own: String,
+             body: Bytes,
+             (service, rpcs): (Service, RaftRpcs)| async move {
                 match addressed.filter(|a| !a.is_empty() && *a != own) {
                     Some(addressed) => plain(
                         StatusCode::CONFLICT,
                         format!("addressed to storage incarnation {addressed}, but this member's is {own}"),
                     ),
-                    None => dispatch(&rpc, &body, service).await,
+                    None => dispatch(&rpc, &body, service, rpcs).await,
                 }
             },
         )
@@ -72,12 +104,32 @@ struct Unauthorized;
 
 impl warp::reject::Reject for Unauthorized {}
 
-async fn dispatch(rpc: &str, body: &[u8], service: Service) -> Response {
+async fn dispatch(rpc: &str, body: &[u8], service: Service, rpcs: RaftRpcs) -> Response {
     let raft = service.raft().clone();
     match rpc {
         wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,
-        wire::VOTE_PATH => answer(body, |req| async move { raft.vote(req).await }).await,
-        wire::SNAPSHOT_PATH => answer(body, |req| async move { raft.install_snapshot(req).await }).await,
+        wire::VOTE_PATH => match rpcs.refuse_votes_until.filter(|until| Instant::now() < *until) {
+            Some(until) => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "restarted recently: votes for no one for another {:?}, as promised to its leader",
+                    until.saturating_duration_since(Instant::now())
+                ),
+            ),
+            None => {
+                answer(body, |mut req: openraft::raft::VoteRequest<crate::types::TypeConfig>| async move {
+                    // Leadership transfer (which skips the promise above) is never used here;
+                    // a request claiming it is treated as an ordinary one.
+                    req.leadership_transfer = false;
+                    raft.vote(req).await
+                })
+                .await
+            }
+        },
+        wire::SNAPSHOT_PATH => {
+            answer(body, |chunk: SnapshotChunk| async move { rpcs.snapshots.receive(&raft, chunk).await })
+                .await
+        }
         wire::FORWARD_PATH => {
             answer(body, |req: ForwardRequest| async move { service.serve(req).await }).await
         }

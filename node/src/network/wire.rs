@@ -3,11 +3,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Command, CommandResult, Member, NodeId};
+use crate::types::{Command, CommandResult, Member, NodeId, SnapshotMeta, TypeConfig, Vote};
 
-/// Largest peer request or answer body. Larger log batches are split (openraft is told the
-/// payload is too large and sends fewer entries); snapshots travel in chunks well below this.
+/// Largest peer request or answer body. Larger log batches are split (only the part that fits
+/// is sent, and openraft is told so); snapshots travel in chunks well below this.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Snapshot bytes sent in one peer request.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 pub const APPEND_PATH: &str = "append";
 pub const VOTE_PATH: &str = "vote";
@@ -39,6 +42,36 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     }
     Ok(postcard::from_bytes(bytes)?)
 }
+
+/// One piece of a snapshot on its way from the leader. openraft hands the network a whole
+/// snapshot; it travels in pieces so that no request holds a multi-MiB state in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The sending leader's vote; a member with a greater one answers with it at once.
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    /// Names one transfer, so that a piece of an abandoned one is never taken for this one's.
+    pub transfer: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// The last piece: the receiver installs the snapshot before it answers.
+    pub done: bool,
+}
+
+/// How a member took a snapshot piece.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotAck {
+    /// Stored; send the next one.
+    Received,
+    /// The transfer is over: installed (after the last piece), or refused because the member
+    /// has seen a greater vote. Either way openraft learns the member's vote.
+    Finished(openraft::raft::SnapshotResponse<TypeConfig>),
+}
+
+/// Why a member could not take a snapshot piece; the sender starts the transfer over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("snapshot piece refused: {0}")]
+pub struct SnapshotRefused(pub String);
 
 /// A change to the raft membership, always carried out by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,16 +146,14 @@ mod tests {
         assert!(decode::<ForwardRequest>(&frame).is_err());
     }
 
-    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
     use proptest::prelude::*;
-
-    use crate::types::TypeConfig;
 
     /// Decodes `bytes` as every message a peer listener accepts; none may panic.
     fn decode_as_every_request(bytes: &[u8]) {
         let _ = decode::<AppendEntriesRequest<TypeConfig>>(bytes);
-        let _ = decode::<VoteRequest<NodeId>>(bytes);
-        let _ = decode::<InstallSnapshotRequest<TypeConfig>>(bytes);
+        let _ = decode::<VoteRequest<TypeConfig>>(bytes);
+        let _ = decode::<SnapshotChunk>(bytes);
         let _ = decode::<ForwardRequest>(bytes);
     }
 
@@ -132,7 +163,7 @@ mod tests {
             value: vec![7; 40],
             precondition: None,
         }]);
-        let vote: VoteRequest<NodeId> = VoteRequest::new(openraft::Vote::new(3, 1), None);
+        let vote: VoteRequest<TypeConfig> = VoteRequest::new(openraft::Vote::new(3, 1), None);
         vec![encode(&write).expect("encode"), encode(&vote).expect("encode")]
     }
 

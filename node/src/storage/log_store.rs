@@ -7,20 +7,22 @@
 //!   an fsync of the write-ahead log that covers the entries. One fsync serves a whole batch.
 //! - *Vote durable before `save_vote` returns*: it is written with `sync = true`.
 //! - *Serialized I/O, no holes*: openraft calls one method at a time on this store; every call
-//!   waits for its own write, and truncate/purge remove contiguous ranges.
+//!   waits for its own write, and truncate/purge remove contiguous ranges. RocksDB's one
+//!   write-ahead log keeps them in call order, so an fsync made for a later write (a vote, a
+//!   truncation) also covers every earlier append.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB};
 
 use super::codec::{self, decode, decode_log_key, encode, log_key};
 use super::wal_sync::WalSyncer;
 use super::{cf, run_blocking, run_write, StoreError, CF_LOG, CF_RAFT};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 /// The raft log store. Cloning is cheap; clones share the database.
 #[derive(Clone)]
@@ -94,12 +96,10 @@ fn new_incarnation() -> String {
     format!("{:016x}{:016x}", a.finish(), b.finish())
 }
 
-fn read_err(e: StoreError) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_err(e: StoreError) -> StorageError {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+/// openraft's storage traits speak `io::Error`; it adds what was being done (read logs, write
+/// vote, ...) itself.
+fn io_err(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
@@ -143,7 +143,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let (start, end) = bounds(&range);
         if end.is_some_and(|end| end <= start) {
             return Ok(Vec::new());
@@ -153,18 +153,33 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|end| end - start <= INLINE_READ_ENTRIES) {
             match read_entries(&self.db, start, end, ReadTier::BlockCache) {
                 Err(StoreError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
-                read => return read.map_err(read_err),
+                read => return read.map_err(io_err),
             }
         }
         let db = self.db.clone();
-        run_blocking(move || read_entries(&db, start, end, ReadTier::All)).await.map_err(read_err)
+        run_blocking(move || read_entries(&db, start, end, ReadTier::All)).await.map_err(io_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        // Replication reads the vote around every batch of entries it sends; it is almost always
+        // in memory.
+        let mut in_memory = ReadOptions::default();
+        in_memory.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_cf_opt(cf(&self.db, CF_RAFT).map_err(io_err)?, codec::VOTE, &in_memory) {
+            Ok(Some(bytes)) => return decode(&bytes).map(Some).map_err(io_err),
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
+            Err(e) => return Err(io_err(e.into())),
+        }
+        let db = self.db.clone();
+        run_blocking(move || Self::read_meta(&db, codec::VOTE)).await.map_err(io_err)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
         let db = self.db.clone();
         run_blocking(move || {
             let last_purged: Option<LogId> = Self::read_meta(&db, codec::LAST_PURGED)?;
@@ -176,14 +191,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
         })
         .await
-        .map_err(read_err)
+        .map_err(io_err)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let db = self.db.clone();
         let vote = *vote;
         run_blocking(move || {
@@ -192,17 +207,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Self::write(&db, batch, true)
         })
         .await
-        .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+        .map_err(io_err)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let db = self.db.clone();
-        run_blocking(move || Self::read_meta(&db, codec::VOTE))
-            .await
-            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         let db = self.db.clone();
         run_write(0, move || {
             let mut batch = WriteBatch::default();
@@ -212,24 +220,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Self::write(&db, batch, false)
         })
         .await
-        .map_err(write_err)
+        .map_err(io_err)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         let db = self.db.clone();
         run_blocking(move || Ok(Self::read_meta::<Option<LogId>>(&db, codec::COMMITTED)?.flatten()))
             .await
-            .map_err(read_err)
+            .map_err(io_err)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
         for entry in entries {
-            let bytes = encode(&entry).map_err(write_err)?;
+            let bytes = encode(&entry).map_err(io_err)?;
             encoded.push((log_key(entry.log_id.index), bytes));
         }
         let db = self.db.clone();
@@ -243,25 +251,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Self::write(&db, batch, false)
         })
         .await
-        .map_err(write_err)?;
+        .map_err(io_err)?;
         self.syncer.sync_then(callback);
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
         let db = self.db.clone();
+        let from = last_log_id.map_or(0, |id| id.index.saturating_add(1));
         run_blocking(move || {
             let mut batch = WriteBatch::default();
-            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(log_id.index), log_key(u64::MAX));
+            batch.delete_range_cf(cf(&db, CF_LOG)?, log_key(from), log_key(u64::MAX));
             batch.delete_cf(cf(&db, CF_LOG)?, log_key(u64::MAX));
             // Synced so that conflicting entries a new leader overwrote never come back.
             Self::write(&db, batch, true)
         })
         .await
-        .map_err(write_err)
+        .map_err(io_err)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let db = self.db.clone();
         run_blocking(move || {
             let mut batch = WriteBatch::default();
@@ -271,17 +280,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Self::write(&db, batch, false)
         })
         .await
-        .map_err(write_err)
+        .map_err(io_err)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, EntryPayload};
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::EntryPayload;
 
     fn blank(index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Blank }
+        Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index), payload: EntryPayload::Blank }
     }
 
     #[tokio::test(flavor = "multi_thread")]

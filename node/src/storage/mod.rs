@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
-pub use state_machine::{KvReader, RangePage, StateMachine};
+pub use state_machine::{KvReader, RangePage, SnapshotInbox, StateMachine};
 
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT: &str = "raft_meta";

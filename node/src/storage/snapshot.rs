@@ -142,11 +142,7 @@ mod tests {
     use crate::types::StoredMembership;
 
     fn meta() -> SnapshotMeta {
-        SnapshotMeta {
-            last_log_id: None,
-            last_membership: StoredMembership::default(),
-            snapshot_id: "t-1".into(),
-        }
+        SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() }
     }
 
     fn written(records: &[(&[u8], &[u8])]) -> Vec<u8> {

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB};
 
 use super::codec::{self, decode, decode_record, encode, encode_record};
@@ -22,7 +23,7 @@ use super::snapshot::{SnapshotReader, SnapshotWriter};
 use super::{cf, run_blocking, run_write, StoreError, CF_KV, CF_SM};
 use crate::metrics;
 use crate::types::{
-    Applied, Command, CommandResult, Entry, KeyRecord, LogId, Precondition, SnapshotMeta, StorageError,
+    Applied, Command, CommandResult, Entry, KeyRecord, LogId, Precondition, Snapshot, SnapshotMeta,
     StoredMembership, TypeConfig,
 };
 
@@ -120,22 +121,15 @@ fn finish_interrupted_install(db: &DB, dir: &SnapshotDir) -> Result<(), StoreErr
     let Some((meta, _)) = open_current_snapshot(&dir.current())? else { return Ok(()) };
     let applied = read_sm_meta::<Option<LogId>>(db, ReadOptions::default(), codec::LAST_APPLIED)?.flatten();
     if meta.last_log_id > applied {
-        tracing::warn!(snapshot = %meta.snapshot_id, ?applied, "finishing an interrupted snapshot install");
+        tracing::warn!(last_log_id = ?meta.last_log_id, ?applied, "finishing an interrupted snapshot install");
         load_snapshot(db, &dir.current(), &meta)?;
     }
     Ok(())
 }
 
-fn sm_read_err(e: StoreError) -> StorageError {
-    StorageIOError::read_state_machine(AnyError::new(&e)).into()
-}
-
-fn sm_write_err(e: StoreError) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
-}
-
-fn snapshot_err(e: StoreError) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+/// openraft's storage traits speak `io::Error`; it adds what was being done itself.
+fn io_err(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 fn read_sm_meta<T: serde::de::DeserializeOwned>(
@@ -214,11 +208,12 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     Ok(results)
 }
 
-fn snapshot_id(last: Option<LogId>) -> String {
+/// A name for a snapshot file being built, unique among concurrent builds.
+fn building_name(last: Option<LogId>) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     match last {
-        Some(id) => format!("{}-{}-{nanos}", id.leader_id.term, id.index),
-        None => format!("0-0-{nanos}"),
+        Some(id) => format!("{}-{}-{nanos}.building", id.leader_id.term, id.index),
+        None => format!("0-0-{nanos}.building"),
     }
 }
 
@@ -238,10 +233,9 @@ fn build_snapshot_file(db: &DB, dir: &SnapshotDir) -> Result<(SnapshotMeta, File
     opts.set_snapshot(&view);
     let last_membership: StoredMembership =
         read_sm_meta(db, opts, codec::LAST_MEMBERSHIP)?.unwrap_or_default();
-    let meta =
-        SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id: snapshot_id(last_applied) };
+    let meta = SnapshotMeta { last_log_id: last_applied, last_membership };
 
-    let building = dir.path.join(format!("{}.building", meta.snapshot_id));
+    let building = dir.path.join(building_name(last_applied));
     let file = File::create(&building).map_err(|e| StoreError::io(&building, e))?;
     let mut writer = SnapshotWriter::new(BufWriter::new(file), &meta)?;
     for item in view.iterator_cf(cf(db, CF_KV)?, IteratorMode::Start) {
@@ -328,10 +322,41 @@ fn open_current_snapshot(current: &Path) -> Result<Option<(SnapshotMeta, File)>,
     Ok(Some((meta, file)))
 }
 
+/// Entries applied in one RocksDB write, at most: bounds the memory a long catch-up takes.
+const APPLY_CHUNK: usize = 1024;
+
+impl StateMachine {
+    /// Where snapshots received from the leader are gathered before they are installed.
+    pub fn inbox(&self) -> SnapshotInbox {
+        SnapshotInbox { dir: self.snapshots.path.clone() }
+    }
+
+    /// Applies `chunk` in one write and answers the clients waiting for its entries.
+    async fn apply_chunk(
+        &self,
+        chunk: Vec<Entry>,
+        responders: Vec<Option<openraft::storage::ApplyResponder<TypeConfig>>>,
+    ) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let started = std::time::Instant::now();
+        let count = chunk.len();
+        let bytes = chunk.iter().map(entry_size).sum();
+        let results = run_write(bytes, move || apply_entries(&db, chunk)).await?;
+        metrics::storage().observe_apply(started.elapsed(), count);
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = tokio::fs::File;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         let db = self.db.clone();
         run_blocking(move || {
             let applied = read_sm_meta::<Option<LogId>>(&db, ReadOptions::default(), codec::LAST_APPLIED)?;
@@ -339,62 +364,70 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok((applied.flatten(), membership.unwrap_or_default()))
         })
         .await
-        .map_err(sm_read_err)
+        .map_err(io_err)
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if entries.is_empty() {
-            return Ok(Vec::new());
+        let mut chunk = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            chunk.push(entry);
+            responders.push(responder);
+            if chunk.len() >= APPLY_CHUNK {
+                self.apply_chunk(std::mem::take(&mut chunk), std::mem::take(&mut responders))
+                    .await
+                    .map_err(io_err)?;
+            }
         }
-        let db = self.db.clone();
-        let started = std::time::Instant::now();
-        let count = entries.len();
-        let bytes = entries.iter().map(entry_size).sum();
-        let results = run_write(bytes, move || apply_entries(&db, entries)).await.map_err(sm_write_err)?;
-        metrics::storage().observe_apply(started.elapsed(), count);
-        Ok(results)
+        if !chunk.is_empty() {
+            self.apply_chunk(chunk, responders).await.map_err(io_err)?;
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder { db: self.db.clone(), snapshots: self.snapshots.clone() }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let dir = self.snapshots.path.clone();
-        // An unnamed temporary file: it disappears by itself if the transfer is abandoned.
-        let file = run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e)))
-            .await
-            .map_err(snapshot_err)?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+        snapshot: tokio::fs::File,
+    ) -> Result<(), std::io::Error> {
         let received = snapshot.into_std().await;
         let db = self.db.clone();
         let dir = self.snapshots.clone();
         let expected = meta.clone();
-        run_blocking(move || install_snapshot_file(&db, &dir, received, &expected))
-            .await
-            .map_err(snapshot_err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        run_blocking(move || install_snapshot_file(&db, &dir, received, &expected)).await.map_err(io_err)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let current = self.snapshots.current();
-        let current = run_blocking(move || open_current_snapshot(&current))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-        Ok(current.map(|(meta, file)| Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) }))
+        let current = run_blocking(move || open_current_snapshot(&current)).await.map_err(io_err)?;
+        Ok(current.map(|(meta, file)| Snapshot { meta, snapshot: tokio::fs::File::from_std(file) }))
+    }
+}
+
+/// Makes the files that snapshots arriving from the leader are written to.
+#[derive(Clone, Debug)]
+pub struct SnapshotInbox {
+    dir: PathBuf,
+}
+
+impl SnapshotInbox {
+    /// An unnamed temporary file beside the snapshots: it disappears by itself if the transfer
+    /// is abandoned.
+    pub async fn new_file(&self) -> Result<tokio::fs::File, StoreError> {
+        let dir = self.dir.clone();
+        let file =
+            run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e))).await?;
+        Ok(tokio::fs::File::from_std(file))
     }
 }
 
@@ -405,13 +438,14 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let db = self.db.clone();
         let dir = self.snapshots.clone();
-        let (meta, file) =
-            run_blocking(move || build_snapshot_file(&db, &dir)).await.map_err(snapshot_err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(tokio::fs::File::from_std(file)) })
+        let (meta, file) = run_blocking(move || build_snapshot_file(&db, &dir)).await.map_err(io_err)?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "built snapshot");
+        Ok(Snapshot { meta, snapshot: tokio::fs::File::from_std(file) })
     }
 }
 
@@ -514,7 +548,7 @@ mod tests {
     use super::*;
 
     fn log_id(index: u64) -> LogId {
-        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+        LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
     }
 
     /// A store whose state machine has applied up to `applied`, and a snapshot directory whose
@@ -529,7 +563,6 @@ mod tests {
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(snapshot)),
             last_membership: StoredMembership::default(),
-            snapshot_id: "s".into(),
         };
         let file = File::create(snapshots.join(CURRENT_SNAPSHOT)).expect("create");
         let mut writer = SnapshotWriter::new(file, &meta).expect("header");

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use openraft::storage::LogFlushed;
+use openraft::storage::IOFlushed;
 use rocksdb::DB;
 
 use super::StoreError;
@@ -19,13 +19,13 @@ use crate::types::TypeConfig;
 
 pub(crate) struct WalSyncer {
     /// `None` only while dropping.
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WalSyncer {
     pub(crate) fn start(db: Arc<DB>) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let thread = std::thread::Builder::new()
             .name("wal-sync".into())
             .spawn(move || {
@@ -41,7 +41,7 @@ impl WalSyncer {
                             Ok(()) => Ok(()),
                             Err(e) => Err(std::io::Error::other(e.to_string())),
                         };
-                        callback.log_io_completed(outcome);
+                        callback.io_completed(outcome);
                     }
                 }
             })
@@ -50,13 +50,13 @@ impl WalSyncer {
     }
 
     /// Completes `callback` once everything written to the store so far is on disk.
-    pub(crate) fn sync_then(&self, callback: LogFlushed<TypeConfig>) {
+    pub(crate) fn sync_then(&self, callback: IOFlushed<TypeConfig>) {
         let sent = match &self.tx {
             Some(tx) => tx.send(callback).map_err(|mpsc::SendError(callback)| callback),
             None => Err(callback),
         };
         if let Err(callback) = sent {
-            callback.log_io_completed(Err(std::io::Error::other("wal-sync thread has stopped")));
+            callback.io_completed(Err(std::io::Error::other("wal-sync thread has stopped")));
         }
     }
 }
