@@ -127,10 +127,12 @@ pub async fn run(
     };
 
     let peers = PeerClient::new(config.peer_token.as_ref())?;
-    let raft =
-        Raft::new(id, raft_config(&config.raft)?, PeerNetwork::new(peers.clone()), log_store, state_machine)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+    let network = PeerNetwork::new(peers.clone());
+    let directory = network.directory();
+    let raft = Raft::new(id, raft_config(&config.raft)?, network, log_store, state_machine)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    let directory = tokio::spawn(directory.follow(raft.clone()));
     let service = Service::new(id, member.clone(), raft.clone(), reader, peers, config.raft.read_lease());
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
@@ -193,7 +195,7 @@ pub async fn run(
     let _ = peer_server.await;
     let _ = client_server.await;
     // Release every handle on the store before returning, so that it closes now.
-    for task in [change_logger, publisher] {
+    for task in [change_logger, publisher, directory] {
         task.abort();
         let _ = task.await;
     }

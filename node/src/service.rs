@@ -33,6 +33,8 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(40);
 /// How long adding a learner waits for it to catch up before answering anyway.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
+/// How long a readiness check waits for the applied index to reach the committed one.
+const READY_CATCH_UP: Duration = Duration::from_millis(200);
 /// How far behind the leader's log a voter may be and still count as healthy.
 const HEALTHY_LAG: u64 = 1_000;
 
@@ -299,8 +301,10 @@ impl Service {
         if m.current_leader.is_none() || m.running_state.is_err() {
             return false;
         }
-        let applied = m.last_applied.map(|id| id.index);
-        self.committed_index().await <= applied
+        let Some(committed) = m.local_committed.map(|id| id.index) else { return true };
+        // openraft answers a write as soon as the state machine applied it, and shows it applied
+        // in its metrics a moment later: allow for that moment.
+        self.raft.wait(Some(READY_CATCH_UP)).applied_index_at_least(Some(committed), "ready").await.is_ok()
     }
 
     async fn await_freshness(&self, consistency: ReadConsistency) -> Result<(), ServiceError> {

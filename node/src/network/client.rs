@@ -153,16 +153,62 @@ impl Reachability {
     }
 }
 
+/// The members as the latest membership records them.
+///
+/// openraft 0.10 keeps a replication stream, and the connection it was made with, when a
+/// membership change leaves its target in place; the member record it was given then goes
+/// stale. A connection looks its target up here on every call instead, so that a member's
+/// newly recorded storage incarnation is demanded at once (0.9 made new connections on every
+/// membership change).
+#[derive(Clone, Default)]
+pub struct MemberDirectory {
+    members: Arc<Mutex<HashMap<NodeId, Member>>>,
+}
+
+impl MemberDirectory {
+    fn get(&self, id: NodeId) -> Option<Member> {
+        self.members.lock().ok()?.get(&id).cloned()
+    }
+
+    fn replace(&self, members: HashMap<NodeId, Member>) {
+        if let Ok(mut current) = self.members.lock() {
+            *current = members;
+        }
+    }
+
+    /// Keeps the directory equal to `raft`'s effective membership, until raft stops.
+    pub async fn follow(self, raft: crate::types::Raft) {
+        use openraft::async_runtime::WatchReceiver;
+        let mut metrics = raft.metrics();
+        loop {
+            let members = {
+                let m = metrics.borrow_and_update();
+                m.membership_config.membership().nodes().map(|(id, member)| (*id, member.clone())).collect()
+            };
+            self.replace(members);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// openraft's view of the peer network: one [`PeerConnection`] per target member.
 #[derive(Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
     reachability: Arc<Reachability>,
+    directory: MemberDirectory,
 }
 
 impl PeerNetwork {
     pub fn new(client: PeerClient) -> Self {
-        Self { client, reachability: Arc::default() }
+        Self { client, reachability: Arc::default(), directory: MemberDirectory::default() }
+    }
+
+    /// The directory its connections look their targets up in; see [`MemberDirectory::follow`].
+    pub fn directory(&self) -> MemberDirectory {
+        self.directory.clone()
     }
 }
 
@@ -175,6 +221,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             member: node.clone(),
             reachability: self.reachability.clone(),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -182,13 +229,20 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
+    /// The target as recorded when the connection was made; see [`MemberDirectory`].
     member: Member,
     reachability: Arc<Reachability>,
+    directory: MemberDirectory,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
 
 impl PeerConnection {
+    /// The target as the membership records it now.
+    fn member(&self) -> Member {
+        self.directory.get(self.target).unwrap_or_else(|| self.member.clone())
+    }
+
     async fn call<Req, Resp>(
         &self,
         path: &str,
@@ -199,7 +253,7 @@ impl PeerConnection {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        self.client.call(&self.member, path, request, timeout).await
+        self.client.call(&self.member(), path, request, timeout).await
     }
 
     /// Records whether the peer answered, logging changes once, and says how openraft should
@@ -211,7 +265,7 @@ impl PeerConnection {
                 | PeerError::WrongIncarnation { .. }
                 | PeerError::Unauthorized { .. })
         );
-        let was_reachable = self.reachability.record(self.target, &self.member.peer_url, reachable);
+        let was_reachable = self.reachability.record(self.target, &self.member().peer_url, reachable);
         match answer {
             Ok(()) => None,
             Err(e @ PeerError::WrongIncarnation { .. }) => {
@@ -278,7 +332,7 @@ impl PeerConnection {
             let sent = data.len() as u64;
             let chunk = SnapshotChunk { vote, meta: meta.clone(), transfer, offset, data, done };
             let answer: Result<Result<SnapshotAck, SnapshotRefused>, PeerError> =
-                self.client.call(&self.member, wire::SNAPSHOT_PATH, &chunk, timeout).await;
+                self.client.call(&self.member(), wire::SNAPSHOT_PATH, &chunk, timeout).await;
             let failure = self.failure(answer.as_ref().map(|_| ()));
             match answer {
                 Ok(Ok(SnapshotAck::Finished(response))) => return Ok(response),

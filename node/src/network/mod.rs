@@ -12,6 +12,6 @@ mod snapshot;
 pub mod wire;
 
 pub use auth::{PeerToken, TokenError};
-pub use client::{PeerClient, PeerError, PeerNetwork};
+pub use client::{MemberDirectory, PeerClient, PeerError, PeerNetwork};
 pub use server::{refuses_votes_until, routes, RaftRpcs};
 pub use snapshot::SnapshotReceiver;
