@@ -160,3 +160,18 @@ where
 fn plain(status: StatusCode, message: String) -> Response {
     warp::reply::with_status(message, status).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::refuses_votes_until;
+
+    #[test]
+    fn a_member_restarting_with_a_leaders_vote_refuses_votes_for_the_lease() {
+        let started = Instant::now();
+        let lease = Duration::from_millis(450);
+        assert_eq!(refuses_votes_until(started, true, lease), Some(started + lease));
+        assert_eq!(refuses_votes_until(started, false, lease), None, "it promised no leader anything");
+    }
+}

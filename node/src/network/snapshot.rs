@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use super::wire::{SnapshotAck, SnapshotChunk, SnapshotRefused};
 use crate::storage::SnapshotInbox;
-use crate::types::{Raft, Snapshot};
+use crate::types::{LogId, Raft, Snapshot};
 
 /// A snapshot being received.
 struct Inbound {
@@ -69,7 +69,7 @@ impl SnapshotReceiver {
             return Err(SnapshotRefused("the transfer vanished".into()));
         };
         drop(inbound);
-        check_consistent(&chunk)?;
+        check_consistent(&chunk, raft.metrics().borrow_watched().local_committed)?;
         let snapshot = Snapshot { meta: chunk.meta, snapshot: file };
         let response = raft
             .install_full_snapshot(chunk.vote, snapshot)
@@ -79,13 +79,64 @@ impl SnapshotReceiver {
     }
 }
 
-/// openraft stops (panics) on a snapshot that no leader could have sent: one with entries of a
-/// later leader than the sender. Refuse it here instead, with an error the sender sees.
-fn check_consistent(chunk: &SnapshotChunk) -> Result<(), SnapshotRefused> {
-    match &chunk.meta.last_log_id {
-        Some(last) if last.leader_id > *chunk.vote.leader_id() => {
-            Err(SnapshotRefused(format!("snapshot up to {last} is beyond its sender's vote {}", chunk.vote)))
+/// openraft stops (panics) on a snapshot that no protocol-following leader could have sent: one
+/// with entries of a later leader than its sender, or one past this member's committed log
+/// that contradicts it (`FollowingHandler::install_full_snapshot`). Refuse such a snapshot
+/// here instead, with an error its sender sees. (The committed log id only grows, and only in
+/// agreement with an honest leader's snapshot, so checking it first is enough for those.)
+fn check_consistent(chunk: &SnapshotChunk, committed: Option<LogId>) -> Result<(), SnapshotRefused> {
+    let Some(last) = &chunk.meta.last_log_id else { return Ok(()) };
+    if last.leader_id > *chunk.vote.leader_id() {
+        return Err(SnapshotRefused(format!(
+            "snapshot up to {last} is beyond its sender's vote {}",
+            chunk.vote
+        )));
+    }
+    if let Some(committed) = committed.filter(|c| last > c && last.index <= c.index) {
+        return Err(SnapshotRefused(format!(
+            "snapshot up to {last} contradicts this member's committed log up to {committed}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::Vote;
+
+    use super::*;
+    use crate::types::{SnapshotMeta, StoredMembership};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(LeaderId { term, node_id: 1 }, index)
+    }
+
+    fn chunk(vote_term: u64, last: LogId) -> SnapshotChunk {
+        SnapshotChunk {
+            vote: Vote::new_committed(vote_term, 1),
+            meta: SnapshotMeta { last_log_id: Some(last), last_membership: StoredMembership::default() },
+            transfer: 1,
+            offset: 0,
+            data: Vec::new(),
+            done: true,
         }
-        _ => Ok(()),
+    }
+
+    #[test]
+    fn a_snapshot_a_leader_could_send_is_accepted() {
+        assert!(check_consistent(&chunk(3, log_id(3, 10)), Some(log_id(2, 5))).is_ok());
+        assert!(check_consistent(&chunk(3, log_id(2, 10)), None).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_beyond_its_senders_vote_is_refused() {
+        assert!(check_consistent(&chunk(3, log_id(4, 10)), None).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_contradicting_the_committed_log_is_refused() {
+        assert!(check_consistent(&chunk(3, log_id(3, 5)), Some(log_id(2, 5))).is_err());
+        assert!(check_consistent(&chunk(3, log_id(3, 4)), Some(log_id(2, 5))).is_err());
     }
 }
