@@ -109,6 +109,45 @@ async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_larger_than_one_piece_reaches_a_lagging_member_whole() {
+    let mut cluster = Cluster::start(3, &["--snapshot-entries", "20"]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(lagging);
+
+    // About 10 MiB of state: the snapshot travels in three pieces of 4 MiB.
+    let client = cluster.node(leader).client();
+    let value = |i: usize| format!("{i:06}").repeat(256 * 1024 / 6);
+    for i in 0..40 {
+        let (key, value) = (format!("big-{i:02}"), value(i));
+        eventually(Duration::from_secs(10), || put(&client, &key, &value)).await;
+    }
+    eventually(Duration::from_secs(20), || async {
+        match cluster.status(leader).await.purged_index {
+            Some(p) if p > 20 => Ok(()),
+            other => Err(format!("leader has purged up to {other:?}")),
+        }
+    })
+    .await;
+
+    cluster.restart(lagging);
+    let back = cluster.node(lagging).client();
+    caught_up(&back, "big-39", &value(39), Duration::from_secs(30)).await;
+    assert!(
+        cluster.status(lagging).await.snapshot_index.is_some(),
+        "the lagging member installed a snapshot"
+    );
+    for i in [0, 17, 39] {
+        let key = format!("big-{i:02}");
+        assert_eq!(
+            value_of(&back, &key, Consistency::Stale).await,
+            Some(value(i)),
+            "{key} on member {lagging}"
+        );
+    }
+}
+
 /// Writes distinct keys in a loop through every member in turn, recording each acknowledged one.
 async fn writer(clients: Vec<Client>, stop: Arc<AtomicBool>) -> BTreeMap<String, String> {
     let mut acknowledged = BTreeMap::new();
