@@ -93,7 +93,8 @@ impl ApiMetrics {
         self.read_index_reads.observe(reads as f64);
     }
 
-    /// The leader named a read index, its leadership confirmed `by` a quorum or its lease.
+    /// The leader named a read index, its leadership confirmed `by` its lease (openraft falls back
+    /// to a quorum round when the lease ran out) or a quorum round each time.
     pub fn leadership_confirmed(&self, by: &'static str) {
         self.leadership_confirmations.get_or_create(&ConfirmationLabels { by }).inc();
     }
@@ -165,7 +166,7 @@ fn metrics() -> &'static Metrics {
         );
         registry.register(
             "leadership_confirmations",
-            "Read indexes the leader named, by how it knew it still led: a quorum round or its lease",
+            "Read indexes the leader named, by read policy: its lease (a quorum round when it ran out) or a quorum round each",
             api.leadership_confirmations.clone(),
         );
         let raft = RaftGauges {

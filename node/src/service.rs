@@ -797,6 +797,12 @@ mod tests {
             Member::default(),
         )));
         assert!(matches!(proposed_write_error(truncated), ForwardError::OutcomeUnknown(_)));
+        // openraft 0.10 names the truncation case apart; it is just as unknown.
+        let discarded = RaftError::APIError(ClientWriteError::LogEntryDiscarded(ForwardToLeader::new(
+            2,
+            Member::default(),
+        )));
+        assert!(matches!(proposed_write_error(discarded), ForwardError::OutcomeUnknown(_)));
         let unknown = ServiceError::from(ForwardError::OutcomeUnknown("leadership moved".into()));
         assert!(matches!(unknown, ServiceError::OutcomeUnknown(_)));
     }
