@@ -41,6 +41,22 @@ pub enum StartError {
     Bootstrap(#[from] ServiceError),
 }
 
+/// Keeps a restarted member from campaigning until `until`, as it keeps from voting
+/// ([`network::refuses_votes_until`]): its vote for itself would break the same promise to the
+/// leader. A lone voter has promised no one anything and may lead at once.
+fn hold_elections_until(raft: &Raft, until: Instant) {
+    let voters = raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
+    if voters <= 1 {
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until.into()).await;
+        raft.runtime_config().elect(true);
+    });
+}
+
 /// openraft's configuration for real networks and multi-MiB snapshots. Its defaults assume a
 /// LAN-speed test bed (50ms heartbeats, 150–300ms elections, 200ms per snapshot chunk).
 pub fn raft_config(tuning: &RaftTuning) -> Result<Arc<Config>, StartError> {
@@ -133,6 +149,9 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let directory = tokio::spawn(directory.follow(raft.clone()));
+    if let Some(until) = rpcs.refuse_votes_until {
+        hold_elections_until(&raft, until);
+    }
     let service = Service::new(id, member.clone(), raft.clone(), reader, peers, config.raft.read_lease());
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member

@@ -660,7 +660,7 @@ fn check_quorum_after_removal(
 /// that follower acknowledged; the latest time acknowledged by a quorum is the start of a lease
 /// (`Leader::last_quorum_acked_time`). A follower that acknowledged a request refuses to vote
 /// for anyone for `election_timeout_max` after it received it (`VoteHandler::update_vote`,
-/// `Engine::handle_vote_req`), and a restarted one for as long after it starts
+/// `Engine::handle_vote_req`), and a restarted one neither votes nor campaigns for as long after it starts
 /// ([`crate::network::refuses_votes_until`]); so no other leader exists until that long after
 /// the quorum's acknowledged send time. openraft judges the lease inside its core, at the
 /// instant it handles the read (`RaftCore::handle_get_linearizer`): still the leader of its
