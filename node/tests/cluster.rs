@@ -516,3 +516,36 @@ async fn a_read_forwarded_to_a_leader_that_stopped_answering_goes_to_the_next_le
     let read = read.expect("the read is answered once a new leader is known");
     assert_eq!(read.map(|kv| kv.value), Some(b"v".to_vec()));
 }
+
+/// A follower promises its leader to vote for no one else for a while after it last heard from
+/// it, and the leader's read lease rests on that promise; a restart must not break it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_member_refuses_votes_until_its_promise_to_the_leader_runs_out() {
+    // A long election timeout stretches the promise (1.5 times it: 6 s) to a testable length.
+    let mut cluster = Cluster::start(3, &["--election-timeout-ms", "4000"]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster.node(leader).client();
+    eventually(Duration::from_secs(10), || put(&client, "k", "v")).await;
+    let term = cluster.status(leader).await.term;
+
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let candidate = (1..=3).find(|id| *id != leader && *id != follower).expect("another follower");
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let request: openraft::raft::VoteRequest<metastore_node::types::TypeConfig> =
+        openraft::raft::VoteRequest::new(openraft::Vote::new(term + 1, candidate), None);
+    let frame = metastore_node::network::wire::encode(&request).expect("frame");
+    let url = format!("{}/raft/vote", cluster.node(follower).peer_url());
+    let http = reqwest::Client::new();
+    let vote = || http.post(&url).body(frame.clone()).send();
+
+    let refused = eventually(Duration::from_secs(5), vote).await;
+    assert_eq!(refused.status(), 503, "a vote request right after the restart is refused");
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("restarted recently"), "{body}");
+
+    // Once the promise has run out, the request reaches raft, which judges it on its merits.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let answered = vote().await.expect("an answer");
+    assert_eq!(answered.status(), 200, "{}", answered.text().await.unwrap_or_default());
+}
