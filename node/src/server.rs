@@ -44,15 +44,22 @@ pub enum StartError {
 /// Keeps a restarted member from campaigning until `until`, as it keeps from voting
 /// ([`network::refuses_votes_until`]): its vote for itself would break the same promise to the
 /// leader. A lone voter has promised no one anything and may lead at once.
+///
+/// Elections are held off before raft's core first ticks; the membership is only known once
+/// the core has loaded it and published metrics (right after `Raft::new` they still hold
+/// openraft's empty initial ones), so the lone-voter case is decided then.
 fn hold_elections_until(raft: &Raft, until: Instant) {
-    let voters = raft.metrics().borrow_watched().membership_config.membership().voter_ids().count();
-    if voters <= 1 {
-        return;
-    }
     raft.runtime_config().elect(false);
     let raft = raft.clone();
     tokio::spawn(async move {
-        tokio::time::sleep_until(until.into()).await;
+        let lone_voter = raft
+            .wait(Some(until.saturating_duration_since(Instant::now())))
+            .metrics(|m| m.membership_config.log_id().is_some(), "membership loaded")
+            .await
+            .is_ok_and(|m| m.membership_config.membership().voter_ids().count() <= 1);
+        if !lone_voter {
+            tokio::time::sleep_until(until.into()).await;
+        }
         raft.runtime_config().elect(true);
     });
 }

@@ -444,9 +444,11 @@ impl Service {
     /// still leads (see [`ReadConfirmation`]).
     async fn read_index(&self) -> Result<u64, ForwardError> {
         let confirmed = self.raft.get_read_log_id(self.confirmation.option.clone()).await;
-        crate::metrics::api().leadership_confirmed(self.confirmation.by);
         match confirmed {
-            Ok((read_log_id, _)) => Ok(read_log_id.index()),
+            Ok((read_log_id, _)) => {
+                crate::metrics::api().leadership_confirmed(self.confirmation.by);
+                Ok(read_log_id.index())
+            }
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
                 let answered: Vec<String> = e.got.iter().map(|id| id.to_string()).collect();

@@ -521,12 +521,7 @@ async fn a_read_forwarded_to_a_leader_that_stopped_answering_goes_to_the_next_le
 /// it, and the leader's read lease rests on that promise; a restart must not break it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_member_refuses_votes_until_its_promise_to_the_leader_runs_out() {
-    // A long election timeout stretches the promise (1.5 times it: 6 s) to a testable length.
-    let mut cluster = Cluster::start(3, &["--election-timeout-ms", "4000"]);
-    let leader = cluster.wait_for_leader(ELECTION).await;
-    let client = cluster.node(leader).client();
-    eventually(Duration::from_secs(10), || put(&client, "k", "v")).await;
-    let term = cluster.status(leader).await.term;
+    let (mut cluster, leader, term) = with_a_slow_election().await;
 
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let candidate = (1..=3).find(|id| *id != leader && *id != follower).expect("another follower");
@@ -548,4 +543,43 @@ async fn a_restarted_member_refuses_votes_until_its_promise_to_the_leader_runs_o
     tokio::time::sleep(Duration::from_secs(6)).await;
     let answered = vote().await.expect("an answer");
     assert_eq!(answered.status(), 200, "{}", answered.text().await.unwrap_or_default());
+}
+
+/// Nor does a restarted member campaign within that promise: its vote for itself would break it
+/// as surely as a vote for another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_member_does_not_campaign_until_its_promise_runs_out() {
+    let (mut cluster, leader, term) = with_a_slow_election().await;
+
+    // With its leader gone as well, nothing but the promise keeps the member from campaigning.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.kill(leader);
+    cluster.kill(follower);
+    cluster.restart(follower);
+    let restarted = std::time::Instant::now();
+    let member = cluster.node(follower).client();
+    eventually(Duration::from_secs(5), || member.cluster()).await;
+    let held = restarted + Duration::from_millis(5_500);
+    while std::time::Instant::now() < held {
+        let status = member.cluster().await.expect("status");
+        assert_eq!(
+            status.term,
+            term,
+            "member {follower} campaigned {:?} after it restarted",
+            restarted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three members whose election timeout (4 s; campaigns 4–6 s after a member last heard from a
+/// leader) stretches a follower's promise to its leader (1.5 times it: 6 s) to a testable
+/// length, with a write committed; returns the leader and its term.
+async fn with_a_slow_election() -> (Cluster, u64, u64) {
+    let cluster = Cluster::start(3, &["--election-timeout-ms", "4000"]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let client = cluster.node(leader).client();
+    eventually(Duration::from_secs(10), || put(&client, "k", "v")).await;
+    let term = cluster.status(leader).await.term;
+    (cluster, leader, term)
 }

@@ -199,9 +199,10 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     if let Some(membership) = membership {
         batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&membership)?);
     }
-    // Not synced: every applied entry is already durable in the raft log, and RocksDB's single
-    // write-ahead log keeps this write ordered after them. A crash loses at most a suffix of
-    // applies, which openraft replays from the log.
+    // Not synced: every applied entry is committed, so on disk on a majority (not necessarily
+    // here yet: openraft 0.10 may apply before this member's own fsync ends), and RocksDB's
+    // single write-ahead log keeps this write ordered after the entries' own log writes. A crash
+    // loses at most a suffix of both, which openraft replays from the log or the leader.
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     db.write_opt(batch, &opts)?;
