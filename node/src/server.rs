@@ -143,7 +143,8 @@ pub async fn run(
             source: storage::StoreError::Task(e.to_string()),
         })?
         .is_some_and(|vote| vote.is_committed());
-    let lease = Duration::from_millis(raft_config(&config.raft)?.election_timeout_max);
+    let raft_config = raft_config(&config.raft)?;
+    let lease = Duration::from_millis(raft_config.election_timeout_max);
     let rpcs = RaftRpcs {
         snapshots: SnapshotReceiver::new(state_machine.inbox()),
         refuse_votes_until: network::refuses_votes_until(started, recovered_leader_vote, lease),
@@ -152,7 +153,7 @@ pub async fn run(
     let peers = PeerClient::new(config.peer_token.as_ref())?;
     let network = PeerNetwork::new(peers.clone());
     let directory = network.directory();
-    let raft = Raft::new(id, raft_config(&config.raft)?, network, log_store, state_machine)
+    let raft = Raft::new(id, raft_config, network, log_store, state_machine)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     let directory = tokio::spawn(directory.follow(raft.clone()));

@@ -291,7 +291,7 @@ impl Service {
     }
 
     /// The last committed log index as this member knows it.
-    pub async fn committed_index(&self) -> Option<u64> {
+    pub fn committed_index(&self) -> Option<u64> {
         self.metrics().local_committed.map(|id| id.index)
     }
 

@@ -120,7 +120,7 @@ pub async fn status(service: &Service) -> ClusterStatus {
         state: format!("{:?}", m.state).to_lowercase(),
         initialized: !m.membership_config.membership().get_joint_config().is_empty(),
         last_log_index: m.last_log_index,
-        commit_index: service.committed_index().await,
+        commit_index: service.committed_index(),
         applied_index: m.last_applied.map(|id| id.index),
         snapshot_index: m.snapshot.map(|id| id.index),
         purged_index: m.purged.map(|id| id.index),

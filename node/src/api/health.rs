@@ -26,7 +26,7 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
         }
     });
     let metrics = warp::get().and(warp::path!("metrics")).and(svc).then(|s: Service| async move {
-        let committed = s.committed_index().await;
+        let committed = s.committed_index();
         let text = metrics::render(&s.metrics(), committed, s.reader().disk_size());
         warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4; charset=utf-8")
             .into_response()
