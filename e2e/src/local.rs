@@ -3,7 +3,7 @@
 //! ServiceAccount identity (and so exactly the RBAC) the chart grants it, and a stand-in
 //! kubelet running the members' pods as local `metastore` processes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub struct Local {
 }
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/metastore-operator")
+    metastore_testkit::chart("metastore-operator")
 }
 
 impl Local {

@@ -16,7 +16,7 @@ use metastore_operator::crd::MetaStoreCluster;
 use metastore_operator::rbac::{Scope, REQUIRED};
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/metastore-operator")
+    metastore_testkit::chart("metastore-operator")
 }
 
 fn helm() -> Option<PathBuf> {

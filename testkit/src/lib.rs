@@ -5,4 +5,4 @@
 mod process;
 pub mod sandbox;
 
-pub use process::{available, free_port, tail, workspace_binary, Process};
+pub use process::{available, chart, free_port, tail, workspace_binary, Process};

@@ -114,6 +114,16 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
     Ok(bin)
 }
 
+/// The chart named `name` in this checkout's `charts/`.
+///
+/// Found from the package directory cargo names when it runs a test, not the one compiled in: a
+/// test executable reused from a shared target directory may have been built in another
+/// checkout of the same sources, which can be gone by now.
+pub fn chart(name: &str) -> PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    package.join("..").join("charts").join(name)
+}
+
 /// Whether `program` runs at all (`program arg` exits successfully).
 pub fn available(program: &Path, arg: &str) -> bool {
     Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
