@@ -70,6 +70,11 @@ impl SnapshotReceiver {
         };
         drop(inbound);
         check_consistent(&chunk, raft.metrics().borrow_watched().local_committed)?;
+        let file = self
+            .inbox
+            .check(file, &chunk.meta)
+            .await
+            .map_err(|e| SnapshotRefused(format!("the snapshot received cannot be installed: {e}")))?;
         let snapshot = Snapshot { meta: chunk.meta, snapshot: file };
         let response = raft
             .install_full_snapshot(chunk.vote, snapshot)

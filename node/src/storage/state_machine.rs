@@ -277,12 +277,7 @@ fn install_snapshot_file(
 
     let file = File::open(&installing).map_err(|e| StoreError::io(&installing, e))?;
     let (meta, _) = SnapshotReader::open(BufReader::new(file))?;
-    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
-        return Err(StoreError::Corrupt(format!(
-            "snapshot file describes {:?}, but it was sent as {:?}",
-            meta.last_log_id, expected.last_log_id
-        )));
-    }
+    check_meta(&meta, expected)?;
     // The rename is the commit point: from here a restart finishes the install itself.
     let _replacing = dir.lock();
     std::fs::rename(&installing, dir.current()).map_err(|e| StoreError::io(dir.current(), e))?;
@@ -430,6 +425,46 @@ impl SnapshotInbox {
             run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e))).await?;
         Ok(tokio::fs::File::from_std(file))
     }
+
+    /// Reads a received snapshot through and returns it, rewound, if it is one this member can
+    /// install: a well-formed file that describes `expected` and whose every record decodes.
+    /// openraft treats a failed install as a storage failure and stops, so a snapshot that would
+    /// fail must be refused to its sender before raft is given it.
+    pub async fn check(
+        &self,
+        received: tokio::fs::File,
+        expected: &SnapshotMeta,
+    ) -> Result<tokio::fs::File, StoreError> {
+        let mut file = received.into_std().await;
+        let expected = expected.clone();
+        let file = run_blocking(move || {
+            check_snapshot(&mut file, &expected)?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
+            Ok(file)
+        })
+        .await?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+}
+
+fn check_meta(meta: &SnapshotMeta, expected: &SnapshotMeta) -> Result<(), StoreError> {
+    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot file describes {:?}, but it was sent as {:?}",
+            meta.last_log_id, expected.last_log_id
+        )));
+    }
+    Ok(())
+}
+
+fn check_snapshot(file: &mut File, expected: &SnapshotMeta) -> Result<(), StoreError> {
+    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
+    let (meta, mut reader) = SnapshotReader::open(BufReader::new(file))?;
+    check_meta(&meta, expected)?;
+    while let Some((_, record)) = reader.next_record()? {
+        decode_record(&record)?;
+    }
+    Ok(())
 }
 
 /// Builds snapshots on openraft's request, from a consistent view of the state machine.
@@ -592,6 +627,40 @@ mod tests {
         assert_eq!(meta.last_log_id, Some(log_id(50)), "the newer snapshot stays current");
         let leftovers: Vec<_> = std::fs::read_dir(&snapshots).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "the stale build was discarded");
+    }
+
+    /// A snapshot at `index` holding `k = v`, as a peer would send it, cut to its first `len` bytes.
+    async fn received_snapshot(index: u64, len: Option<usize>) -> (SnapshotMeta, tokio::fs::File) {
+        let meta =
+            SnapshotMeta { last_log_id: Some(log_id(index)), last_membership: StoredMembership::default() };
+        let mut writer = SnapshotWriter::new(Vec::new(), &meta).expect("header");
+        writer.record(b"k", &encode_record(&record(1, 1, 1, "v"))).expect("record");
+        let mut bytes = writer.finish().expect("finish");
+        bytes.truncate(len.unwrap_or(bytes.len()));
+        let mut file = tempfile::tempfile().expect("temp file");
+        std::io::Write::write_all(&mut file, &bytes).expect("write");
+        (meta, tokio::fs::File::from_std(file))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_received_snapshot_is_read_through_before_raft_may_install_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inbox = SnapshotInbox { dir: dir.path().to_path_buf() };
+
+        let (meta, whole) = received_snapshot(10, None).await;
+        let checked = inbox.check(whole, &meta).await.expect("a whole snapshot passes");
+        let mut checked = checked.into_std().await;
+        let (read, _) = SnapshotReader::open(BufReader::new(&mut checked)).expect("rewound to its start");
+        assert_eq!(read.last_log_id, meta.last_log_id);
+
+        // Cut inside its last record: the header is fine, only reading it through shows the loss.
+        let (meta, truncated) = received_snapshot(10, Some(40)).await;
+        let refused = inbox.check(truncated, &meta).await.expect_err("a truncated snapshot is refused");
+        assert!(refused.to_string().contains("truncated"), "{refused}");
+
+        let (_, other) = received_snapshot(10, None).await;
+        let sent_as = SnapshotMeta { last_log_id: Some(log_id(11)), ..meta };
+        assert!(inbox.check(other, &sent_as).await.is_err(), "a file describing another snapshot is refused");
     }
 
     fn put(value: &str, precondition: Option<Precondition>) -> Command {
