@@ -73,8 +73,14 @@ pub enum ReadConsistency {
     Stale,
 }
 
+/// Cheap to clone: every route and background task holds one, and each request takes its own
+/// copy; the state is shared.
 #[derive(Clone)]
 pub struct Service {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     id: NodeId,
     member: Member,
     raft: Raft,
@@ -118,31 +124,32 @@ impl Service {
         let confirmation = ReadConfirmation::new(lease);
         let (reads, waiting_reads) = mpsc::channel(QUEUE);
         let (writes, waiting_writes) = mpsc::channel(QUEUE);
-        let service = Self { id, member, raft, reader, peers, batcher, confirmation, reads, writes };
+        let shared = Shared { id, member, raft, reader, peers, batcher, confirmation, reads, writes };
+        let service = Self { inner: Arc::new(shared) };
         tokio::spawn(share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward_writes(service.clone(), waiting_writes));
         service
     }
 
     pub fn id(&self) -> NodeId {
-        self.id
+        self.inner.id
     }
 
     /// This member as it advertises itself.
     pub fn own_member(&self) -> &Member {
-        &self.member
+        &self.inner.member
     }
 
     pub fn raft(&self) -> &Raft {
-        &self.raft
+        &self.inner.raft
     }
 
     pub fn reader(&self) -> &KvReader {
-        &self.reader
+        &self.inner.reader
     }
 
     pub fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow_watched().clone()
+        self.inner.raft.metrics().borrow_watched().clone()
     }
 
     /// Commits `command` through raft and returns what applying it did.
@@ -151,7 +158,8 @@ impl Service {
     /// travel to the leader in one request ([`forward_writes`]).
     pub async fn write(&self, command: Command) -> Result<CommandResult, ServiceError> {
         if self.leads() {
-            let answer = tokio::time::timeout(REQUEST_DEADLINE, self.batcher.write(command.clone())).await;
+            let answer =
+                tokio::time::timeout(REQUEST_DEADLINE, self.inner.batcher.write(command.clone())).await;
             match answer {
                 // Leadership just moved, and the write was never proposed: forward it.
                 Ok(Err(ForwardError::NotLeader { .. })) => {}
@@ -164,7 +172,7 @@ impl Service {
         }
         let (reply, answer) = oneshot::channel();
         let shutting_down = || ServiceError::Unavailable("this member is shutting down".into());
-        self.writes.send(WriteWaiter { command, reply }).await.map_err(|_| shutting_down())?;
+        self.inner.writes.send(WriteWaiter { command, reply }).await.map_err(|_| shutting_down())?;
         answer.await.map_err(|_| {
             ServiceError::OutcomeUnknown("this member stopped with the write in flight".into())
         })?
@@ -218,7 +226,7 @@ impl Service {
         consistency: ReadConsistency,
     ) -> Result<Option<KeyRecord>, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.reader.get(key).await?)
+        Ok(self.inner.reader.get(key).await?)
     }
 
     pub async fn range(
@@ -229,7 +237,7 @@ impl Service {
         consistency: ReadConsistency,
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.reader.range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
+        Ok(self.inner.reader.range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
     }
 
     /// Carries out a membership change on the leader; returns the log index it committed at.
@@ -244,26 +252,28 @@ impl Service {
     /// recorded, its storage incarnation, until the membership holds them. Static clusters start
     /// with peer URLs only, since every member must propose the identical initial membership.
     pub async fn publish_identity(&self) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.inner.raft.metrics();
         loop {
             let recorded = {
                 let m = metrics.borrow_and_update();
-                m.membership_config.membership().get_node(&self.id).cloned()
+                m.membership_config.membership().get_node(&self.inner.id).cloned()
             };
             match recorded {
-                Some(r) if r.client_url == self.member.client_url && !r.incarnation.is_empty() => return,
+                Some(r) if r.client_url == self.inner.member.client_url && !r.incarnation.is_empty() => {
+                    return
+                }
                 // Not a member yet (a joining member): wait for the membership to change.
                 None => {}
                 Some(_) => {
                     let change = MembershipChange::Describe {
-                        id: self.id,
-                        client_url: self.member.client_url.clone(),
-                        incarnation: self.member.incarnation.clone(),
+                        id: self.inner.id,
+                        client_url: self.inner.member.client_url.clone(),
+                        incarnation: self.inner.member.incarnation.clone(),
                     };
                     match self.change_membership(change).await {
                         Ok(_) => continue,
                         Err(e) => {
-                            tracing::debug!(member = self.id, error = %e, "member description not recorded yet")
+                            tracing::debug!(member = self.inner.id, error = %e, "member description not recorded yet")
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -278,7 +288,7 @@ impl Service {
 
     /// Initializes raft on this member with `members` (which must include it).
     pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
-        match self.raft.initialize(members).await {
+        match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ServiceError::Conflict(
                 "this member is already initialized; it never re-initializes".into(),
@@ -304,7 +314,12 @@ impl Service {
         let Some(committed) = m.local_committed.map(|id| id.index) else { return true };
         // openraft answers a write as soon as the state machine applied it, and shows it applied
         // in its metrics a moment later: allow for that moment.
-        self.raft.wait(Some(READY_CATCH_UP)).applied_index_at_least(Some(committed), "ready").await.is_ok()
+        self.inner
+            .raft
+            .wait(Some(READY_CATCH_UP))
+            .applied_index_at_least(Some(committed), "ready")
+            .await
+            .is_ok()
     }
 
     async fn await_freshness(&self, consistency: ReadConsistency) -> Result<(), ServiceError> {
@@ -313,12 +328,17 @@ impl Service {
         }
         let deadline = Instant::now() + REQUEST_DEADLINE;
         let (waiter, index) = oneshot::channel();
-        self.reads.send(waiter).await.map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
+        self.inner.reads.send(waiter).await.map_err(|_| ServiceError::Unavailable("shutting down".into()))?;
         let index = index.await.map_err(|_| ServiceError::Unavailable("shutting down".into()))??;
         let wait = deadline.saturating_duration_since(Instant::now());
-        self.raft.wait(Some(wait)).applied_index_at_least(Some(index), "linearizable read").await.map_err(
-            |e| ServiceError::Unavailable(format!("this member did not catch up to index {index}: {e}")),
-        )?;
+        self.inner
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!("this member did not catch up to index {index}: {e}"))
+            })?;
         Ok(())
     }
 
@@ -349,7 +369,7 @@ impl Service {
         let mut attempt: u32 = 0;
         loop {
             let (leader, member) = self.await_leader(deadline).await?;
-            let outcome = if leader == self.id {
+            let outcome = if leader == self.inner.id {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, self.serve(request.clone())).await {
                     Ok(outcome) => outcome,
@@ -360,7 +380,7 @@ impl Service {
                 crate::metrics::api().forwarded(route_of(&request));
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 tokio::select! {
-                    answer = self.peers.forward(&member, &request, timeout) => match answer {
+                    answer = self.inner.peers.forward(&member, &request, timeout) => match answer {
                         Ok(outcome) => outcome,
                         Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
                         // Refused before the request was read: nothing ran.
@@ -400,6 +420,7 @@ impl Service {
     async fn leader_replaced(&self, leader: NodeId, deadline: Instant) {
         let wait = deadline.saturating_duration_since(Instant::now());
         let replaced = self
+            .inner
             .raft
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some_and(|l| l != leader), "another leader")
@@ -412,6 +433,7 @@ impl Service {
     async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ServiceError> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let metrics = self
+            .inner
             .raft
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
@@ -432,7 +454,8 @@ impl Service {
                     ));
                 }
                 // Queued in order; the batcher answers each on its own.
-                let answers = futures::future::join_all(commands.into_iter().map(|c| self.batcher.write(c)));
+                let answers =
+                    futures::future::join_all(commands.into_iter().map(|c| self.inner.batcher.write(c)));
                 Ok(ForwardResponse::Written(answers.await))
             }
             ForwardRequest::ReadIndex => self.read_index().await.map(ForwardResponse::ReadIndex),
@@ -443,10 +466,10 @@ impl Service {
     /// The log index a linearizable read must reflect, named as the leader once it knows it
     /// still leads (see [`ReadConfirmation`]).
     async fn read_index(&self) -> Result<u64, ForwardError> {
-        let confirmed = self.raft.get_read_log_id(self.confirmation.option.clone()).await;
+        let confirmed = self.inner.raft.get_read_log_id(self.inner.confirmation.option.clone()).await;
         match confirmed {
             Ok((read_log_id, _)) => {
-                crate::metrics::api().leadership_confirmed(self.confirmation.by);
+                crate::metrics::api().leadership_confirmed(self.inner.confirmation.by);
                 Ok(read_log_id.index())
             }
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => Err(not_leader(f)),
@@ -466,6 +489,7 @@ impl Service {
     /// add counts a learner nothing was replicated to yet as caught up while the log is short.
     async fn await_caught_up(&self, id: NodeId) {
         let caught_up = self
+            .inner
             .raft
             .wait(Some(LEARNER_CATCH_UP))
             .metrics(|m| replication_lag(m, id).is_some_and(|lag| lag <= HEALTHY_LAG), "learner caught up")
@@ -501,7 +525,7 @@ impl Service {
                 }
                 tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
                 // Not openraft's blocking add, which waits without a bound; the wait below is bounded.
-                let added = self.raft.add_learner(id, member, false).await;
+                let added = self.inner.raft.add_learner(id, member, false).await;
                 if added.is_ok() {
                     self.await_caught_up(id).await;
                 }
@@ -523,7 +547,10 @@ impl Service {
                     )));
                 }
                 tracing::info!(member = id, "promoting learner to voter");
-                self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
             }
             MembershipChange::Describe { id, client_url, incarnation } => {
                 let Some(current) = membership.get_node(&id) else {
@@ -536,7 +563,8 @@ impl Service {
                     return unchanged;
                 }
                 tracing::info!(member = id, client_url = %member.client_url, incarnation = %member.incarnation, "recording member");
-                self.raft
+                self.inner
+                    .raft
                     .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, member)])), false)
                     .await
             }
@@ -544,12 +572,16 @@ impl Service {
                 if voters.contains(&id) {
                     check_quorum_after_removal(&metrics, &voters, id)?;
                     tracing::info!(member = id, "removing voter");
-                    self.raft
+                    self.inner
+                        .raft
                         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
                 } else if learners.contains(&id) {
                     tracing::info!(member = id, "removing learner");
-                    self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await
+                    self.inner
+                        .raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
                 } else {
                     return unchanged;
                 }
@@ -564,7 +596,7 @@ impl Service {
     /// Whether this member believes it leads. Work refused on this check was never proposed,
     /// so the forwarder may safely retry it elsewhere.
     fn leads(&self) -> bool {
-        crate::batcher::leads(self.id, &self.raft)
+        crate::batcher::leads(self.inner.id, &self.inner.raft)
     }
 }
 
