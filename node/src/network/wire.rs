@@ -28,12 +28,15 @@ pub enum FrameError {
     Malformed(#[from] postcard::Error),
 }
 
+/// Sizes the frame before encoding it: one over the limit is refused before anything is
+/// allocated (a sender then splits what it sends), and the buffer is allocated once rather than
+/// grown by copying.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    let bytes = postcard::to_stdvec(value)?;
-    if bytes.len() > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(bytes.len()));
+    let len = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
     }
-    Ok(bytes)
+    Ok(postcard::to_extend(value, Vec::with_capacity(len))?)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
@@ -144,6 +147,18 @@ mod tests {
         // Variant 0 (Writes) declaring about 2^63 writes.
         let frame = [0u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode::<ForwardRequest>(&frame).is_err());
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_with_its_size() {
+        let value = vec![7u8; 1024 * 1024];
+        let writes = (0..=MAX_FRAME_BYTES / value.len())
+            .map(|i| Command::Put { key: format!("k{i}"), value: value.clone(), precondition: None })
+            .collect();
+        match encode(&ForwardRequest::Writes(writes)) {
+            Err(FrameError::TooLarge(len)) => assert!(len > MAX_FRAME_BYTES),
+            other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
+        }
     }
 
     use openraft::raft::{AppendEntriesRequest, VoteRequest};

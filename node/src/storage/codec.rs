@@ -24,8 +24,11 @@ pub(crate) fn decode_log_key(key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// Sized first, so that the buffer is allocated once instead of grown by copying: log entries
+/// are encoded on every member's write path.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    Ok(postcard::to_stdvec(value)?)
+    let len = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())?;
+    Ok(postcard::to_extend(value, Vec::with_capacity(len))?)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
