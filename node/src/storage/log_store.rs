@@ -120,23 +120,42 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
 /// blocking thread. The largest append request openraft sends.
 const INLINE_READ_ENTRIES: u64 = 256;
 
-/// Reads entries from `start` to `end` (exclusive), from what `tier` allows: with
-/// [`ReadTier::BlockCache`], RocksDB answers `Incomplete` rather than touch the disk.
-fn read_entries(db: &DB, start: u64, end: Option<u64>, tier: ReadTier) -> Result<Vec<Entry>, StoreError> {
+/// Nor more bytes than this: copying large values would hold up the other tasks of a runtime
+/// thread (256 entries of a MiB each take tens of milliseconds).
+const INLINE_READ_BYTES: usize = 1024 * 1024;
+
+/// Reads entries from `start` to `end` (exclusive), from what `tier` allows. `None` when they
+/// are not all in memory (with [`ReadTier::BlockCache`], RocksDB answers `Incomplete` rather
+/// than touch the disk) or hold more than `max_bytes`.
+fn read_entries(
+    db: &DB,
+    start: u64,
+    end: Option<u64>,
+    tier: ReadTier,
+    max_bytes: usize,
+) -> Result<Option<Vec<Entry>>, StoreError> {
     let log = cf(db, CF_LOG)?;
     let from = log_key(start);
     let mut options = ReadOptions::default();
     options.set_read_tier(tier);
     let mut entries = Vec::new();
+    let mut bytes = 0usize;
     for item in db.iterator_cf_opt(log, options, IteratorMode::From(&from, Direction::Forward)) {
-        let (key, value) = item?;
+        let (key, value) = match item {
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => return Ok(None),
+            item => item?,
+        };
         let index = decode_log_key(&key)?;
         if end.is_some_and(|end| index >= end) {
             break;
         }
+        bytes = bytes.saturating_add(value.len());
+        if bytes > max_bytes {
+            return Ok(None);
+        }
         entries.push(decode::<Entry>(&value)?);
     }
-    Ok(entries)
+    Ok(Some(entries))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -151,13 +170,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Replication and apply ask for entries just appended, which are still in the memtable:
         // reading them here takes microseconds, a blocking thread's round trip far more.
         if end.is_some_and(|end| end - start <= INLINE_READ_ENTRIES) {
-            match read_entries(&self.db, start, end, ReadTier::BlockCache) {
-                Err(StoreError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
-                read => return read.map_err(io_err),
+            let read = read_entries(&self.db, start, end, ReadTier::BlockCache, INLINE_READ_BYTES);
+            if let Some(entries) = read.map_err(io_err)? {
+                return Ok(entries);
             }
         }
         let db = self.db.clone();
-        run_blocking(move || read_entries(&db, start, end, ReadTier::All)).await.map_err(io_err)
+        let read = run_blocking(move || read_entries(&db, start, end, ReadTier::All, usize::MAX));
+        read.await
+            .map_err(io_err)?
+            .ok_or_else(|| io_err(StoreError::Task("an unbounded read stopped short".into())))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -290,6 +312,8 @@ mod tests {
     use openraft::impls::leader_id_adv::LeaderId;
     use openraft::EntryPayload;
 
+    use crate::types::Command;
+
     fn blank(index: u64) -> Entry {
         Entry { log_id: LogId::new(LeaderId { term: 1, node_id: 1 }, index), payload: EntryPayload::Blank }
     }
@@ -311,5 +335,23 @@ mod tests {
             LogStore::new(Arc::new(super::super::open_db(&path).expect("reopen"))).expect("store");
         let read = store.try_get_log_entries(2..4).await.expect("read");
         assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_too_large_to_copy_inline_are_read_whole_on_a_blocking_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
+        let log = cf(&db, CF_LOG).expect("cf");
+        for index in 1..=3 {
+            let put =
+                Command::Put { key: format!("k{index}"), value: vec![7; 600 * 1024], precondition: None };
+            let entry = Entry { payload: EntryPayload::Normal(put), ..blank(index) };
+            db.put_cf(log, log_key(index), encode(&entry).expect("encode")).expect("put");
+        }
+        let inline = read_entries(&db, 1, Some(4), ReadTier::BlockCache, INLINE_READ_BYTES).expect("read");
+        assert!(inline.is_none(), "1.8 MB is over the inline budget");
+        let mut store = LogStore::new(db).expect("store");
+        let read = store.try_get_log_entries(1..4).await.expect("read");
+        assert_eq!(read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), [1, 2, 3]);
     }
 }
