@@ -4,8 +4,11 @@
 # metaStore's only mode), the same workloads from the same load generator, one table with the
 # ratio metaStore/etcd per row.
 #
-#   bench/compare-etcd.sh                 # C = 1 16 64 256, 10 s per row
-#   DURATION=30 CLIENTS="64 256" bench/compare-etcd.sh
+#   bench/compare-etcd.sh                 # C = 1 16 64 256, 3 rounds of 10 s per row
+#   DURATION=30 ROUNDS=1 CLIENTS="64 256" bench/compare-etcd.sh
+#
+# A row runs ROUNDS rounds, each metaStore then etcd, and shows each system's median round (by
+# throughput): on a shared machine a neighbour's burst then spoils one round, not the row.
 #
 # Then, for each system: start to first write, resident memory idle and under load, disk and
 # restart-to-ready with BIG_KEYS keys (1 000 000 by default), and failover (kill -9 of the
@@ -17,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
 CLIENTS="${CLIENTS:-1 16 64 256}"
 WORKLOADS="${WORKLOADS:-put get stale-get}"
 KEYS="${KEYS:-10000}"
@@ -107,16 +111,25 @@ for system in metastore etcd; do
   "$bin/metastore-bench" --system "$system" --endpoints "$endpoints" --keys "$KEYS" --preload --duration 0 >/dev/null
 done
 
-echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), ${DURATION}s per row, 256-byte values, $KEYS keys"
+echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), median of $ROUNDS rounds of ${DURATION}s per row, 256-byte values, $KEYS keys"
 printf '%-10s %7s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
   workload clients "ms ops/s" "ms p50" "ms p99" "etcd ops/s" "etcd p50" "etcd p99" "ops x" "p99 x"
 for workload in $WORKLOADS; do
   for c in $CLIENTS; do
-    m=$(bench metastore "$ms_endpoints" "$workload" "$c")
-    e=$(bench etcd "$etcd_endpoints" "$workload" "$c")
+    m=""; e=""
+    for _ in $(seq "$ROUNDS"); do
+      m+="$(bench metastore "$ms_endpoints" "$workload" "$c")"$'\n'
+      e+="$(bench etcd "$etcd_endpoints" "$workload" "$c")"$'\n'
+    done
     python3 - "$workload" "$c" "$m" "$e" <<'PY'
 import json, sys
-workload, c, m, e = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+
+def median_round(lines):
+    rounds = sorted((json.loads(l) for l in lines.splitlines() if l.strip()), key=lambda r: r["throughput"])
+    return rounds[len(rounds) // 2]
+
+workload, c = sys.argv[1], sys.argv[2]
+m, e = median_round(sys.argv[3]), median_round(sys.argv[4])
 ratio = lambda a, b: a / b if b else float("nan")
 print(f"{workload:<10} {c:>7} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} | "
       f"{e['throughput']:>10.0f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f} | "
