@@ -224,7 +224,14 @@ impl Args {
             (None, false) => 1,
         };
         let cluster: Vec<String> = if self.cluster.is_empty() && !self.join {
-            vec!["http://127.0.0.1:12379".to_string()]
+            // Alone: the one member is this one, where it listens for peers. Advertising the
+            // default port whatever `--peer-port` says sent members added later elsewhere.
+            let host = if self.bind_address.is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                self.bind_address
+            };
+            vec![format!("http://{}", SocketAddr::new(host, self.peer_port.unwrap_or(12379)))]
         } else {
             self.cluster.iter().map(|u| normalized(u.trim())).filter(|u| !u.is_empty()).collect()
         };
@@ -334,6 +341,15 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data/1"));
         let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_lone_member_advertises_the_peer_port_it_listens_on() {
+        let c = resolve(&["--peer-port", "27379", "--port", "27380"]).expect("resolves");
+        assert_eq!(c.peer_listen, "127.0.0.1:27379".parse().expect("addr"));
+        assert_eq!(c.member.peer_url, "http://127.0.0.1:27379");
+        let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
+        assert_eq!(members[&1].peer_url, "http://127.0.0.1:27379");
     }
 
     #[test]
