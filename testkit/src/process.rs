@@ -120,7 +120,10 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
 /// test executable reused from a shared target directory may have been built in another
 /// checkout of the same sources, which can be gone by now.
 pub fn chart(name: &str) -> PathBuf {
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    // Run by hand, without cargo: the checkout this was built in (testkit sits beside the
+    // other packages, one level below the workspace root).
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     package.join("..").join("charts").join(name)
 }
 
