@@ -60,6 +60,9 @@ pub enum Precondition {
 pub enum Command {
     Put {
         key: String,
+        // As one byte string, not a sequence of bytes one call each: the same encoding in
+        // postcard, with one copy. Likewise for every value and snapshot piece below.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         precondition: Option<Precondition>,
     },
@@ -117,6 +120,7 @@ pub struct KeyRecord {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -140,4 +144,19 @@ pub struct CommandResult {
     pub succeeded: bool,
     /// The key before the command (on failure: the key as it is, which made the compare fail).
     pub prev: Option<KeyRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs, snapshots and peers of earlier versions hold these bytes: the encoding must not move.
+    #[test]
+    fn values_keep_their_encoding() {
+        let put = Command::Put { key: "k".into(), value: vec![7, 8], precondition: None };
+        assert_eq!(postcard::to_stdvec(&put).expect("encode"), [0, 1, b'k', 2, 7, 8, 0]);
+        let record = KeyRecord { create_revision: 1, mod_revision: 2, version: 3, value: vec![7, 8] };
+        assert_eq!(postcard::to_stdvec(&record).expect("encode"), [1, 2, 3, 2, 7, 8]);
+        assert_eq!(postcard::from_bytes::<KeyRecord>(&[1, 2, 3, 2, 7, 8]).expect("decode"), record);
+    }
 }

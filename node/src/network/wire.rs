@@ -56,6 +56,7 @@ pub struct SnapshotChunk {
     /// Names one transfer, so that a piece of an abandoned one is never taken for this one's.
     pub transfer: u64,
     pub offset: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// The last piece: the receiver installs the snapshot before it answers.
     pub done: bool,
