@@ -331,6 +331,9 @@ impl PeerConnection {
             let done = offset + data.len() as u64 >= len || data.is_empty();
             let sent = data.len() as u64;
             let chunk = SnapshotChunk { vote, meta: meta.clone(), transfer, offset, data, done };
+            // The last piece is answered once the snapshot is installed, which reads it through,
+            // copies it and loads it: time in proportion to its size.
+            let timeout = if done { timeout + install_time(len) } else { timeout };
             let answer: Result<Result<SnapshotAck, SnapshotRefused>, PeerError> =
                 self.client.call(&self.member(), wire::SNAPSHOT_PATH, &chunk, timeout).await;
             let failure = self.failure(answer.as_ref().map(|_| ()));
@@ -351,6 +354,14 @@ impl PeerConnection {
             }
         }
     }
+}
+
+/// What installing a snapshot of `len` bytes may take beyond an ordinary piece's round trip. A
+/// 277 MB snapshot (a million keys) installs in under 4 s here; this allows for a disk half as
+/// fast. The receiving listener's `--request-timeout-ms` (60 s) bounds it too.
+fn install_time(len: u64) -> Duration {
+    const BYTES_PER_SECOND: u64 = 32 * 1024 * 1024;
+    Duration::from_secs(len / BYTES_PER_SECOND)
 }
 
 /// Differs between transfers: a retried transfer is never mistaken for the rest of an aborted one.
@@ -434,6 +445,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_snapshot_piece_gets_time_to_install_in_proportion_to_size() {
+        assert_eq!(install_time(4 * 1024 * 1024), Duration::ZERO);
+        assert_eq!(install_time(277_000_000), Duration::from_secs(8));
+    }
 
     #[test]
     fn a_lost_peer_is_retried_soon_then_every_half_second() {
