@@ -149,7 +149,7 @@ impl Service {
     }
 
     pub fn metrics(&self) -> RaftMetrics {
-        self.inner.raft.metrics().borrow_watched().clone()
+        self.raft().metrics().borrow_watched().clone()
     }
 
     /// Commits `command` through raft and returns what applying it did.
@@ -226,7 +226,7 @@ impl Service {
         consistency: ReadConsistency,
     ) -> Result<Option<KeyRecord>, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.inner.reader.get(key).await?)
+        Ok(self.reader().get(key).await?)
     }
 
     pub async fn range(
@@ -237,7 +237,7 @@ impl Service {
         consistency: ReadConsistency,
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.inner.reader.range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
+        Ok(self.reader().range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
     }
 
     /// Carries out a membership change on the leader; returns the log index it committed at.
@@ -252,28 +252,28 @@ impl Service {
     /// recorded, its storage incarnation, until the membership holds them. Static clusters start
     /// with peer URLs only, since every member must propose the identical initial membership.
     pub async fn publish_identity(&self) {
-        let mut metrics = self.inner.raft.metrics();
+        let mut metrics = self.raft().metrics();
         loop {
             let recorded = {
                 let m = metrics.borrow_and_update();
-                m.membership_config.membership().get_node(&self.inner.id).cloned()
+                m.membership_config.membership().get_node(&self.id()).cloned()
             };
             match recorded {
-                Some(r) if r.client_url == self.inner.member.client_url && !r.incarnation.is_empty() => {
+                Some(r) if r.client_url == self.own_member().client_url && !r.incarnation.is_empty() => {
                     return
                 }
                 // Not a member yet (a joining member): wait for the membership to change.
                 None => {}
                 Some(_) => {
                     let change = MembershipChange::Describe {
-                        id: self.inner.id,
-                        client_url: self.inner.member.client_url.clone(),
-                        incarnation: self.inner.member.incarnation.clone(),
+                        id: self.id(),
+                        client_url: self.own_member().client_url.clone(),
+                        incarnation: self.own_member().incarnation.clone(),
                     };
                     match self.change_membership(change).await {
                         Ok(_) => continue,
                         Err(e) => {
-                            tracing::debug!(member = self.inner.id, error = %e, "member description not recorded yet")
+                            tracing::debug!(member = self.id(), error = %e, "member description not recorded yet")
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -288,7 +288,7 @@ impl Service {
 
     /// Initializes raft on this member with `members` (which must include it).
     pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
-        match self.inner.raft.initialize(members).await {
+        match self.raft().initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ServiceError::Conflict(
                 "this member is already initialized; it never re-initializes".into(),
@@ -369,7 +369,7 @@ impl Service {
         let mut attempt: u32 = 0;
         loop {
             let (leader, member) = self.await_leader(deadline).await?;
-            let outcome = if leader == self.inner.id {
+            let outcome = if leader == self.id() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, self.serve(request.clone())).await {
                     Ok(outcome) => outcome,
@@ -420,8 +420,7 @@ impl Service {
     async fn leader_replaced(&self, leader: NodeId, deadline: Instant) {
         let wait = deadline.saturating_duration_since(Instant::now());
         let replaced = self
-            .inner
-            .raft
+            .raft()
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some_and(|l| l != leader), "another leader")
             .await;
@@ -433,8 +432,7 @@ impl Service {
     async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ServiceError> {
         let wait = deadline.saturating_duration_since(Instant::now());
         let metrics = self
-            .inner
-            .raft
+            .raft()
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
             .await
@@ -466,7 +464,7 @@ impl Service {
     /// The log index a linearizable read must reflect, named as the leader once it knows it
     /// still leads (see [`ReadConfirmation`]).
     async fn read_index(&self) -> Result<u64, ForwardError> {
-        let confirmed = self.inner.raft.get_read_log_id(self.inner.confirmation.option.clone()).await;
+        let confirmed = self.raft().get_read_log_id(self.inner.confirmation.option.clone()).await;
         match confirmed {
             Ok((read_log_id, _)) => {
                 crate::metrics::api().leadership_confirmed(self.inner.confirmation.by);
@@ -489,8 +487,7 @@ impl Service {
     /// add counts a learner nothing was replicated to yet as caught up while the log is short.
     async fn await_caught_up(&self, id: NodeId) {
         let caught_up = self
-            .inner
-            .raft
+            .raft()
             .wait(Some(LEARNER_CATCH_UP))
             .metrics(|m| replication_lag(m, id).is_some_and(|lag| lag <= HEALTHY_LAG), "learner caught up")
             .await;
@@ -525,7 +522,7 @@ impl Service {
                 }
                 tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
                 // Not openraft's blocking add, which waits without a bound; the wait below is bounded.
-                let added = self.inner.raft.add_learner(id, member, false).await;
+                let added = self.raft().add_learner(id, member, false).await;
                 if added.is_ok() {
                     self.await_caught_up(id).await;
                 }
@@ -596,7 +593,7 @@ impl Service {
     /// Whether this member believes it leads. Work refused on this check was never proposed,
     /// so the forwarder may safely retry it elsewhere.
     fn leads(&self) -> bool {
-        crate::batcher::leads(self.inner.id, &self.inner.raft)
+        crate::batcher::leads(self.id(), self.raft())
     }
 }
 
