@@ -7,14 +7,17 @@
 //! closed. At shutdown, connections still open after the drain are closed.
 //!
 //! warp's own server has neither limit and cannot be given them, so the filter is served here
-//! with hyper directly.
+//! with hyper directly. A request may upgrade its connection (see [`Upgrade`]); the upgraded
+//! connection is the route's to bound from then on, and no longer counts here.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -53,8 +56,11 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let places = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    // As many places as can be waited for at once at shutdown.
+    let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let places = Arc::new(Semaphore::new(max_connections));
+    // Set when shutdown begins: connections finish the request in hand, then close.
+    let (closing, closing_rx) = watch::channel(false);
     // Dropped once the drain is over, which closes every connection left.
     let (draining, drained) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -81,31 +87,80 @@ pub async fn serve<S, B>(
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.header_timeout));
+        let service = Upgradable(Deadline { inner: service.clone(), limit: limits.request_timeout });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
-            .serve_connection(
-                TokioIo::new(Box::pin(stream)),
-                TowerToHyperService::new(Deadline { inner: service.clone(), limit: limits.request_timeout }),
-            );
-        let connection = graceful.watch(connection);
-        let mut drained = drained.clone();
+            .serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(service))
+            .with_upgrades();
+        let (mut closing, mut drained) = (closing_rx.clone(), drained.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                ended = connection => if let Err(e) = ended {
-                    // A client that hung up or timed out: its business, not this member's.
-                    tracing::debug!(error = %e, "connection ended with an error");
-                },
-                _ = drained.changed() => tracing::debug!("connection closed at the end of the drain"),
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => Some(ended),
+                () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        ended = connection.as_mut() => Some(ended),
+                        _ = drained.changed() => None,
+                    }
+                }
+            };
+            match ended {
+                // A client that hung up or timed out: its business, not this member's.
+                Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                Some(Ok(())) => {}
+                None => tracing::debug!("connection closed at the end of the drain"),
             }
             drop(place);
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    let _ = closing.send(true);
+    // Every place back means every connection has ended.
+    let all_places = places.acquire_many(max_connections as u32);
+    if tokio::time::timeout(DRAIN, all_places).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
     }
     drop(draining);
+}
+
+/// A connection's pending upgrade, for the route that accepts it to take.
+///
+/// hyper hands a request that asks to upgrade its connection an `OnUpgrade` extension, which
+/// warp filters cannot extract (`warp::ext` clones what it extracts); this can be extracted
+/// with `warp::ext::optional::<Upgrade>()`, and the upgrade taken from it once.
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<OnUpgrade>>>);
+
+impl Upgrade {
+    pub fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// Offers each request's upgrade, if it asks for one, as an [`Upgrade`].
+#[derive(Clone)]
+struct Upgradable<S>(S);
+
+impl<S> tower_service::Service<http::Request<hyper::body::Incoming>> for Upgradable<S>
+where
+    S: tower_service::Service<http::Request<hyper::body::Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() {
+            request.extensions_mut().insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
+        }
+        self.0.call(request)
+    }
 }
 
 /// A service whose every call must finish within `limit`; otherwise it fails, and hyper closes

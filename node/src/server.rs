@@ -145,10 +145,12 @@ pub async fn run(
         .is_some_and(|vote| vote.is_committed());
     let raft_config = raft_config(&config.raft)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
-    let rpcs = RaftRpcs {
-        snapshots: SnapshotReceiver::new(state_machine.inbox()),
-        refuse_votes_until: network::refuses_votes_until(started, recovered_leader_vote, lease),
-    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rpcs = RaftRpcs::new(
+        SnapshotReceiver::new(state_machine.inbox()),
+        network::refuses_votes_until(started, recovered_leader_vote, lease),
+        stop_rx.clone(),
+    );
 
     let peers = PeerClient::new(config.peer_token.as_ref())?;
     let network = PeerNetwork::new(peers.clone());
@@ -183,7 +185,6 @@ pub async fn run(
         (Bootstrap::Join, false) => tracing::info!(member = id, "store has raft state: resuming"),
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };

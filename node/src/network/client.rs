@@ -6,16 +6,20 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::append_stream::{self, AppendStream, StreamError};
 use super::auth::PeerToken;
 use super::wire::{
     self, ForwardError, ForwardRequest, ForwardResponse, FrameError, SnapshotAck, SnapshotChunk,
@@ -98,19 +102,47 @@ impl PeerClient {
             .map_err(|source| classify(&url, source))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|source| classify(&url, source))?;
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            let message = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(PeerError::Unauthorized { url, message });
-        }
-        if status == reqwest::StatusCode::CONFLICT {
-            let message = String::from_utf8_lossy(&bytes).into_owned();
-            return Err(PeerError::WrongIncarnation { url, message });
-        }
         if !status.is_success() {
-            let message = format!("status {status}: {}", String::from_utf8_lossy(&bytes));
-            return Err(PeerError::Network { url, message });
+            return Err(refusal(url, status, &bytes));
         }
         Ok(wire::decode(&bytes)?)
+    }
+
+    /// Opens an append stream to `target` (see [`super::append_stream`]). `Ok(None)` if the
+    /// peer does not offer them: it runs an earlier version, and gets one request per append.
+    pub async fn open_stream(
+        &self,
+        target: &Member,
+        timeout: Duration,
+    ) -> Result<Option<AppendStream>, PeerError> {
+        let url = format!("{}/raft/{}", target.peer_url.trim_end_matches('/'), wire::APPEND_STREAM_PATH);
+        let request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, wire::APPEND_STREAM_PROTOCOL)
+            .header(wire::INCARNATION_HEADER, &target.incarnation)
+            // Peer listeners want a length, even of nothing (an earlier version's too, which
+            // must answer 404 here).
+            .header(reqwest::header::CONTENT_LENGTH, 0)
+            .send();
+        // Not reqwest's own timeout, which would go on bounding the stream once upgraded.
+        let response = match tokio::time::timeout(timeout, request).await {
+            Ok(sent) => sent.map_err(|source| classify(&url, source))?,
+            Err(_) => {
+                return Err(PeerError::Network { url, message: format!("no answer within {timeout:?}") })
+            }
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let upgraded = response.upgrade().await.map_err(|source| classify(&url, source))?;
+            return Ok(Some(AppendStream::new(upgraded)));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let bytes = response.bytes().await.map_err(|source| classify(&url, source))?;
+        Err(refusal(url, status, &bytes))
     }
 
     /// Passes client work to `leader`.
@@ -121,6 +153,30 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Result<ForwardResponse, ForwardError>, PeerError> {
         self.call(leader, wire::FORWARD_PATH, request, timeout).await
+    }
+}
+
+/// The append stream a connection keeps between sessions (see `PeerConnection::stream`).
+fn kept(stream: &mut Mutex<Option<AppendStream>>) -> &mut Option<AppendStream> {
+    stream.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How openraft should treat an append stream that ended early: like a peer that is down if
+/// its raft has stopped, else like a call that failed (it starts a new stream at once).
+fn stream_failure(e: StreamError) -> RPCError<TypeConfig> {
+    match e {
+        StreamError::Stopped(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        e => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// What a peer's answer with an unsuccessful `status` means.
+fn refusal(url: String, status: reqwest::StatusCode, body: &[u8]) -> PeerError {
+    let message = String::from_utf8_lossy(body).into_owned();
+    match status {
+        reqwest::StatusCode::UNAUTHORIZED => PeerError::Unauthorized { url, message },
+        reqwest::StatusCode::CONFLICT => PeerError::WrongIncarnation { url, message },
+        _ => PeerError::Network { url, message: format!("status {status}: {message}") },
     }
 }
 
@@ -222,6 +278,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             member: node.clone(),
             reachability: self.reachability.clone(),
             directory: self.directory.clone(),
+            stream: Mutex::default(),
+            stream_opened_for: None,
+            streams_offered: true,
         }
     }
 }
@@ -233,6 +292,13 @@ pub struct PeerConnection {
     member: Member,
     reachability: Arc<Reachability>,
     directory: MemberDirectory,
+    /// The append stream kept between sessions... (in a mutex only because openraft wants a
+    /// connection `Sync`: it is reached through `&mut self`, never locked.)
+    stream: Mutex<Option<AppendStream>>,
+    /// ...and the target's record when it was opened.
+    stream_opened_for: Option<Member>,
+    /// False once the target answered that it has no append streams (an earlier version).
+    streams_offered: bool,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -306,6 +372,26 @@ impl PeerConnection {
                 None => Err(RPCError::Network(NetworkError::new(&e))),
             },
         }
+    }
+
+    /// The append stream to run the next session on: the one kept from the last session if it
+    /// is fresh and the target's record has not changed since, or a new one. `None` if the
+    /// target does not offer streams.
+    async fn append_stream(&mut self, timeout: Duration) -> Result<Option<AppendStream>, PeerError> {
+        let member = self.member();
+        if let Some(stream) = kept(&mut self.stream).take() {
+            if self.stream_opened_for.as_ref() == Some(&member) && stream.is_fresh() {
+                return Ok(Some(stream));
+            }
+        }
+        let opened = self.client.open_stream(&member, timeout).await;
+        self.stream_opened_for = Some(member);
+        self.failure(opened.as_ref().map(|_| ()));
+        if let Ok(None) = opened {
+            tracing::info!(peer = self.target, "peer has no append streams: one request per append");
+            self.streams_offered = false;
+        }
+        opened
     }
 
     /// Sends `snapshot` piece by piece; the last piece's answer is the peer's.
@@ -419,6 +505,35 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         }
     }
 
+    /// Pipelines the session's requests on an append stream (see [`append_stream`]); with a
+    /// peer that has none, sends one request per append.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        requests: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<BoxStream<'s, RpcResult<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            if !self.streams_offered {
+                return stream_append_sequential(self, requests, option).await;
+            }
+            let stream = match self.append_stream(option.soft_ttl()).await {
+                Ok(Some(stream)) => stream,
+                Ok(None) => return stream_append_sequential(self, requests, option).await,
+                Err(e) => {
+                    return Err(match self.failure(Err(&e)) {
+                        Some(unreachable) => RPCError::Unreachable(unreachable),
+                        None => RPCError::Network(NetworkError::new(&e)),
+                    })
+                }
+            };
+            let answers = append_stream::session(stream, requests, option.hard_ttl(), kept(&mut self.stream));
+            Ok(Box::pin(answers.map(|answer| answer.map_err(stream_failure))) as BoxStream<'s, _>)
+        })
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
@@ -450,6 +565,38 @@ mod tests {
     fn the_last_snapshot_piece_gets_time_to_install_in_proportion_to_size() {
         assert_eq!(install_time(4 * 1024 * 1024), Duration::ZERO);
         assert_eq!(install_time(277_000_000), Duration::from_secs(8));
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_an_earlier_version_is_found_to_have_no_append_streams() {
+        use warp::Filter;
+
+        // Its peer listener: a length demanded, and 404 for an rpc it does not know.
+        let routes = warp::post()
+            .and(warp::path!("raft" / String))
+            .and(warp::body::content_length_limit(1024))
+            .and(warp::body::bytes())
+            .map(|rpc: String, _| {
+                warp::reply::with_status(
+                    format!("no peer rpc named {rpc:?}"),
+                    warp::http::StatusCode::NOT_FOUND,
+                )
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let member = Member {
+            peer_url: format!("http://{}", listener.local_addr().expect("address")),
+            ..Member::default()
+        };
+        let limits = crate::listener::Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(crate::listener::serve(warp::service(routes), listener, limits, std::future::pending()));
+
+        let client = PeerClient::new(None).expect("client");
+        let opened = client.open_stream(&member, Duration::from_secs(5)).await.expect("an answer");
+        assert!(opened.is_none(), "no stream, so one request per append");
     }
 
     #[test]

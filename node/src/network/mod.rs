@@ -3,8 +3,11 @@
 //!
 //! Every body is postcard-encoded (compact, no JSON on the peer path), and every answer is a
 //! postcard `Result` so that errors cross the wire typed. Connections are pooled keep-alive.
-//! With a peer token configured, every request carries it and every member demands it.
+//! Log replication and heartbeats run on append streams instead ([`append_stream`]): HTTP
+//! connections upgraded to carry pipelined requests one frame each. With a peer token
+//! configured, every request (and every upgrade) carries it and every member demands it.
 
+mod append_stream;
 mod auth;
 mod client;
 mod server;

@@ -1,18 +1,27 @@
-//! The answering side of peer traffic: `POST /raft/{append,vote,snapshot,forward}`.
+//! The answering side of peer traffic: `POST /raft/{append,vote,snapshot,forward}`, and
+//! `/raft/append-stream`, which upgrades its connection to an append stream.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::append_stream;
 use super::auth::PeerToken;
 use super::snapshot::SnapshotReceiver;
 use super::wire::{self, ForwardRequest, SnapshotChunk};
+use crate::listener::Upgrade;
 use crate::service::Service;
+
+/// Append streams a member serves at once, at most: two per leader (replication and
+/// heartbeats), and a leader's close when it steps down.
+const MAX_APPEND_STREAMS: usize = 64;
 
 /// What answering raft's RPCs needs beside the service.
 #[derive(Clone)]
@@ -20,6 +29,21 @@ pub struct RaftRpcs {
     pub snapshots: SnapshotReceiver,
     /// Until then, vote requests are refused (see [`refuses_votes_until`]).
     pub refuse_votes_until: Option<Instant>,
+    /// Places for append streams; each open one holds one.
+    stream_places: Arc<Semaphore>,
+    /// Becomes true when the member stops, which closes its append streams.
+    stopping: watch::Receiver<bool>,
+}
+
+impl RaftRpcs {
+    pub fn new(
+        snapshots: SnapshotReceiver,
+        refuse_votes_until: Option<Instant>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        let stream_places = Arc::new(Semaphore::new(MAX_APPEND_STREAMS));
+        Self { snapshots, refuse_votes_until, stream_places, stopping }
+    }
 }
 
 /// When a member that restarts may vote again.
@@ -61,6 +85,12 @@ pub fn routes(
             }
         },
     );
+    // A connection's upgrade, when asked for one to an append stream.
+    let upgrade = warp::header::optional::<String>("upgrade").and(warp::ext::optional::<Upgrade>()).map(
+        |protocol: Option<String>, upgrade: Option<Upgrade>| {
+            upgrade.filter(|_| protocol.as_deref() == Some(wire::APPEND_STREAM_PROTOCOL))
+        },
+    );
     warp::post()
         .and(warp::path("raft"))
         .and(warp::path::param::<String>())
@@ -69,18 +99,21 @@ pub fn routes(
         .and(warp::header::optional::<String>(wire::INCARNATION_HEADER))
         .and(own)
         .and(body)
+        .and(upgrade)
         .and(with_service)
         .then(
             |rpc: String,
              addressed: Option<String>,
              own: String,
              body: Bytes,
+             upgrade: Option<Upgrade>,
              (service, rpcs): (Service, RaftRpcs)| async move {
                 match addressed.filter(|a| !a.is_empty() && *a != own) {
                     Some(addressed) => plain(
                         StatusCode::CONFLICT,
                         format!("addressed to storage incarnation {addressed}, but this member's is {own}"),
                     ),
+                    None if rpc == wire::APPEND_STREAM_PATH => accept_stream(upgrade, service, rpcs),
                     None => dispatch(&rpc, &body, service, rpcs).await,
                 }
             },
@@ -135,6 +168,37 @@ async fn dispatch(rpc: &str, body: &[u8], service: Service, rpcs: RaftRpcs) -> R
         }
         other => plain(StatusCode::NOT_FOUND, format!("no peer rpc named {other:?}")),
     }
+}
+
+/// Switches the connection to an append stream served by this member's raft.
+fn accept_stream(upgrade: Option<Upgrade>, service: Service, rpcs: RaftRpcs) -> Response {
+    let Some(upgrade) = upgrade.and_then(|upgrade| upgrade.take()) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "an append stream is asked for with `Connection: upgrade` and `Upgrade: {}`",
+                wire::APPEND_STREAM_PROTOCOL
+            ),
+        );
+    };
+    let Ok(place) = rpcs.stream_places.clone().try_acquire_owned() else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_APPEND_STREAMS} append streams are open already"),
+        );
+    };
+    let raft = service.raft().clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                append_stream::serve(raft, hyper_util::rt::TokioIo::new(upgraded), rpcs.stopping, place).await
+            }
+            Err(e) => tracing::debug!(error = %e, "append stream: the upgrade failed"),
+        }
+    });
+    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
+    let reply = warp::reply::with_header(reply, "connection", "upgrade");
+    warp::reply::with_header(reply, "upgrade", wire::APPEND_STREAM_PROTOCOL).into_response()
 }
 
 /// Decodes the request, runs `handler`, and encodes its `Result` as the answer.

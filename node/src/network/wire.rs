@@ -16,6 +16,10 @@ pub const APPEND_PATH: &str = "append";
 pub const VOTE_PATH: &str = "vote";
 pub const SNAPSHOT_PATH: &str = "snapshot";
 pub const FORWARD_PATH: &str = "forward";
+/// Upgrades the request's connection to an append stream (see `append_stream`).
+pub const APPEND_STREAM_PATH: &str = "append-stream";
+/// The `Upgrade` protocol an append stream is asked for with.
+pub const APPEND_STREAM_PROTOCOL: &str = "metastore-append/1";
 
 /// Header naming the storage incarnation a peer request is meant for (see `Member::incarnation`).
 pub const INCARNATION_HEADER: &str = "x-metastore-incarnation";
@@ -44,6 +48,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
         return Err(FrameError::TooLarge(bytes.len()));
     }
     Ok(postcard::from_bytes(bytes)?)
+}
+
+/// Frames of an append stream: a 4-byte big-endian length, then that many bytes of postcard.
+pub fn stream_codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec()
+}
+
+/// A follower's answer to one request on an append stream; answers come in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamAnswer {
+    /// What raft made of the request. An error (a conflict, a greater vote) is the last answer
+    /// on the stream.
+    Appended(openraft::raft::StreamAppendResult<TypeConfig>),
+    /// The follower's raft has stopped; so has the stream.
+    Stopped(String),
 }
 
 /// One piece of a snapshot on its way from the leader. openraft hands the network a whole
@@ -165,9 +184,10 @@ mod tests {
     use openraft::raft::{AppendEntriesRequest, VoteRequest};
     use proptest::prelude::*;
 
-    /// Decodes `bytes` as every message a peer listener accepts; none may panic.
+    /// Decodes `bytes` as every message a member accepts from a peer; none may panic.
     fn decode_as_every_request(bytes: &[u8]) {
         let _ = decode::<AppendEntriesRequest<TypeConfig>>(bytes);
+        let _ = decode::<StreamAnswer>(bytes);
         let _ = decode::<VoteRequest<TypeConfig>>(bytes);
         let _ = decode::<SnapshotChunk>(bytes);
         let _ = decode::<ForwardRequest>(bytes);
