@@ -147,7 +147,7 @@ pub async fn run(
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let (stop_tx, stop_rx) = watch::channel(false);
     let rpcs = RaftRpcs::new(
-        SnapshotReceiver::new(state_machine.inbox()),
+        SnapshotReceiver::new(state_machine.inbox(), 2 * config.limits.request_timeout),
         network::refuses_votes_until(started, recovered_leader_vote, lease),
         stop_rx.clone(),
     );

@@ -5,6 +5,7 @@
 use openraft::async_runtime::WatchReceiver;
 use std::cmp::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -19,19 +20,24 @@ struct Inbound {
     file: tokio::fs::File,
     /// Where the next piece must start.
     next: u64,
+    last_piece: Instant,
 }
 
 /// Gathers snapshot pieces. One transfer at a time: a new one (a piece at offset 0) replaces
-/// whatever was being received.
+/// whatever was being received, and one that no piece has come for in `abandoned_after` is
+/// dropped, so that a partial snapshot does not hold its disk space until the next transfer.
 #[derive(Clone)]
 pub struct SnapshotReceiver {
     inbox: SnapshotInbox,
     inbound: Arc<Mutex<Option<Inbound>>>,
+    abandoned_after: Duration,
 }
 
 impl SnapshotReceiver {
-    pub fn new(inbox: SnapshotInbox) -> Self {
-        Self { inbox, inbound: Arc::default() }
+    /// `abandoned_after` should exceed the longest a piece can take to arrive (the listener's
+    /// request timeout bounds it): the sender sends each piece once the last is answered.
+    pub fn new(inbox: SnapshotInbox, abandoned_after: Duration) -> Self {
+        Self { inbox, inbound: Arc::default(), abandoned_after }
     }
 
     pub async fn receive(&self, raft: &Raft, chunk: SnapshotChunk) -> Result<SnapshotAck, SnapshotRefused> {
@@ -43,7 +49,9 @@ impl SnapshotReceiver {
         let mut inbound = self.inbound.lock().await;
         if chunk.offset == 0 {
             let file = self.inbox.new_file().await.map_err(|e| SnapshotRefused(e.to_string()))?;
-            *inbound = Some(Inbound { transfer: chunk.transfer, file, next: 0 });
+            *inbound = Some(Inbound { transfer: chunk.transfer, file, next: 0, last_piece: Instant::now() });
+            let watch = forget_when_abandoned(self.inbound.clone(), chunk.transfer, self.abandoned_after);
+            tokio::spawn(watch);
         }
         let Some(receiving) =
             inbound.as_mut().filter(|i| i.transfer == chunk.transfer && i.next == chunk.offset)
@@ -62,6 +70,7 @@ impl SnapshotReceiver {
             return Err(SnapshotRefused(format!("cannot store the snapshot piece: {e}")));
         }
         receiving.next += chunk.data.len() as u64;
+        receiving.last_piece = Instant::now();
         if !chunk.done {
             return Ok(SnapshotAck::Received);
         }
@@ -81,6 +90,29 @@ impl SnapshotReceiver {
             .await
             .map_err(|e| SnapshotRefused(format!("raft could not install the snapshot: {e}")))?;
         Ok(SnapshotAck::Finished(response))
+    }
+}
+
+/// Drops transfer `transfer` once no piece of it has come for `after`; returns when it is
+/// dropped, finished or replaced.
+async fn forget_when_abandoned(inbound: Arc<Mutex<Option<Inbound>>>, transfer: u64, after: Duration) {
+    loop {
+        let due = match inbound.lock().await.as_ref().filter(|i| i.transfer == transfer) {
+            Some(receiving) => receiving.last_piece + after,
+            None => return,
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let mut inbound = inbound.lock().await;
+        let Some(receiving) = inbound.as_ref().filter(|i| i.transfer == transfer) else { return };
+        if receiving.last_piece.elapsed() >= after {
+            tracing::info!(
+                transfer = format!("{transfer:x}"),
+                received = receiving.next,
+                "snapshot transfer abandoned by its sender: dropping what was received"
+            );
+            *inbound = None;
+            return;
+        }
     }
 }
 
@@ -126,6 +158,30 @@ mod tests {
             data: Vec::new(),
             done: true,
         }
+    }
+
+    fn receiving(transfer: u64) -> Option<Inbound> {
+        let file = tokio::fs::File::from_std(tempfile::tempfile().expect("temp file"));
+        Some(Inbound { transfer, file, next: 0, last_piece: Instant::now() })
+    }
+
+    #[tokio::test]
+    async fn a_transfer_no_piece_comes_for_is_dropped() {
+        let inbound = Arc::new(Mutex::new(receiving(7)));
+        let after = Duration::from_millis(50);
+        tokio::time::timeout(Duration::from_secs(10), forget_when_abandoned(inbound.clone(), 7, after))
+            .await
+            .expect("the watch ends");
+        assert!(inbound.lock().await.is_none(), "the partial snapshot is dropped");
+    }
+
+    #[tokio::test]
+    async fn the_watch_on_a_replaced_transfer_leaves_its_successor_alone() {
+        let inbound = Arc::new(Mutex::new(receiving(7)));
+        let watch = tokio::spawn(forget_when_abandoned(inbound.clone(), 7, Duration::from_millis(50)));
+        *inbound.lock().await = receiving(8);
+        tokio::time::timeout(Duration::from_secs(10), watch).await.expect("the watch ends").expect("join");
+        assert_eq!(inbound.lock().await.as_ref().map(|i| i.transfer), Some(8));
     }
 
     #[test]
