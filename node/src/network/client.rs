@@ -505,8 +505,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         }
     }
 
-    /// Pipelines the session's requests on an append stream (see [`append_stream`]); with a
-    /// peer that has none, sends one request per append.
+    /// Sends the session's requests on an append stream (see [`append_stream`]); with a peer
+    /// that has none, one request per append.
     fn stream_append<'s, S>(
         &'s mut self,
         requests: S,
@@ -529,7 +529,14 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     })
                 }
             };
-            let answers = append_stream::session(stream, requests, option.hard_ttl(), kept(&mut self.stream));
+            let ttl = option.hard_ttl();
+            let answers = append_stream::session(
+                stream,
+                requests,
+                ttl,
+                append_stream::PIPELINE,
+                kept(&mut self.stream),
+            );
             Ok(Box::pin(answers.map(|answer| answer.map_err(stream_failure))) as BoxStream<'s, _>)
         })
     }
