@@ -367,16 +367,21 @@ impl PeerConnection {
                 self.failure(Ok(()));
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
-            Err(e) => match self.failure(Err(&e)) {
-                Some(unreachable) => Err(RPCError::Unreachable(unreachable)),
-                None => Err(RPCError::Network(NetworkError::new(&e))),
-            },
+            Err(e) => Err(self.call_failed(&e)),
+        }
+    }
+
+    /// Records that a call to the peer failed and says what openraft should make of it.
+    fn call_failed(&self, e: &PeerError) -> RPCError<TypeConfig> {
+        match self.failure(Err(e)) {
+            Some(unreachable) => RPCError::Unreachable(unreachable),
+            None => RPCError::Network(NetworkError::new(e)),
         }
     }
 
     /// The append stream to run the next session on: the one kept from the last session if it
     /// is fresh and the target's record has not changed since, or a new one. `None` if the
-    /// target does not offer streams.
+    /// target does not offer streams. A failure to open one is the caller's to record.
     async fn append_stream(&mut self, timeout: Duration) -> Result<Option<AppendStream>, PeerError> {
         let member = self.member();
         if let Some(stream) = kept(&mut self.stream).take() {
@@ -386,7 +391,9 @@ impl PeerConnection {
         }
         let opened = self.client.open_stream(&member, timeout).await;
         self.stream_opened_for = Some(member);
-        self.failure(opened.as_ref().map(|_| ()));
+        if opened.is_ok() {
+            self.failure(Ok(()));
+        }
         if let Ok(None) = opened {
             tracing::info!(peer = self.target, "peer has no append streams: one request per append");
             self.streams_offered = false;
@@ -522,12 +529,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
             let stream = match self.append_stream(option.soft_ttl()).await {
                 Ok(Some(stream)) => stream,
                 Ok(None) => return stream_append_sequential(self, requests, option).await,
-                Err(e) => {
-                    return Err(match self.failure(Err(&e)) {
-                        Some(unreachable) => RPCError::Unreachable(unreachable),
-                        None => RPCError::Network(NetworkError::new(&e)),
-                    })
-                }
+                Err(e) => return Err(self.call_failed(&e)),
             };
             let ttl = option.hard_ttl();
             let answers = append_stream::session(
