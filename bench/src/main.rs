@@ -63,13 +63,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(cli.clients.max(1))
-        .tcp_nodelay(true)
-        .build()?;
-    let endpoints: Vec<Endpoint> =
-        cli.endpoints.iter().map(|url| Endpoint::new(cli.system, url, http.clone())).collect();
+    let endpoints = cli
+        .endpoints
+        .iter()
+        .map(|url| Endpoint::new(cli.system, url))
+        .collect::<anyhow::Result<Vec<Endpoint>>>()?;
     let value = vec![b'v'; cli.value_size];
     if cli.preload {
         load::preload(&endpoints, cli.keys, &value).await?;

@@ -1,10 +1,28 @@
-//! The systems under test, behind one set of operations: metaStore through its client crate,
-//! and etcd through its v3 JSON gateway (`/v3/kv/...`, keys and values base64).
+//! The systems under test, behind one set of operations: metaStore's `/v1/kv` API, and etcd's
+//! v3 JSON gateway (`/v3/kv/...`, keys and values base64), both spoken in plain HTTP/1.1.
+//!
+//! Requests go out on hyper's connection-level client, a connection per request in flight,
+//! kept for the next request. A general-purpose client (URL parsing, a shared pool, redirect
+//! and timeout machinery per request) cost the generator as much CPU per read as all three
+//! metaStore members together, on a machine they share (docs/performance.md).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use metastore_client::{Client, Consistency, Precondition};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// A request not answered in this long counts as an error, and its connection is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum System {
@@ -12,44 +30,62 @@ pub enum System {
     Etcd,
 }
 
-/// One connection pool to one member.
+/// One member, and the connections to it that are idle. Cheap to clone; clones share them.
 #[derive(Clone)]
-pub enum Endpoint {
-    Metastore(Client),
-    Etcd { http: reqwest::Client, base: String },
+pub struct Endpoint {
+    system: System,
+    /// `host:port`, to connect to and to name in the `Host` header.
+    authority: String,
+    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
 }
 
 /// What a read returned: the value's revision, for a compare-and-swap that follows.
 pub type Revision = Option<u64>;
 
+/// The part of metaStore's answer to a read that the load needs.
+#[derive(Deserialize)]
+struct Found {
+    mod_revision: u64,
+}
+
 impl Endpoint {
-    pub fn new(system: System, url: &str, http: reqwest::Client) -> Self {
-        match system {
-            System::Metastore => Endpoint::Metastore(Client::with_http(url, http)),
-            System::Etcd => Endpoint::Etcd { http, base: url.trim_end_matches('/').to_string() },
-        }
+    /// `url` is a member's client URL: `http://host:port`.
+    pub fn new(system: System, url: &str) -> anyhow::Result<Self> {
+        let authority = url
+            .trim_end_matches('/')
+            .strip_prefix("http://")
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| anyhow::anyhow!("endpoint {url:?} is not http://host:port"))?;
+        Ok(Self { system, authority: authority.to_string(), idle: Arc::default() })
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
-        match self {
-            Endpoint::Metastore(client) => {
-                client.put(key, value.to_vec(), None).await?;
+        match self.system {
+            System::Metastore => {
+                let (status, body) = self.send(Method::PUT, metastore_path(key), value.to_vec()).await?;
+                expect_success(status, &body)
             }
-            Endpoint::Etcd { .. } => {
+            System::Etcd => {
                 self.etcd("/v3/kv/put", json!({"key": B64.encode(key), "value": B64.encode(value)})).await?;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// A read, linearizable or (`stale`) served from the member's own state.
     pub async fn get(&self, key: &str, stale: bool) -> anyhow::Result<Revision> {
-        match self {
-            Endpoint::Metastore(client) => {
-                let consistency = if stale { Consistency::Stale } else { Consistency::Linearizable };
-                Ok(client.get(key, consistency).await?.map(|kv| kv.mod_revision))
+        match self.system {
+            System::Metastore => {
+                let consistency = if stale { "stale" } else { "linearizable" };
+                let path = format!("{}?consistency={consistency}", metastore_path(key));
+                let (status, body) = self.send(Method::GET, path, Vec::new()).await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                expect_success(status, &body)?;
+                Ok(Some(serde_json::from_slice::<Found>(&body)?.mod_revision))
             }
-            Endpoint::Etcd { .. } => {
+            System::Etcd => {
                 let answer =
                     self.etcd("/v3/kv/range", json!({"key": B64.encode(key), "serializable": stale})).await?;
                 let revision = answer["kvs"][0]["mod_revision"].as_str().and_then(|r| r.parse().ok());
@@ -60,19 +96,21 @@ impl Endpoint {
 
     /// Writes `value` if the key is still at `revision` (absent when `None`); whether it did.
     pub async fn cas(&self, key: &str, revision: Revision, value: &[u8]) -> anyhow::Result<bool> {
-        match self {
-            Endpoint::Metastore(client) => {
-                let precondition = match revision {
-                    Some(r) => Precondition::ModRevision(r),
-                    None => Precondition::Absent,
+        match self.system {
+            System::Metastore => {
+                let condition = match revision {
+                    Some(r) => format!("if_mod_revision={r}"),
+                    None => "if_absent=true".to_string(),
                 };
-                match client.put(key, value.to_vec(), Some(precondition)).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.status() == Some(409) => Ok(false),
-                    Err(e) => Err(e.into()),
+                let path = format!("{}?{condition}", metastore_path(key));
+                let (status, body) = self.send(Method::PUT, path, value.to_vec()).await?;
+                if status == StatusCode::CONFLICT {
+                    return Ok(false);
                 }
+                expect_success(status, &body)?;
+                Ok(true)
             }
-            Endpoint::Etcd { .. } => {
+            System::Etcd => {
                 let compare =
                     json!({"key": B64.encode(key), "target": "MOD", "mod_revision": revision.unwrap_or(0)});
                 let put = json!({"request_put": {"key": B64.encode(key), "value": B64.encode(value)}});
@@ -83,11 +121,67 @@ impl Endpoint {
     }
 
     async fn etcd(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let Endpoint::Etcd { http, base } = self else { anyhow::bail!("not an etcd endpoint") };
-        let answer = http.post(format!("{base}{path}")).json(&body).send().await?;
-        let status = answer.status();
-        let body: Value = answer.json().await?;
-        anyhow::ensure!(status.is_success(), "etcd answered {status}: {body}");
-        Ok(body)
+        let (status, answer) = self.send(Method::POST, path.to_string(), serde_json::to_vec(&body)?).await?;
+        expect_success(status, &answer)?;
+        Ok(serde_json::from_slice(&answer)?)
     }
+
+    /// Sends one request on an idle connection, or a new one, and reads the whole answer.
+    async fn send(&self, method: Method, path: String, body: Vec<u8>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let mut connection = match self.take_idle() {
+            Some(connection) => connection,
+            None => self.connect().await?,
+        };
+        let exchange = async {
+            connection.ready().await?;
+            let answer = connection.send_request(request).await?;
+            let status = answer.status();
+            let body = answer.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.authority))??;
+        // A connection that failed is dropped with the error above; this one may serve again.
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(connection);
+        }
+        Ok(answer)
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(connection) = idle.pop() {
+            if !connection.is_closed() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::TcpStream::connect(&self.authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // Ends when the member closes the connection, or the sender is dropped.
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+fn metastore_path(key: &str) -> String {
+    format!("/v1/kv/{}", utf8_percent_encode(key, NON_ALPHANUMERIC))
+}
+
+fn expect_success(status: StatusCode, body: &[u8]) -> anyhow::Result<()> {
+    anyhow::ensure!(status.is_success(), "answered {status}: {}", String::from_utf8_lossy(body));
+    Ok(())
 }

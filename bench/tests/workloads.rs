@@ -1,0 +1,131 @@
+//! The load generator against real stores: every workload runs without errors against a
+//! metaStore member and, where etcd is installed, against etcd's JSON gateway; open loop sends
+//! the requests its rate schedules; a bad endpoint is refused with a clear error.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use metastore_testkit::{free_port, workspace_binary, Process};
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_metastore-bench");
+
+const WORKLOADS: [&str; 5] = ["put", "get", "stale-get", "mixed", "cas"];
+
+/// Runs the generator with `args`; its JSON outcome.
+fn bench(system: &str, endpoint: &str, args: &[&str]) -> Value {
+    let out = Command::new(BENCH)
+        .args(["--system", system, "--endpoints", endpoint, "--keys", "64", "--json"])
+        .args(args)
+        .output()
+        .expect("metastore-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "metastore-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = stdout.lines().last().expect("an outcome line");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+/// Preloads every key, retrying until the store takes writes (it may still be starting).
+fn preload(system: &str, endpoint: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = Command::new(BENCH)
+            .args([
+                "--system",
+                system,
+                "--endpoints",
+                endpoint,
+                "--keys",
+                "64",
+                "--preload",
+                "--duration",
+                "0",
+            ])
+            .output()
+            .expect("metastore-bench runs");
+        if status.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{system} at {endpoint} never took writes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn every_workload_runs_without_errors(system: &str, endpoint: &str) {
+    preload(system, endpoint);
+    for workload in WORKLOADS {
+        let args = ["--workload", workload, "--clients", "4", "--duration", "1"];
+        assert_clean(&bench(system, endpoint, &args), &format!("{workload} on {system}"));
+    }
+}
+
+fn assert_clean(outcome: &Value, what: &str) {
+    assert_eq!(outcome["errors"], 0, "{what}: {outcome}");
+    assert!(outcome["operations"].as_u64().is_some_and(|n| n > 0), "{what} did nothing: {outcome}");
+    let ms = |field: &str| outcome[field].as_f64().unwrap_or(f64::NAN);
+    assert!(ms("p50_ms") <= ms("p99_ms") && ms("p99_ms") <= ms("max_ms"), "{what}: {outcome}");
+    assert!(ms("generator_cores") >= 0.0, "{what} measured its own CPU: {outcome}");
+}
+
+fn start_metastore(dir: &Path) -> (Process, String) {
+    let (peer, client) = (free_port(), free_port());
+    let binary = workspace_binary("metastore").unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(binary);
+    command.args(["--member-id", "1", "--cluster", &format!("http://127.0.0.1:{peer}")]);
+    command.args(["--port", &client.to_string(), "--data-dir"]).arg(dir.join("data"));
+    let member = Process::spawn("metastore", command, &dir.join("metastore.log")).expect("member starts");
+    (member, format!("http://127.0.0.1:{client}"))
+}
+
+#[test]
+fn every_workload_runs_against_metastore_without_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_member, endpoint) = start_metastore(dir.path());
+    every_workload_runs_without_errors("metastore", &endpoint);
+}
+
+#[test]
+fn open_loop_sends_what_its_rate_schedules() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_member, endpoint) = start_metastore(dir.path());
+    preload("metastore", &endpoint);
+    let args = ["--workload", "stale-get", "--clients", "4", "--rate", "200", "--duration", "1"];
+    let outcome = bench("metastore", &endpoint, &args);
+    assert_clean(&outcome, "open loop");
+    // 200 slots in the second, split among 4 senders: each sends its own, answered or not.
+    let sent = outcome["operations"].as_u64().unwrap_or(0);
+    assert!((196..=204).contains(&sent), "sent {sent} requests at 200/s for 1 s: {outcome}");
+}
+
+#[test]
+fn every_workload_runs_against_etcd_without_errors() {
+    if !metastore_testkit::available(Path::new("etcd"), "--version") {
+        eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (peer, client) = (free_port(), free_port());
+    let (peer_url, client_url) = (format!("http://127.0.0.1:{peer}"), format!("http://127.0.0.1:{client}"));
+    let mut command = Command::new("etcd");
+    command.arg("--data-dir").arg(dir.path().join("etcd"));
+    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
+    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
+    command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
+    let _etcd = Process::spawn("etcd", command, &dir.path().join("etcd.log")).expect("etcd starts");
+    every_workload_runs_without_errors("etcd", &client_url);
+}
+
+#[test]
+fn an_endpoint_that_is_not_a_plain_http_url_is_refused() {
+    for endpoint in ["https://127.0.0.1:2379", "127.0.0.1:2379", "http://127.0.0.1:2379/v3"] {
+        let out = Command::new(BENCH).args(["--endpoints", endpoint]).output().expect("runs");
+        assert!(!out.status.success(), "{endpoint} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("is not http://host:port"), "{endpoint}: {stderr}");
+    }
+}
