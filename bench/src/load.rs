@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::Zipf;
 use serde::Serialize;
 
 use crate::target::{Endpoint, System};
@@ -25,12 +26,57 @@ pub enum Workload {
     Cas,
 }
 
+/// How requests choose among the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Distribution {
+    /// Every key equally often.
+    Uniform,
+    /// A few hot keys and a long tail: key k (from 1) is chosen in proportion to 1/k^s.
+    Zipf,
+}
+
+/// The keys a load touches, and how often each.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpace {
+    count: usize,
+    distribution: Distribution,
+    zipf: Option<Zipf<f64>>,
+}
+
+impl KeySpace {
+    /// `count` keys (at least one); `exponent` is the Zipf distribution's s.
+    pub fn new(count: usize, distribution: Distribution, exponent: f64) -> anyhow::Result<Self> {
+        let count = count.max(1);
+        let zipf = match distribution {
+            Distribution::Uniform => None,
+            Distribution::Zipf => Some(
+                Zipf::new(count as f64, exponent)
+                    .map_err(|e| anyhow::anyhow!("no Zipf distribution with exponent {exponent}: {e}"))?,
+            ),
+        };
+        Ok(Self { count, distribution, zipf })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> String {
+        let key = match self.zipf {
+            // Samples are whole numbers in [1, count].
+            Some(zipf) => (rng.sample(zipf) as usize).clamp(1, self.count) - 1,
+            None => rng.random_range(0..self.count),
+        };
+        key_name(key)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub system: System,
     pub workload: Workload,
     pub clients: usize,
-    pub keys: usize,
+    pub keys: KeySpace,
     pub value_size: usize,
     pub duration: Duration,
     /// Requests per second in all (open loop); `None` for closed loop.
@@ -42,6 +88,10 @@ pub struct Outcome {
     pub system: System,
     pub workload: Workload,
     pub clients: usize,
+    /// Where the load went.
+    pub endpoints: Vec<String>,
+    pub keys: usize,
+    pub distribution: Distribution,
     pub operations: u64,
     pub errors: u64,
     pub seconds: f64,
@@ -80,10 +130,10 @@ async fn operate(
     endpoint: &Endpoint,
     workload: Workload,
     rng: &mut StdRng,
-    keys: usize,
+    keys: KeySpace,
     value: &[u8],
 ) -> bool {
-    let key = key_name(rng.random_range(0..keys.max(1)));
+    let key = keys.pick(rng);
     let result = match workload {
         Workload::Put => endpoint.put(&key, value).await,
         Workload::Get => endpoint.get(&key, false).await.map(|_| ()),
@@ -190,6 +240,9 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
         system: plan.system,
         workload: plan.workload,
         clients: plan.clients,
+        endpoints: endpoints.iter().map(Endpoint::url).collect(),
+        keys: plan.keys.count,
+        distribution: plan.keys.distribution,
         operations,
         errors,
         seconds,
@@ -220,5 +273,47 @@ impl Outcome {
             self.errors,
             self.generator_cores
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picks(keys: &KeySpace, n: usize) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut counts = vec![0; keys.count()];
+        for _ in 0..n {
+            let key = keys.pick(&mut rng);
+            let index: usize = key.trim_start_matches("bench/").parse().expect("a bench key");
+            counts[index] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn uniform_keys_are_all_touched_about_equally() {
+        let counts = picks(&KeySpace::new(100, Distribution::Uniform, 0.99).expect("valid"), 100_000);
+        assert!(counts.iter().all(|&c| (700..1300).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn zipf_keys_have_a_hot_head_and_a_long_tail() {
+        let counts = picks(&KeySpace::new(1_000, Distribution::Zipf, 0.99).expect("valid"), 100_000);
+        // With s = 0.99 key 1 is chosen about 500 times as often as key 500.
+        assert!(counts[0] > 50 * counts[499].max(1), "head {} vs middle {}", counts[0], counts[499]);
+        assert!(counts[999] > 0, "the last key is chosen too");
+    }
+
+    #[test]
+    fn a_zipf_exponent_that_is_no_distribution_is_refused() {
+        assert!(KeySpace::new(10, Distribution::Zipf, -1.0).is_err());
+        assert!(KeySpace::new(10, Distribution::Uniform, -1.0).is_ok(), "uniform ignores it");
+    }
+
+    #[test]
+    fn an_empty_key_space_still_has_one_key() {
+        let keys = KeySpace::new(0, Distribution::Zipf, 0.99).expect("valid");
+        assert_eq!(picks(&keys, 10), vec![10]);
     }
 }

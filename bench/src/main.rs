@@ -12,8 +12,19 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::load::{Plan, Workload};
+use crate::load::{Distribution, KeySpace, Plan, Workload};
 use crate::target::{Endpoint, System};
+
+/// Which of the endpoints the load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    /// Every endpoint, clients spread evenly.
+    All,
+    /// The one that leads.
+    Leader,
+    /// The first that answers and does not lead.
+    Follower,
+}
 
 #[derive(Parser)]
 #[command(name = "metastore-bench", version, about = "Load generator for metaStore and etcd")]
@@ -24,6 +35,9 @@ struct Cli {
     /// etcd: its client URL, which serves the v3 JSON gateway). Clients spread over them.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:12380")]
     endpoints: Vec<String>,
+    /// Which endpoints to send to; each is asked whether it leads before the load.
+    #[arg(long, value_enum, default_value_t = Target::All)]
+    target: Target,
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
     /// Concurrent clients (closed loop), or senders (open loop).
@@ -32,9 +46,15 @@ struct Cli {
     /// Open loop: requests per second in all. Without it, closed loop.
     #[arg(long)]
     rate: Option<u64>,
-    /// Distinct keys, chosen uniformly.
+    /// Distinct keys.
     #[arg(long, default_value_t = 10_000)]
     keys: usize,
+    /// How requests choose among the keys.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// The Zipf distribution's exponent s (YCSB's 0.99 by default).
+    #[arg(long, default_value_t = 0.99)]
+    zipf_exponent: f64,
     #[arg(long, default_value_t = 256)]
     value_size: usize,
     /// Seconds of load.
@@ -63,20 +83,24 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let endpoints = cli
+    let mut endpoints = cli
         .endpoints
         .iter()
         .map(|url| Endpoint::new(cli.system, url))
         .collect::<anyhow::Result<Vec<Endpoint>>>()?;
+    let keys = KeySpace::new(cli.keys, cli.distribution, cli.zipf_exponent)?;
     let value = vec![b'v'; cli.value_size];
     if cli.preload {
-        load::preload(&endpoints, cli.keys, &value).await?;
+        load::preload(&endpoints, keys.count(), &value).await?;
+    }
+    if cli.target != Target::All {
+        endpoints = vec![choose(endpoints, cli.target == Target::Leader).await?];
     }
     let plan = Plan {
         system: cli.system,
         workload: cli.workload,
         clients: cli.clients.max(1),
-        keys: cli.keys,
+        keys,
         value_size: cli.value_size,
         duration: Duration::from_secs(cli.duration),
         rate: cli.rate,
@@ -90,4 +114,19 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&outcome)?);
     }
     Ok(())
+}
+
+/// The first of `endpoints` that leads, or (`leader` false) that follows, by its own account;
+/// endpoints that do not answer are passed over.
+async fn choose(endpoints: Vec<Endpoint>, leader: bool) -> anyhow::Result<Endpoint> {
+    let mut unanswered = Vec::new();
+    for endpoint in endpoints {
+        match endpoint.leads().await {
+            Ok(leads) if leads == leader => return Ok(endpoint),
+            Ok(_) => {}
+            Err(e) => unanswered.push(format!("{}: {e:#}", endpoint.url())),
+        }
+    }
+    let role = if leader { "leads (the cluster may be electing)" } else { "follows" };
+    anyhow::bail!("none of the endpoints {role}; did not answer: {unanswered:?}")
 }

@@ -48,6 +48,12 @@ struct Found {
     mod_revision: u64,
 }
 
+/// The part of a metaStore member's `/v1/cluster` answer that says whether it leads.
+#[derive(Deserialize)]
+struct MemberState {
+    state: String,
+}
+
 impl Endpoint {
     /// `url` is a member's client URL: `http://host:port`.
     pub fn new(system: System, url: &str) -> anyhow::Result<Self> {
@@ -57,6 +63,10 @@ impl Endpoint {
             .filter(|a| !a.is_empty() && !a.contains('/'))
             .ok_or_else(|| anyhow::anyhow!("endpoint {url:?} is not http://host:port"))?;
         Ok(Self { system, authority: authority.to_string(), idle: Arc::default() })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.authority)
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
@@ -116,6 +126,24 @@ impl Endpoint {
                 let put = json!({"request_put": {"key": B64.encode(key), "value": B64.encode(value)}});
                 let answer = self.etcd("/v3/kv/txn", json!({"compare": [compare], "success": [put]})).await?;
                 Ok(answer["succeeded"].as_bool().unwrap_or(false))
+            }
+        }
+    }
+
+    /// Whether this member is its cluster's leader.
+    pub async fn leads(&self) -> anyhow::Result<bool> {
+        match self.system {
+            System::Metastore => {
+                let (status, body) = self.send(Method::GET, "/v1/cluster".to_string(), Vec::new()).await?;
+                expect_success(status, &body)?;
+                let status: MemberState = serde_json::from_slice(&body)?;
+                Ok(status.state == "leader")
+            }
+            System::Etcd => {
+                // 64-bit ids come as strings from the gateway.
+                let status = self.etcd("/v3/maintenance/status", json!({})).await?;
+                let own = &status["header"]["member_id"];
+                Ok(own.is_string() && *own == status["leader"])
             }
         }
     }

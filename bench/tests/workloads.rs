@@ -73,13 +73,35 @@ fn assert_clean(outcome: &Value, what: &str) {
 }
 
 fn start_metastore(dir: &Path) -> (Process, String) {
-    let (peer, client) = (free_port(), free_port());
+    let (mut members, endpoints) = start_metastore_cluster(dir, 1);
+    (members.remove(0), endpoints)
+}
+
+/// `n` members of one cluster; their client URLs, comma separated.
+fn start_metastore_cluster(dir: &Path, n: usize) -> (Vec<Process>, String) {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let cluster: Vec<String> = ports.iter().map(|(peer, _)| format!("http://127.0.0.1:{peer}")).collect();
     let binary = workspace_binary("metastore").unwrap_or_else(|e| panic!("{e}"));
-    let mut command = Command::new(binary);
-    command.args(["--member-id", "1", "--cluster", &format!("http://127.0.0.1:{peer}")]);
-    command.args(["--port", &client.to_string(), "--data-dir"]).arg(dir.join("data"));
-    let member = Process::spawn("metastore", command, &dir.join("metastore.log")).expect("member starts");
-    (member, format!("http://127.0.0.1:{client}"))
+    let members = (1..=n)
+        .zip(&ports)
+        .map(|(id, (_, client))| {
+            let mut command = Command::new(&binary);
+            command.args(["--member-id", &id.to_string(), "--cluster", &cluster.join(",")]);
+            command.args(["--port", &client.to_string(), "--data-dir"]).arg(dir.join(format!("data{id}")));
+            let log = dir.join(format!("metastore{id}.log"));
+            Process::spawn("metastore", command, &log).expect("member starts")
+        })
+        .collect();
+    let endpoints: Vec<String> =
+        ports.iter().map(|(_, client)| format!("http://127.0.0.1:{client}")).collect();
+    (members, endpoints.join(","))
+}
+
+/// Whether the member at `url` says it leads.
+fn leads(url: &str) -> bool {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let status = runtime.block_on(metastore_client::Client::new(url).cluster());
+    status.is_ok_and(|s| s.state == "leader")
 }
 
 #[test]
@@ -87,6 +109,34 @@ fn every_workload_runs_against_metastore_without_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_member, endpoint) = start_metastore(dir.path());
     every_workload_runs_without_errors("metastore", &endpoint);
+}
+
+#[test]
+fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_members, endpoints) = start_metastore_cluster(dir.path(), 3);
+    preload("metastore", &endpoints);
+    for (target, leader) in [("leader", true), ("follower", false)] {
+        let args = ["--target", target, "--workload", "put", "--clients", "4", "--duration", "1"];
+        let outcome = bench("metastore", &endpoints, &args);
+        assert_clean(&outcome, &format!("put on the {target}"));
+        let used = outcome["endpoints"].as_array().expect("endpoints listed");
+        assert_eq!(used.len(), 1, "{outcome}");
+        let url = used[0].as_str().expect("a URL");
+        assert!(endpoints.split(',').any(|e| e == url), "{url} is one of {endpoints}");
+        assert_eq!(leads(url), leader, "{url} is the {target}");
+    }
+}
+
+#[test]
+fn a_zipf_load_runs_without_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_member, endpoint) = start_metastore(dir.path());
+    preload("metastore", &endpoint);
+    let args = ["--workload", "cas", "--distribution", "zipf", "--clients", "4", "--duration", "1"];
+    let outcome = bench("metastore", &endpoint, &args);
+    assert_clean(&outcome, "cas on zipf keys");
+    assert_eq!(outcome["distribution"], "Zipf", "{outcome}");
 }
 
 #[test]
@@ -118,6 +168,9 @@ fn every_workload_runs_against_etcd_without_errors() {
     command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
     let _etcd = Process::spawn("etcd", command, &dir.path().join("etcd.log")).expect("etcd starts");
     every_workload_runs_without_errors("etcd", &client_url);
+    let args = ["--target", "leader", "--workload", "stale-get", "--clients", "2", "--duration", "1"];
+    let outcome = bench("etcd", &client_url, &args);
+    assert_clean(&outcome, "a lone etcd member leads");
 }
 
 #[test]
