@@ -7,6 +7,10 @@
 #   bench/compare-etcd.sh                 # C = 1 16 64 256, 3 rounds of 10 s per row
 #   DURATION=30 ROUNDS=1 CLIENTS="64 256" bench/compare-etcd.sh
 #
+# C = 1 has two rows per workload, one client on the leader and one on a follower of each
+# system (a single client's figures are those of the member it talks to); larger C spread
+# their clients over all three members.
+#
 # A row runs ROUNDS rounds, each metaStore then etcd, and shows each system's median round (by
 # throughput): on a shared machine a neighbour's burst then spoils one round, not the row.
 #
@@ -101,8 +105,8 @@ t=$(now); start_metastore; ms_first=$(first_write metastore http://127.0.0.1:248
 sleep 2
 etcd_idle=$(rss_mib "${etcd_pids[@]}"); ms_idle=$(rss_mib "${ms_pids[@]}")
 
-bench() { # system endpoints workload clients
-  "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" \
+bench() { # system endpoints workload clients target
+  "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" --target "$5" \
     --keys "$KEYS" --duration "$DURATION" --json | tail -1
 }
 # Every key written once, so that reads find values.
@@ -112,16 +116,20 @@ for system in metastore etcd; do
 done
 
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), median of $ROUNDS rounds of ${DURATION}s per row, 256-byte values, $KEYS keys"
-printf '%-10s %7s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
+printf '%-10s %12s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
   workload clients "ms ops/s" "ms p50" "ms p99" "etcd ops/s" "etcd p50" "etcd p99" "ops x" "p99 x"
 for workload in $WORKLOADS; do
   for c in $CLIENTS; do
+  # A single client measures the one member it talks to: both roles, each system alike.
+  targets=$([[ $c == 1 ]] && echo "leader follower" || echo all)
+  for target in $targets; do
     m=""; e=""
     for _ in $(seq "$ROUNDS"); do
-      m+="$(bench metastore "$ms_endpoints" "$workload" "$c")"$'\n'
-      e+="$(bench etcd "$etcd_endpoints" "$workload" "$c")"$'\n'
+      m+="$(bench metastore "$ms_endpoints" "$workload" "$c" "$target")"$'\n'
+      e+="$(bench etcd "$etcd_endpoints" "$workload" "$c" "$target")"$'\n'
     done
-    python3 - "$workload" "$c" "$m" "$e" <<'PY'
+    row=$([[ $target == all ]] && echo "$c" || echo "$c $target")
+    python3 - "$workload" "$row" "$m" "$e" <<'PY'
 import json, sys
 
 def median_round(lines):
@@ -131,10 +139,11 @@ def median_round(lines):
 workload, c = sys.argv[1], sys.argv[2]
 m, e = median_round(sys.argv[3]), median_round(sys.argv[4])
 ratio = lambda a, b: a / b if b else float("nan")
-print(f"{workload:<10} {c:>7} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} | "
+print(f"{workload:<10} {c:>12} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} | "
       f"{e['throughput']:>10.0f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f} | "
       f"{ratio(m['throughput'], e['throughput']):>7.2f} {ratio(m['p99_ms'], e['p99_ms']):>7.2f}")
 PY
+  done
   done
 done
 

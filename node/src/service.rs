@@ -408,7 +408,13 @@ impl Service {
                 Ok(response) => return Ok(response),
                 Err(ForwardError::NotLeader { .. }) if Instant::now() < deadline && attempt < 20 => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)))).await;
+                    // Try again as soon as another leader is known (right after an election,
+                    // not up to a backoff later), or after the backoff if none is.
+                    let backoff = Duration::from_millis(20 * u64::from(attempt.min(10)));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.leader_replaced(leader, deadline) => {}
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }
