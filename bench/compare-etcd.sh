@@ -106,8 +106,13 @@ sleep 2
 etcd_idle=$(rss_mib "${etcd_pids[@]}"); ms_idle=$(rss_mib "${ms_pids[@]}")
 
 bench() { # system endpoints workload clients target
-  "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" --target "$5" \
-    --keys "$KEYS" --duration "$DURATION" --json | tail -1
+  # Finding a leader or follower fails while a cluster elects: try again.
+  for _ in 1 2 3; do
+    "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" --target "$5" \
+      --keys "$KEYS" --duration "$DURATION" --json | tail -1 && return
+    sleep 1
+  done
+  return 1
 }
 # Every key written once, so that reads find values.
 for system in metastore etcd; do
@@ -120,16 +125,16 @@ printf '%-10s %12s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
   workload clients "ms ops/s" "ms p50" "ms p99" "etcd ops/s" "etcd p50" "etcd p99" "ops x" "p99 x"
 for workload in $WORKLOADS; do
   for c in $CLIENTS; do
-  # A single client measures the one member it talks to: both roles, each system alike.
-  targets=$([[ $c == 1 ]] && echo "leader follower" || echo all)
-  for target in $targets; do
-    m=""; e=""
-    for _ in $(seq "$ROUNDS"); do
-      m+="$(bench metastore "$ms_endpoints" "$workload" "$c" "$target")"$'\n'
-      e+="$(bench etcd "$etcd_endpoints" "$workload" "$c" "$target")"$'\n'
-    done
-    row=$([[ $target == all ]] && echo "$c" || echo "$c $target")
-    python3 - "$workload" "$row" "$m" "$e" <<'PY'
+    # A single client measures the one member it talks to: both roles, each system alike.
+    targets=$([[ $c == 1 ]] && echo "leader follower" || echo all)
+    for target in $targets; do
+      m=""; e=""
+      for _ in $(seq "$ROUNDS"); do
+        m+="$(bench metastore "$ms_endpoints" "$workload" "$c" "$target")"$'\n'
+        e+="$(bench etcd "$etcd_endpoints" "$workload" "$c" "$target")"$'\n'
+      done
+      row=$([[ $target == all ]] && echo "$c" || echo "$c $target")
+      python3 - "$workload" "$row" "$m" "$e" <<'PY'
 import json, sys
 
 def median_round(lines):
@@ -143,7 +148,7 @@ print(f"{workload:<10} {c:>12} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m
       f"{e['throughput']:>10.0f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f} | "
       f"{ratio(m['throughput'], e['throughput']):>7.2f} {ratio(m['p99_ms'], e['p99_ms']):>7.2f}")
 PY
-  done
+    done
   done
 done
 

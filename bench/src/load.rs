@@ -49,10 +49,14 @@ impl KeySpace {
         let count = count.max(1);
         let zipf = match distribution {
             Distribution::Uniform => None,
-            Distribution::Zipf => Some(
-                Zipf::new(count as f64, exponent)
-                    .map_err(|e| anyhow::anyhow!("no Zipf distribution with exponent {exponent}: {e}"))?,
-            ),
+            Distribution::Zipf => {
+                // rand_distr takes an infinite exponent, then never returns a sample.
+                anyhow::ensure!(exponent.is_finite(), "the Zipf exponent must be finite, not {exponent}");
+                Some(
+                    Zipf::new(count as f64, exponent)
+                        .map_err(|e| anyhow::anyhow!("no Zipf distribution with exponent {exponent}: {e}"))?,
+                )
+            }
         };
         Ok(Self { count, distribution, zipf })
     }
@@ -179,7 +183,7 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
                         if !operate(&endpoint, workload, &mut rng, keys, &value).await {
                             errors += 1;
                         }
-                        let _ = latencies.record(sent.elapsed().as_micros().max(1) as u64);
+                        latencies.saturating_record(sent.elapsed().as_micros().max(1) as u64);
                     }
                     (latencies, errors)
                 }));
@@ -213,7 +217,7 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
                         match request.await {
                             Ok((ok, latency)) => {
                                 errors += u64::from(!ok);
-                                let _ = latencies.record(latency.as_micros().max(1) as u64);
+                                latencies.saturating_record(latency.as_micros().max(1) as u64);
                             }
                             Err(_) => errors += 1,
                         }
@@ -308,6 +312,8 @@ mod tests {
     #[test]
     fn a_zipf_exponent_that_is_no_distribution_is_refused() {
         assert!(KeySpace::new(10, Distribution::Zipf, -1.0).is_err());
+        assert!(KeySpace::new(10, Distribution::Zipf, f64::INFINITY).is_err());
+        assert!(KeySpace::new(10, Distribution::Zipf, f64::NAN).is_err());
         assert!(KeySpace::new(10, Distribution::Uniform, -1.0).is_ok(), "uniform ignores it");
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::load::{Distribution, KeySpace, Plan, Workload};
-use crate::target::{Endpoint, System};
+use crate::target::{Endpoint, Role, System};
 
 /// Which of the endpoints the load goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,14 +41,14 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
     /// Concurrent clients (closed loop), or senders (open loop).
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    clients: u32,
     /// Open loop: requests per second in all. Without it, closed loop.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     rate: Option<u64>,
     /// Distinct keys.
-    #[arg(long, default_value_t = 10_000)]
-    keys: usize,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    keys: u32,
     /// How requests choose among the keys.
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     distribution: Distribution,
@@ -88,18 +88,20 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         .iter()
         .map(|url| Endpoint::new(cli.system, url))
         .collect::<anyhow::Result<Vec<Endpoint>>>()?;
-    let keys = KeySpace::new(cli.keys, cli.distribution, cli.zipf_exponent)?;
+    let keys = KeySpace::new(cli.keys as usize, cli.distribution, cli.zipf_exponent)?;
     let value = vec![b'v'; cli.value_size];
     if cli.preload {
         load::preload(&endpoints, keys.count(), &value).await?;
     }
-    if cli.target != Target::All {
-        endpoints = vec![choose(endpoints, cli.target == Target::Leader).await?];
+    match cli.target {
+        Target::All => {}
+        Target::Leader => endpoints = vec![choose(endpoints, Role::Leader).await?],
+        Target::Follower => endpoints = vec![choose(endpoints, Role::Follower).await?],
     }
     let plan = Plan {
         system: cli.system,
         workload: cli.workload,
-        clients: cli.clients.max(1),
+        clients: cli.clients as usize,
         keys,
         value_size: cli.value_size,
         duration: Duration::from_secs(cli.duration),
@@ -116,17 +118,16 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first of `endpoints` that leads, or (`leader` false) that follows, by its own account;
-/// endpoints that do not answer are passed over.
-async fn choose(endpoints: Vec<Endpoint>, leader: bool) -> anyhow::Result<Endpoint> {
-    let mut unanswered = Vec::new();
+/// The first of `endpoints` that has `role`, by its own account; endpoints that do not answer
+/// are passed over.
+async fn choose(endpoints: Vec<Endpoint>, role: Role) -> anyhow::Result<Endpoint> {
+    let mut others = Vec::new();
     for endpoint in endpoints {
-        match endpoint.leads().await {
-            Ok(leads) if leads == leader => return Ok(endpoint),
-            Ok(_) => {}
-            Err(e) => unanswered.push(format!("{}: {e:#}", endpoint.url())),
+        match endpoint.role().await {
+            Ok(r) if r == role => return Ok(endpoint),
+            Ok(r) => others.push(format!("{}: {r:?}", endpoint.url())),
+            Err(e) => others.push(format!("{}: {e:#}", endpoint.url())),
         }
     }
-    let role = if leader { "leads (the cluster may be electing)" } else { "follows" };
-    anyhow::bail!("none of the endpoints {role}; did not answer: {unanswered:?}")
+    anyhow::bail!("no endpoint is a {role:?} (the cluster may be electing): {others:?}")
 }

@@ -17,8 +17,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use metastore_client::{ClusterStatus, KeyValue};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// A request not answered in this long counts as an error, and its connection is dropped.
@@ -42,16 +42,13 @@ pub struct Endpoint {
 /// What a read returned: the value's revision, for a compare-and-swap that follows.
 pub type Revision = Option<u64>;
 
-/// The part of metaStore's answer to a read that the load needs.
-#[derive(Deserialize)]
-struct Found {
-    mod_revision: u64,
-}
-
-/// The part of a metaStore member's `/v1/cluster` answer that says whether it leads.
-#[derive(Deserialize)]
-struct MemberState {
-    state: String,
+/// What a member is in its cluster, by its own account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    /// A candidate, a learner, or anything else that neither leads nor follows.
+    Other,
 }
 
 impl Endpoint {
@@ -93,7 +90,7 @@ impl Endpoint {
                     return Ok(None);
                 }
                 expect_success(status, &body)?;
-                Ok(Some(serde_json::from_slice::<Found>(&body)?.mod_revision))
+                Ok(Some(serde_json::from_slice::<KeyValue>(&body)?.mod_revision))
             }
             System::Etcd => {
                 let answer =
@@ -130,20 +127,30 @@ impl Endpoint {
         }
     }
 
-    /// Whether this member is its cluster's leader.
-    pub async fn leads(&self) -> anyhow::Result<bool> {
+    /// This member's role in its cluster.
+    pub async fn role(&self) -> anyhow::Result<Role> {
         match self.system {
             System::Metastore => {
                 let (status, body) = self.send(Method::GET, "/v1/cluster".to_string(), Vec::new()).await?;
                 expect_success(status, &body)?;
-                let status: MemberState = serde_json::from_slice(&body)?;
-                Ok(status.state == "leader")
+                let status: ClusterStatus = serde_json::from_slice(&body)?;
+                Ok(match status.state.as_str() {
+                    "leader" => Role::Leader,
+                    "follower" => Role::Follower,
+                    _ => Role::Other,
+                })
             }
             System::Etcd => {
-                // 64-bit ids come as strings from the gateway.
+                // 64-bit ids come as strings from the gateway; false fields may be left out.
                 let status = self.etcd("/v3/maintenance/status", json!({})).await?;
                 let own = &status["header"]["member_id"];
-                Ok(own.is_string() && *own == status["leader"])
+                Ok(if own.is_string() && *own == status["leader"] {
+                    Role::Leader
+                } else if status["isLearner"].as_bool().unwrap_or(false) {
+                    Role::Other
+                } else {
+                    Role::Follower
+                })
             }
         }
     }
@@ -154,7 +161,8 @@ impl Endpoint {
         Ok(serde_json::from_slice(&answer)?)
     }
 
-    /// Sends one request on an idle connection, or a new one, and reads the whole answer.
+    /// Sends one request on an idle connection, or a new one, and reads the whole answer; all
+    /// within [`REQUEST_TIMEOUT`], connecting included (a member cut off drops the SYN).
     async fn send(&self, method: Method, path: String, body: Vec<u8>) -> anyhow::Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(method)
@@ -162,25 +170,45 @@ impl Endpoint {
             .header(HOST, &self.authority)
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        let mut connection = match self.take_idle() {
-            Some(connection) => connection,
-            None => self.connect().await?,
-        };
-        let exchange = async {
-            connection.ready().await?;
-            let answer = connection.send_request(request).await?;
-            let status = answer.status();
-            let body = answer.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
-        };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.authority))??;
-        // A connection that failed is dropped with the error above; this one may serve again.
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(connection);
+            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.authority))?
+    }
+
+    async fn exchange(&self, mut request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let (mut connection, mut fresh) = match self.take_idle() {
+            Some(connection) => (connection, false),
+            None => (self.connect().await?, true),
+        };
+        loop {
+            let (unsent, error) = match connection.ready().await {
+                Err(e) => (request, e),
+                Ok(()) => match connection.try_send_request(request).await {
+                    Ok(answer) => {
+                        let status = answer.status();
+                        let body = answer.into_body().collect().await?.to_bytes();
+                        // Read to the end, so the connection may serve again; a connection that
+                        // failed went with its error above.
+                        if let Ok(mut idle) = self.idle.lock() {
+                            idle.push(connection);
+                        }
+                        return Ok((status, body));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => (unsent, e.into_error()),
+                        None => return Err(e.into_error().into()),
+                    },
+                },
+            };
+            // A kept connection the member closed (it closes idle ones) fails before the
+            // request is written: send it once more, on a new connection.
+            if fresh {
+                return Err(error.into());
+            }
+            request = unsent;
+            connection = self.connect().await?;
+            fresh = true;
         }
-        Ok(answer)
     }
 
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {

@@ -51,7 +51,8 @@ fn preload(system: &str, endpoint: &str) {
         if status.status.success() {
             return;
         }
-        assert!(Instant::now() < deadline, "{system} at {endpoint} never took writes");
+        let stderr = String::from_utf8_lossy(&status.stderr);
+        assert!(Instant::now() < deadline, "{system} at {endpoint} never took writes: {stderr}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -97,11 +98,11 @@ fn start_metastore_cluster(dir: &Path, n: usize) -> (Vec<Process>, String) {
     (members, endpoints.join(","))
 }
 
-/// Whether the member at `url` says it leads.
-fn leads(url: &str) -> bool {
+/// The member at `url` by its own account: its raft state and term.
+fn state_of(url: &str) -> (String, u64) {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let status = runtime.block_on(metastore_client::Client::new(url).cluster());
-    status.is_ok_and(|s| s.state == "leader")
+    let status = runtime.block_on(metastore_client::Client::new(url).cluster()).expect("cluster status");
+    (status.state, status.term)
 }
 
 #[test]
@@ -116,7 +117,8 @@ fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_members, endpoints) = start_metastore_cluster(dir.path(), 3);
     preload("metastore", &endpoints);
-    for (target, leader) in [("leader", true), ("follower", false)] {
+    let (_, elected) = state_of(endpoints.split(',').next().expect("an endpoint"));
+    for target in ["leader", "follower"] {
         let args = ["--target", target, "--workload", "put", "--clients", "4", "--duration", "1"];
         let outcome = bench("metastore", &endpoints, &args);
         assert_clean(&outcome, &format!("put on the {target}"));
@@ -124,7 +126,13 @@ fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
         assert_eq!(used.len(), 1, "{outcome}");
         let url = used[0].as_str().expect("a URL");
         assert!(endpoints.split(',').any(|e| e == url), "{url} is one of {endpoints}");
-        assert_eq!(leads(url), leader, "{url} is the {target}");
+        let (state, term) = state_of(url);
+        if term != elected {
+            // An election since the load began (a busy machine) may have swapped the roles.
+            eprintln!("term {term}: roles may have changed since the load began; not compared");
+            continue;
+        }
+        assert_eq!(state, target, "{url} is the {target}");
     }
 }
 
@@ -148,8 +156,25 @@ fn open_loop_sends_what_its_rate_schedules() {
     let outcome = bench("metastore", &endpoint, &args);
     assert_clean(&outcome, "open loop");
     // 200 slots in the second, split among 4 senders: each sends its own, answered or not.
-    let sent = outcome["operations"].as_u64().unwrap_or(0);
-    assert!((196..=204).contains(&sent), "sent {sent} requests at 200/s for 1 s: {outcome}");
+    assert_eq!(outcome["operations"], 200, "{outcome}");
+}
+
+#[test]
+fn arguments_that_describe_no_load_are_refused() {
+    for args in [
+        &["--clients", "0"][..],
+        &["--keys", "0"],
+        &["--rate", "0"],
+        &["--distribution", "zipf", "--zipf-exponent", "inf"],
+    ] {
+        let out = Command::new(BENCH)
+            .args(["--endpoints", "http://127.0.0.1:9", "--duration", "0"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?} was taken");
+        assert!(!out.stderr.is_empty(), "{args:?} was refused without a word");
+    }
 }
 
 #[test]
