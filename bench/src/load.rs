@@ -39,7 +39,7 @@ pub enum Distribution {
 #[derive(Debug, Clone, Copy)]
 pub struct KeySpace {
     count: usize,
-    distribution: Distribution,
+    /// `None`: uniform.
     zipf: Option<Zipf<f64>>,
 }
 
@@ -58,11 +58,19 @@ impl KeySpace {
                 )
             }
         };
-        Ok(Self { count, distribution, zipf })
+        Ok(Self { count, zipf })
     }
 
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    pub fn distribution(&self) -> Distribution {
+        if self.zipf.is_some() {
+            Distribution::Zipf
+        } else {
+            Distribution::Uniform
+        }
     }
 
     fn pick(&self, rng: &mut StdRng) -> String {
@@ -246,7 +254,7 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
         clients: plan.clients,
         endpoints: endpoints.iter().map(Endpoint::url).collect(),
         keys: plan.keys.count,
-        distribution: plan.keys.distribution,
+        distribution: plan.keys.distribution(),
         operations,
         errors,
         seconds,

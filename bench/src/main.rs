@@ -22,7 +22,7 @@ enum Target {
     All,
     /// The one that leads.
     Leader,
-    /// The first that answers and does not lead.
+    /// The first that says it follows.
     Follower,
 }
 

@@ -65,6 +65,17 @@ fn every_workload_runs_without_errors(system: &str, endpoint: &str) {
     }
 }
 
+/// Runs the generator with `args` against a fresh, preloaded member; its outcome, which must be
+/// free of errors.
+fn clean_load_on_one_member(args: &[&str], what: &str) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_member, endpoint) = start_metastore(dir.path());
+    preload("metastore", &endpoint);
+    let outcome = bench("metastore", &endpoint, args);
+    assert_clean(&outcome, what);
+    outcome
+}
+
 fn assert_clean(outcome: &Value, what: &str) {
     assert_eq!(outcome["errors"], 0, "{what}: {outcome}");
     assert!(outcome["operations"].as_u64().is_some_and(|n| n > 0), "{what} did nothing: {outcome}");
@@ -138,23 +149,15 @@ fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
 
 #[test]
 fn a_zipf_load_runs_without_errors() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (_member, endpoint) = start_metastore(dir.path());
-    preload("metastore", &endpoint);
     let args = ["--workload", "cas", "--distribution", "zipf", "--clients", "4", "--duration", "1"];
-    let outcome = bench("metastore", &endpoint, &args);
-    assert_clean(&outcome, "cas on zipf keys");
+    let outcome = clean_load_on_one_member(&args, "cas on zipf keys");
     assert_eq!(outcome["distribution"], "Zipf", "{outcome}");
 }
 
 #[test]
 fn open_loop_sends_what_its_rate_schedules() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (_member, endpoint) = start_metastore(dir.path());
-    preload("metastore", &endpoint);
     let args = ["--workload", "stale-get", "--clients", "4", "--rate", "200", "--duration", "1"];
-    let outcome = bench("metastore", &endpoint, &args);
-    assert_clean(&outcome, "open loop");
+    let outcome = clean_load_on_one_member(&args, "open loop");
     // 200 slots in the second, split among 4 senders: each sends its own, answered or not.
     assert_eq!(outcome["operations"], 200, "{outcome}");
 }
