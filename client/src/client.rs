@@ -1,13 +1,14 @@
 use std::time::Duration;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ClientError};
 use crate::types::*;
 
-/// Characters left as they are in a key's URL path segment (RFC 3986 "unreserved").
+/// Bytes left as they are in a key's URL path segment or query value (RFC 3986
+/// "unreserved"); every other byte is percent-encoded, so keys may be any bytes.
 const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// How fresh a read must be.
@@ -47,12 +48,12 @@ impl Precondition {
     }
 }
 
-/// A range (listing) request: either a prefix, or a `[start, end)` interval.
+/// A range (listing) request: either a prefix, or a `[start, end)` interval. Keys are bytes.
 #[derive(Debug, Clone, Default)]
 pub struct RangeRequest {
-    pub prefix: Option<String>,
-    pub start: Option<String>,
-    pub end: Option<String>,
+    pub prefix: Option<Vec<u8>>,
+    pub start: Option<Vec<u8>>,
+    pub end: Option<Vec<u8>>,
     pub limit: Option<usize>,
     pub consistency: Consistency,
 }
@@ -113,13 +114,17 @@ impl Client {
         &self.base
     }
 
-    fn key_url(&self, key: &str) -> String {
-        format!("{}/v1/kv/{}", self.base, utf8_percent_encode(key, KEY_ESCAPES))
+    fn key_url(&self, key: &[u8]) -> String {
+        format!("{}/v1/kv/{}", self.base, percent_encode(key, KEY_ESCAPES))
     }
 
     /// Reads one key; `Ok(None)` when it does not exist.
-    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<KeyValue>, ClientError> {
-        let url = self.key_url(key);
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, ClientError> {
+        let url = self.key_url(key.as_ref());
         let req = self.http.get(&url).query(&[("consistency", consistency.as_query())]);
         match self.send_json::<KeyValue>(&url, req).await {
             Ok(kv) => Ok(Some(kv)),
@@ -131,11 +136,11 @@ impl Client {
     /// Writes one key; fails with status 409 when `precondition` does not hold.
     pub async fn put(
         &self,
-        key: &str,
+        key: impl AsRef<[u8]>,
         value: impl Into<Vec<u8>>,
         precondition: Option<Precondition>,
     ) -> Result<PutResponse, ClientError> {
-        let url = self.key_url(key);
+        let url = self.key_url(key.as_ref());
         let mut req = self.http.put(&url).body(value.into());
         if let Some(p) = precondition {
             req = req.query(&[p.as_query()]);
@@ -146,10 +151,10 @@ impl Client {
     /// Deletes one key; fails with status 409 when `precondition` does not hold.
     pub async fn delete(
         &self,
-        key: &str,
+        key: impl AsRef<[u8]>,
         precondition: Option<Precondition>,
     ) -> Result<DeleteResponse, ClientError> {
-        let url = self.key_url(key);
+        let url = self.key_url(key.as_ref());
         let mut req = self.http.delete(&url);
         if let Some(p) = precondition {
             req = req.query(&[p.as_query()]);
@@ -159,21 +164,16 @@ impl Client {
 
     /// Lists keys in order.
     pub async fn range(&self, range: &RangeRequest) -> Result<RangeResponse, ClientError> {
-        let url = format!("{}/v1/kv", self.base);
-        let mut query: Vec<(&str, String)> = vec![("consistency", range.consistency.as_query().to_string())];
-        if let Some(p) = &range.prefix {
-            query.push(("prefix", p.clone()));
-        }
-        if let Some(s) = &range.start {
-            query.push(("start", s.clone()));
-        }
-        if let Some(e) = &range.end {
-            query.push(("end", e.clone()));
+        let mut url = format!("{}/v1/kv?consistency={}", self.base, range.consistency.as_query());
+        for (name, bytes) in [("prefix", &range.prefix), ("start", &range.start), ("end", &range.end)] {
+            if let Some(bytes) = bytes {
+                url.push_str(&format!("&{name}={}", percent_encode(bytes, KEY_ESCAPES)));
+            }
         }
         if let Some(l) = range.limit {
-            query.push(("limit", l.to_string()));
+            url.push_str(&format!("&limit={l}"));
         }
-        let req = self.http.get(&url).query(&query);
+        let req = self.http.get(&url);
         self.send_json(&url, req).await
     }
 
@@ -253,7 +253,8 @@ mod tests {
     #[test]
     fn keys_are_escaped_into_one_path_segment() {
         let c = Client::new("http://n:1/");
-        assert_eq!(c.key_url("a/b c?%"), "http://n:1/v1/kv/a%2Fb%20c%3F%25");
-        assert_eq!(c.key_url("plain-key_1.x~"), "http://n:1/v1/kv/plain-key_1.x~");
+        assert_eq!(c.key_url(b"a/b c?%"), "http://n:1/v1/kv/a%2Fb%20c%3F%25");
+        assert_eq!(c.key_url(b"plain-key_1.x~"), "http://n:1/v1/kv/plain-key_1.x~");
+        assert_eq!(c.key_url(b"\xff\x00"), "http://n:1/v1/kv/%FF%00");
     }
 }

@@ -1,11 +1,12 @@
 //! JSON bodies of the `/v1` API.
 //!
-//! Values are arbitrary bytes, so JSON carries them base64-encoded (standard alphabet, padded),
-//! as etcd's JSON gateway does. Keys are UTF-8 text.
+//! Keys and values are arbitrary bytes, so JSON carries them base64-encoded (standard alphabet,
+//! padded), as etcd's JSON gateway does. In URL paths and query parameters keys are
+//! percent-encoded.
 
 use serde::{Deserialize, Serialize};
 
-/// Largest key the API accepts, in bytes of UTF-8.
+/// Largest key the API accepts, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 * 1024;
 /// Largest value the API accepts, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -17,11 +18,12 @@ pub const MAX_RANGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// One key with its value and per-key metadata.
 ///
-/// Revisions are cluster-wide: every write gets the raft log index that committed it, so a
-/// larger revision always means a later write.
+/// Revisions are etcd's: the store's revision rises by one with every write that changes a key
+/// (a put, a delete that deleted something), so a larger revision always means a later write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
-    pub key: String,
+    #[serde(with = "base64_bytes")]
+    pub key: Vec<u8>,
     #[serde(with = "base64_bytes")]
     pub value: Vec<u8>,
     /// Revision of the write that created the key (since it last did not exist).
@@ -30,12 +32,15 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// Number of writes since the key was created; 1 after the first.
     pub version: u64,
+    /// The lease the key is attached to; 0 for none.
+    #[serde(default)]
+    pub lease: i64,
 }
 
 /// Answer to a `PUT /v1/kv/{key}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutResponse {
-    /// The revision of this write.
+    /// The revision of this write: the store's revision once it applied.
     pub revision: u64,
     /// The key as it was before this write, if it existed.
     pub prev_kv: Option<KeyValue>,
@@ -60,7 +65,8 @@ pub struct RangeResponse {
     /// True when the limit cut the listing short; continue from `next_key`.
     pub more: bool,
     /// The first key not returned, when `more` is true.
-    pub next_key: Option<String>,
+    #[serde(with = "base64_opt_bytes", default)]
+    pub next_key: Option<Vec<u8>>,
     /// The store's revision the listing was read at.
     pub revision: u64,
 }
@@ -171,6 +177,25 @@ pub mod base64_bytes {
     }
 }
 
+/// Serde adapter: `Option<Vec<u8>>` as a standard base64 string or null.
+pub mod base64_opt_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_str(&STANDARD.encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
+        text.map(|t| STANDARD.decode(t.as_bytes()).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,13 +203,15 @@ mod tests {
     #[test]
     fn values_travel_as_base64_and_back() {
         let kv = KeyValue {
-            key: "a".into(),
+            key: vec![b'a', 0xff],
             value: vec![0, 255, b'x'],
             create_revision: 3,
             mod_revision: 5,
             version: 2,
+            lease: 0,
         };
         let json = serde_json::to_value(&kv).expect("serialize");
+        assert_eq!(json["key"], "Yf8=");
         assert_eq!(json["value"], "AP94");
         let back: KeyValue = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, kv);
@@ -192,7 +219,19 @@ mod tests {
 
     #[test]
     fn malformed_base64_is_rejected() {
-        let json = r#"{"key":"a","value":"***","create_revision":1,"mod_revision":1,"version":1}"#;
+        let json = r#"{"key":"YQ==","value":"***","create_revision":1,"mod_revision":1,"version":1}"#;
         assert!(serde_json::from_str::<KeyValue>(json).is_err());
+    }
+
+    #[test]
+    fn a_listing_names_the_next_key_as_base64_or_null() {
+        let page = RangeResponse { kvs: vec![], more: true, next_key: Some(vec![0xfe]), revision: 9 };
+        let json = serde_json::to_value(&page).expect("serialize");
+        assert_eq!(json["next_key"], "/g==");
+        assert_eq!(serde_json::from_value::<RangeResponse>(json).expect("deserialize"), page);
+        let last = RangeResponse { kvs: vec![], more: false, next_key: None, revision: 9 };
+        let json = serde_json::to_value(&last).expect("serialize");
+        assert!(json["next_key"].is_null());
+        assert_eq!(serde_json::from_value::<RangeResponse>(json).expect("deserialize"), last);
     }
 }

@@ -1,20 +1,17 @@
 //! Group commit at the leader: client writes that arrive while earlier ones are being committed
 //! wait, and are then proposed together as one raft entry. One entry costs one log append and
 //! one fsync on each member however many writes it carries, so under load the cost of a commit
-//! is shared; a lone write is proposed at once, as itself.
-//!
-//! A batch never holds one key twice: its writes share the entry's revision, and a key's mod
-//! revision must name a single state of it.
+//! is shared; a lone write is proposed at once. Each write of an entry gets its own revision.
 
 use openraft::async_runtime::WatchReceiver;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::kv::{Write, WriteResult};
 use crate::network::wire::ForwardError;
-use crate::types::{Command, CommandResult, NodeId, Raft};
+use crate::types::{Command, NodeId, Raft};
 
 /// Proposals in flight at once. While they are, new writes queue up and form the next batch.
 const IN_FLIGHT: usize = 2;
@@ -25,10 +22,10 @@ const MAX_BYTES: usize = 1024 * 1024;
 /// Writes waiting for a proposal; beyond this, callers wait to queue (backpressure).
 const QUEUE: usize = 8192;
 
-type Reply = oneshot::Sender<Result<CommandResult, ForwardError>>;
+type Reply = oneshot::Sender<Result<WriteResult, ForwardError>>;
 
 struct Pending {
-    command: Command,
+    write: Write,
     reply: Reply,
 }
 
@@ -46,13 +43,13 @@ impl WriteBatcher {
         Self { queue }
     }
 
-    /// Commits `command` on this member, which must lead, and answers what applying it did.
+    /// Commits `write` on this member, which must lead, and answers what applying it did.
     ///
     /// `NotLeader` means it was never proposed (safe to send elsewhere); once proposed, a
     /// failure is `OutcomeUnknown`.
-    pub async fn write(&self, command: Command) -> Result<CommandResult, ForwardError> {
+    pub async fn write(&self, write: Write) -> Result<WriteResult, ForwardError> {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Pending { command, reply }).await.is_err() {
+        if self.queue.send(Pending { write, reply }).await.is_err() {
             return Err(ForwardError::Unavailable("this member is shutting down".into()));
         }
         answer.await.unwrap_or_else(|_| {
@@ -63,47 +60,26 @@ impl WriteBatcher {
 
 async fn run(id: NodeId, raft: Raft, mut pending: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut held_over: Option<Pending> = None;
     loop {
         // Wait for a free slot before taking writes, so they gather while all slots are busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let first = match held_over.take() {
-            Some(first) => first,
-            None => match pending.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // A key already in the batch starts the next one.
-        let mut keys = HashSet::new();
-        let admit = |c: &Command| c.key().is_some_and(|k| keys.insert(k.to_string()));
-        let (batch, rest) = gather(first, &mut pending, |p| &p.command, admit);
-        held_over = rest;
+        let Some(first) = pending.recv().await else { return };
+        let batch = gather(first, &mut pending, |p| &p.write);
         tokio::spawn(propose(id, raft.clone(), batch, slot));
     }
 }
 
 /// Takes `first` and the writes waiting in `queue` behind it, up to [`MAX_WRITES`] and about
-/// [`MAX_BYTES`], while `admit` accepts each; the first one refused is handed back, to start
-/// the next batch.
-pub(crate) fn gather<T>(
-    first: T,
-    queue: &mut mpsc::Receiver<T>,
-    command: impl Fn(&T) -> &Command,
-    mut admit: impl FnMut(&Command) -> bool,
-) -> (Vec<T>, Option<T>) {
-    admit(command(&first));
-    let mut bytes = command(&first).size();
+/// [`MAX_BYTES`].
+pub(crate) fn gather<T>(first: T, queue: &mut mpsc::Receiver<T>, write: impl Fn(&T) -> &Write) -> Vec<T> {
+    let mut bytes = write(&first).size();
     let mut batch = vec![first];
     while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
         let Ok(next) = queue.try_recv() else { break };
-        if !admit(command(&next)) {
-            return (batch, Some(next));
-        }
-        bytes += command(&next).size();
+        bytes += write(&next).size();
         batch.push(next);
     }
-    (batch, None)
+    batch
 }
 
 /// Proposes `batch` as one entry and answers each of its writers.
@@ -114,12 +90,8 @@ async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaph
         }
         return;
     }
-    let (commands, replies): (Vec<Command>, Vec<Reply>) =
-        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let command = match <[Command; 1]>::try_from(commands) {
-        Ok([single]) => single,
-        Err(commands) => Command::Batch(commands),
-    };
+    let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+    let command = Command::Writes(writes);
     let writes = replies.len();
     crate::metrics::api().proposed(writes);
     match raft.client_write(command).await {

@@ -1,5 +1,6 @@
 //! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP.
 //!
+//! - [`kv`]: the key-value engine's rules: writes, records, revisions (no raft, no RocksDB).
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
 //! - [`service`]: the store as clients see it on any member (forwarding, read index).
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod batcher;
 pub mod config;
+pub mod kv;
 pub mod listener;
 pub mod metrics;
 pub mod network;

@@ -22,10 +22,11 @@ use openraft::{ChangeMembers, LinearizerOption, ReadPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::batcher::WriteBatcher;
+use crate::kv::{Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
 use crate::network::{PeerClient, PeerError};
-use crate::storage::{self, KvReader, RangePage};
-use crate::types::{Command, CommandResult, KeyRecord, Member, NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::storage::{self, KeyRead, KvReader, RangePage};
+use crate::types::{Member, NodeId, Raft, RaftMetrics, TypeConfig};
 
 /// How long a request may wait for a leader, forwarding hops and a read index in total.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
@@ -97,8 +98,8 @@ struct Shared {
 type ReadIndexWaiter = oneshot::Sender<Result<u64, ServiceError>>;
 
 struct WriteWaiter {
-    command: Command,
-    reply: oneshot::Sender<Result<CommandResult, ServiceError>>,
+    write: Write,
+    reply: oneshot::Sender<Result<WriteResult, ServiceError>>,
 }
 
 /// Requests with gathered writes in flight to the leader at once, from one member.
@@ -152,14 +153,14 @@ impl Service {
         self.raft().metrics().borrow_watched().clone()
     }
 
-    /// Commits `command` through raft and returns what applying it did.
+    /// Commits `write` through raft and returns what applying it did.
     ///
     /// On the leader it goes straight to the batcher. Elsewhere, writes that arrive together
     /// travel to the leader in one request ([`forward_writes`]).
-    pub async fn write(&self, command: Command) -> Result<CommandResult, ServiceError> {
+    pub async fn write(&self, write: Write) -> Result<WriteResult, ServiceError> {
         if self.leads() {
             let answer =
-                tokio::time::timeout(REQUEST_DEADLINE, self.inner.batcher.write(command.clone())).await;
+                tokio::time::timeout(REQUEST_DEADLINE, self.inner.batcher.write(write.clone())).await;
             match answer {
                 // Leadership just moved, and the write was never proposed: forward it.
                 Ok(Err(ForwardError::NotLeader { .. })) => {}
@@ -172,7 +173,7 @@ impl Service {
         }
         let (reply, answer) = oneshot::channel();
         let shutting_down = || ServiceError::Unavailable("this member is shutting down".into());
-        self.inner.writes.send(WriteWaiter { command, reply }).await.map_err(|_| shutting_down())?;
+        self.inner.writes.send(WriteWaiter { write, reply }).await.map_err(|_| shutting_down())?;
         answer.await.map_err(|_| {
             ServiceError::OutcomeUnknown("this member stopped with the write in flight".into())
         })?
@@ -183,8 +184,8 @@ impl Service {
     async fn write_all(&self, mut pending: Vec<WriteWaiter>) {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         for attempt in 1u64.. {
-            let commands = pending.iter().map(|w| w.command.clone()).collect();
-            let answers = match self.execute_until(ForwardRequest::Writes(commands), deadline).await {
+            let writes = pending.iter().map(|w| w.write.clone()).collect();
+            let answers = match self.execute_until(ForwardRequest::Writes(writes), deadline).await {
                 Ok(ForwardResponse::Written(answers)) if answers.len() == pending.len() => answers,
                 Ok(other) => {
                     let lost = format!("the leader's answer did not match the writes: {other:?}");
@@ -220,11 +221,7 @@ impl Service {
         }
     }
 
-    pub async fn get(
-        &self,
-        key: String,
-        consistency: ReadConsistency,
-    ) -> Result<Option<KeyRecord>, ServiceError> {
+    pub async fn get(&self, key: Vec<u8>, consistency: ReadConsistency) -> Result<KeyRead, ServiceError> {
         self.await_freshness(consistency).await?;
         Ok(self.reader().get(key).await?)
     }
@@ -451,15 +448,10 @@ impl Service {
     /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
     pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
         match request {
-            ForwardRequest::Writes(commands) => {
-                if commands.iter().any(|c| matches!(c, Command::Batch(_))) {
-                    return Err(ForwardError::Rejected(
-                        "batches are formed by the leader, not sent to it".into(),
-                    ));
-                }
+            ForwardRequest::Writes(writes) => {
                 // Queued in order; the batcher answers each on its own.
                 let answers =
-                    futures::future::join_all(commands.into_iter().map(|c| self.inner.batcher.write(c)));
+                    futures::future::join_all(writes.into_iter().map(|w| self.inner.batcher.write(w)));
                 Ok(ForwardResponse::Written(answers.await))
             }
             ForwardRequest::ReadIndex => self.read_index().await.map(ForwardResponse::ReadIndex),
@@ -611,7 +603,7 @@ async fn forward_writes(service: Service, mut waiting: mpsc::Receiver<WriteWaite
         // Wait for a free slot before taking writes, so they gather while all slots are busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = waiting.recv().await else { return };
-        let (gathered, _) = crate::batcher::gather(first, &mut waiting, |w| &w.command, |_| true);
+        let gathered = crate::batcher::gather(first, &mut waiting, |w| &w.write);
         let service = service.clone();
         tokio::spawn(async move {
             service.write_all(gathered).await;

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{Write, WriteResult};
+
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
@@ -24,7 +26,7 @@ pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot as openraft hands it around: its description and its file.
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, tokio::fs::File>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotData>;
 pub type StorageError = openraft::StorageError<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 
@@ -48,57 +50,27 @@ impl fmt::Display for Member {
     }
 }
 
-/// A condition on the key's current state that a write requires (compare-and-swap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Precondition {
-    Absent,
-    ModRevision(u64),
-}
-
-/// A state-machine command: the payload of a normal log entry.
+/// The payload of a normal raft log entry, as the log keeps it and peers send it. The variant
+/// is the encoding's version: a member meets an entry of another version as an error that says
+/// so, never as a misread write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put {
-        key: String,
-        // As one byte string, not a sequence of bytes one call each: the same encoding in
-        // postcard, with one copy. Likewise for every value and snapshot piece below.
-        #[serde(with = "serde_bytes")]
-        value: Vec<u8>,
-        precondition: Option<Precondition>,
-    },
-    Delete {
-        key: String,
-        precondition: Option<Precondition>,
-    },
-    /// Client writes proposed together as one entry (group commit), applied in order. They
-    /// share the entry's revision, so the leader never puts one key in a batch twice: a key's
-    /// mod revision must name one state of it.
-    Batch(Vec<Command>),
+    /// metaStore 0.1's entries (a put, a delete, a batch; revisions were log indexes). Their
+    /// tags are kept so that one decodes as what it is and is refused, not misread as another.
+    FormatOnePut,
+    FormatOneDelete,
+    FormatOneBatch,
+    /// Client writes proposed together (group commit), applied in order, each at the store's
+    /// next revision if it changes anything.
+    Writes(Vec<Write>),
 }
 
 impl Command {
-    /// The client writes this command carries, in order: itself, or a batch's.
-    pub fn into_writes(self) -> Vec<Command> {
-        match self {
-            Command::Batch(commands) => commands.into_iter().flat_map(Command::into_writes).collect(),
-            single => vec![single],
-        }
-    }
-
-    /// The key a single write changes; `None` for a batch.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Command::Put { key, .. } | Command::Delete { key, .. } => Some(key),
-            Command::Batch(_) => None,
-        }
-    }
-
     /// About how many bytes the command takes in a log entry.
     pub fn size(&self) -> usize {
         match self {
-            Command::Put { key, value, .. } => key.len() + value.len(),
-            Command::Delete { key, .. } => key.len(),
-            Command::Batch(commands) => commands.iter().map(Command::size).sum(),
+            Command::Writes(writes) => writes.iter().map(Write::size).sum(),
+            _ => 0,
         }
     }
 }
@@ -107,27 +79,19 @@ impl Command {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value, .. } => write!(f, "put {key:?} ({} bytes)", value.len()),
-            Command::Delete { key, .. } => write!(f, "delete {key:?}"),
-            Command::Batch(commands) => write!(f, "batch of {} writes", commands.len()),
+            Command::Writes(writes) => match writes.as_slice() {
+                [single] => write!(f, "{single}"),
+                writes => write!(f, "{} writes", writes.len()),
+            },
+            _ => write!(f, "an entry of metaStore 0.1's format"),
         }
     }
-}
-
-/// A key as stored: its value and revision metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    pub version: u64,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
 }
 
 /// What applying a log entry did: one answer per client write it carried, in order (none for
 /// blank and membership entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied(pub Vec<CommandResult>);
+pub struct Applied(pub Vec<WriteResult>);
 
 impl fmt::Display for Applied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -135,28 +99,28 @@ impl fmt::Display for Applied {
     }
 }
 
-/// What applying a single write did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResult {
-    /// The revision (log index) of the entry that carried the command.
-    pub revision: u64,
-    /// False when the precondition did not hold; then nothing was written.
-    pub succeeded: bool,
-    /// The key before the command (on failure: the key as it is, which made the compare fail).
-    pub prev: Option<KeyRecord>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::Precondition;
 
-    /// Logs, snapshots and peers of earlier versions hold these bytes: the encoding must not move.
+    /// Logs and peers hold these bytes: the encoding must not move.
     #[test]
-    fn values_keep_their_encoding() {
-        let put = Command::Put { key: "k".into(), value: vec![7, 8], precondition: None };
-        assert_eq!(postcard::to_stdvec(&put).expect("encode"), [0, 1, b'k', 2, 7, 8, 0]);
-        let record = KeyRecord { create_revision: 1, mod_revision: 2, version: 3, value: vec![7, 8] };
-        assert_eq!(postcard::to_stdvec(&record).expect("encode"), [1, 2, 3, 2, 7, 8]);
-        assert_eq!(postcard::from_bytes::<KeyRecord>(&[1, 2, 3, 2, 7, 8]).expect("decode"), record);
+    fn entries_keep_their_encoding() {
+        let put =
+            Command::Writes(vec![Write::Put { key: b"k".to_vec(), value: vec![7, 8], precondition: None }]);
+        assert_eq!(postcard::to_stdvec(&put).expect("encode"), [3, 1, 0, 1, b'k', 2, 7, 8, 0]);
+        let delete = Command::Writes(vec![Write::Delete {
+            key: vec![0xff],
+            precondition: Some(Precondition::ModRevision(5)),
+        }]);
+        assert_eq!(postcard::to_stdvec(&delete).expect("encode"), [3, 1, 1, 1, 0xff, 1, 1, 5]);
+    }
+
+    #[test]
+    fn an_entry_of_the_first_format_decodes_as_what_it_is() {
+        // metaStore 0.1's `Put { key: "k", value: [7, 8], precondition: None }`.
+        let old: Command = postcard::from_bytes(&[0, 1, b'k', 2, 7, 8, 0]).expect("decode");
+        assert_eq!(old, Command::FormatOnePut);
     }
 }

@@ -33,6 +33,46 @@ async fn writes_carry_revisions_and_versions() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_store_revision_rises_by_one_per_change_and_not_for_a_write_that_changes_nothing() {
+    let (cluster, client) = single().await;
+    let a = client.put("rev/a", b"1".to_vec(), None).await.expect("put").revision;
+    let b = client.put("rev/b", b"1".to_vec(), None).await.expect("put").revision;
+    assert_eq!(b, a + 1, "one write, one revision");
+    let failed = client.put("rev/a", b"2".to_vec(), Some(Precondition::Absent)).await.expect_err("exists");
+    assert_eq!(failed.status(), Some(409));
+    let nothing = client.delete("rev/none", None).await.expect("delete of nothing");
+    assert_eq!((nothing.deleted, nothing.revision), (false, b), "deleting nothing keeps the revision");
+    let deleted = client.delete("rev/a", None).await.expect("delete");
+    assert_eq!(deleted.revision, b + 1);
+    let again = client.put("rev/a", b"3".to_vec(), None).await.expect("put").revision;
+    let kv = client.get("rev/a", Consistency::Linearizable).await.expect("get").expect("present");
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (again, again, 1), "recreated");
+
+    // Reads report the revision they were served at, a missing key's 404 too.
+    let answer = reqwest::get(url(&cluster, "/v1/kv/rev/absent")).await.expect("answered");
+    assert_eq!(answer.status().as_u16(), 404);
+    assert_eq!(answer.headers()["x-metastore-revision"], again.to_string().as_str());
+    let listing = client.range(&RangeRequest { prefix: Some("rev/".into()), ..Default::default() }).await;
+    assert_eq!(listing.expect("range").revision, again);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_bytes_percent_encoded_in_urls_and_base64_in_json() {
+    let (cluster, client) = single().await;
+    let key = vec![0xff, 0x00, b'/', 0xfe];
+    client.put(&key, b"binary".to_vec(), None).await.expect("put");
+    let kv = client.get(&key, Consistency::Linearizable).await.expect("get").expect("present");
+    assert_eq!((kv.key.clone(), kv.value), (key.clone(), b"binary".to_vec()));
+    let raw = reqwest::get(url(&cluster, "/%FF%00%2F%FE")).await.expect("raw get");
+    assert_eq!(raw.bytes().await.expect("body").as_ref(), b"binary", "the raw API takes the same key");
+    let json: serde_json::Value =
+        reqwest::get(url(&cluster, "/v1/kv?prefix=%FF")).await.expect("range").json().await.expect("json");
+    assert_eq!(json["kvs"][0]["key"], "/wAv/g==");
+    let listed = client.range(&RangeRequest { prefix: Some(vec![0xff]), ..Default::default() }).await;
+    assert_eq!(listed.expect("range").kvs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn compare_and_swap_succeeds_only_on_the_expected_revision() {
     let (_cluster, client) = single().await;
     let created = client.put("cas", b"v1".to_vec(), Some(Precondition::Absent)).await.expect("create");
@@ -78,7 +118,7 @@ async fn ranges_list_in_order_and_paginate() {
         }
         start = page.next_key;
     }
-    let expected: Vec<String> = (0..25).map(|i| format!("dir/{i:02}")).collect();
+    let expected: Vec<Vec<u8>> = (0..25).map(|i| format!("dir/{i:02}").into_bytes()).collect();
     assert_eq!(seen, expected);
     let stale = client
         .range(&RangeRequest {
@@ -107,8 +147,15 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     };
     let send = |req: reqwest::RequestBuilder| async move { req.send().await.expect("answered") };
 
-    check(400, "invalid_key")(send(http.get(url(&cluster, "/v1/kv/bad%FFkey"))).await).await;
-    check(400, "invalid_key")(send(http.put(url(&cluster, "/bad%C3%28")).body("x")).await).await;
+    check(400, "invalid_key")(send(http.put(url(&cluster, "/")).body("x")).await).await;
+    check(400, "unknown_parameter")(
+        send(http.put(url(&cluster, "/v1/kv/a?prev_revision=1")).body("x")).await,
+    )
+    .await;
+    check(400, "unknown_parameter")(send(http.get(url(&cluster, "/v1/kv?prefx=a"))).await).await;
+    check(400, "unknown_parameter")(send(http.put(url(&cluster, "/raw?if_absent=true")).body("x")).await)
+        .await;
+    check(400, "duplicate_parameter")(send(http.get(url(&cluster, "/v1/kv?limit=1&limit=2"))).await).await;
     let long_key = "k".repeat(MAX_KEY_BYTES + 1);
     check(413, "key_too_large")(send(http.put(url(&cluster, &format!("/v1/kv/{long_key}"))).body("x")).await)
         .await;
@@ -132,7 +179,12 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     check(404, "not_found")(send(http.get(url(&cluster, "/v1/nothing/here"))).await).await;
 
     assert_eq!(client.get("big", Consistency::Linearizable).await.expect("get"), None);
-    assert_eq!(client.get("a", Consistency::Linearizable).await.expect("get"), None);
+    assert_eq!(
+        client.get("a", Consistency::Linearizable).await.expect("get"),
+        None,
+        "a refused write wrote nothing"
+    );
+    assert_eq!(client.get("raw", Consistency::Linearizable).await.expect("get"), None);
     // A value of exactly the limit is accepted.
     client.put("max", vec![b'v'; MAX_VALUE_BYTES], None).await.expect("a value at the limit");
 }

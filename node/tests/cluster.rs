@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, Cluster};
-use metastore_client::{AddMemberRequest, Client, ClientError, Consistency, MemberRole};
+use metastore_client::{AddMemberRequest, Client, ClientError, Consistency, MemberRole, RangeRequest};
 
 const ELECTION: Duration = Duration::from_secs(30);
 
@@ -107,6 +107,19 @@ async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() 
             "key-{i:03} on member {lagging}"
         );
     }
+    // The snapshot carried the revisions: the member that installed it holds every key with
+    // the leader's metadata, and the next write gets the same revision on both.
+    let next = put(&client, "after-snapshot", "x").await.expect("put");
+    caught_up(&back, "after-snapshot", "x", Duration::from_secs(30)).await;
+    let listing = |node: Client| async move {
+        let request =
+            RangeRequest { consistency: Consistency::Stale, limit: Some(1_000), ..Default::default() };
+        node.range(&request).await.expect("range")
+    };
+    let (on_leader, on_lagging) = (listing(client.clone()).await, listing(back.clone()).await);
+    assert_eq!(on_lagging.kvs, on_leader.kvs, "keys with their revisions and versions");
+    assert_eq!((on_lagging.revision, on_leader.revision), (next, next));
+    assert!(next >= 151, "a revision per write: 150 keys, then this one (retried ones may add): {next}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -211,7 +224,7 @@ async fn growing_to_five_and_shrinking_to_three_under_load_loses_no_acknowledged
             .await
             .expect("range");
         let stored: BTreeMap<String, String> =
-            page.kvs.into_iter().map(|kv| (kv.key, String::from_utf8(kv.value).expect("utf-8"))).collect();
+            page.kvs.into_iter().map(|kv| (utf8(kv.key), utf8(kv.value))).collect();
         for (key, value) in &acknowledged {
             assert_eq!(stored.get(key), Some(value), "acknowledged {key} on member {id}");
         }
@@ -582,4 +595,8 @@ async fn with_a_slow_election() -> (Cluster, u64, u64) {
     eventually(Duration::from_secs(10), || put(&client, "k", "v")).await;
     let term = cluster.status(leader).await.term;
     (cluster, leader, term)
+}
+
+fn utf8(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("utf-8")
 }

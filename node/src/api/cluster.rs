@@ -19,6 +19,7 @@ use warp::Filter;
 
 use super::error::{respond, ApiError};
 use super::input::body;
+use super::query::{params, Query};
 use crate::network::wire::MembershipChange;
 use crate::network::PeerToken;
 use crate::service::Service;
@@ -34,10 +35,18 @@ pub fn routes(
     let admin = warp::header::headers_cloned().map(move |headers: HeaderMap| {
         admit(token.as_ref(), headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
     });
-    let status = warp::get()
-        .and(warp::path!("v1" / "cluster"))
-        .and(svc.clone())
-        .then(|s: Service| async move { warp::reply::json(&status(&s).await).into_response() });
+    let status = warp::get().and(warp::path!("v1" / "cluster")).and(params(&[])).and(svc.clone()).then(
+        |q: Result<Query, ApiError>, s: Service| async move {
+            match q {
+                Ok(_) => warp::reply::json(&status(&s).await).into_response(),
+                Err(refused) => refused.into_response(),
+            }
+        },
+    );
+    // Membership changes take no query parameters: one given is refused like a missing token.
+    let admin = admin
+        .and(params(&[]))
+        .map(|admitted: Result<(), ApiError>, q: Result<Query, ApiError>| admitted.and(q.map(drop)));
     let init = warp::post()
         .and(warp::path!("v1" / "cluster" / "init"))
         .and(admin.clone())

@@ -1,7 +1,7 @@
 //! Error answers: JSON `{"error": code, "message": ...}` with the status that fits.
 
 use metastore_client::ErrorBody;
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::service::ServiceError;
@@ -14,11 +14,18 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The store revision the refusal was decided at, where one was (a missing key, a failed
+    /// compare): sent in the `x-metastore-revision` header.
+    pub revision: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), revision: None }
+    }
+
+    pub fn at_revision(self, revision: u64) -> Self {
+        Self { revision: Some(revision), ..self }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -31,13 +38,16 @@ impl ApiError {
 
     pub fn into_response(self) -> Response {
         let body = ErrorBody { error: self.code.to_string(), message: self.message };
-        let reply = warp::reply::with_status(warp::reply::json(&body), self.status);
+        let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        let headers = response.headers_mut();
         // No retry invitation for a write that may have applied: resending could apply it twice.
         if self.status == StatusCode::SERVICE_UNAVAILABLE && self.code != "outcome_unknown" {
-            warp::reply::with_header(reply, "retry-after", RETRY_AFTER_SECS).into_response()
-        } else {
-            reply.into_response()
+            headers.insert("retry-after", HeaderValue::from_static(RETRY_AFTER_SECS));
         }
+        if let Some(revision) = self.revision {
+            headers.insert(super::kv::REVISION_HEADER, HeaderValue::from(revision));
+        }
+        response
     }
 }
 

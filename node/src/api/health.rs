@@ -5,31 +5,44 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::error::ApiError;
+use super::query::{params, Query};
 use crate::metrics;
 use crate::service::Service;
 
 pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let svc = warp::any().map(move || service.clone());
-    let healthz = warp::get()
-        .and(warp::path!("healthz"))
-        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response());
-    let readyz = warp::get().and(warp::path!("readyz")).and(svc.clone()).then(|s: Service| async move {
-        if s.is_ready().await {
-            warp::reply::json(&serde_json::json!({ "ready": true })).into_response()
-        } else {
-            super::error::ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "no leader is known, or this member has not applied everything committed",
-            )
-            .into_response()
-        }
-    });
-    let metrics = warp::get().and(warp::path!("metrics")).and(svc).then(|s: Service| async move {
-        let committed = s.committed_index();
-        let text = metrics::render(&s.metrics(), committed, s.reader().disk_size());
-        warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4; charset=utf-8")
-            .into_response()
-    });
+    let healthz =
+        warp::get().and(warp::path!("healthz")).and(params(&[])).map(|q: Result<Query, ApiError>| match q {
+            Ok(_) => warp::reply::json(&serde_json::json!({ "status": "ok" })).into_response(),
+            Err(refused) => refused.into_response(),
+        });
+    let readyz = warp::get().and(warp::path!("readyz")).and(params(&[])).and(svc.clone()).then(
+        |q: Result<Query, ApiError>, s: Service| async move {
+            if let Err(refused) = q {
+                refused.into_response()
+            } else if s.is_ready().await {
+                warp::reply::json(&serde_json::json!({ "ready": true })).into_response()
+            } else {
+                super::error::ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_ready",
+                    "no leader is known, or this member has not applied everything committed",
+                )
+                .into_response()
+            }
+        },
+    );
+    let metrics = warp::get().and(warp::path!("metrics")).and(params(&[])).and(svc).then(
+        |q: Result<Query, ApiError>, s: Service| async move {
+            if let Err(refused) = q {
+                return refused.into_response();
+            }
+            let committed = s.committed_index();
+            let text = metrics::render(&s.metrics(), committed, s.reader().disk_size());
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .into_response()
+        },
+    );
     healthz.or(readyz).unify().or(metrics).unify()
 }

@@ -1,7 +1,5 @@
-//! Validation of what clients send: keys, bodies, query parameters. Everything here answers
-//! bad input with an [`ApiError`]; nothing panics and nothing reaches raft unchecked.
-
-use std::collections::HashMap;
+//! Validation of what clients send: keys, bodies, read and write conditions. Everything here
+//! answers bad input with an [`ApiError`]; nothing panics and nothing reaches raft unchecked.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -11,23 +9,21 @@ use warp::http::StatusCode;
 use warp::Filter;
 
 use super::error::ApiError;
+use super::query::Query;
+use crate::kv::Precondition;
 use crate::service::ReadConsistency;
-use crate::types::Precondition;
 
 /// Largest request body on the client port: a value, or a JSON document.
 pub const MAX_BODY_BYTES: usize = MAX_VALUE_BYTES;
 
-/// A key from its percent-encoded URL path form.
-pub fn key_from_path(encoded: &str) -> Result<String, ApiError> {
-    let key = percent_decode_str(encoded)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid_key", "the key is not valid UTF-8 once percent-decoded"))?
-        .into_owned();
+/// A key from its percent-encoded URL path form: any bytes.
+pub fn key_from_path(encoded: &str) -> Result<Vec<u8>, ApiError> {
+    let key: Vec<u8> = percent_decode_str(encoded).collect();
     check_key(&key)?;
     Ok(key)
 }
 
-pub fn check_key(key: &str) -> Result<(), ApiError> {
+pub fn check_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
         return Err(ApiError::bad_request("invalid_key", "the key is empty"));
     }
@@ -39,6 +35,11 @@ pub fn check_key(key: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// How a key is named in messages: as text where it is, else escaped.
+pub fn show_key(key: &[u8]) -> String {
+    format!("\"{}\"", key.escape_ascii())
 }
 
 /// The request body, read up to `MAX_BODY_BYTES`; a larger one is refused without reading it all.
@@ -81,14 +82,8 @@ where
     Ok(body.freeze())
 }
 
-/// The query string as name → value, percent-decoded (empty without one). A malformed query
-/// is rejected (answered 400), never read as empty: that would drop a write's precondition.
-pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = warp::Rejection> + Clone {
-    warp::query::<HashMap<String, String>>()
-}
-
-pub fn consistency(query: &HashMap<String, String>) -> Result<ReadConsistency, ApiError> {
-    match query.get("consistency").map(String::as_str) {
+pub fn consistency(query: &Query) -> Result<ReadConsistency, ApiError> {
+    match query.text("consistency")? {
         None | Some("linearizable") | Some("") => Ok(ReadConsistency::Linearizable),
         Some("stale") | Some("serializable") => Ok(ReadConsistency::Stale),
         Some(other) => Err(ApiError::bad_request(
@@ -99,8 +94,8 @@ pub fn consistency(query: &HashMap<String, String>) -> Result<ReadConsistency, A
 }
 
 /// The compare-and-swap condition of a write: `if_absent=true` or `if_mod_revision=N`.
-pub fn precondition(query: &HashMap<String, String>) -> Result<Option<Precondition>, ApiError> {
-    let absent = match query.get("if_absent").map(String::as_str) {
+pub fn precondition(query: &Query) -> Result<Option<Precondition>, ApiError> {
+    let absent = match query.text("if_absent")? {
         None | Some("false") => false,
         Some("true") | Some("") => true,
         Some(other) => {
@@ -111,7 +106,7 @@ pub fn precondition(query: &HashMap<String, String>) -> Result<Option<Preconditi
         }
     };
     let revision = query
-        .get("if_mod_revision")
+        .text("if_mod_revision")?
         .map(|r| {
             r.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(
@@ -136,26 +131,29 @@ pub fn precondition(query: &HashMap<String, String>) -> Result<Option<Preconditi
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn q(pairs: &[(&str, &str)]) -> Query {
+        let raw: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Query::parse(&raw.join("&"), &["consistency", "if_absent", "if_mod_revision"]).expect("valid")
     }
 
     #[test]
-    fn keys_are_percent_decoded() {
-        assert_eq!(key_from_path("a%2Fb%20c").ok().as_deref(), Some("a/b c"));
-        assert_eq!(key_from_path("dir/key").ok().as_deref(), Some("dir/key"));
+    fn keys_are_percent_decoded_to_bytes() {
+        assert_eq!(key_from_path("a%2Fb%20c").ok().as_deref(), Some(&b"a/b c"[..]));
+        assert_eq!(key_from_path("dir/key").ok().as_deref(), Some(&b"dir/key"[..]));
+        assert_eq!(key_from_path("bad%FFkey%00").ok().as_deref(), Some(&b"bad\xffkey\x00"[..]));
     }
 
     #[test]
-    fn invalid_utf8_keys_are_a_clear_400() {
-        let err = key_from_path("bad%FFkey").expect_err("refused");
-        assert_eq!((err.status, err.code), (StatusCode::BAD_REQUEST, "invalid_key"));
+    fn keys_that_are_not_text_are_shown_escaped() {
+        assert_eq!(show_key(b"a/b"), "\"a/b\"");
+        assert_eq!(show_key(b"\xff\x00"), "\"\\xff\\x00\"");
     }
 
     #[test]
     fn empty_and_oversized_keys_are_refused() {
         assert_eq!(key_from_path("").expect_err("empty").status, StatusCode::BAD_REQUEST);
         let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(key_from_path("%00").ok().as_deref(), Some(&[0u8][..]), "one zero byte is a key");
         assert_eq!(key_from_path(&long).expect_err("long").status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(key_from_path(&"k".repeat(MAX_KEY_BYTES)).is_ok());
     }

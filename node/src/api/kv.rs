@@ -1,6 +1,8 @@
 //! The versioned key-value API: `/v1/kv/{key}` and the `/v1/kv` range listing.
-
-use std::collections::HashMap;
+//!
+//! Keys are bytes: percent-encoded in paths and query parameters, base64 in JSON. Every answer
+//! reports the store revision it was served at: in the JSON body where there is one, and in the
+//! `x-metastore-revision` header (a missing key's 404 too).
 
 use bytes::Bytes;
 use metastore_client::{DeleteResponse, KeyValue, PutResponse, RangeResponse, MAX_RANGE_LIMIT};
@@ -10,54 +12,67 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::{body, consistency, key_from_path, precondition, query};
+use super::input::{body, consistency, key_from_path, precondition, show_key};
+use super::query::{params, Query};
+use crate::kv::{KeyRecord, Write, WriteResult};
 use crate::service::Service;
-use crate::types::{Command, CommandResult, KeyRecord};
 
 const DEFAULT_RANGE_LIMIT: usize = 1_000;
+
+/// The header naming the store revision an answer was served at.
+pub const REVISION_HEADER: &str = "x-metastore-revision";
 
 pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let svc = warp::any().map(move || service.clone());
     let key = warp::path!("v1" / "kv" / ..).and(warp::path::tail());
     let get = warp::get()
         .and(key)
-        .and(query())
+        .and(params(&["consistency"]))
         .and(svc.clone())
         .then(|tail: Tail, q, s| async move { respond(get_key(tail.as_str(), q, s).await) });
-    let put = warp::put().and(key).and(query()).and(body()).and(svc.clone()).then(
-        |tail: Tail, q, body: Result<Bytes, ApiError>, s| async move {
+    let put = warp::put()
+        .and(key)
+        .and(params(&["if_absent", "if_mod_revision"]))
+        .and(body())
+        .and(svc.clone())
+        .then(|tail: Tail, q, body: Result<Bytes, ApiError>, s| async move {
             respond(put_key(tail.as_str(), q, body, s).await)
-        },
-    );
+        });
     let delete = warp::delete()
         .and(key)
-        .and(query())
+        .and(params(&["if_absent", "if_mod_revision"]))
         .and(svc.clone())
         .then(|tail: Tail, q, s| async move { respond(delete_key(tail.as_str(), q, s).await) });
     let range = warp::get()
         .and(warp::path!("v1" / "kv"))
-        .and(query())
+        .and(params(&["prefix", "start", "end", "limit", "consistency"]))
         .and(svc)
         .then(|q, s| async move { respond(range(q, s).await) });
     range.or(get).unify().or(put).unify().or(delete).unify()
 }
 
-pub fn key_value(key: String, record: KeyRecord) -> KeyValue {
+pub fn key_value(key: Vec<u8>, record: KeyRecord) -> KeyValue {
     KeyValue {
         key,
         value: record.value,
         create_revision: record.create_revision,
         mod_revision: record.mod_revision,
         version: record.version,
+        lease: record.lease,
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Response {
-    warp::reply::json(value).into_response()
+/// `body` as JSON, with the revision it was served at in the header too.
+fn json<T: serde::Serialize>(value: &T, revision: u64) -> Response {
+    with_revision(warp::reply::json(value), revision)
+}
+
+pub fn with_revision(reply: impl Reply, revision: u64) -> Response {
+    warp::reply::with_header(reply, REVISION_HEADER, revision).into_response()
 }
 
 /// The 409 for a write whose precondition did not hold.
-pub fn compare_failed(key: &str, result: &CommandResult) -> ApiError {
+pub fn compare_failed(key: &[u8], result: &WriteResult) -> ApiError {
     let current = match &result.prev {
         Some(r) => format!("its mod revision is {}", r.mod_revision),
         None => "it does not exist".to_string(),
@@ -65,45 +80,54 @@ pub fn compare_failed(key: &str, result: &CommandResult) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "compare_failed",
-        format!("the precondition on key {key:?} failed: {current}"),
+        format!("the precondition on key {} failed: {current}", show_key(key)),
     )
+    .at_revision(result.revision)
 }
 
-async fn get_key(tail: &str, q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+/// The 404 for a key that does not exist at `revision`.
+pub fn key_not_found(key: &[u8], revision: u64) -> ApiError {
+    ApiError::not_found("key_not_found", format!("key {} does not exist", show_key(key)))
+        .at_revision(revision)
+}
+
+async fn get_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
-    let consistency = consistency(&q)?;
-    match service.get(key.clone(), consistency).await? {
-        Some(record) => Ok(json(&key_value(key, record))),
-        None => Err(ApiError::not_found("key_not_found", format!("key {key:?} does not exist"))),
+    let consistency = consistency(&q?)?;
+    let read = service.get(key.clone(), consistency).await?;
+    match read.record {
+        Some(record) => Ok(json(&key_value(key, record), read.revision)),
+        None => Err(key_not_found(&key, read.revision)),
     }
 }
 
 async fn put_key(
     tail: &str,
-    q: HashMap<String, String>,
+    q: Result<Query, ApiError>,
     body: Result<Bytes, ApiError>,
     service: Service,
 ) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
-    let precondition = precondition(&q)?;
+    let precondition = precondition(&q?)?;
     let value = body?.to_vec();
-    let result = service.write(Command::Put { key: key.clone(), value, precondition }).await?;
+    let result = service.write(Write::Put { key: key.clone(), value, precondition }).await?;
     if !result.succeeded {
         return Err(compare_failed(&key, &result));
     }
     let prev_kv = result.prev.map(|r| key_value(key, r));
-    Ok(json(&PutResponse { revision: result.revision, prev_kv }))
+    Ok(json(&PutResponse { revision: result.revision, prev_kv }, result.revision))
 }
 
-async fn delete_key(tail: &str, q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+async fn delete_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
-    let precondition = precondition(&q)?;
-    let result = service.write(Command::Delete { key: key.clone(), precondition }).await?;
+    let precondition = precondition(&q?)?;
+    let result = service.write(Write::Delete { key: key.clone(), precondition }).await?;
     if !result.succeeded {
         return Err(compare_failed(&key, &result));
     }
     let prev_kv = result.prev.map(|r| key_value(key, r));
-    Ok(json(&DeleteResponse { revision: result.revision, deleted: prev_kv.is_some(), prev_kv }))
+    let deleted = DeleteResponse { revision: result.revision, deleted: prev_kv.is_some(), prev_kv };
+    Ok(json(&deleted, result.revision))
 }
 
 /// The first key after every key that starts with `prefix` (None: no such bound).
@@ -119,8 +143,8 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The `[start, end)` byte interval a range request asks for.
-fn interval(q: &HashMap<String, String>) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
-    let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).map(|v| v.as_bytes().to_vec());
+fn interval(q: &Query) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
+    let param = |name: &str| q.bytes(name).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
     let (prefix, start, end) = (param("prefix"), param("start"), param("end"));
     if prefix.is_some() && end.is_some() {
         return Err(ApiError::bad_request("invalid_range", "give either prefix or end, not both"));
@@ -136,9 +160,10 @@ fn interval(q: &HashMap<String, String>) -> Result<(Vec<u8>, Option<Vec<u8>>), A
     })
 }
 
-async fn range(q: HashMap<String, String>, service: Service) -> Result<Response, ApiError> {
+async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+    let q = q?;
     let (start, end) = interval(&q)?;
-    let limit = match q.get("limit") {
+    let limit = match q.text("limit")? {
         None => DEFAULT_RANGE_LIMIT,
         Some(l) => {
             l.parse::<usize>().ok().filter(|l| (1..=MAX_RANGE_LIMIT).contains(l)).ok_or_else(|| {
@@ -152,20 +177,22 @@ async fn range(q: HashMap<String, String>, service: Service) -> Result<Response,
     let consistency = consistency(&q)?;
     let page = service.range(start, end, limit, consistency).await?;
     let kvs: Vec<KeyValue> = page.entries.into_iter().map(|(k, r)| key_value(k, r)).collect();
-    Ok(json(&RangeResponse {
+    let listing = RangeResponse {
         kvs,
         more: page.next_key.is_some(),
         next_key: page.next_key,
         revision: page.revision,
-    }))
+    };
+    Ok(json(&listing, page.revision))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn q(pairs: &[(&str, &str)]) -> Query {
+        let raw: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Query::parse(&raw.join("&"), &["prefix", "start", "end"]).expect("valid")
     }
 
     #[test]
@@ -186,6 +213,12 @@ mod tests {
     #[test]
     fn prefix_and_end_together_are_refused() {
         assert!(interval(&q(&[("prefix", "a"), ("end", "b")])).is_err());
+    }
+
+    #[test]
+    fn a_prefix_that_is_not_text_is_a_byte_prefix() {
+        let (start, end) = interval(&q(&[("prefix", "%FE%FF")])).expect("valid");
+        assert_eq!((start, end), (vec![0xfe, 0xff], Some(vec![0xff])));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod input;
 mod kv;
+mod query;
 mod raw;
 
 use std::convert::Infallible;

@@ -329,6 +329,7 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
+    use crate::kv::Write;
     use crate::types::{Command, Entry, LogId};
 
     fn log_id(index: u64) -> LogId {
@@ -336,7 +337,11 @@ mod tests {
     }
 
     fn put(index: u64, value_bytes: usize) -> Entry {
-        let put = Command::Put { key: format!("k{index}"), value: vec![7; value_bytes], precondition: None };
+        let put = Command::Writes(vec![Write::Put {
+            key: format!("k{index}").into_bytes(),
+            value: vec![7; value_bytes],
+            precondition: None,
+        }]);
         Entry { log_id: log_id(index), payload: EntryPayload::Normal(put) }
     }
 

@@ -17,7 +17,6 @@ use openraft::raft::{
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::append_stream::{self, AppendStream, StreamError};
 use super::auth::PeerToken;
@@ -401,32 +400,37 @@ impl PeerConnection {
         opened
     }
 
-    /// Sends `snapshot` piece by piece; the last piece's answer is the peer's.
+    /// Sends `snapshot` piece by piece as it is read; the last piece's answer is the peer's.
     async fn send_snapshot(
         &self,
         vote: Vote,
         snapshot: Snapshot,
         timeout: Duration,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let Snapshot { meta, snapshot: mut file } = snapshot;
+        let Snapshot { meta, snapshot } = snapshot;
         let unreadable = |e| StreamingError::Network(NetworkError::new(&PeerError::SnapshotFile(e)));
-        let len = file.metadata().await.map_err(unreadable)?.len();
-        file.seek(std::io::SeekFrom::Start(0)).await.map_err(unreadable)?;
+        let mut pieces = snapshot.pieces(wire::SNAPSHOT_CHUNK_BYTES).await;
         let transfer = transfer_id();
         let mut offset = 0u64;
+        let mut next = pieces.recv().await;
         loop {
-            let mut data = Vec::with_capacity(wire::SNAPSHOT_CHUNK_BYTES);
-            (&mut file)
-                .take(wire::SNAPSHOT_CHUNK_BYTES as u64)
-                .read_to_end(&mut data)
-                .await
-                .map_err(unreadable)?;
-            let done = offset + data.len() as u64 >= len || data.is_empty();
+            let data = match next {
+                Some(Ok(data)) => data,
+                Some(Err(e)) => return Err(unreadable(std::io::Error::other(e))),
+                None => {
+                    return Err(unreadable(std::io::Error::other(
+                        "the snapshot ended without its last piece",
+                    )))
+                }
+            };
+            // One piece ahead, to know which piece is the last.
+            next = pieces.recv().await;
+            let done = next.is_none();
             let sent = data.len() as u64;
             let chunk = SnapshotChunk { vote, meta: meta.clone(), transfer, offset, data, done };
-            // The last piece is answered once the snapshot is installed, which reads it through,
-            // copies it and loads it: time in proportion to its size.
-            let timeout = if done { timeout + install_time(len) } else { timeout };
+            // The last piece is answered once the snapshot is installed, which reads it through
+            // and loads it: time in proportion to its size, known by then.
+            let timeout = if done { timeout + install_time(offset + sent) } else { timeout };
             let answer: Result<Result<SnapshotAck, SnapshotRefused>, PeerError> =
                 self.client.call(&self.member(), wire::SNAPSHOT_PATH, &chunk, timeout).await;
             let failure = self.failure(answer.as_ref().map(|_| ()));
@@ -478,7 +482,7 @@ fn reconnect_backoff() -> Backoff {
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
-    type SnapshotData = tokio::fs::File;
+    type SnapshotData = crate::storage::SnapshotData;
 
     fn backoff(&self) -> Option<Backoff> {
         Some(reconnect_backoff())

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::wire::{SnapshotAck, SnapshotChunk, SnapshotRefused};
-use crate::storage::SnapshotInbox;
+use crate::storage::{SnapshotData, SnapshotInbox};
 use crate::types::{LogId, Raft, Snapshot};
 
 /// A snapshot being received.
@@ -84,7 +84,7 @@ impl SnapshotReceiver {
             .check(file, &chunk.meta)
             .await
             .map_err(|e| SnapshotRefused(format!("the snapshot received cannot be installed: {e}")))?;
-        let snapshot = Snapshot { meta: chunk.meta, snapshot: file };
+        let snapshot = Snapshot { meta: chunk.meta, snapshot: SnapshotData::Received(file) };
         let response = raft
             .install_full_snapshot(chunk.vote, snapshot)
             .await

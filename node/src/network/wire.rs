@@ -3,7 +3,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Command, CommandResult, Member, NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::kv::{Write, WriteResult};
+use crate::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer request or answer body. Larger log batches are split (only the part that fits
 /// is sent, and openraft is told so); snapshots travel in chunks well below this.
@@ -116,7 +117,7 @@ pub enum MembershipChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardRequest {
     /// Client writes gathered on one member, in order; each is answered on its own.
-    Writes(Vec<Command>),
+    Writes(Vec<Write>),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     ChangeMembership(MembershipChange),
@@ -125,7 +126,7 @@ pub enum ForwardRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForwardResponse {
     /// One answer per write, in order.
-    Written(Vec<Result<CommandResult, ForwardError>>),
+    Written(Vec<Result<WriteResult, ForwardError>>),
     ReadIndex(u64),
     /// The log index at which the membership change committed.
     MembershipChanged(u64),
@@ -173,7 +174,11 @@ mod tests {
     fn a_frame_over_the_limit_is_refused_with_its_size() {
         let value = vec![7u8; 1024 * 1024];
         let writes = (0..=MAX_FRAME_BYTES / value.len())
-            .map(|i| Command::Put { key: format!("k{i}"), value: value.clone(), precondition: None })
+            .map(|i| Write::Put {
+                key: format!("k{i}").into_bytes(),
+                value: value.clone(),
+                precondition: None,
+            })
             .collect();
         match encode(&ForwardRequest::Writes(writes)) {
             Err(FrameError::TooLarge(len)) => assert!(len > MAX_FRAME_BYTES),
@@ -194,8 +199,8 @@ mod tests {
     }
 
     fn sample_frames() -> Vec<Vec<u8>> {
-        let write = ForwardRequest::Writes(vec![Command::Put {
-            key: "key".into(),
+        let write = ForwardRequest::Writes(vec![Write::Put {
+            key: b"key".to_vec(),
             value: vec![7; 40],
             precondition: None,
         }]);
@@ -227,8 +232,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let req = ForwardRequest::Writes(vec![Command::Put {
-            key: "k".into(),
+        let req = ForwardRequest::Writes(vec![Write::Put {
+            key: vec![0xff, 0],
             value: vec![1, 2],
             precondition: None,
         }]);

@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::StoreError;
-use crate::types::KeyRecord;
+use crate::kv::KeyRecord;
 
 pub(crate) const VOTE: &[u8] = b"vote";
 pub(crate) const COMMITTED: &[u8] = b"committed";
@@ -12,6 +12,14 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const INCARNATION: &[u8] = b"incarnation";
 pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const LAST_MEMBERSHIP: &[u8] = b"last_membership";
+/// The store's revision (u64, big-endian): the revision of the last write that changed a key.
+pub(crate) const REVISION: &[u8] = b"revision";
+/// The layout of everything below, as one number: see [`FORMAT_VERSION`].
+pub(crate) const FORMAT: &[u8] = b"format";
+
+/// The store's layout version. 1 (never written: its stores have no `format` key) kept text
+/// keys and used log indexes as revisions; 2 has etcd's revisions, byte keys and leases.
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 /// Log indexes are stored big-endian so that RocksDB's byte order is log order.
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
@@ -35,15 +43,17 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
     Ok(postcard::from_bytes(bytes)?)
 }
 
-const RECORD_HEADER: usize = 24;
+const RECORD_HEADER: usize = 32;
 
-/// A key's record: create revision, mod revision and version (u64 big-endian each), then the
-/// value. Fixed-width metadata lets a reader skip to the value without decoding anything.
+/// A key's record: create revision, mod revision, version (u64 big-endian each) and lease (i64
+/// big-endian), then the value. Fixed-width metadata lets a reader skip to the value without
+/// decoding anything.
 pub(crate) fn encode_record(record: &KeyRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEADER + record.value.len());
     out.extend_from_slice(&record.create_revision.to_be_bytes());
     out.extend_from_slice(&record.mod_revision.to_be_bytes());
     out.extend_from_slice(&record.version.to_be_bytes());
+    out.extend_from_slice(&record.lease.to_be_bytes());
     out.extend_from_slice(&record.value);
     out
 }
@@ -55,14 +65,25 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<KeyRecord, StoreError> {
     let word = |i: usize| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
-        u64::from_be_bytes(w)
+        w
     };
     Ok(KeyRecord {
-        create_revision: word(0),
-        mod_revision: word(1),
-        version: word(2),
+        create_revision: u64::from_be_bytes(word(0)),
+        mod_revision: u64::from_be_bytes(word(1)),
+        version: u64::from_be_bytes(word(2)),
+        lease: i64::from_be_bytes(word(3)),
         value: bytes[RECORD_HEADER..].to_vec(),
     })
+}
+
+pub(crate) fn encode_u64(value: u64) -> [u8; 8] {
+    value.to_be_bytes()
+}
+
+pub(crate) fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] =
+        bytes.try_into().map_err(|_| StoreError::Corrupt(format!("{what} of {} bytes", bytes.len())))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 #[cfg(test)]
@@ -78,12 +99,14 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let r = KeyRecord { create_revision: 7, mod_revision: 9, version: 3, value: b"v".to_vec() };
+        let r =
+            KeyRecord { create_revision: 7, mod_revision: 9, version: 3, lease: -2, value: b"v".to_vec() };
         assert_eq!(decode_record(&encode_record(&r)).ok(), Some(r));
     }
 
     #[test]
     fn short_records_are_corrupt_not_a_panic() {
         assert!(matches!(decode_record(&[1, 2, 3]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_u64(&[1, 2, 3], "revision"), Err(StoreError::Corrupt(_))));
     }
 }

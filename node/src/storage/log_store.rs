@@ -312,6 +312,7 @@ mod tests {
     use openraft::impls::leader_id_adv::LeaderId;
     use openraft::EntryPayload;
 
+    use crate::kv::Write;
     use crate::types::Command;
 
     fn blank(index: u64) -> Entry {
@@ -343,8 +344,11 @@ mod tests {
         let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
         let log = cf(&db, CF_LOG).expect("cf");
         for index in 1..=3 {
-            let put =
-                Command::Put { key: format!("k{index}"), value: vec![7; 600 * 1024], precondition: None };
+            let put = Command::Writes(vec![Write::Put {
+                key: format!("k{index}").into_bytes(),
+                value: vec![7; 600 * 1024],
+                precondition: None,
+            }]);
             let entry = Entry { payload: EntryPayload::Normal(put), ..blank(index) };
             db.put_cf(log, log_key(index), encode(&entry).expect("encode")).expect("put");
         }

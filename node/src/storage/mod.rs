@@ -5,14 +5,16 @@
 //! |---|---|---|
 //! | `raft_log` | log index (u64, big-endian) | postcard-encoded [`Entry`](crate::types::Entry) |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | postcard |
-//! | `kv` | user key (UTF-8) | [`codec::encode_record`] |
-//! | `sm_meta` | `last_applied`, `last_membership` | postcard |
+//! | `kv` | user key (any bytes) | [`codec::encode_record`] |
+//! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `format` (u64) |
 //!
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
 
+mod checkpoint;
 mod codec;
 mod log_store;
+mod reader;
 mod snapshot;
 mod state_machine;
 mod wal_sync;
@@ -22,8 +24,11 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
+pub use checkpoint::Checkpoint;
 pub use log_store::LogStore;
-pub use state_machine::{KvReader, RangePage, SnapshotInbox, StateMachine};
+pub use reader::{KeyRead, KvReader, RangePage};
+pub use snapshot::{SnapshotData, SnapshotInbox, SnapshotPieces};
+pub use state_machine::StateMachine;
 
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT: &str = "raft_meta";
@@ -45,6 +50,13 @@ pub enum StoreError {
     },
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    #[error(
+        "the data directory was written in storage format {found}, and this version of metaStore \
+         reads format {}: start this member on an empty data directory and let it join, or use \
+         the version that wrote it",
+        codec::FORMAT_VERSION
+    )]
+    UnsupportedFormat { found: u64 },
     #[error("storage task failed: {0}")]
     Task(String),
 }
@@ -60,6 +72,8 @@ impl StoreError {
 pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine, KvReader), StoreError> {
     let db_dir = dir.join("db");
     let db = Arc::new(run_blocking(move || open_db(&db_dir)).await?);
+    let checked = db.clone();
+    run_blocking(move || check_format(&checked)).await?;
     let log_store = LogStore::new(db.clone())?;
     let state_machine = StateMachine::new(db.clone(), dir.join("snapshots")).await?;
     let reader = KvReader::new(db);
@@ -72,9 +86,33 @@ pub async fn is_pristine(log_store: &LogStore, reader: &KvReader) -> Result<bool
     Ok(!log_store.has_any_state().await? && reader.last_applied().await?.is_none())
 }
 
+/// Refuses a store of another layout, and marks a new one with this version's.
+fn check_format(db: &DB) -> Result<(), StoreError> {
+    let sm = cf(db, CF_SM)?;
+    if let Some(found) = db.get_cf(sm, codec::FORMAT)? {
+        let found = codec::decode_u64(&found, "format")?;
+        return match found {
+            codec::FORMAT_VERSION => Ok(()),
+            found => Err(StoreError::UnsupportedFormat { found }),
+        };
+    }
+    // Stores of the first format have no mark; they have a vote, a log or applied entries.
+    let has = |name: &str| -> Result<bool, StoreError> {
+        Ok(db.iterator_cf(cf(db, name)?, rocksdb::IteratorMode::Start).next().transpose()?.is_some())
+    };
+    let voted = db.get_cf(cf(db, CF_RAFT)?, codec::VOTE)?.is_some();
+    if voted || has(CF_LOG)? || has(CF_SM)? || has(CF_KV)? {
+        return Err(StoreError::UnsupportedFormat { found: 1 });
+    }
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.put_cf_opt(sm, codec::FORMAT, codec::encode_u64(codec::FORMAT_VERSION), &opts)?;
+    Ok(())
+}
+
 const MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
 
-fn open_db(path: &Path) -> Result<DB, StoreError> {
+pub(crate) fn open_db(path: &Path) -> Result<DB, StoreError> {
     std::fs::create_dir_all(path).map_err(|e| StoreError::io(path, e))?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
@@ -129,4 +167,42 @@ where
 /// Approximate on-disk size of the store's table files.
 pub(crate) fn disk_size(db: &DB) -> u64 {
     db.property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE).ok().flatten().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_store_is_marked_with_this_format_and_reopens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        drop(open(dir.path()).await.expect("a new store"));
+        drop(open(dir.path()).await.expect("reopened"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_of_the_first_format_is_refused_with_both_formats_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            // metaStore 0.1 left a vote and applied entries, and no format mark.
+            let db = open_db(&dir.path().join("db")).expect("open");
+            db.put_cf(cf(&db, CF_RAFT).expect("cf"), codec::VOTE, b"vote").expect("put");
+            db.put_cf(cf(&db, CF_SM).expect("cf"), codec::LAST_APPLIED, b"applied").expect("put");
+        }
+        let refused = open(dir.path()).await.err().expect("refused");
+        assert!(matches!(refused, StoreError::UnsupportedFormat { found: 1 }), "{refused}");
+        let message = refused.to_string();
+        assert!(message.contains("format 1") && message.contains("format 2"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_of_a_later_format_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let db = open_db(&dir.path().join("db")).expect("open");
+            db.put_cf(cf(&db, CF_SM).expect("cf"), codec::FORMAT, codec::encode_u64(3)).expect("put");
+        }
+        let refused = open(dir.path()).await.err().expect("refused");
+        assert!(matches!(refused, StoreError::UnsupportedFormat { found: 3 }), "{refused}");
+    }
 }

@@ -1,24 +1,106 @@
 //! The snapshot file format.
 //!
 //! ```text
-//! magic "MSSNAP01" | meta_len u32 | meta (postcard SnapshotMeta)
+//! magic "MSSNAP02" | header_len u32 | header (postcard SnapshotHeader)
 //! { key_len u32 | key | record_len u32 | record }*      -- kv column family, in key order
 //! u32::MAX | record_count u64                           -- end mark: detects truncation
 //! ```
 //! All integers big-endian. Snapshots arrive from peers, so the reader bounds every length
 //! before allocating and reports a malformed file as an error, never a panic.
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use super::codec::{decode, encode};
-use super::StoreError;
+use tokio::sync::mpsc;
+
+use super::checkpoint::Checkpoint;
+use super::codec::{decode, decode_record, encode};
+use super::{run_blocking, StoreError};
 use crate::types::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"MSSNAP01";
+/// A snapshot's data, as openraft hands it around.
+#[derive(Debug)]
+pub enum SnapshotData {
+    /// One of this member's checkpoints: read only when it is sent.
+    Checkpoint(Arc<Checkpoint>),
+    /// A snapshot received from the leader, in the snapshot format, read through and checked
+    /// ([`SnapshotInbox::check`]).
+    Received(tokio::fs::File),
+}
+
+/// Pieces of a snapshot being read, in order; an error ends them.
+pub type SnapshotPieces = mpsc::Receiver<Result<Vec<u8>, StoreError>>;
+
+impl SnapshotData {
+    /// The snapshot in the snapshot format, in pieces of `piece` bytes, read on a blocking
+    /// thread a little ahead of the caller: a large store is never held in memory, or copied
+    /// to disk, to be sent.
+    pub async fn pieces(self, piece: usize) -> SnapshotPieces {
+        let (tx, rx) = mpsc::channel(2);
+        let source = match self {
+            SnapshotData::Checkpoint(checkpoint) => Ok(checkpoint),
+            SnapshotData::Received(file) => Err(file.into_std().await),
+        };
+        tokio::task::spawn_blocking(move || {
+            let mut sink = PieceSink { tx: tx.clone(), buffer: Vec::with_capacity(piece), piece };
+            let written = match source {
+                Ok(checkpoint) => checkpoint.write_to(&mut sink).map(drop),
+                Err(mut file) => file
+                    .seek(SeekFrom::Start(0))
+                    .and_then(|_| io::copy(&mut file, &mut sink))
+                    .map(drop)
+                    .map_err(|e| StoreError::io("snapshot", e)),
+            };
+            let last = written.map(|()| std::mem::take(&mut sink.buffer));
+            // A receiver that went away wants no more.
+            let _ = tx.blocking_send(last);
+        });
+        rx
+    }
+}
+
+/// Gathers written bytes into pieces and hands each full one over.
+struct PieceSink {
+    tx: mpsc::Sender<Result<Vec<u8>, StoreError>>,
+    buffer: Vec<u8>,
+    piece: usize,
+}
+
+impl Write for PieceSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.piece - self.buffer.len());
+        self.buffer.extend_from_slice(&data[..n]);
+        if self.buffer.len() == self.piece {
+            let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.piece));
+            self.tx
+                .blocking_send(Ok(full))
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot's reader went away"))?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Format 2 (byte keys, etcd revisions). Format 1's files (`MSSNAP01`) are refused as foreign.
+const MAGIC: &[u8; 8] = b"MSSNAP02";
 const END: u32 = u32::MAX;
 const MAX_META: u32 = 16 * 1024 * 1024;
 const MAX_KEY: u32 = 64 * 1024;
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+/// What a snapshot says of the state it holds, besides its records.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotHeader {
+    /// Raft's description: the last log id applied and the membership.
+    pub meta: SnapshotMeta,
+    /// The store's revision.
+    pub revision: u64,
+}
 
 pub(crate) struct SnapshotWriter<W: Write> {
     out: W,
@@ -26,8 +108,8 @@ pub(crate) struct SnapshotWriter<W: Write> {
 }
 
 impl<W: Write> SnapshotWriter<W> {
-    pub(crate) fn new(mut out: W, meta: &SnapshotMeta) -> Result<Self, StoreError> {
-        let meta = encode(meta)?;
+    pub(crate) fn new(mut out: W, header: &SnapshotHeader) -> Result<Self, StoreError> {
+        let meta = encode(header)?;
         out.write_all(MAGIC).map_err(write_err)?;
         write_len(&mut out, meta.len())?;
         out.write_all(&meta).map_err(write_err)?;
@@ -75,16 +157,16 @@ pub(crate) struct SnapshotReader<R: Read> {
 
 impl<R: Read> SnapshotReader<R> {
     /// Reads the header; returns the reader positioned at the first record.
-    pub(crate) fn open(mut input: R) -> Result<(SnapshotMeta, Self), StoreError> {
+    pub(crate) fn open(mut input: R) -> Result<(SnapshotHeader, Self), StoreError> {
         let mut magic = [0u8; 8];
         read_exact(&mut input, &mut magic)?;
         if &magic != MAGIC {
             return Err(StoreError::Corrupt("not a metaStore snapshot (bad magic)".into()));
         }
         let meta_len = read_u32(&mut input)?;
-        let meta = read_bytes(&mut input, meta_len, MAX_META, "snapshot meta")?;
-        let meta = decode(&meta)?;
-        Ok((meta, Self { input, count: 0, done: false }))
+        let header = read_bytes(&mut input, meta_len, MAX_META, "snapshot header")?;
+        let header = decode(&header)?;
+        Ok((header, Self { input, count: 0, done: false }))
     }
 
     /// The next `(key, record)`, or `None` after the end mark.
@@ -136,13 +218,77 @@ fn read_bytes(input: &mut impl Read, len: u32, max: u32, what: &str) -> Result<V
     Ok(buf)
 }
 
+/// Makes the files that snapshots arriving from the leader are written to, and checks them.
+#[derive(Clone, Debug)]
+pub struct SnapshotInbox {
+    pub(crate) dir: PathBuf,
+}
+
+impl SnapshotInbox {
+    /// An unnamed temporary file beside the snapshots: it disappears by itself if the transfer
+    /// is abandoned.
+    pub async fn new_file(&self) -> Result<tokio::fs::File, StoreError> {
+        let dir = self.dir.clone();
+        let file =
+            run_blocking(move || tempfile::tempfile_in(&dir).map_err(|e| StoreError::io(&dir, e))).await?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+
+    /// Reads a received snapshot through and returns it, rewound, if it is one this member can
+    /// install: a well-formed file that describes `expected` and whose every record decodes.
+    /// openraft treats a failed install as a storage failure and stops, so a snapshot that would
+    /// fail must be refused to its sender before raft is given it.
+    pub async fn check(
+        &self,
+        received: tokio::fs::File,
+        expected: &SnapshotMeta,
+    ) -> Result<tokio::fs::File, StoreError> {
+        let mut file = received.into_std().await;
+        let expected = expected.clone();
+        let file = run_blocking(move || {
+            read_received(&mut file, &expected, |_, _| Ok(()))?;
+            Ok(file)
+        })
+        .await?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+}
+
+/// Reads the received snapshot in `file` from its start, checks that it describes `expected`
+/// and hands each record, decoded once to check it, to `f`; returns its header and leaves the
+/// file rewound. Blocking.
+pub(crate) fn read_received(
+    file: &mut File,
+    expected: &SnapshotMeta,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<SnapshotHeader, StoreError> {
+    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
+    let (header, mut reader) = SnapshotReader::open(BufReader::new(&mut *file))?;
+    if header.meta.last_log_id != expected.last_log_id
+        || header.meta.last_membership != expected.last_membership
+    {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot file describes {:?}, but it was sent as {:?}",
+            header.meta.last_log_id, expected.last_log_id
+        )));
+    }
+    while let Some((key, record)) = reader.next_record()? {
+        decode_record(&record)?;
+        f(&key, &record)?;
+    }
+    drop(reader);
+    file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
+    Ok(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::StoredMembership;
 
-    fn meta() -> SnapshotMeta {
-        SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() }
+    fn meta() -> SnapshotHeader {
+        let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
+        SnapshotHeader { meta, revision: 42 }
     }
 
     fn written(records: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -173,6 +319,21 @@ mod tests {
             });
             assert!(outcome.is_err(), "truncated at {cut} of {} was accepted", bytes.len());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_received_snapshot_is_sent_on_in_pieces_that_join_up_to_it() {
+        let bytes = written(&[(b"a", b"1"), (b"b", &[7u8; 100])]);
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(&bytes).expect("write");
+        let mut pieces = SnapshotData::Received(tokio::fs::File::from_std(file)).pieces(16).await;
+        let mut joined = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            let piece = piece.expect("a piece");
+            assert!(piece.len() <= 16);
+            joined.extend(piece);
+        }
+        assert_eq!(joined, bytes);
     }
 
     #[test]
