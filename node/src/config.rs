@@ -39,9 +39,12 @@ pub struct Args {
     #[arg(long, env = "METASTORE_PEER_PORT")]
     pub peer_port: Option<u16>,
 
-    /// Address both listeners bind to (0.0.0.0 in a container).
-    #[arg(long, env = "METASTORE_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub bind_address: IpAddr,
+    /// Address both listeners bind to (0.0.0.0 in a container). Without it, the client API
+    /// listens on 127.0.0.1 and the peer listener on the host of this member's peer URL, so
+    /// the seed's three commands, with each machine's address in --cluster, form a cluster
+    /// across machines as they are.
+    #[arg(long, env = "METASTORE_BIND_ADDRESS")]
+    pub bind_address: Option<IpAddr>,
 
     /// Peer URL other members use to reach this one; defaults to this member's --cluster URL.
     #[arg(long, env = "METASTORE_ADVERTISE_PEER_URL")]
@@ -175,6 +178,8 @@ pub enum ConfigError {
     NoOrdinal(String),
     #[error("cannot read the host name: {0}")]
     Hostname(String),
+    #[error("cannot find an address to listen on for peer URL host {host:?}: {reason}")]
+    PeerHost { host: String, reason: String },
     #[error("the election timeout ({election}ms) must be at least three heartbeats ({heartbeat}ms each)")]
     Timing { election: u64, heartbeat: u64 },
     #[error(transparent)]
@@ -217,6 +222,28 @@ fn normalized(url: &str) -> String {
 }
 
 impl Args {
+    /// The client API stays on the loopback address unless told otherwise, as etcd's does.
+    fn client_bind_address(&self) -> IpAddr {
+        self.bind_address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Peers are listened for where the peer URL says they will come (raftexample's rule),
+    /// unless told otherwise.
+    fn peer_bind_address(&self, peer_url: &Url) -> Result<IpAddr, ConfigError> {
+        if let Some(address) = self.bind_address {
+            return Ok(address);
+        }
+        let host = peer_url.host_str().unwrap_or_default();
+        // An IPv6 literal comes bracketed.
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let unresolved = |reason: String| ConfigError::PeerHost { host: host.to_string(), reason };
+        let mut found =
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, 0)).map_err(|e| unresolved(e.to_string()))?;
+        found.next().map(|a| a.ip()).ok_or_else(|| unresolved("it has no address".into()))
+    }
+
     pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
         let id = match (self.member_id, self.member_id_from_hostname) {
             (Some(id), _) => id,
@@ -226,11 +253,8 @@ impl Args {
         let cluster: Vec<String> = if self.cluster.is_empty() && !self.join {
             // Alone: the one member is this one, where it listens for peers. Advertising the
             // default port whatever `--peer-port` says sent members added later elsewhere.
-            let host = if self.bind_address.is_unspecified() {
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                self.bind_address
-            };
+            let host = self.client_bind_address();
+            let host = if host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { host };
             vec![format!("http://{}", SocketAddr::new(host, self.peer_port.unwrap_or(12379)))]
         } else {
             self.cluster.iter().map(|u| normalized(u.trim())).filter(|u| !u.is_empty()).collect()
@@ -250,11 +274,8 @@ impl Args {
         let client_url = match &self.advertise_client_url {
             Some(url) => normalized(url),
             None => {
-                let host = if self.bind_address.is_unspecified() {
-                    IpAddr::V4(Ipv4Addr::LOCALHOST)
-                } else {
-                    self.bind_address
-                };
+                let host = self.client_bind_address();
+                let host = if host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { host };
                 format!("http://{}", SocketAddr::new(host, self.port))
             }
         };
@@ -281,8 +302,8 @@ impl Args {
             id,
             // The incarnation comes from the store when it is opened.
             member: Member { peer_url, client_url, incarnation: String::new() },
-            peer_listen: SocketAddr::new(self.bind_address, peer_port),
-            client_listen: SocketAddr::new(self.bind_address, self.port),
+            peer_listen: SocketAddr::new(self.peer_bind_address(&parsed)?, peer_port),
+            client_listen: SocketAddr::new(self.client_bind_address(), self.port),
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(id.to_string())),
             bootstrap,
             raft: RaftTuning {
@@ -364,6 +385,22 @@ mod tests {
         let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
         assert_eq!(members.len(), 3);
         assert_eq!(members[&3].peer_url, "http://127.0.0.1:32379");
+    }
+
+    #[test]
+    fn peers_are_listened_for_on_the_host_of_the_members_own_url_and_clients_on_loopback() {
+        let cluster = "http://10.0.0.1:12379,http://127.0.0.2:22379,http://[::1]:32379";
+        let c = resolve(&["--member-id", "2", "--cluster", cluster]).expect("resolves");
+        assert_eq!(c.peer_listen, "127.0.0.2:22379".parse().expect("addr"));
+        assert_eq!(c.client_listen, "127.0.0.1:12380".parse().expect("addr"), "clients stay on loopback");
+        let c = resolve(&["--member-id", "3", "--cluster", cluster]).expect("resolves");
+        assert_eq!(c.peer_listen, "[::1]:32379".parse().expect("addr"));
+        let c = resolve(&["--member-id", "1", "--cluster", "http://localhost:12379"]).expect("resolves");
+        assert!(c.peer_listen.ip().is_loopback(), "a host name is resolved: {}", c.peer_listen);
+        let c = resolve(&["--member-id", "1", "--cluster", cluster, "--bind-address", "0.0.0.0"])
+            .expect("resolves");
+        assert_eq!(c.peer_listen, "0.0.0.0:12379".parse().expect("addr"), "an explicit address wins");
+        assert_eq!(c.client_listen, "0.0.0.0:12380".parse().expect("addr"));
     }
 
     #[test]

@@ -122,6 +122,8 @@ async fn run(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour codes only for a person at a terminal, never in a pod's logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let client =
         Client::try_default().await.context("cannot reach Kubernetes (in-cluster config or kubeconfig)")?;
