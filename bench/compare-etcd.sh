@@ -18,6 +18,12 @@
 # restart-to-ready with BIG_KEYS keys (1 000 000 by default), and failover (kill -9 of the
 # leader to the next successful write).
 #
+# Last, on fresh clusters, growth: the store grows by GROWTH_STEP new keys at a time up to
+# GROWTH_KEYS (250 000 and 1 000 000 by default; GROWTH_KEYS=0 skips it), and after each step
+# writes of keys never written before run DURATION seconds with one client on the leader and
+# with 64 clients on all members. Their p99 must stay flat as the data grows: a snapshot that
+# copied the store would make it climb.
+#
 # Needs etcd (apt-get install etcd-server). Builds metaStore with --release (the first time,
 # RocksDB's C++ takes a long while).
 set -euo pipefail
@@ -30,6 +36,8 @@ WORKLOADS="${WORKLOADS:-put get stale-get}"
 KEYS="${KEYS:-10000}"
 PROFILE="${PROFILE:-release}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
+GROWTH_KEYS="${GROWTH_KEYS:-1000000}"
+GROWTH_STEP="${GROWTH_STEP:-250000}"
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 2; }
 if [[ "$PROFILE" == release ]]; then
@@ -214,3 +222,29 @@ printf '%-44s %12s %12s\n' "restart to first write, $BIG_KEYS keys (s)" "$ms_res
 printf '%-44s %12s %12s\n' "resident memory, 3 members idle (MiB)" "$ms_idle" "$etcd_idle"
 printf '%-44s %12s %12s\n' "resident memory, under load (MiB)" "$ms_load" "$etcd_load"
 printf '%-44s %12s %12s\n' "disk, 3 members, $BIG_KEYS keys (MiB)" "$ms_disk" "$etcd_disk"
+
+((GROWTH_KEYS > 0)) || exit 0
+kill -9 "${pids[@]}" 2>/dev/null || true
+for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; done
+pids=()
+rm -rf "$work"/etcd? "$work"/ms?
+start_etcd; first_write etcd http://127.0.0.1:23791 "$(now)" >/dev/null
+start_metastore; first_write metastore http://127.0.0.1:24801 "$(now)" >/dev/null
+echo
+echo "# growth: unique-key writes while the store grows (p99 ms; metaStore/etcd ratio)"
+printf '%-12s | %9s %9s %7s | %9s %9s %7s\n' keys "ms C=1" "etcd C=1" "x" "ms C=64" "etcd C=64" "x"
+for ((first = 0; first < GROWTH_KEYS; first += GROWTH_STEP)); do
+  for system in metastore etcd; do
+    endpoints=$([[ $system == metastore ]] && echo "$ms_endpoints" || echo "$etcd_endpoints")
+    "$bin/metastore-bench" --system "$system" --endpoints "$endpoints" --keys "$GROWTH_STEP" \
+      --first-key "$first" --preload --duration 0 --clients 128 >/dev/null
+  done
+  m1=$(bench metastore "$ms_endpoints" create 1 leader); e1=$(bench etcd "$etcd_endpoints" create 1 leader)
+  m64=$(bench metastore "$ms_endpoints" create 64 all); e64=$(bench etcd "$etcd_endpoints" create 64 all)
+  python3 - "$((first + GROWTH_STEP))" "$m1" "$e1" "$m64" "$e64" <<'PY'
+import json, sys
+keys, (m1, e1, m64, e64) = sys.argv[1], (json.loads(a)["p99_ms"] for a in sys.argv[2:])
+ratio = lambda a, b: a / b if b else float("nan")
+print(f"{int(keys):>12,} | {m1:>9.2f} {e1:>9.2f} {ratio(m1, e1):>7.2f} | {m64:>9.2f} {e64:>9.2f} {ratio(m64, e64):>7.2f}")
+PY
+done

@@ -24,6 +24,8 @@ pub enum Workload {
     Mixed,
     /// Read, then compare-and-swap on the revision read.
     Cas,
+    /// Puts of keys never written before: the store grows with every request.
+    Create,
 }
 
 /// How requests choose among the keys.
@@ -122,10 +124,11 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
 
-/// Fills the key space so that reads find values, 64 writes at a time.
-pub async fn preload(endpoints: &[Endpoint], keys: usize, value: &[u8]) -> anyhow::Result<()> {
+/// Writes keys `first..first + keys` once, 64 writes at a time: so that reads find values, or
+/// to grow the store by `keys` new keys.
+pub async fn preload(endpoints: &[Endpoint], first: usize, keys: usize, value: &[u8]) -> anyhow::Result<()> {
     use futures::{StreamExt, TryStreamExt};
-    futures::stream::iter(0..keys)
+    futures::stream::iter(first..first + keys)
         .map(|key| async move { endpoints[key % endpoints.len()].put(&key_name(key), value).await })
         .buffer_unordered(64)
         .try_collect::<Vec<()>>()
@@ -145,8 +148,13 @@ async fn operate(
     keys: KeySpace,
     value: &[u8],
 ) -> bool {
-    let key = keys.pick(rng);
+    let key = match workload {
+        // From the thread's own generator, seeded anew by each process: a key no run wrote.
+        Workload::Create => format!("bench-new/{:032x}", rand::random::<u128>()),
+        _ => keys.pick(rng),
+    };
     let result = match workload {
+        Workload::Create => endpoint.put(&key, value).await,
         Workload::Put => endpoint.put(&key, value).await,
         Workload::Get => endpoint.get(&key, false).await.map(|_| ()),
         Workload::StaleGet => endpoint.get(&key, true).await.map(|_| ()),

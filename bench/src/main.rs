@@ -63,6 +63,10 @@ struct Cli {
     /// Write every key once first, so reads find values.
     #[arg(long)]
     preload: bool,
+    /// Number the preloaded keys from this one: preloading again from where the last preload
+    /// ended grows the store.
+    #[arg(long, default_value_t = 0)]
+    first_key: usize,
     /// Print the header line before the row.
     #[arg(long)]
     header: bool,
@@ -91,7 +95,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     let keys = KeySpace::new(cli.keys as usize, cli.distribution, cli.zipf_exponent)?;
     let value = vec![b'v'; cli.value_size];
     if cli.preload {
-        load::preload(&endpoints, keys.count(), &value).await?;
+        load::preload(&endpoints, cli.first_key, keys.count(), &value).await?;
     }
     match cli.target {
         Target::All => {}

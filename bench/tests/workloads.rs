@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_metastore-bench");
 
-const WORKLOADS: [&str; 5] = ["put", "get", "stale-get", "mixed", "cas"];
+const WORKLOADS: [&str; 6] = ["put", "get", "stale-get", "mixed", "cas", "create"];
 
 /// Runs the generator with `args`; its JSON outcome.
 fn bench(system: &str, endpoint: &str, args: &[&str]) -> Value {
@@ -145,6 +145,33 @@ fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
         }
         assert_eq!(state, target, "{url} is the {target}");
     }
+}
+
+/// How many keys start with `prefix` on the member at `url`.
+fn keys_under(url: &str, prefix: &str) -> usize {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let request = metastore_client::RangeRequest {
+        prefix: Some(prefix.into()),
+        limit: Some(10_000),
+        ..Default::default()
+    };
+    let page = runtime.block_on(metastore_client::Client::new(url).range(&request)).expect("range");
+    assert!(!page.more, "fewer than 10 000 keys");
+    page.kvs.len()
+}
+
+#[test]
+fn creates_and_a_preload_from_a_first_key_grow_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_member, endpoint) = start_metastore(dir.path());
+    preload("metastore", &endpoint);
+    bench("metastore", &endpoint, &["--preload", "--first-key", "64", "--duration", "0"]);
+    assert_eq!(keys_under(&endpoint, "bench/"), 128, "the second preload wrote 64 new keys");
+    let outcome =
+        bench("metastore", &endpoint, &["--workload", "create", "--clients", "2", "--duration", "1"]);
+    assert_clean(&outcome, "create");
+    let created = outcome["operations"].as_u64().expect("a count") as usize;
+    assert_eq!(keys_under(&endpoint, "bench-new/"), created, "every create wrote a key of its own");
 }
 
 #[test]
