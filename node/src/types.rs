@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Write, WriteResult};
+use crate::kv::{Precondition, Write, WriteResult};
 
 pub type NodeId = u64;
 
@@ -55,11 +55,22 @@ impl fmt::Display for Member {
 /// so, never as a misread write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// metaStore 0.1's entries (a put, a delete, a batch; revisions were log indexes). Their
-    /// tags are kept so that one decodes as what it is and is refused, not misread as another.
-    FormatOnePut,
-    FormatOneDelete,
-    FormatOneBatch,
+    /// metaStore 0.1's entries (revisions were log indexes, keys text). Their tags and shapes
+    /// are kept so that one is read whole (postcard does not describe itself: a shorter shape
+    /// would leave its bytes to be misread as what follows) and then refused.
+    FormatOnePut {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        precondition: Option<Precondition>,
+    },
+    FormatOneDelete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        precondition: Option<Precondition>,
+    },
+    FormatOneBatch(Vec<Command>),
     /// Client writes proposed together (group commit), applied in order, each at the store's
     /// next revision if it changes anything.
     Writes(Vec<Write>),
@@ -102,7 +113,6 @@ impl fmt::Display for Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::Precondition;
 
     /// Logs and peers hold these bytes: the encoding must not move.
     #[test]
@@ -118,9 +128,13 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_of_the_first_format_decodes_as_what_it_is() {
-        // metaStore 0.1's `Put { key: "k", value: [7, 8], precondition: None }`.
-        let old: Command = postcard::from_bytes(&[0, 1, b'k', 2, 7, 8, 0]).expect("decode");
-        assert_eq!(old, Command::FormatOnePut);
+    fn an_entry_of_the_first_format_is_read_whole_as_what_it_is() {
+        // metaStore 0.1's `Batch([Put { key: "k", value: [7, 8], precondition: None }])`, then
+        // the next field of whatever held it.
+        let bytes = [2, 1, 0, 1, b'k', 2, 7, 8, 0, 42];
+        let (old, rest): (Command, _) = postcard::take_from_bytes(&bytes).expect("decode");
+        let put = Command::FormatOnePut { key: b"k".to_vec(), value: vec![7, 8], precondition: None };
+        assert_eq!(old, Command::FormatOneBatch(vec![put]));
+        assert_eq!(rest, [42], "nothing of it is left to be misread");
     }
 }

@@ -412,10 +412,9 @@ impl PeerConnection {
         let mut pieces = snapshot.pieces(wire::SNAPSHOT_CHUNK_BYTES).await;
         let transfer = transfer_id();
         let mut offset = 0u64;
-        let mut next = pieces.recv().await;
         loop {
-            let data = match next {
-                Some(Ok(data)) => data,
+            let (data, done) = match pieces.recv().await {
+                Some(Ok(piece)) => (piece.data, piece.last),
                 Some(Err(e)) => return Err(unreadable(std::io::Error::other(e))),
                 None => {
                     return Err(unreadable(std::io::Error::other(
@@ -423,9 +422,6 @@ impl PeerConnection {
                     )))
                 }
             };
-            // One piece ahead, to know which piece is the last.
-            next = pieces.recv().await;
-            let done = next.is_none();
             let sent = data.len() as u64;
             let chunk = SnapshotChunk { vote, meta: meta.clone(), transfer, offset, data, done };
             // The last piece is answered once the snapshot is installed, which reads it through

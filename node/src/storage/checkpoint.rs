@@ -5,7 +5,7 @@
 //! of hard links to its table files (RocksDB flushes the memtables first, work in proportion to
 //! what was written since the last flush, not to the store). Nothing is read or copied until a
 //! member needs the snapshot: then the checkpoint's records are streamed from it
-//! ([`Checkpoint::stream`]) in the snapshot format (`snapshot.rs`). Before this, every snapshot
+//! ([`Checkpoint::write_to`], through `SnapshotData::pieces`) in the snapshot format (`snapshot.rs`). Before this, every snapshot
 //! rewrote the whole store into a file, and writes' tail latency grew with the data.
 //!
 //! On disk, `snapshots/<id>/` holds `db/` (the checkpoint) and `header` (what it holds: raft's
@@ -121,13 +121,12 @@ impl Checkpoints {
             }
         }
         let checkpoints = Self { dir, current: Arc::new(Mutex::new(newest.map(Arc::new))) };
-        let purged: Option<LogId> = match db.get_cf(cf(db, CF_RAFT)?, codec::LAST_PURGED)? {
-            Some(bytes) => decode(&bytes)?,
-            None => None,
-        };
         let covered = checkpoints.current().and_then(|c| c.meta().last_log_id);
-        if purged > covered {
-            tracing::info!(?purged, ?covered, "the log is purged beyond the last snapshot: taking one");
+        if !log_covers_since(db, covered)? {
+            tracing::info!(
+                ?covered,
+                "the log does not cover what was applied since the last snapshot: taking one"
+            );
             checkpoints.take(db)?;
         }
         Ok(checkpoints)
@@ -158,6 +157,8 @@ impl Checkpoints {
                 return Err(e);
             }
         };
+        // A power loss must not take the finished checkpoint's directory entry with it.
+        sync_dir(&self.dir)?;
         let taken = Arc::new(Checkpoint { dir, header, retired: AtomicBool::new(false) });
         let mut current = self.lock();
         if let Some(newer) = current.as_ref().filter(|c| c.meta().last_log_id >= taken.meta().last_log_id) {
@@ -170,6 +171,26 @@ impl Checkpoints {
         metrics::storage().observe_snapshot_build(started.elapsed());
         Ok(taken)
     }
+}
+
+/// Whether raft's log, as it will be once openraft has loaded it, still holds every entry
+/// applied after `covered`: openraft needs a snapshot that covers whatever it purged. It purges
+/// up to the applied index when the log ends before it (a crash after a snapshot from the
+/// leader was loaded and before it was checkpointed); it purged behind snapshots before.
+fn log_covers_since(db: &DB, covered: Option<LogId>) -> Result<bool, StoreError> {
+    let purged: Option<LogId> =
+        db.get_cf(cf(db, CF_RAFT)?, codec::LAST_PURGED)?.map(|b| decode(&b)).transpose()?;
+    if purged > covered {
+        return Ok(false);
+    }
+    let applied: Option<LogId> =
+        db.get_cf(cf(db, CF_SM)?, codec::LAST_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
+    let Some(applied) = applied.filter(|a| Some(*a) > covered) else { return Ok(true) };
+    let last = match db.iterator_cf(cf(db, CF_LOG)?, IteratorMode::End).next().transpose()? {
+        Some((key, _)) => Some(codec::decode_log_key(&key)?),
+        None => purged.map(|p| p.index),
+    };
+    Ok(last.is_some_and(|last| last >= applied.index))
 }
 
 /// A directory name no other build or checkpoint has.
@@ -338,13 +359,52 @@ mod tests {
         assert_eq!(std::fs::read_dir(&snapshots).expect("ls").count(), 1);
     }
 
+    /// Appends a raft log entry at `index` as the log store keeps it.
+    fn logged(db: &DB, index: u64) {
+        let entry = crate::types::Entry { log_id: log_id(index), payload: openraft::EntryPayload::Blank };
+        db.put_cf(cf(db, CF_LOG).expect("cf"), codec::log_key(index), encode(&entry).expect("enc"))
+            .expect("put");
+    }
+
+    fn purged(db: &DB, index: u64) {
+        // As the log store writes it: the log id itself.
+        db.put_cf(cf(db, CF_RAFT).expect("cf"), codec::LAST_PURGED, encode(&log_id(index)).expect("enc"))
+            .expect("put");
+    }
+
+    fn current_at_open(db: &DB, dir: &Path) -> Option<LogId> {
+        let checkpoints = Checkpoints::open(db, dir.join("snapshots")).expect("open");
+        checkpoints.current().and_then(|c| c.meta().last_log_id)
+    }
+
     #[test]
     fn a_log_purged_beyond_the_last_checkpoint_gets_one_at_start() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = store(dir.path(), 30, 7, &[b"a"]);
-        db.put_cf(cf(&db, CF_RAFT).expect("cf"), codec::LAST_PURGED, encode(&Some(log_id(30))).expect("enc"))
-            .expect("put");
-        let checkpoints = Checkpoints::open(&db, dir.path().join("snapshots")).expect("open");
-        assert_eq!(checkpoints.current().map(|c| c.meta().last_log_id), Some(Some(log_id(30))));
+        purged(&db, 30);
+        assert_eq!(current_at_open(&db, dir.path()), Some(log_id(30)));
+    }
+
+    #[test]
+    fn a_snapshot_loaded_but_not_checkpointed_before_a_crash_gets_one_at_start() {
+        // A follower's log ended at 12 when it loaded the leader's snapshot at 40 and crashed:
+        // openraft will purge up to 40 at start, so a snapshot must cover 40.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store(dir.path(), 40, 7, &[b"a"]);
+        logged(&db, 12);
+        assert_eq!(current_at_open(&db, dir.path()), Some(log_id(40)));
+    }
+
+    #[test]
+    fn a_log_that_covers_what_was_applied_needs_no_checkpoint_at_start() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store(dir.path(), 40, 7, &[b"a"]);
+        for index in 1..=45 {
+            logged(&db, index);
+        }
+        assert_eq!(current_at_open(&db, dir.path()), None, "a restart costs no flush");
+        purged(&db, 20);
+        logged(&db, 46);
+        assert_eq!(current_at_open(&db, dir.path()), Some(log_id(40)), "purged beyond any snapshot");
     }
 }

@@ -30,8 +30,17 @@ pub enum SnapshotData {
     Received(tokio::fs::File),
 }
 
+/// One piece of a snapshot being read.
+#[derive(Debug)]
+pub struct Piece {
+    pub data: Vec<u8>,
+    /// The snapshot ends with this piece. Pieces that stop without one (the reader failed
+    /// unexpectedly) are a broken snapshot, never a short one.
+    pub last: bool,
+}
+
 /// Pieces of a snapshot being read, in order; an error ends them.
-pub type SnapshotPieces = mpsc::Receiver<Result<Vec<u8>, StoreError>>;
+pub type SnapshotPieces = mpsc::Receiver<Result<Piece, StoreError>>;
 
 impl SnapshotData {
     /// The snapshot in the snapshot format, in pieces of `piece` bytes, read on a blocking
@@ -53,7 +62,7 @@ impl SnapshotData {
                     .map(drop)
                     .map_err(|e| StoreError::io("snapshot", e)),
             };
-            let last = written.map(|()| std::mem::take(&mut sink.buffer));
+            let last = written.map(|()| Piece { data: std::mem::take(&mut sink.buffer), last: true });
             // A receiver that went away wants no more.
             let _ = tx.blocking_send(last);
         });
@@ -63,7 +72,7 @@ impl SnapshotData {
 
 /// Gathers written bytes into pieces and hands each full one over.
 struct PieceSink {
-    tx: mpsc::Sender<Result<Vec<u8>, StoreError>>,
+    tx: mpsc::Sender<Result<Piece, StoreError>>,
     buffer: Vec<u8>,
     piece: usize,
 }
@@ -75,7 +84,7 @@ impl Write for PieceSink {
         if self.buffer.len() == self.piece {
             let full = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.piece));
             self.tx
-                .blocking_send(Ok(full))
+                .blocking_send(Ok(Piece { data: full, last: false }))
                 .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot's reader went away"))?;
         }
         Ok(n)
@@ -330,10 +339,14 @@ mod tests {
         let mut joined = Vec::new();
         while let Some(piece) = pieces.recv().await {
             let piece = piece.expect("a piece");
-            assert!(piece.len() <= 16);
-            joined.extend(piece);
+            assert!(piece.data.len() <= 16);
+            joined.extend(piece.data);
+            if piece.last {
+                break;
+            }
         }
         assert_eq!(joined, bytes);
+        assert!(pieces.recv().await.is_none(), "nothing after the last piece");
     }
 
     #[test]

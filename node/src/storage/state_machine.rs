@@ -380,7 +380,8 @@ mod tests {
     fn an_entry_of_the_first_format_is_refused_not_skipped() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = super::super::open_db(&dir.path().join("db")).expect("open");
-        let old = Entry { log_id: log_id(3), payload: EntryPayload::Normal(Command::FormatOnePut) };
+        let put = Command::FormatOneDelete { key: b"k".to_vec(), precondition: None };
+        let old = Entry { log_id: log_id(3), payload: EntryPayload::Normal(put) };
         assert!(apply_entries(&db, vec![old]).is_err());
     }
 
