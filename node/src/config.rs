@@ -40,7 +40,8 @@ pub struct Args {
     pub peer_port: Option<u16>,
 
     /// Address both listeners bind to (0.0.0.0 in a container). Without it, the client API
-    /// listens on 127.0.0.1 and the peer listener on the host of this member's peer URL, so
+    /// listens on 127.0.0.1 and the peer listener on the host of this member's --cluster URL
+    /// (or of --advertise-peer-url without one), so
     /// the seed's three commands, with each machine's address in --cluster, form a cluster
     /// across machines as they are.
     #[arg(long, env = "METASTORE_BIND_ADDRESS")]
@@ -270,6 +271,12 @@ impl Args {
             (None, None) => return Err(ConfigError::NoPeerUrl { id, count: cluster.len() }),
         };
         let parsed = parse_url(&peer_url)?;
+        // Listened for where --cluster says this member is; an advertised URL (which may be a
+        // NAT's or a load balancer's) only without one.
+        let listen_url = match cluster.get(index) {
+            Some(url) => parse_url(url)?,
+            None => parsed.clone(),
+        };
         let peer_port = self.peer_port.or(parsed.port_or_known_default()).unwrap_or(12379);
         let client_url = match &self.advertise_client_url {
             Some(url) => normalized(url),
@@ -302,7 +309,7 @@ impl Args {
             id,
             // The incarnation comes from the store when it is opened.
             member: Member { peer_url, client_url, incarnation: String::new() },
-            peer_listen: SocketAddr::new(self.peer_bind_address(&parsed)?, peer_port),
+            peer_listen: SocketAddr::new(self.peer_bind_address(&listen_url)?, peer_port),
             client_listen: SocketAddr::new(self.client_bind_address(), self.port),
             data_dir: self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(id.to_string())),
             bootstrap,
