@@ -44,6 +44,8 @@ pub struct Cluster {
     pub members: BTreeMap<u64, Member>,
     /// Short timeouts, so that a fault is noticed within a second or two.
     http: reqwest::Client,
+    /// Flags every member is started with, beside those the cluster sets.
+    member_args: Vec<String>,
     /// Members' own networks, when links between them are to be cut. Last, so that it is torn
     /// down after the members (dropped with `members`) have stopped.
     network: Option<Network>,
@@ -51,8 +53,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `size` members as a static cluster (`--cluster`), as the seed report does; with
-    /// `own_networks`, each in a network namespace of its own (inside the sandbox only).
-    pub fn start(binary: PathBuf, size: u64, own_networks: bool) -> anyhow::Result<Self> {
+    /// `own_networks`, each in a network namespace of its own (inside the sandbox only); every
+    /// member also gets `member_args`.
+    pub fn start(
+        binary: PathBuf,
+        size: u64,
+        own_networks: bool,
+        member_args: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let ids: Vec<u64> = (1..=size).collect();
         let network = if own_networks { Some(Network::create(&ids)?) } else { None };
         let members = ids
@@ -71,7 +79,7 @@ impl Cluster {
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_millis(500))
             .build()?;
-        let mut cluster = Self { binary, dir: tempfile::tempdir()?, network, members, http };
+        let mut cluster = Self { binary, dir: tempfile::tempdir()?, network, members, http, member_args };
         for id in ids {
             cluster.spawn(id)?;
         }
@@ -106,6 +114,7 @@ impl Cluster {
         } else {
             command.args(["--cluster", &peers.join(",")]);
         }
+        command.args(&self.member_args);
         command.env_remove("RUST_LOG");
         let log = self.dir.path().join(format!("member-{id}.log"));
         let process = Process::spawn("metastore", command, &log)?;

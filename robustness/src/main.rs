@@ -43,6 +43,10 @@ struct Cli {
     hold_ms: u64,
     #[arg(long, default_value_t = 2_000)]
     settle_ms: u64,
+    /// Members snapshot and purge their log after this many entries: small by default, so that
+    /// snapshots are taken, sent and installed under every nemesis.
+    #[arg(long, default_value_t = 500)]
+    snapshot_entries: u64,
     /// The `metastore` binary; by default the one next to this binary.
     #[arg(long)]
     metastore: Option<PathBuf>,
@@ -109,6 +113,7 @@ async fn main() -> ExitCode {
             workload: cli.workload,
             hold: Duration::from_millis(cli.hold_ms),
             settle: Duration::from_millis(cli.settle_ms),
+            snapshot_entries: cli.snapshot_entries,
         };
         match run(&config).await {
             Ok(report) => {

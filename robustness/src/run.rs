@@ -26,6 +26,9 @@ pub struct Config {
     pub workload: Workload,
     pub hold: Duration,
     pub settle: Duration,
+    /// Members snapshot and purge their log after this many entries: kept small, so that
+    /// snapshots are taken, sent and installed under every nemesis.
+    pub snapshot_entries: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +82,9 @@ impl Report {
 
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let cluster = Cluster::start(config.binary.clone(), config.members, config.nemesis.partitions())?;
+    let member_args = vec!["--snapshot-entries".to_string(), config.snapshot_entries.to_string()];
+    let cluster =
+        Cluster::start(config.binary.clone(), config.members, config.nemesis.partitions(), member_args)?;
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let first_term = cluster.client(first_leader).cluster().await?.term;
     let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();

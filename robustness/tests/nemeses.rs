@@ -27,6 +27,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
         // Long enough for the others to notice a lost leader and elect one (about 1.7 s).
         hold: Duration::from_millis(3_000),
         settle: Duration::from_millis(1_000),
+        snapshot_entries: 200,
     };
     let report = run(&config).await.unwrap_or_else(|e| panic!("{nemesis:?}: {e:#}"));
     eprintln!("{}", report.summary());
