@@ -142,11 +142,13 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
 }
 
 /// Replaces the whole state machine with a snapshot's: `fill` adds its records to the batch
-/// that also clears every key and sets the metadata, written atomically and synced.
+/// that also clears every key and sets the metadata from the header it returns, written
+/// atomically and synced. A record that fails leaves the store as it was.
 fn load_snapshot(
     db: &DB,
-    header: &SnapshotHeader,
-    fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>) -> Result<(), StoreError>,
+    fill: impl FnOnce(
+        &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<SnapshotHeader, StoreError>,
 ) -> Result<(), StoreError> {
     let kv = cf(db, CF_KV)?;
     let mut batch = WriteBatch::default();
@@ -157,7 +159,7 @@ fn load_snapshot(
         end.push(0);
         batch.delete_range_cf(kv, &b""[..], &end);
     }
-    fill(&mut |key, record| {
+    let header = fill(&mut |key, record| {
         batch.put_cf(kv, key, record);
         Ok(())
     })?;
@@ -181,9 +183,7 @@ fn install(
 ) -> Result<(), StoreError> {
     match data {
         Installing::Received(mut file) => {
-            // Read through twice (checked, then loaded): a bad record must not half-load.
-            let header = read_received(&mut file, meta, |_, _| Ok(()))?;
-            load_snapshot(db, &header, |put| read_received(&mut file, meta, |k, r| put(k, r)).map(drop))?;
+            load_snapshot(db, |put| read_received(&mut file, meta, |k, r| put(k, r)))?;
         }
         Installing::Checkpoint(checkpoint) => {
             let applied: Option<LogId> =
@@ -192,8 +192,10 @@ fn install(
                 // Already reflected (openraft restoring at start a snapshot of this very store).
                 return Ok(());
             }
-            let header = checkpoint.header().clone();
-            load_snapshot(db, &header, |put| checkpoint.for_each_record(|k, r| put(k, r)))?;
+            load_snapshot(db, |put| {
+                checkpoint.for_each_record(|k, r| put(k, r))?;
+                Ok(checkpoint.header().clone())
+            })?;
         }
     }
     checkpoints.take(db)?;
