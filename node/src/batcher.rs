@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::kv::{Write, WriteResult};
 use crate::network::wire::ForwardError;
-use crate::types::{Command, NodeId, Raft};
+use crate::raft::Raft;
+use crate::types::{Command, NodeId};
 
 /// Proposals in flight at once. While they are, new writes queue up and form the next batch.
 const IN_FLIGHT: usize = 2;

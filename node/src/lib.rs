@@ -2,6 +2,7 @@
 //!
 //! - [`kv`]: the key-value engine's rules: writes, records, revisions (no raft, no RocksDB).
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
+//! - [`raft`]: the member's openraft instance, its configuration and duties around it.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
 //! - [`service`]: the store as clients see it on any member (forwarding, read index).
 //! - [`batcher`]: group commit, many client writes per raft entry on the leader.
@@ -16,6 +17,7 @@ pub mod kv;
 pub mod listener;
 pub mod metrics;
 pub mod network;
+pub mod raft;
 pub mod server;
 pub mod service;
 pub mod storage;

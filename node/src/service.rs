@@ -25,8 +25,9 @@ use crate::batcher::WriteBatcher;
 use crate::kv::{Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
 use crate::network::{PeerClient, PeerError};
+use crate::raft::Raft;
 use crate::storage::{self, KeyRead, KvReader, RangePage};
-use crate::types::{Member, NodeId, Raft, RaftMetrics, TypeConfig};
+use crate::types::{Member, NodeId, RaftMetrics, TypeConfig};
 
 /// How long a request may wait for a leader, forwarding hops and a read index in total.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);

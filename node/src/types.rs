@@ -18,15 +18,12 @@ openraft::declare_raft_types!(
         Node = Member,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, crate::storage::StateMachine>;
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 pub type CommittedLeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
 pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-/// A snapshot as openraft hands it around: its description and its file.
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::storage::SnapshotData>;
 pub type StorageError = openraft::StorageError<TypeConfig>;
 pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
 

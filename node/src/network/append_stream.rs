@@ -25,7 +25,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::wire::{self, FrameError, StreamAnswer};
-use crate::types::{LogId, Raft, TypeConfig};
+use crate::raft::Raft;
+use crate::types::{LogId, TypeConfig};
 
 /// Requests a member sends on a stream and has not had answered yet, at most.
 ///

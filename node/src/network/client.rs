@@ -24,7 +24,8 @@ use super::wire::{
     self, ForwardError, ForwardRequest, ForwardResponse, FrameError, SnapshotAck, SnapshotChunk,
     SnapshotRefused,
 };
-use crate::types::{Member, NodeId, Snapshot, TypeConfig, Vote};
+use crate::storage::Snapshot;
+use crate::types::{Member, NodeId, TypeConfig, Vote};
 
 /// Why a peer call failed before the peer could answer it.
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +233,7 @@ impl MemberDirectory {
     }
 
     /// Keeps the directory equal to `raft`'s effective membership, until raft stops.
-    pub async fn follow(self, raft: crate::types::Raft) {
+    pub async fn follow(self, raft: crate::raft::Raft) {
         use openraft::async_runtime::WatchReceiver;
         let mut metrics = raft.metrics();
         loop {

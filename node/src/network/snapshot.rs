@@ -11,8 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::wire::{SnapshotAck, SnapshotChunk, SnapshotRefused};
-use crate::storage::{SnapshotData, SnapshotInbox};
-use crate::types::{LogId, Raft, Snapshot};
+use crate::raft::Raft;
+use crate::storage::{Snapshot, SnapshotData, SnapshotInbox};
+use crate::types::LogId;
 
 /// A snapshot being received.
 struct Inbound {

@@ -42,6 +42,9 @@ pub struct Piece {
 /// Pieces of a snapshot being read, in order; an error ends them.
 pub type SnapshotPieces = mpsc::Receiver<Result<Piece, StoreError>>;
 
+/// A snapshot as openraft hands it around: its description and its data.
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<crate::types::TypeConfig, SnapshotData>;
+
 impl SnapshotData {
     /// The snapshot in the snapshot format, in pieces of `piece` bytes, read on a blocking
     /// thread a little ahead of the caller: a large store is never held in memory, or copied

@@ -18,11 +18,11 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, decode_record, encode, encode_record};
-use super::snapshot::{read_received, SnapshotData, SnapshotHeader, SnapshotInbox};
+use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
 use super::{cf, run_blocking, run_write, StoreError, CF_KV, CF_SM};
 use crate::kv::{self, KeyRecord};
 use crate::metrics;
-use crate::types::{Applied, Command, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The state machine handed to openraft.
 pub struct StateMachine {
