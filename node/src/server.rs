@@ -127,8 +127,13 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let peer_routes =
-        network::routes(service.clone(), rpcs, member.incarnation.clone(), config.peer_token.clone());
+    let peer_routes = network::routes(
+        raft.clone(),
+        service.clone(),
+        rpcs,
+        member.incarnation.clone(),
+        config.peer_token.clone(),
+    );
     let peer_server = tokio::spawn(listener::serve(
         warp::service(peer_routes),
         peer_listener,

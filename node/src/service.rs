@@ -447,7 +447,7 @@ impl Service {
     }
 
     /// Does forwarded work here, as the leader; never forwards again, so requests cannot loop.
-    pub async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
+    async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
         match request {
             ForwardRequest::Writes(writes) => {
                 // Queued in order; the batcher answers each on its own.
@@ -593,6 +593,12 @@ impl Service {
     /// so the forwarder may safely retry it elsewhere.
     fn leads(&self) -> bool {
         crate::batcher::leads(self.id(), self.raft())
+    }
+}
+
+impl crate::network::LeaderWork for Service {
+    async fn serve(&self, request: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
+        Service::serve(self, request).await
     }
 }
 

@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use auth::{PeerToken, TokenError};
 pub use client::{MemberDirectory, PeerClient, PeerError, PeerNetwork};
-pub use server::{refuses_votes_until, routes, RaftRpcs};
+pub use server::{refuses_votes_until, routes, LeaderWork, RaftRpcs};
 pub use snapshot::SnapshotReceiver;

@@ -15,15 +15,25 @@ use warp::Filter;
 use super::append_stream;
 use super::auth::PeerToken;
 use super::snapshot::SnapshotReceiver;
-use super::wire::{self, ForwardRequest, SnapshotChunk};
+use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, SnapshotChunk};
 use crate::listener::Upgrade;
-use crate::service::Service;
+use crate::raft::Raft;
 
 /// Append streams a member serves at once, at most: two per leader (replication and
 /// heartbeats), and a leader's close when it steps down.
 const MAX_APPEND_STREAMS: usize = 64;
 
-/// What answering raft's RPCs needs beside the service.
+/// What a member does with work a follower forwarded to it as the leader. The service layer
+/// does it; the network only carries it, and knows nothing of how it is done.
+pub trait LeaderWork: Clone + Send + Sync + 'static {
+    /// Does `request` here, as the leader, and never forwards it again: requests cannot loop.
+    fn serve(
+        &self,
+        request: ForwardRequest,
+    ) -> impl std::future::Future<Output = Result<ForwardResponse, ForwardError>> + Send;
+}
+
+/// What answering raft's RPCs needs beside raft itself.
 #[derive(Clone)]
 pub struct RaftRpcs {
     pub snapshots: SnapshotReceiver,
@@ -68,13 +78,14 @@ pub fn refuses_votes_until(
 /// sender learnt of it) are refused with 409, so a wiped member never acts on a membership it
 /// no longer remembers.
 pub fn routes(
-    service: Service,
+    raft: Raft,
+    work: impl LeaderWork,
     rpcs: RaftRpcs,
     incarnation: String,
     token: Option<PeerToken>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let body = warp::body::content_length_limit(wire::MAX_FRAME_BYTES as u64).and(warp::body::bytes());
-    let with_service = warp::any().map(move || (service.clone(), rpcs.clone()));
+    let with_member = warp::any().map(move || (raft.clone(), work.clone(), rpcs.clone()));
     let own = warp::any().map(move || incarnation.clone());
     let token = warp::any().map(move || token.clone());
     let authorized = warp::header::optional::<String>("authorization").and(token).and_then(
@@ -100,21 +111,21 @@ pub fn routes(
         .and(own)
         .and(body)
         .and(upgrade)
-        .and(with_service)
+        .and(with_member)
         .then(
             |rpc: String,
              addressed: Option<String>,
              own: String,
              body: Bytes,
              upgrade: Option<Upgrade>,
-             (service, rpcs): (Service, RaftRpcs)| async move {
+             (raft, work, rpcs)| async move {
                 match addressed.filter(|a| !a.is_empty() && *a != own) {
                     Some(addressed) => plain(
                         StatusCode::CONFLICT,
                         format!("addressed to storage incarnation {addressed}, but this member's is {own}"),
                     ),
-                    None if rpc == wire::APPEND_STREAM_PATH => accept_stream(upgrade, service, rpcs),
-                    None => dispatch(&rpc, &body, service, rpcs).await,
+                    None if rpc == wire::APPEND_STREAM_PATH => accept_stream(upgrade, raft, rpcs),
+                    None => dispatch(&rpc, &body, raft, work, rpcs).await,
                 }
             },
         )
@@ -137,8 +148,7 @@ struct Unauthorized;
 
 impl warp::reject::Reject for Unauthorized {}
 
-async fn dispatch(rpc: &str, body: &[u8], service: Service, rpcs: RaftRpcs) -> Response {
-    let raft = service.raft().clone();
+async fn dispatch(rpc: &str, body: &[u8], raft: Raft, work: impl LeaderWork, rpcs: RaftRpcs) -> Response {
     match rpc {
         wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,
         wire::VOTE_PATH => match rpcs.refuse_votes_until.filter(|until| Instant::now() < *until) {
@@ -163,15 +173,13 @@ async fn dispatch(rpc: &str, body: &[u8], service: Service, rpcs: RaftRpcs) -> R
             answer(body, |chunk: SnapshotChunk| async move { rpcs.snapshots.receive(&raft, chunk).await })
                 .await
         }
-        wire::FORWARD_PATH => {
-            answer(body, |req: ForwardRequest| async move { service.serve(req).await }).await
-        }
+        wire::FORWARD_PATH => answer(body, |req: ForwardRequest| async move { work.serve(req).await }).await,
         other => plain(StatusCode::NOT_FOUND, format!("no peer rpc named {other:?}")),
     }
 }
 
 /// Switches the connection to an append stream served by this member's raft.
-fn accept_stream(upgrade: Option<Upgrade>, service: Service, rpcs: RaftRpcs) -> Response {
+fn accept_stream(upgrade: Option<Upgrade>, raft: Raft, rpcs: RaftRpcs) -> Response {
     let Some(upgrade) = upgrade.and_then(|upgrade| upgrade.take()) else {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -187,7 +195,6 @@ fn accept_stream(upgrade: Option<Upgrade>, service: Service, rpcs: RaftRpcs) -> 
             format!("{MAX_APPEND_STREAMS} append streams are open already"),
         );
     };
-    let raft = service.raft().clone();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
