@@ -5,6 +5,7 @@
 
 mod client;
 mod error;
+pub mod quorum;
 pub mod types;
 
 pub use client::{Client, Consistency, Precondition, RangeRequest};

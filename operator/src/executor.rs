@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metastore_client::quorum;
 use metastore_client::{AddMemberRequest, Client, ClientError, ClusterStatus, MemberRole as WireRole};
 
 use crate::crd::MemberRole;
 use crate::membership::{Observed, PodView, RaftMember, Step};
 use crate::resources::Names;
 
-/// How far behind the leader's log a member may be and still count as healthy.
-const HEALTHY_LAG: u64 = 1_000;
 /// A member that does not answer its status within this is treated as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -117,7 +116,7 @@ fn membership_of(leader: &ClusterStatus, statuses: &BTreeMap<u64, ClusterStatus>
                     .get(&m.id)
                     .copied()
                     .flatten()
-                    .is_some_and(|i| last.saturating_sub(i) <= HEALTHY_LAG);
+                    .is_some_and(|i| quorum::within_healthy_lag(last.saturating_sub(i)));
             RaftMember {
                 id: m.id,
                 role: match m.role {

@@ -5,6 +5,8 @@
 //!
 //! Member `id` always lives in pod ordinal `id - 1`.
 
+use metastore_client::quorum::{self, RemovalRefused};
+
 use crate::crd::MemberRole;
 
 /// A member of the raft group, as the leader reports it.
@@ -91,22 +93,12 @@ fn pod(observed: &Observed, id: u64) -> Option<&PodView> {
     observed.pods.iter().find(|p| p.id == id)
 }
 
-/// Would removing member `id` leave the remaining voters with a healthy majority?
-fn keeps_quorum(members: &[RaftMember], id: u64) -> Result<(), String> {
-    let remaining: Vec<&RaftMember> =
-        members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
-    let healthy = remaining.iter().filter(|m| m.healthy).count();
-    let quorum = remaining.len() / 2 + 1;
-    if remaining.is_empty() {
-        return Err(format!("member {id} is the last voter"));
-    }
-    if healthy < quorum {
-        return Err(format!(
-            "removing member {id} would leave {healthy} healthy of {} voters, below the quorum of {quorum}",
-            remaining.len()
-        ));
-    }
-    Ok(())
+/// Would removing member `id` leave the remaining voters with a healthy majority? By the rule
+/// the leader itself applies before removing a voter ([`quorum::check_removal`]).
+fn keeps_quorum(members: &[RaftMember], id: u64) -> Result<(), RemovalRefused> {
+    let voters = members.iter().filter(|m| m.role == MemberRole::Voter);
+    let healthy = |v| members.iter().any(|m| m.id == v && m.healthy);
+    quorum::check_removal(voters.map(|m| m.id), id, healthy)
 }
 
 /// The next step towards `desired` members, given what was observed.
@@ -157,7 +149,7 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
     if let Some(m) = observed.members.iter().filter(|m| m.id > n).max_by_key(|m| m.id) {
         if m.role == MemberRole::Voter {
             if let Err(why) = keeps_quorum(&observed.members, m.id) {
-                return Step::Refuse(why);
+                return Step::Refuse(why.to_string());
             }
         }
         return Step::Remove { id: m.id, why: Removal::ScaleDown };

@@ -77,7 +77,7 @@ pub fn build(
     let leader = observed.leader;
     let voters: Vec<_> = observed.members.iter().filter(|m| m.role == MemberRole::Voter).collect();
     let healthy_voters = voters.iter().filter(|m| m.healthy).count();
-    let quorum = voters.len() / 2 + 1;
+    let quorum = metastore_client::quorum::quorum(voters.len());
     let available = leader.is_some() && !voters.is_empty() && healthy_voters >= quorum;
     let unhealthy: Vec<u64> = observed.members.iter().filter(|m| !m.healthy).map(|m| m.id).collect();
     let ready_replicas = observation
