@@ -4,14 +4,13 @@
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`raft`]: the member's openraft instance, its configuration and duties around it.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
-//! - [`service`]: the store as clients see it on any member (forwarding, read index).
-//! - [`batcher`]: group commit, many client writes per raft entry on the leader.
+//! - [`service`]: the store as clients see it on any member: forwarding to the leader, group
+//!   commit, linearizable reads, membership rules, bootstrap. Front ends go through it.
 //! - [`api`]: the client HTTP API.
 //! - [`listener`]: serving HTTP within connection and header-time limits.
 //! - [`server`]: starting, bootstrapping and stopping a member.
 
 pub mod api;
-pub mod batcher;
 pub mod config;
 pub mod kv;
 pub mod listener;

@@ -8,7 +8,7 @@ use openraft::RaftLogReader;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::config::{Bootstrap, NodeConfig};
+use crate::config::NodeConfig;
 use crate::network::{self, PeerClient, PeerNetwork, RaftRpcs, SnapshotReceiver};
 use crate::raft::{self, Raft};
 use crate::service::{Service, ServiceError};
@@ -105,24 +105,7 @@ pub async fn run(
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
     // between the pristine check and its own initialization.
-    match (&config.bootstrap, pristine) {
-        (Bootstrap::Static(members), true) => {
-            tracing::info!(member = id, members = members.len(), "empty store: initializing the cluster");
-            match service.initialize(members.clone()).await {
-                Ok(()) => {}
-                // openraft found raft state our pristine check did not: the cluster exists.
-                Err(ServiceError::Conflict(_)) => {
-                    tracing::info!(member = id, "already initialized by the leader")
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        (Bootstrap::Static(_), false) => tracing::info!(member = id, "store has raft state: resuming"),
-        (Bootstrap::Join, true) => {
-            tracing::info!(member = id, "empty store: waiting to be added by a leader")
-        }
-        (Bootstrap::Join, false) => tracing::info!(member = id, "store has raft state: resuming"),
-    }
+    service.bootstrap(&config.bootstrap, pristine).await?;
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -179,11 +179,6 @@ async fn init(body: Result<Bytes, ApiError>, service: Service) -> Result<Respons
         let (id, member) = member_of(m)?;
         members.insert(id, member);
     }
-    if members.is_empty() {
-        let m = service.metrics();
-        let own = m.membership_config.membership().get_node(&service.id()).cloned();
-        members.insert(service.id(), own.unwrap_or_else(|| service.own_member().clone()));
-    }
     service.initialize(members).await?;
     Ok(membership_response(&service, 0).await)
 }

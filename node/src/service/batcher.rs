@@ -3,12 +3,11 @@
 //! one fsync on each member however many writes it carries, so under load the cost of a commit
 //! is shared; a lone write is proposed at once. Each write of an entry gets its own revision.
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 
-use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::proposal::{leads, proposed_write_error};
 use crate::kv::{Write, WriteResult};
 use crate::network::wire::ForwardError;
 use crate::raft::Raft;
@@ -114,17 +113,10 @@ async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaph
             }
         }
         Err(e) => {
-            let error = crate::service::proposed_write_error(e);
+            let error = proposed_write_error(e);
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
         }
     }
-}
-
-/// Whether member `id` believes it leads. Writes refused on this check were never proposed.
-pub fn leads(id: NodeId, raft: &Raft) -> bool {
-    let metrics = raft.metrics();
-    let m = metrics.borrow_watched();
-    m.current_leader == Some(id) && m.state == ServerState::Leader
 }

@@ -1,0 +1,62 @@
+//! Why the service could not do what a front end asked.
+
+use crate::network::wire::ForwardError;
+use crate::storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no leader is known: the cluster is electing one, or has lost quorum")]
+    NoLeader,
+    /// Nothing was done, and trying again later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request can never succeed as it is.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the cluster's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A write was handed to raft and its answer lost: it may or may not apply, so it must not
+    /// be sent again blindly.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    #[error("local storage failed: {0}")]
+    Storage(#[from] storage::StoreError),
+}
+
+impl From<ForwardError> for ServiceError {
+    fn from(e: ForwardError) -> Self {
+        match e {
+            ForwardError::NotLeader { .. } => ServiceError::NoLeader,
+            ForwardError::Unavailable(m) => ServiceError::Unavailable(m),
+            ForwardError::Rejected(m) => ServiceError::Invalid(m),
+            ForwardError::Conflict(m) => ServiceError::Conflict(m),
+            ForwardError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),
+        }
+    }
+}
+
+impl ServiceError {
+    /// The same error for another waiter; a storage error travels as its message.
+    pub(super) fn shared(&self) -> ServiceError {
+        match self {
+            ServiceError::NoLeader => ServiceError::NoLeader,
+            ServiceError::Unavailable(m) => ServiceError::Unavailable(m.clone()),
+            ServiceError::Invalid(m) => ServiceError::Invalid(m.clone()),
+            ServiceError::Conflict(m) => ServiceError::Conflict(m.clone()),
+            ServiceError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m.clone()),
+            ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_the_leader_lost_track_of_stays_unknown_for_the_client() {
+        let unknown = ServiceError::from(ForwardError::OutcomeUnknown("leadership moved".into()));
+        assert!(matches!(unknown, ServiceError::OutcomeUnknown(_)));
+    }
+}
