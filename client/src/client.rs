@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ClientError};
 use crate::types::*;
+use crate::ErrorCode;
 
 /// Bytes left as they are in a key's URL path segment or query value (RFC 3986
 /// "unreserved"); every other byte is percent-encoded, so keys may be any bytes.
@@ -240,7 +241,8 @@ impl Client {
 
 fn decode_error(status: StatusCode, body: &[u8]) -> ApiError {
     let body = serde_json::from_slice::<ErrorBody>(body).unwrap_or_else(|_| ErrorBody {
-        error: "http_error".to_string(),
+        // Not one of the node's answers (a proxy's, say): kept as the code nobody sends.
+        error: ErrorCode::Other("http_error".into()),
         message: String::from_utf8_lossy(body).into_owned(),
     });
     ApiError { status: status.as_u16(), body }

@@ -1,4 +1,5 @@
 use crate::types::ErrorBody;
+use crate::ErrorCode;
 
 /// An error answer from a metaStore node.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -9,7 +10,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> &ErrorCode {
         &self.body.error
     }
 }
@@ -46,7 +47,7 @@ impl ClientError {
     /// answered `outcome_unknown`, or whose answer was lost, may have applied.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Api(e) => e.status == 503 && e.code() != "outcome_unknown",
+            ClientError::Api(e) => e.status == 503 && *e.code() != ErrorCode::OutcomeUnknown,
             ClientError::Transport { source, .. } => source.is_connect(),
             ClientError::Protocol { .. } => false,
         }
@@ -58,7 +59,10 @@ mod tests {
     use super::*;
 
     fn answered(status: u16, code: &str) -> ClientError {
-        ClientError::Api(ApiError { status, body: ErrorBody { error: code.into(), message: String::new() } })
+        ClientError::Api(ApiError {
+            status,
+            body: ErrorBody { error: code.to_string().into(), message: String::new() },
+        })
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! tests and the benchmarks consume them through [`Client`], so the API cannot drift between them.
 
 mod client;
+mod code;
 mod error;
 pub mod quorum;
 pub mod types;
 
 pub use client::{Client, Consistency, Precondition, RangeRequest};
+pub use code::ErrorCode;
 pub use error::{ApiError, ClientError};
 pub use types::*;

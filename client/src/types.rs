@@ -156,7 +156,7 @@ pub struct MembershipResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable, machine-readable code, e.g. `key_not_found`, `compare_failed`, `no_leader`.
-    pub error: String,
+    pub error: crate::ErrorCode,
     /// What went wrong, for a person.
     pub message: String,
 }

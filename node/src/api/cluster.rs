@@ -4,6 +4,7 @@
 //! token: adding a learner makes the leader send it the log and the token, so those requests
 //! must present the token themselves (`Authorization: Bearer`).
 
+use metastore_client::ErrorCode;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -13,7 +14,6 @@ use metastore_client::{
 };
 use serde::de::DeserializeOwned;
 use warp::http::header::{HeaderMap, AUTHORIZATION};
-use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -77,8 +77,7 @@ pub fn routes(
 fn admit(token: Option<&PeerToken>, authorization: Option<&str>) -> Result<(), ApiError> {
     match token {
         Some(token) if !token.admits(authorization) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "changing the membership needs the cluster's peer token as `Authorization: Bearer <token>`",
         )),
         _ => Ok(()),
@@ -140,18 +139,18 @@ pub async fn status(service: &Service) -> ClusterStatus {
 
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
     crate::config::parse_url(url)
         .map(|_| ())
-        .map_err(|e| ApiError::bad_request("invalid_member", format!("{what}: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMember, format!("{what}: {e}")))
 }
 
 fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {
     if request.id == 0 {
-        return Err(ApiError::bad_request("invalid_member", "member ids start at 1"));
+        return Err(ApiError::new(ErrorCode::InvalidMember, "member ids start at 1"));
     }
     check_url("peer_url", &request.peer_url)?;
     if !request.client_url.is_empty() {

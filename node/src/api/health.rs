@@ -1,7 +1,7 @@
 //! `/healthz` (the process serves), `/readyz` (a leader is known and this member has applied
 //! everything known committed) and `/metrics` (Prometheus text).
 
-use warp::http::StatusCode;
+use metastore_client::ErrorCode;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -24,9 +24,8 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
             } else if s.is_ready().await {
                 warp::reply::json(&serde_json::json!({ "ready": true })).into_response()
             } else {
-                super::error::ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
+                ApiError::new(
+                    ErrorCode::NotReady,
                     "no leader is known, or this member has not applied everything committed",
                 )
                 .into_response()

@@ -3,9 +3,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use metastore_client::ErrorCode;
 use metastore_client::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 use percent_encoding::percent_decode_str;
-use warp::http::StatusCode;
 use warp::Filter;
 
 use super::error::ApiError;
@@ -25,12 +25,11 @@ pub fn key_from_path(encoded: &str) -> Result<Vec<u8>, ApiError> {
 
 pub fn check_key(key: &[u8]) -> Result<(), ApiError> {
     if key.is_empty() {
-        return Err(ApiError::bad_request("invalid_key", "the key is empty"));
+        return Err(ApiError::new(ErrorCode::InvalidKey, "the key is empty"));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "key_too_large",
+            ErrorCode::KeyTooLarge,
             format!("the key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
         ));
     }
@@ -56,8 +55,7 @@ where
 {
     let too_large = |size: u64| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the body is at least {size} bytes; the limit is {MAX_BODY_BYTES}"),
         )
     };
@@ -68,7 +66,7 @@ where
     let mut body = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let mut chunk =
-            chunk.map_err(|e| ApiError::bad_request("bad_body", format!("reading the body failed: {e}")))?;
+            chunk.map_err(|e| ApiError::new(ErrorCode::BadBody, format!("reading the body failed: {e}")))?;
         if body.len() + chunk.remaining() > MAX_BODY_BYTES {
             return Err(too_large((body.len() + chunk.remaining()) as u64));
         }
@@ -86,8 +84,8 @@ pub fn consistency(query: &Query) -> Result<ReadConsistency, ApiError> {
     match query.text("consistency")? {
         None | Some("linearizable") | Some("") => Ok(ReadConsistency::Linearizable),
         Some("stale") | Some("serializable") => Ok(ReadConsistency::Stale),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_consistency",
+        Some(other) => Err(ApiError::new(
+            ErrorCode::InvalidConsistency,
             format!("consistency must be linearizable or stale, not {other:?}"),
         )),
     }
@@ -99,8 +97,8 @@ pub fn precondition(query: &Query) -> Result<Option<Precondition>, ApiError> {
         None | Some("false") => false,
         Some("true") | Some("") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_precondition",
+            return Err(ApiError::new(
+                ErrorCode::InvalidPrecondition,
                 format!("if_absent must be true or false, not {other:?}"),
             ))
         }
@@ -109,16 +107,16 @@ pub fn precondition(query: &Query) -> Result<Option<Precondition>, ApiError> {
         .text("if_mod_revision")?
         .map(|r| {
             r.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_precondition",
+                ApiError::new(
+                    ErrorCode::InvalidPrecondition,
                     format!("if_mod_revision must be a revision number, not {r:?}"),
                 )
             })
         })
         .transpose()?;
     match (absent, revision) {
-        (true, Some(_)) => Err(ApiError::bad_request(
-            "invalid_precondition",
+        (true, Some(_)) => Err(ApiError::new(
+            ErrorCode::InvalidPrecondition,
             "give either if_absent or if_mod_revision, not both",
         )),
         (true, None) => Ok(Some(Precondition::Absent)),
@@ -151,10 +149,10 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_keys_are_refused() {
-        assert_eq!(key_from_path("").expect_err("empty").status, StatusCode::BAD_REQUEST);
+        assert_eq!(key_from_path("").expect_err("empty").code, ErrorCode::InvalidKey);
         let long = "k".repeat(MAX_KEY_BYTES + 1);
         assert_eq!(key_from_path("%00").ok().as_deref(), Some(&[0u8][..]), "one zero byte is a key");
-        assert_eq!(key_from_path(&long).expect_err("long").status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(key_from_path(&long).expect_err("long").code, ErrorCode::KeyTooLarge);
         assert!(key_from_path(&"k".repeat(MAX_KEY_BYTES)).is_ok());
     }
 
@@ -182,7 +180,7 @@ mod tests {
         let chunks =
             vec![Ok::<_, warp::Error>(Bytes::from(vec![0u8; MAX_BODY_BYTES])), Ok(Bytes::from_static(b"x"))];
         let err = collect(None, futures::stream::iter(chunks)).await.expect_err("refused");
-        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(err.code, ErrorCode::BodyTooLarge);
     }
 
     #[tokio::test]
@@ -190,6 +188,6 @@ mod tests {
         let err = collect(Some(u64::MAX), futures::stream::empty::<Result<Bytes, warp::Error>>())
             .await
             .expect_err("refused");
-        assert_eq!(err.code, "body_too_large");
+        assert_eq!(err.code, ErrorCode::BodyTooLarge);
     }
 }

@@ -5,8 +5,8 @@
 //! `x-metastore-revision` header (a missing key's 404 too).
 
 use bytes::Bytes;
+use metastore_client::ErrorCode;
 use metastore_client::{DeleteResponse, KeyValue, PutResponse, RangeResponse, MAX_RANGE_LIMIT};
-use warp::http::StatusCode;
 use warp::path::Tail;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -78,8 +78,7 @@ pub fn compare_failed(key: &[u8], result: &WriteResult) -> ApiError {
         None => "it does not exist".to_string(),
     };
     ApiError::new(
-        StatusCode::CONFLICT,
-        "compare_failed",
+        ErrorCode::CompareFailed,
         format!("the precondition on key {} failed: {current}", show_key(key)),
     )
     .at_revision(result.revision)
@@ -87,7 +86,7 @@ pub fn compare_failed(key: &[u8], result: &WriteResult) -> ApiError {
 
 /// The 404 for a key that does not exist at `revision`.
 pub fn key_not_found(key: &[u8], revision: u64) -> ApiError {
-    ApiError::not_found("key_not_found", format!("key {} does not exist", show_key(key)))
+    ApiError::new(ErrorCode::KeyNotFound, format!("key {} does not exist", show_key(key)))
         .at_revision(revision)
 }
 
@@ -147,7 +146,7 @@ fn interval(q: &Query) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
     let param = |name: &str| q.bytes(name).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
     let (prefix, start, end) = (param("prefix"), param("start"), param("end"));
     if prefix.is_some() && end.is_some() {
-        return Err(ApiError::bad_request("invalid_range", "give either prefix or end, not both"));
+        return Err(ApiError::new(ErrorCode::InvalidRange, "give either prefix or end, not both"));
     }
     Ok(match prefix {
         Some(prefix) => {
@@ -167,8 +166,8 @@ async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response,
         None => DEFAULT_RANGE_LIMIT,
         Some(l) => {
             l.parse::<usize>().ok().filter(|l| (1..=MAX_RANGE_LIMIT).contains(l)).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
+                ApiError::new(
+                    ErrorCode::InvalidLimit,
                     format!("limit must be between 1 and {MAX_RANGE_LIMIT}, not {l:?}"),
                 )
             })?

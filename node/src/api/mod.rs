@@ -11,9 +11,9 @@ mod kv;
 mod query;
 mod raw;
 
+use metastore_client::ErrorCode;
 use std::convert::Infallible;
 
-use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -43,13 +43,13 @@ pub fn routes(
 /// What is left after every route declined: a wrong method or path.
 async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let error = if rejection.is_not_found() {
-        ApiError::not_found("not_found", "no such endpoint")
+        ApiError::new(ErrorCode::NotFound, "no such endpoint")
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
-        ApiError::bad_request("invalid_query", "the query string is malformed")
+        ApiError::new(ErrorCode::InvalidQuery, "the query string is malformed")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here")
+        ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed here")
     } else {
-        ApiError::bad_request("bad_request", format!("{rejection:?}"))
+        ApiError::new(ErrorCode::BadRequest, format!("{rejection:?}"))
     };
     Ok(error.into_response())
 }

@@ -3,6 +3,7 @@
 //! itself (`v1/`, `healthz`, `readyz`, `metrics`) are reachable only through `/v1/kv/`.
 
 use bytes::Bytes;
+use metastore_client::ErrorCode;
 use warp::http::StatusCode;
 use warp::path::Tail;
 use warp::reply::Response;
@@ -43,7 +44,7 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
 fn raw_key(tail: &str) -> Result<Vec<u8>, ApiError> {
     let first = tail.split('/').next().unwrap_or_default();
     if RESERVED.contains(&first) {
-        return Err(ApiError::not_found("not_found", format!("no endpoint at /{tail}")));
+        return Err(ApiError::new(ErrorCode::NotFound, format!("no endpoint at /{tail}")));
     }
     key_from_path(tail)
 }
