@@ -148,6 +148,7 @@ struct Unauthorized;
 
 impl warp::reject::Reject for Unauthorized {}
 
+#[tracing::instrument(level = "debug", skip_all, fields(%rpc))]
 async fn dispatch(rpc: &str, body: &[u8], raft: Raft, work: impl LeaderWork, rpcs: RaftRpcs) -> Response {
     match rpc {
         wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,

@@ -98,6 +98,7 @@ impl Service {
     }
 
     /// One attempt at `request` on the leader known now.
+    #[tracing::instrument(level = "debug", skip_all, fields(route = route_of(request), attempt = retry.attempts, leader))]
     async fn attempt(
         &self,
         request: &ForwardRequest,
@@ -110,6 +111,7 @@ impl Service {
             _ => ForwardError::OutcomeUnknown(message),
         };
         let (leader, member) = self.await_leader(retry.deadline()).await?;
+        tracing::Span::current().record("leader", leader);
         retry.leader = Some(leader);
         if leader == self.id() {
             return match tokio::time::timeout(budget, self.serve(request.clone())).await {

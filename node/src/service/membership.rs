@@ -67,6 +67,7 @@ impl Service {
     }
 
     /// Carries out `change` here, as the leader.
+    #[tracing::instrument(skip_all, fields(member = self.id()))]
     pub(super) async fn apply_membership_change(
         &self,
         change: MembershipChange,

@@ -110,6 +110,7 @@ impl Service {
     ///
     /// On the leader it goes straight to the batcher. Elsewhere, writes that arrive together
     /// travel to the leader in one request ([`forward_writes`]).
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), %write))]
     pub async fn write(&self, write: Write) -> Result<WriteResult, ServiceError> {
         if self.leads() {
             let answer =
@@ -132,11 +133,13 @@ impl Service {
         })?
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency))]
     pub async fn get(&self, key: Vec<u8>, consistency: ReadConsistency) -> Result<KeyRead, ServiceError> {
         self.await_freshness(consistency).await?;
         Ok(self.reader().get(key).await?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), limit = limit, ?consistency))]
     pub async fn range(
         &self,
         start: Vec<u8>,
