@@ -22,8 +22,8 @@ use super::input::body;
 use super::query::{params, Query};
 use crate::network::wire::MembershipChange;
 use crate::network::PeerToken;
-use crate::service::Service;
-use crate::types::{Member, NodeId, RaftMetrics};
+use crate::service::{MemberView, Role, Service};
+use crate::types::{Member, NodeId};
 
 pub fn routes(
     service: Service,
@@ -38,7 +38,7 @@ pub fn routes(
     let status = warp::get().and(warp::path!("v1" / "cluster")).and(params(&[])).and(svc.clone()).then(
         |q: Result<Query, ApiError>, s: Service| async move {
             match q {
-                Ok(_) => warp::reply::json(&status(&s).await).into_response(),
+                Ok(_) => warp::reply::json(&status(&s)).into_response(),
                 Err(refused) => refused.into_response(),
             }
         },
@@ -95,45 +95,37 @@ async fn guarded(
     }
 }
 
-fn members(metrics: &RaftMetrics) -> Vec<MemberStatus> {
-    let membership = metrics.membership_config.membership();
-    membership
-        .nodes()
-        .map(|(id, member)| MemberStatus {
-            id: *id,
-            role: if membership.voter_ids().any(|v| v == *id) {
-                MemberRole::Voter
-            } else {
-                MemberRole::Learner
-            },
-            peer_url: member.peer_url.clone(),
-            client_url: member.client_url.clone(),
-            incarnation: member.incarnation.clone(),
-        })
-        .collect()
+fn member_status(view: MemberView) -> MemberStatus {
+    MemberStatus {
+        id: view.id,
+        role: match view.role {
+            Role::Voter => MemberRole::Voter,
+            Role::Learner => MemberRole::Learner,
+        },
+        peer_url: view.member.peer_url,
+        client_url: view.member.client_url,
+        incarnation: view.member.incarnation,
+    }
 }
 
-pub async fn status(service: &Service) -> ClusterStatus {
-    let m = service.metrics();
-    let replication = m.replication.as_ref().map(|r| {
-        r.iter()
-            .map(|(id, matched)| ReplicationStatus { id: *id, matched_index: matched.map(|l| l.index) })
-            .collect()
-    });
+pub fn status(service: &Service) -> ClusterStatus {
+    let view = service.cluster_view();
     ClusterStatus {
-        member_id: m.id,
-        incarnation: service.own_member().incarnation.clone(),
-        leader_id: m.current_leader,
-        term: m.current_term,
-        state: format!("{:?}", m.state).to_lowercase(),
-        initialized: !m.membership_config.membership().get_joint_config().is_empty(),
-        last_log_index: m.last_log_index,
-        commit_index: service.committed_index(),
-        applied_index: m.last_applied.map(|id| id.index),
-        snapshot_index: m.snapshot.map(|id| id.index),
-        purged_index: m.purged.map(|id| id.index),
-        replication,
-        members: members(&m),
+        member_id: view.member_id,
+        incarnation: view.incarnation,
+        leader_id: view.leader,
+        term: view.term,
+        state: format!("{:?}", view.state).to_lowercase(),
+        initialized: view.initialized,
+        last_log_index: view.last_log_index,
+        commit_index: view.committed_index,
+        applied_index: view.applied_index,
+        snapshot_index: view.snapshot_index,
+        purged_index: view.purged_index,
+        replication: view.replication.map(|r| {
+            r.into_iter().map(|(id, matched_index)| ReplicationStatus { id, matched_index }).collect()
+        }),
+        members: view.members.into_iter().map(member_status).collect(),
     }
 }
 
@@ -165,7 +157,7 @@ fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {
 }
 
 async fn membership_response(service: &Service, revision: u64) -> Response {
-    let members = members(&service.metrics());
+    let members = service.members().into_iter().map(member_status).collect();
     warp::reply::json(&MembershipResponse { revision, members }).into_response()
 }
 

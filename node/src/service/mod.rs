@@ -5,7 +5,8 @@
 //! network itself ([`forward`], one retry policy), so clients never need to find the leader.
 //! Concurrent writes share one raft entry ([`batcher`]). Linearizable reads use the read-index
 //! protocol and a leader's lease ([`reads`]); stale reads skip it. Membership rules and
-//! bootstrap have modules of their own ([`membership`], [`bootstrap`]).
+//! bootstrap have modules of their own ([`membership`], [`bootstrap`]), and so does what a
+//! member reports of the cluster ([`status`]).
 
 mod batcher;
 mod bootstrap;
@@ -14,6 +15,7 @@ mod forward;
 mod membership;
 mod proposal;
 mod reads;
+mod status;
 
 use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use reads::{ReadConfirmation, ReadIndexWaiter};
 
 pub use error::ServiceError;
 pub use reads::ReadConsistency;
+pub use status::{ClusterView, MemberView, Role};
 
 /// How long a readiness check waits for the applied index to reach the committed one.
 const READY_CATCH_UP: Duration = Duration::from_millis(200);
