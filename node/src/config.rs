@@ -265,6 +265,9 @@ impl Args {
         }
         let index = usize::try_from(id - 1).unwrap_or(usize::MAX);
         let peer_url = match (&self.advertise_peer_url, cluster.get(index)) {
+            // A static member must be in the membership it proposes: else it would fail to
+            // initialize (or, given none at all, be taken for a cluster of one).
+            (Some(_), None) if !self.join => return Err(ConfigError::NoPeerUrl { id, count: cluster.len() }),
             (Some(url), _) => normalized(url),
             (None, Some(url)) => url.clone(),
             (None, None) if self.join => return Err(ConfigError::JoinWithoutPeerUrl),
@@ -423,6 +426,15 @@ mod tests {
     fn a_member_id_beyond_the_cluster_list_is_refused() {
         let err = resolve(&["--member-id", "4", "--cluster", SEED_CLUSTER]).expect_err("refused");
         assert_eq!(err, ConfigError::NoPeerUrl { id: 4, count: 3 });
+    }
+
+    #[test]
+    fn a_static_member_outside_its_cluster_list_is_refused_even_with_an_advertised_url() {
+        let alone = resolve(&["--cluster", ",", "--advertise-peer-url", "http://10.0.0.1:12379"]);
+        assert_eq!(alone.expect_err("refused"), ConfigError::NoPeerUrl { id: 1, count: 0 });
+        let beyond =
+            resolve(&["--member-id", "4", "--cluster", SEED_CLUSTER, "--advertise-peer-url", "http://h:1"]);
+        assert_eq!(beyond.expect_err("refused"), ConfigError::NoPeerUrl { id: 4, count: 3 });
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn config(tuning: &RaftTuning) -> Result<Arc<Config>, openraft::ConfigError>
         election_timeout_max: tuning.election_timeout_ms * 3 / 2,
         // Per snapshot piece: a 4 MiB piece over a slow link plus an fsync needs seconds.
         install_snapshot_timeout: 10_000,
-        snapshot_max_chunk_size: crate::network::wire::SNAPSHOT_CHUNK_BYTES as u64,
+        snapshot_max_chunk_size: crate::storage::PIECE_BYTES as u64,
         // Entries per append request; larger batches are split when they exceed the frame limit.
         max_payload_entries: 256,
         // A member whose log went back (it lost its disk, and kept its incarnation) is caught up

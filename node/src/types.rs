@@ -1,5 +1,5 @@
 //! The application types openraft is instantiated with: what a member is, what a log entry
-//! carries, and what applying it answers.
+//! carries, and what applying it answers; and the changes a membership may undergo.
 
 use std::fmt;
 
@@ -45,6 +45,22 @@ impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "peer={} client={} incarnation={}", self.peer_url, self.client_url, self.incarnation)
     }
+}
+
+/// A change to the raft membership, always carried out by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a learner and wait until it has caught up.
+    AddLearner { id: NodeId, member: Member },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a voter or a learner.
+    Remove { id: NodeId },
+    /// Record what a member says of itself: its client URL, and its storage incarnation where
+    /// none is recorded yet (static members start without one). Its peer URL never changes this
+    /// way (a member reachable at two addresses could count twice towards a quorum), nor does a
+    /// recorded incarnation (that is how a member that lost its data is kept out).
+    Describe { id: NodeId, client_url: String, incarnation: String },
 }
 
 /// The payload of a normal raft log entry, as the log keeps it and peers send it. The variant

@@ -20,10 +20,9 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::input::body;
 use super::query::{params, Query};
-use crate::network::wire::MembershipChange;
 use crate::network::PeerToken;
 use crate::service::{MemberView, Role, Service};
-use crate::types::{Member, NodeId};
+use crate::types::{Member, MembershipChange, NodeId};
 
 pub fn routes(
     service: Service,
@@ -115,7 +114,7 @@ pub fn status(service: &Service) -> ClusterStatus {
         incarnation: view.incarnation,
         leader_id: view.leader,
         term: view.term,
-        state: format!("{:?}", view.state).to_lowercase(),
+        state: view.state.as_str().to_string(),
         initialized: view.initialized,
         last_log_index: view.last_log_index,
         commit_index: view.committed_index,
@@ -170,7 +169,11 @@ async fn init(body: Result<Bytes, ApiError>, service: Service) -> Result<Respons
         let (id, member) = member_of(m)?;
         members.insert(id, member);
     }
-    service.initialize(members).await?;
+    if members.is_empty() {
+        service.initialize_alone().await?;
+    } else {
+        service.initialize(members).await?;
+    }
     Ok(membership_response(&service, 0).await)
 }
 

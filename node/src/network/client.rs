@@ -410,7 +410,7 @@ impl PeerConnection {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let Snapshot { meta, snapshot } = snapshot;
         let unreadable = |e| StreamingError::Network(NetworkError::new(&PeerError::SnapshotFile(e)));
-        let mut pieces = snapshot.pieces(wire::SNAPSHOT_CHUNK_BYTES).await;
+        let mut pieces = snapshot.pieces(crate::storage::PIECE_BYTES).await;
         let transfer = transfer_id();
         let mut offset = 0u64;
         loop {

@@ -4,14 +4,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::kv::{Write, WriteResult};
-use crate::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{Member, MembershipChange, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer request or answer body. Larger log batches are split (only the part that fits
 /// is sent, and openraft is told so); snapshots travel in chunks well below this.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
-
-/// Snapshot bytes sent in one peer request.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
 pub const APPEND_PATH: &str = "append";
 pub const VOTE_PATH: &str = "vote";
@@ -96,22 +93,6 @@ pub enum SnapshotAck {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("snapshot piece refused: {0}")]
 pub struct SnapshotRefused(pub String);
-
-/// A change to the raft membership, always carried out by the leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add a learner and wait until it has caught up.
-    AddLearner { id: NodeId, member: Member },
-    /// Make a learner a voter.
-    Promote { id: NodeId },
-    /// Remove a voter or a learner.
-    Remove { id: NodeId },
-    /// Record what a member says of itself: its client URL, and its storage incarnation where
-    /// none is recorded yet (static members start without one). Its peer URL never changes this
-    /// way (a member reachable at two addresses could count twice towards a quorum), nor does a
-    /// recorded incarnation (that is how a member that lost its data is kept out).
-    Describe { id: NodeId, client_url: String, incarnation: String },
-}
 
 /// Work a follower passes to the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

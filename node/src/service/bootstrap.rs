@@ -36,14 +36,17 @@ impl Service {
         Ok(())
     }
 
-    /// Initializes raft on this member with `members`, which must include it; none means this
-    /// member alone, as the membership knows it or as it advertises itself.
+    /// Initializes raft on this member alone, as the membership knows it or as it advertises
+    /// itself: a cluster of one, to grow by adding members.
+    pub async fn initialize_alone(&self) -> Result<(), ServiceError> {
+        let own = self.metrics().membership_config.membership().get_node(&self.id()).cloned();
+        let own = own.unwrap_or_else(|| self.own_member().clone());
+        self.initialize(BTreeMap::from([(self.id(), own)])).await
+    }
+
+    /// Initializes raft on this member with `members`, which must include it.
     #[tracing::instrument(skip_all, fields(member = self.id(), members = members.len()))]
-    pub async fn initialize(&self, mut members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
-        if members.is_empty() {
-            let own = self.metrics().membership_config.membership().get_node(&self.id()).cloned();
-            members.insert(self.id(), own.unwrap_or_else(|| self.own_member().clone()));
-        }
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> Result<(), ServiceError> {
         match self.raft().initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(ServiceError::Conflict(

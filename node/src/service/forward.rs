@@ -30,19 +30,19 @@ pub(super) struct WriteWaiter {
     pub reply: oneshot::Sender<Result<WriteResult, ServiceError>>,
 }
 
-/// The budget of one request's attempts: a deadline, and a bound on how often it is tried.
+/// The budget of one request's attempts: a deadline, and a bound on how often it is retried.
 pub(super) struct Retry {
     deadline: Instant,
-    attempts: u32,
+    retries: u32,
     /// The leader the last attempt went to; the next one waits for another to be known.
     leader: Option<NodeId>,
 }
 
 impl Retry {
-    const MAX_ATTEMPTS: u32 = 20;
+    const MAX_RETRIES: u32 = 20;
 
     pub fn within(budget: Duration) -> Self {
-        Self { deadline: Instant::now() + budget, attempts: 0, leader: None }
+        Self { deadline: Instant::now() + budget, retries: 0, leader: None }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -57,11 +57,11 @@ impl Retry {
     /// (right after an election, not a backoff later), or a backoff that grows per attempt.
     /// False when the budget is spent.
     async fn pause(&mut self, service: &Service) -> bool {
-        if Instant::now() >= self.deadline || self.attempts >= Self::MAX_ATTEMPTS {
+        if Instant::now() >= self.deadline || self.retries >= Self::MAX_RETRIES {
             return false;
         }
-        self.attempts += 1;
-        let backoff = Duration::from_millis(20 * u64::from(self.attempts.min(10)));
+        self.retries += 1;
+        let backoff = Duration::from_millis(20 * u64::from(self.retries.min(10)));
         match self.leader {
             Some(leader) => tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -89,7 +89,9 @@ impl Service {
         retry: &mut Retry,
     ) -> Result<ForwardResponse, ServiceError> {
         loop {
-            match self.attempt(&request, retry).await {
+            let (leader, member) = self.await_leader(retry.deadline()).await?;
+            retry.leader = Some(leader);
+            match self.attempt(&request, leader, &member, retry.left()).await {
                 Ok(response) => return Ok(response),
                 Err(ForwardError::NotLeader { .. }) if retry.pause(self).await => {}
                 Err(e) => return Err(e.into()),
@@ -97,32 +99,31 @@ impl Service {
         }
     }
 
-    /// One attempt at `request` on the leader known now.
-    #[tracing::instrument(level = "debug", skip_all, fields(route = route_of(request), attempt = retry.attempts, leader))]
+    /// One attempt at `request` on `leader`, within `left`.
+    #[tracing::instrument(level = "debug", skip_all, fields(route = route_of(request), leader = leader))]
     async fn attempt(
         &self,
         request: &ForwardRequest,
-        retry: &mut Retry,
+        leader: NodeId,
+        member: &Member,
+        left: Duration,
     ) -> Result<ForwardResponse, ForwardError> {
-        let budget = retry.left();
+        let deadline = Instant::now() + left;
         // A lost answer to a read is just a failure: reads change nothing.
         let lost_answer = |message: String| match request {
             ForwardRequest::ReadIndex => ForwardError::Unavailable(message),
             _ => ForwardError::OutcomeUnknown(message),
         };
-        let (leader, member) = self.await_leader(retry.deadline()).await?;
-        tracing::Span::current().record("leader", leader);
-        retry.leader = Some(leader);
         if leader == self.id() {
-            return match tokio::time::timeout(budget, self.serve(request.clone())).await {
+            return match tokio::time::timeout(left, self.serve(request.clone())).await {
                 Ok(outcome) => outcome,
                 // The request may still commit: its outcome is unknown, not failed.
-                Err(_) => Err(lost_answer(format!("no outcome within {budget:?}; it may yet apply"))),
+                Err(_) => Err(lost_answer(format!("no outcome in the {left:?} left; it may yet apply"))),
             };
         }
         crate::metrics::api().forwarded(route_of(request));
         tokio::select! {
-            answer = self.inner.peers.forward(&member, request, budget) => match answer {
+            answer = self.inner.peers.forward(member, request, left) => match answer {
                 Ok(outcome) => outcome,
                 Err(PeerError::Unreachable { .. }) => Err(ForwardError::NotLeader { leader: None }),
                 // Refused before the request was read: nothing ran.
@@ -134,7 +135,7 @@ impl Service {
             // A leader cut off from this member may never answer: stop waiting once another is
             // known. A read simply goes to the new one (reads change nothing); anything else
             // may have been handed to raft already.
-            () = self.leader_replaced(leader, retry.deadline()) => match request {
+            () = self.leader_replaced(leader, deadline) => match request {
                 ForwardRequest::ReadIndex => Err(ForwardError::NotLeader { leader: None }),
                 _ => Err(lost_answer(format!("leader {leader} was replaced while the request was in flight"))),
             },
@@ -144,6 +145,7 @@ impl Service {
     /// Commits writes gathered on this member through the leader and answers each writer.
     /// Writes the leader refused because it no longer led were never proposed, and are sent
     /// again within the same budget.
+    #[tracing::instrument(level = "debug", skip_all, fields(writes = pending.len()))]
     async fn write_all(&self, mut pending: Vec<WriteWaiter>) {
         let mut retry = Retry::within(REQUEST_DEADLINE);
         loop {
@@ -197,18 +199,16 @@ impl Service {
         }
     }
 
-    /// The leader as this member knows it, once it knows one. None known by `deadline` counts
-    /// as "not the leader" (nothing ran), which the budget then ends as `NoLeader`.
-    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ForwardError> {
+    /// The leader as this member knows it, once it knows one before `deadline`.
+    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, Member), ServiceError> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let no_leader = || ForwardError::NotLeader { leader: None };
         let metrics = self
             .raft()
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
             .await
-            .map_err(|_| no_leader())?;
-        let leader = metrics.current_leader.ok_or_else(no_leader)?;
+            .map_err(|_| ServiceError::NoLeader)?;
+        let leader = metrics.current_leader.ok_or(ServiceError::NoLeader)?;
         let member = metrics.membership_config.membership().get_node(&leader).cloned().unwrap_or_default();
         Ok((leader, member))
     }

@@ -12,15 +12,15 @@ use openraft::ChangeMembers;
 use super::forward::unexpected;
 use super::proposal::proposed_write_error;
 use super::{Service, ServiceError};
-use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse, MembershipChange};
-use crate::types::{Member, NodeId, RaftMetrics};
+use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
+use crate::types::{Member, MembershipChange, NodeId, RaftMetrics};
 
 /// How long adding a learner waits for it to catch up before answering anyway.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
 
 impl Service {
     /// Carries out a membership change on the leader; returns the log index it committed at.
-    #[tracing::instrument(skip(self), fields(member = self.id()))]
+    #[tracing::instrument(skip_all, fields(member = self.id(), ?change))]
     pub async fn change_membership(&self, change: MembershipChange) -> Result<u64, ServiceError> {
         match self.execute(ForwardRequest::ChangeMembership(change)).await? {
             ForwardResponse::MembershipChanged(index) => Ok(index),

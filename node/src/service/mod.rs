@@ -35,7 +35,7 @@ use reads::{ReadConfirmation, ReadIndexWaiter};
 
 pub use error::ServiceError;
 pub use reads::ReadConsistency;
-pub use status::{ClusterView, MemberView, Role};
+pub use status::{ClusterView, MemberView, Role, State};
 
 /// How long a readiness check waits for the applied index to reach the committed one.
 const READY_CATCH_UP: Duration = Duration::from_millis(200);
@@ -112,7 +112,7 @@ impl Service {
     /// Commits `write` through raft and returns what applying it did.
     ///
     /// On the leader it goes straight to the batcher. Elsewhere, writes that arrive together
-    /// travel to the leader in one request ([`forward_writes`]).
+    /// travel to the leader in one request ([`forward::forward_writes`]).
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), %write))]
     pub async fn write(&self, write: Write) -> Result<WriteResult, ServiceError> {
         if self.leads() {

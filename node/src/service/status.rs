@@ -13,6 +13,41 @@ pub enum Role {
     Learner,
 }
 
+/// What this member is doing in raft right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Leader,
+    Candidate,
+    Follower,
+    /// Replicated to without a vote (or not a member yet).
+    Learner,
+    Shutdown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Leader => "leader",
+            State::Candidate => "candidate",
+            State::Follower => "follower",
+            State::Learner => "learner",
+            State::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl From<ServerState> for State {
+    fn from(state: ServerState) -> Self {
+        match state {
+            ServerState::Leader => State::Leader,
+            ServerState::Candidate => State::Candidate,
+            ServerState::Follower => State::Follower,
+            ServerState::Learner => State::Learner,
+            ServerState::Shutdown => State::Shutdown,
+        }
+    }
+}
+
 /// A member of the raft membership, as this member knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
@@ -29,7 +64,7 @@ pub struct ClusterView {
     pub incarnation: String,
     pub leader: Option<NodeId>,
     pub term: u64,
-    pub state: ServerState,
+    pub state: State,
     /// Raft was initialized here (or this member was added to a cluster).
     pub initialized: bool,
     pub last_log_index: Option<u64>,
@@ -50,7 +85,7 @@ impl Service {
             incarnation: self.own_member().incarnation.clone(),
             leader: m.current_leader,
             term: m.current_term,
-            state: m.state,
+            state: m.state.into(),
             initialized: !m.membership_config.membership().get_joint_config().is_empty(),
             last_log_index: m.last_log_index,
             committed_index: m.local_committed.map(|id| id.index),

@@ -27,7 +27,7 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 pub use checkpoint::Checkpoint;
 pub use log_store::LogStore;
 pub use reader::{KeyRead, KvReader, RangePage};
-pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces};
+pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces, PIECE_BYTES};
 pub use state_machine::StateMachine;
 
 pub(crate) const CF_LOG: &str = "raft_log";

@@ -40,6 +40,10 @@ pub struct Piece {
 }
 
 /// Pieces of a snapshot being read, in order; an error ends them.
+/// Snapshot bytes in one piece, as sent to a member: small enough that no request holds a
+/// multi-MiB state in memory, large enough that a fast link is not spent on round trips.
+pub const PIECE_BYTES: usize = 4 * 1024 * 1024;
+
 pub type SnapshotPieces = mpsc::Receiver<Result<Piece, StoreError>>;
 
 /// A snapshot as openraft hands it around: its description and its data.
