@@ -57,6 +57,8 @@ pub struct RangeRequest {
     pub end: Option<Vec<u8>>,
     pub limit: Option<usize>,
     pub consistency: Consistency,
+    /// List the keys as of this revision (the current one when `None`).
+    pub revision: Option<u64>,
 }
 
 /// An async client for one metaStore node's client API.
@@ -125,8 +127,23 @@ impl Client {
         key: impl AsRef<[u8]>,
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, ClientError> {
+        self.get_at(key, consistency, None).await
+    }
+
+    /// Reads one key as of `revision` (the current one when `None`); `Ok(None)` when it did not
+    /// exist then. A revision beyond the store's answers `future_revision`, one below its
+    /// compaction revision `compacted`.
+    pub async fn get_at(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: Consistency,
+        revision: Option<u64>,
+    ) -> Result<Option<KeyValue>, ClientError> {
         let url = self.key_url(key.as_ref());
-        let req = self.http.get(&url).query(&[("consistency", consistency.as_query())]);
+        let mut req = self.http.get(&url).query(&[("consistency", consistency.as_query())]);
+        if let Some(revision) = revision {
+            req = req.query(&[("revision", revision)]);
+        }
         match self.send_json::<KeyValue>(&url, req).await {
             Ok(kv) => Ok(Some(kv)),
             Err(ClientError::Api(e)) if e.status == 404 => Ok(None),
@@ -173,6 +190,9 @@ impl Client {
         }
         if let Some(l) = range.limit {
             url.push_str(&format!("&limit={l}"));
+        }
+        if let Some(revision) = range.revision {
+            url.push_str(&format!("&revision={revision}"));
         }
         let req = self.http.get(&url);
         self.send_json(&url, req).await

@@ -53,11 +53,15 @@ error_codes! {
     /// The request is malformed in a way no other code names.
     BadRequest = "bad_request", 400;
     BodyTooLarge = "body_too_large", 413;
+    /// A read asked for a revision below the compaction revision: that history is gone.
+    Compacted = "compacted", 410;
     /// A write's precondition did not hold; nothing was written.
     CompareFailed = "compare_failed", 409;
     /// The request conflicts with the cluster's state (a membership change in progress, ...).
     Conflict = "conflict", 409;
     DuplicateParameter = "duplicate_parameter", 400;
+    /// A read asked for a revision beyond the store's.
+    FutureRevision = "future_revision", 400;
     Internal = "internal", 500;
     InvalidConsistency = "invalid_consistency", 400;
     InvalidJson = "invalid_json", 400;
@@ -67,6 +71,7 @@ error_codes! {
     InvalidPrecondition = "invalid_precondition", 400;
     InvalidQuery = "invalid_query", 400;
     InvalidRange = "invalid_range", 400;
+    InvalidRevision = "invalid_revision", 400;
     /// The service refused the request as it is (e.g. a membership change raft does not allow).
     InvalidRequest = "invalid_request", 400;
     KeyNotFound = "key_not_found", 404;

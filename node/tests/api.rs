@@ -57,6 +57,45 @@ async fn the_store_revision_rises_by_one_per_change_and_not_for_a_write_that_cha
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reads_at_a_past_revision_see_the_store_as_it_was_then() {
+    let (cluster, client) = single().await;
+    let first = client.put("hist/a", b"1".to_vec(), None).await.expect("put").revision;
+    let second = client.put("hist/a", b"2".to_vec(), None).await.expect("put").revision;
+    let deleted = client.delete("hist/a", None).await.expect("delete").revision;
+    client.put("hist/b", b"1".to_vec(), None).await.expect("put");
+
+    let at = |rev| client.get_at("hist/a", Consistency::Linearizable, Some(rev));
+    assert_eq!(at(first).await.expect("get").map(|kv| kv.value), Some(b"1".to_vec()));
+    let then = at(second).await.expect("get").expect("present at its second revision");
+    assert_eq!((then.value.as_slice(), then.mod_revision, then.version), (&b"2"[..], second, 2));
+    assert_eq!(at(deleted).await.expect("get"), None, "deleted then");
+    let listed = |revision| {
+        let client = client.clone();
+        async move {
+            client.range(&RangeRequest { prefix: Some("hist/".into()), revision, ..Default::default() }).await
+        }
+    };
+    let keys = |page: metastore_client::RangeResponse| -> Vec<Vec<u8>> {
+        page.kvs.into_iter().map(|kv| kv.key).collect()
+    };
+    assert_eq!(keys(listed(Some(second)).await.expect("range")), [b"hist/a".to_vec()]);
+    assert_eq!(keys(listed(None).await.expect("range")), [b"hist/b".to_vec()]);
+
+    // A revision beyond the store's is refused, naming both.
+    let current = client.put("hist/c", b"1".to_vec(), None).await.expect("put").revision;
+    let future = at(current + 10).await.expect_err("a future revision");
+    let metastore_client::ClientError::Api(refused) = future else { panic!("{future}") };
+    assert_eq!((refused.status, refused.code()), (400, &metastore_client::ErrorCode::FutureRevision));
+    let message = &refused.body.message;
+    assert!(
+        message.contains(&(current + 10).to_string()) && message.contains(&current.to_string()),
+        "{message}"
+    );
+    let bad = reqwest::get(url(&cluster, "/v1/kv/hist/a?revision=-1")).await.expect("answered");
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn keys_are_bytes_percent_encoded_in_urls_and_base64_in_json() {
     let (cluster, client) = single().await;
     let key = vec![0xff, 0x00, b'/', 0xfe];

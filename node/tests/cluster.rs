@@ -73,6 +73,19 @@ async fn with_one_member_of_three_down_writes_continue_and_it_catches_up() {
     caught_up(&back, "k19", "19", Duration::from_secs(20)).await;
 }
 
+/// Waits until member `id` reports a snapshot. Its data shows before openraft's metrics do: the
+/// install writes the store, and openraft records the snapshot once the install returns.
+async fn installed_a_snapshot(cluster: &Cluster, id: u64) {
+    eventually(Duration::from_secs(10), || async {
+        let status = cluster.status(id).await;
+        match status.snapshot_index {
+            Some(_) => Ok(()),
+            None => Err(format!("member {id} reports no snapshot: {status:?}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() {
     let mut cluster = Cluster::start(3, &["--snapshot-entries", "20"]);
@@ -98,8 +111,7 @@ async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() 
     cluster.restart(lagging);
     let back = cluster.node(lagging).client();
     caught_up(&back, "key-149", "v149", Duration::from_secs(30)).await;
-    let status = cluster.status(lagging).await;
-    assert!(status.snapshot_index.is_some(), "the lagging member installed a snapshot: {status:?}");
+    installed_a_snapshot(&cluster, lagging).await;
     for i in [0, 75, 149] {
         assert_eq!(
             value_of(&back, &format!("key-{i:03}"), Consistency::Stale).await,
@@ -120,6 +132,23 @@ async fn a_member_that_fell_behind_a_purged_log_catches_up_through_a_snapshot() 
     assert_eq!(on_lagging.kvs, on_leader.kvs, "keys with their revisions and versions");
     assert_eq!((on_lagging.revision, on_leader.revision), (next, next));
     assert!(next >= 151, "a revision per write: 150 keys, then this one (retried ones may add): {next}");
+    // It carried the history too: the store as it was before most of the keys were written.
+    let early = |node: Client| async move {
+        let request = RangeRequest {
+            consistency: Consistency::Stale,
+            limit: Some(1_000),
+            revision: Some(10),
+            ..Default::default()
+        };
+        node.range(&request).await.expect("range at revision 10")
+    };
+    let (on_leader, on_lagging) = (early(client.clone()).await, early(back.clone()).await);
+    assert_eq!(on_lagging.kvs, on_leader.kvs, "the same history on both");
+    assert!(
+        !on_leader.kvs.is_empty() && on_leader.kvs.len() < 150,
+        "{} keys at revision 10",
+        on_leader.kvs.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,10 +176,7 @@ async fn a_snapshot_larger_than_one_piece_reaches_a_lagging_member_whole() {
     cluster.restart(lagging);
     let back = cluster.node(lagging).client();
     caught_up(&back, "big-39", &value(39), Duration::from_secs(30)).await;
-    assert!(
-        cluster.status(lagging).await.snapshot_index.is_some(),
-        "the lagging member installed a snapshot"
-    );
+    installed_a_snapshot(&cluster, lagging).await;
     for i in [0, 17, 39] {
         let key = format!("big-{i:02}");
         assert_eq!(

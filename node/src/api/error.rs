@@ -5,6 +5,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::service::ServiceError;
+use crate::storage::RevisionError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -57,6 +58,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => ErrorCode::InvalidRequest,
             ServiceError::Conflict(_) => ErrorCode::Conflict,
             ServiceError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            ServiceError::Revision(RevisionError::Future { .. }) => ErrorCode::FutureRevision,
+            ServiceError::Revision(RevisionError::Compacted { .. }) => ErrorCode::Compacted,
             ServiceError::Storage(_) => ErrorCode::Internal,
         };
         Self::new(code, message)

@@ -91,6 +91,19 @@ pub fn consistency(query: &Query) -> Result<ReadConsistency, ApiError> {
     }
 }
 
+/// The revision a read is at: `revision=R`, or the current one when absent (or 0, as etcd).
+pub fn read_revision(query: &Query) -> Result<Option<u64>, ApiError> {
+    match query.text("revision")? {
+        None | Some("") => Ok(None),
+        Some(r) => r.parse::<u64>().map(|r| Some(r).filter(|r| *r != 0)).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRevision,
+                format!("revision must be a revision number, not {r:?}"),
+            )
+        }),
+    }
+}
+
 /// The compare-and-swap condition of a write: `if_absent=true` or `if_mod_revision=N`.
 pub fn precondition(query: &Query) -> Result<Option<Precondition>, ApiError> {
     let absent = match query.text("if_absent")? {

@@ -12,7 +12,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::{body, consistency, key_from_path, precondition, show_key};
+use super::input::{body, consistency, key_from_path, precondition, read_revision, show_key};
 use super::query::{params, Query};
 use crate::kv::{KeyRecord, Write, WriteResult};
 use crate::service::Service;
@@ -27,7 +27,7 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
     let key = warp::path!("v1" / "kv" / ..).and(warp::path::tail());
     let get = warp::get()
         .and(key)
-        .and(params(&["consistency"]))
+        .and(params(&["consistency", "revision"]))
         .and(svc.clone())
         .then(|tail: Tail, q, s| async move { respond(get_key(tail.as_str(), q, s).await) });
     let put = warp::put()
@@ -45,7 +45,7 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
         .then(|tail: Tail, q, s| async move { respond(delete_key(tail.as_str(), q, s).await) });
     let range = warp::get()
         .and(warp::path!("v1" / "kv"))
-        .and(params(&["prefix", "start", "end", "limit", "consistency"]))
+        .and(params(&["prefix", "start", "end", "limit", "consistency", "revision"]))
         .and(svc)
         .then(|q, s| async move { respond(range(q, s).await) });
     range.or(get).unify().or(put).unify().or(delete).unify()
@@ -92,8 +92,8 @@ pub fn key_not_found(key: &[u8], revision: u64) -> ApiError {
 
 async fn get_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
-    let consistency = consistency(&q?)?;
-    let read = service.get(key.clone(), consistency).await?;
+    let q = q?;
+    let read = service.get(key.clone(), consistency(&q)?, read_revision(&q)?).await?;
     match read.record {
         Some(record) => Ok(json(&key_value(key, record), read.revision)),
         None => Err(key_not_found(&key, read.revision)),
@@ -173,8 +173,7 @@ async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response,
             })?
         }
     };
-    let consistency = consistency(&q)?;
-    let page = service.range(start, end, limit, consistency).await?;
+    let page = service.range(start, end, limit, consistency(&q)?, read_revision(&q)?).await?;
     let kvs: Vec<KeyValue> = page.entries.into_iter().map(|(k, r)| key_value(k, r)).collect();
     let listing = RangeResponse {
         kvs,

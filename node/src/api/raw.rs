@@ -51,7 +51,7 @@ fn raw_key(tail: &str) -> Result<Vec<u8>, ApiError> {
 
 async fn get(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
     let key = raw_key(tail)?;
-    let read = service.get(key.clone(), consistency(&q?)?).await?;
+    let read = service.get(key.clone(), consistency(&q?)?, None).await?;
     match read.record {
         Some(record) => {
             let value = warp::reply::with_header(record.value, "content-type", "application/octet-stream");

@@ -1,7 +1,7 @@
 //! Why the service could not do what a front end asked.
 
 use crate::network::wire::ForwardError;
-use crate::storage;
+use crate::storage::{self, RevisionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -20,8 +20,20 @@ pub enum ServiceError {
     /// be sent again blindly.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// A read asked for a revision this member cannot serve.
+    #[error(transparent)]
+    Revision(RevisionError),
     #[error("local storage failed: {0}")]
-    Storage(#[from] storage::StoreError),
+    Storage(storage::StoreError),
+}
+
+impl From<storage::StoreError> for ServiceError {
+    fn from(e: storage::StoreError) -> Self {
+        match e {
+            storage::StoreError::Revision(e) => ServiceError::Revision(e),
+            e => ServiceError::Storage(e),
+        }
+    }
 }
 
 impl From<ForwardError> for ServiceError {
@@ -45,6 +57,7 @@ impl ServiceError {
             ServiceError::Invalid(m) => ServiceError::Invalid(m.clone()),
             ServiceError::Conflict(m) => ServiceError::Conflict(m.clone()),
             ServiceError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m.clone()),
+            ServiceError::Revision(e) => ServiceError::Revision(e.clone()),
             ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
         }
     }

@@ -136,22 +136,29 @@ impl Service {
         })?
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency))]
-    pub async fn get(&self, key: Vec<u8>, consistency: ReadConsistency) -> Result<KeyRead, ServiceError> {
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency, ?at))]
+    /// `key` as of revision `at` (the current one when `None`), as fresh as `consistency` asks.
+    pub async fn get(
+        &self,
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+        at: Option<u64>,
+    ) -> Result<KeyRead, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.reader().get(key).await?)
+        Ok(self.reader().get(key, at).await?)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), limit = limit, ?consistency))]
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), limit = limit, ?consistency, ?at))]
     pub async fn range(
         &self,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
         consistency: ReadConsistency,
+        at: Option<u64>,
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
-        Ok(self.reader().range(start, end, limit, metastore_client::MAX_RANGE_BYTES).await?)
+        Ok(self.reader().range(start, end, limit, metastore_client::MAX_RANGE_BYTES, at).await?)
     }
 
     /// The last committed log index as this member knows it.

@@ -26,7 +26,7 @@ use rocksdb::{IteratorMode, Options, ReadOptions, DB};
 
 use super::codec::{self, decode, encode};
 use super::snapshot::{SnapshotHeader, SnapshotWriter};
-use super::{cf, StoreError, CF_KV, CF_LOG, CF_RAFT, CF_SM};
+use super::{cf, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_LOG, CF_RAFT, CF_SM};
 use crate::metrics;
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
@@ -54,19 +54,21 @@ impl Checkpoint {
     /// Writes the checkpoint's records in the snapshot format to `out`. Blocking.
     pub(crate) fn write_to<W: std::io::Write>(&self, out: W) -> Result<W, StoreError> {
         let mut writer = SnapshotWriter::new(out, &self.header)?;
-        self.for_each_record(|key, record| writer.record(key, record))?;
+        self.for_each_record(|family, key, record| writer.record(family, key, record))?;
         writer.finish()
     }
 
-    /// The checkpoint's records, as `(key, encoded record)`, in key order. Blocking.
+    /// The checkpoint's key-value data, family by family, each in key order. Blocking.
     pub(crate) fn for_each_record(
         &self,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+        mut f: impl FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let db = open_read_only(&self.dir.join(DB_DIR))?;
-        for item in db.iterator_cf(cf(&db, CF_KV)?, IteratorMode::Start) {
-            let (key, record) = item?;
-            f(&key, &record)?;
+        for family in Family::ALL {
+            for item in db.iterator_cf(cf(&db, family.name())?, IteratorMode::Start) {
+                let (key, record) = item?;
+                f(family, &key, &record)?;
+            }
         }
         Ok(())
     }
@@ -215,10 +217,13 @@ fn write_checkpoint(db: &DB, dir: &Path) -> Result<SnapshotHeader, StoreError> {
             read(codec::LAST_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
         let last_membership: StoredMembership =
             read(codec::LAST_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
-        let revision = read(codec::REVISION)?.map(|b| codec::decode_u64(&b, "revision")).transpose()?;
+        let number = |key: &[u8], what: &str| -> Result<u64, StoreError> {
+            Ok(read(key)?.map(|b| codec::decode_u64(&b, what)).transpose()?.unwrap_or(0))
+        };
         SnapshotHeader {
             meta: SnapshotMeta { last_log_id, last_membership },
-            revision: revision.unwrap_or(0),
+            revision: number(codec::REVISION, "revision")?,
+            compacted: number(codec::COMPACTED, "compaction revision")?,
         }
     };
     let path = dir.join(HEADER);
@@ -244,7 +249,12 @@ fn open_read_only(path: &Path) -> Result<DB, StoreError> {
     let mut opts = Options::default();
     // A checkpoint is read once, front to back: keep table readers out of memory until needed.
     opts.set_max_open_files(64);
-    Ok(DB::open_cf_for_read_only(&opts, path, [CF_LOG, CF_RAFT, CF_KV, CF_SM], false)?)
+    Ok(DB::open_cf_for_read_only(
+        &opts,
+        path,
+        [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_SM],
+        false,
+    )?)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -281,8 +291,10 @@ mod tests {
     fn keys_of(checkpoint: &Checkpoint) -> Vec<Vec<u8>> {
         let mut keys = Vec::new();
         checkpoint
-            .for_each_record(|k, _| {
-                keys.push(k.to_vec());
+            .for_each_record(|family, k, _| {
+                if family == Family::Kv {
+                    keys.push(k.to_vec());
+                }
                 Ok(())
             })
             .expect("read");
@@ -304,8 +316,10 @@ mod tests {
         let (header, mut reader) = SnapshotReader::open(&streamed[..]).expect("a snapshot");
         assert_eq!(&header, taken.header());
         let mut streamed_keys = Vec::new();
-        while let Some((key, _)) = reader.next_record().expect("record") {
-            streamed_keys.push(key);
+        while let Some((family, key, _)) = reader.next_record().expect("record") {
+            if family == Family::Kv {
+                streamed_keys.push(key);
+            }
         }
         assert_eq!(streamed_keys, keys_of(&taken));
     }

@@ -14,12 +14,86 @@ pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 /// The store's revision (u64, big-endian): the revision of the last write that changed a key.
 pub(crate) const REVISION: &[u8] = b"revision";
+/// The compaction revision (u64, big-endian): history below it is gone. Absent means 0.
+pub(crate) const COMPACTED: &[u8] = b"compacted";
 /// The layout of everything below, as one number: see [`FORMAT_VERSION`].
 pub(crate) const FORMAT: &[u8] = b"format";
 
 /// The store's layout version. 1 (never written: its stores have no `format` key) kept text
-/// keys and used log indexes as revisions; 2 has etcd's revisions, byte keys and leases.
-pub(crate) const FORMAT_VERSION: u64 = 2;
+/// keys and used log indexes as revisions; 2 had etcd's revisions, byte keys and leases; 3
+/// keeps history (the `history` and `changes` column families).
+pub(crate) const FORMAT_VERSION: u64 = 3;
+
+/// A history key: the user key escaped so that byte order is (key, revision) order whatever
+/// bytes the key holds (0x00 becomes 0x00 0xFF, and 0x00 0x00 ends the key: an end sorts
+/// before any continuation), then the revision, big-endian.
+pub(crate) fn history_key(key: &[u8], revision: u64) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    out.extend_from_slice(&revision.to_be_bytes());
+    out
+}
+
+/// Where the history of `key` begins: its escaped form and end mark.
+pub(crate) fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + 8);
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// The user key and revision of a history key.
+pub(crate) fn decode_history_key(bytes: &[u8]) -> Result<(Vec<u8>, u64), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("history key of {} bytes is malformed", bytes.len()));
+    let mut key = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    loop {
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (Some(0), Some(0)) => break,
+            (Some(0), Some(0xff)) => {
+                key.push(0);
+                i += 2;
+            }
+            (Some(0), _) | (None, _) => return Err(corrupt()),
+            (Some(&b), _) => {
+                key.push(b);
+                i += 1;
+            }
+        }
+    }
+    let revision = bytes.get(i + 2..).filter(|r| r.len() == 8).ok_or_else(corrupt)?;
+    Ok((key, decode_u64(revision, "history revision")?))
+}
+
+/// A change's key: its revision, then its place among the changes of that revision (a
+/// transaction's changes share one), both big-endian, so byte order is commit order.
+pub(crate) fn change_key(revision: u64, sub: u32) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&revision.to_be_bytes());
+    out[8..].copy_from_slice(&sub.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_change_key(bytes: &[u8]) -> Result<(u64, u32), StoreError> {
+    let bytes: [u8; 12] =
+        bytes.try_into().map_err(|_| StoreError::Corrupt(format!("change key of {} bytes", bytes.len())))?;
+    let mut sub = [0u8; 4];
+    sub.copy_from_slice(&bytes[8..]);
+    Ok((decode_u64(&bytes[..8], "change revision")?, u32::from_be_bytes(sub)))
+}
+
+/// A history entry: the key's record as of that revision, or nothing for a deletion (a
+/// tombstone; every record has a header, so an empty entry is never one).
+pub(crate) fn decode_history_entry(bytes: &[u8]) -> Result<Option<KeyRecord>, StoreError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    decode_record(bytes).map(Some)
+}
 
 /// Log indexes are stored big-endian so that RocksDB's byte order is log order.
 pub(crate) fn log_key(index: u64) -> [u8; 8] {
@@ -102,6 +176,43 @@ mod tests {
         let r =
             KeyRecord { create_revision: 7, mod_revision: 9, version: 3, lease: -2, value: b"v".to_vec() };
         assert_eq!(decode_record(&encode_record(&r)).ok(), Some(r));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn history_keys_sort_as_key_then_revision_and_decode_back(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+            ra in proptest::prelude::any::<u64>(),
+            rb in proptest::prelude::any::<u64>(),
+        ) {
+            let (ka, kb) = (history_key(&a, ra), history_key(&b, rb));
+            proptest::prop_assert_eq!(ka.cmp(&kb), (&a, ra).cmp(&(&b, rb)));
+            proptest::prop_assert_eq!(decode_history_key(&ka).ok(), Some((a.clone(), ra)));
+            proptest::prop_assert!(ka.starts_with(&history_prefix(&a)));
+        }
+    }
+
+    #[test]
+    fn malformed_history_keys_are_corrupt_not_a_panic() {
+        for bytes in [&b""[..], b"a", b"a\0", b"a\0\x01", b"a\0\0", b"a\0\0\x01\x02"] {
+            assert!(matches!(decode_history_key(bytes), Err(StoreError::Corrupt(_))), "{bytes:?}");
+        }
+        assert!(matches!(decode_change_key(&[1, 2]), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn changes_sort_in_commit_order() {
+        assert!(change_key(1, 7) < change_key(2, 0));
+        assert!(change_key(2, 0) < change_key(2, 1));
+        assert_eq!(decode_change_key(&change_key(9, 3)).ok(), Some((9, 3)));
+    }
+
+    #[test]
+    fn a_tombstone_is_an_empty_history_entry() {
+        assert_eq!(decode_history_entry(&[]).ok(), Some(None));
+        let r = KeyRecord { create_revision: 1, mod_revision: 2, version: 2, lease: 0, value: vec![] };
+        assert_eq!(decode_history_entry(&encode_record(&r)).ok(), Some(Some(r)));
     }
 
     #[test]

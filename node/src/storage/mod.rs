@@ -5,8 +5,10 @@
 //! |---|---|---|
 //! | `raft_log` | log index (u64, big-endian) | postcard-encoded [`Entry`](crate::types::Entry) |
 //! | `raft_meta` | `vote`, `committed`, `last_purged` | postcard |
-//! | `kv` | user key (any bytes) | [`codec::encode_record`] |
-//! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `format` (u64) |
+//! | `kv` | user key (any bytes) | [`codec::encode_record`]: the key as of now |
+//! | `history` | [`codec::history_key`] (key, revision) | the key's record as of that revision, or empty for its deletion |
+//! | `changes` | [`codec::change_key`] (revision, sub) | the user key that changed |
+//! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `compacted`, `format` (u64) |
 //!
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
@@ -26,14 +28,61 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use checkpoint::Checkpoint;
 pub use log_store::LogStore;
-pub use reader::{KeyRead, KvReader, RangePage};
+pub use reader::{KeyRead, KvReader, RangePage, RevisionError};
 pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces, PIECE_BYTES};
 pub use state_machine::StateMachine;
 
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT: &str = "raft_meta";
 pub(crate) const CF_KV: &str = "kv";
+pub(crate) const CF_HISTORY: &str = "history";
+pub(crate) const CF_CHANGES: &str = "changes";
 pub(crate) const CF_SM: &str = "sm_meta";
+
+/// The column families of the key-value data: what a snapshot carries besides its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    Kv,
+    History,
+    Changes,
+}
+
+impl Family {
+    pub(crate) const ALL: [Family; 3] = [Family::Kv, Family::History, Family::Changes];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Family::Kv => CF_KV,
+            Family::History => CF_HISTORY,
+            Family::Changes => CF_CHANGES,
+        }
+    }
+
+    /// How a snapshot names the family (0 is its end mark).
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            Family::Kv => 1,
+            Family::History => 2,
+            Family::Changes => 3,
+        }
+    }
+
+    pub(crate) fn from_tag(tag: u8) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.tag() == tag)
+    }
+
+    /// Refuses an entry of this family that does not decode: snapshots arrive from peers.
+    pub(crate) fn check(self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Family::Kv => codec::decode_record(value).map(drop),
+            Family::History => {
+                codec::decode_history_key(key)?;
+                codec::decode_history_entry(value).map(drop)
+            }
+            Family::Changes => codec::decode_change_key(key).map(drop),
+        }
+    }
+}
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +108,9 @@ pub enum StoreError {
     UnsupportedFormat { found: u64 },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A read asked for a revision the store cannot serve: not a failure of the store.
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
 }
 
 impl StoreError {
@@ -101,7 +153,7 @@ fn check_format(db: &DB) -> Result<(), StoreError> {
         Ok(db.iterator_cf(cf(db, name)?, rocksdb::IteratorMode::Start).next().transpose()?.is_some())
     };
     let voted = db.get_cf(cf(db, CF_RAFT)?, codec::VOTE)?.is_some();
-    if voted || has(CF_LOG)? || has(CF_SM)? || has(CF_KV)? {
+    if voted || has(CF_LOG)? || has(CF_SM)? || has(CF_KV)? || has(CF_HISTORY)? {
         return Err(StoreError::UnsupportedFormat { found: 1 });
     }
     let mut opts = rocksdb::WriteOptions::default();
@@ -125,7 +177,7 @@ pub(crate) fn open_db(path: &Path) -> Result<DB, StoreError> {
     // hundreds of MB to replay, and a restart took seconds.
     opts.set_max_total_wal_size(MAX_WAL_BYTES);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM].map(|name| {
+    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_SM].map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(name, cf_opts)
@@ -192,7 +244,7 @@ mod tests {
         let refused = open(dir.path()).await.err().expect("refused");
         assert!(matches!(refused, StoreError::UnsupportedFormat { found: 1 }), "{refused}");
         let message = refused.to_string();
-        assert!(message.contains("format 1") && message.contains("format 2"), "{message}");
+        assert!(message.contains("format 1") && message.contains("format 3"), "{message}");
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -200,9 +252,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let db = open_db(&dir.path().join("db")).expect("open");
-            db.put_cf(cf(&db, CF_SM).expect("cf"), codec::FORMAT, codec::encode_u64(3)).expect("put");
+            db.put_cf(cf(&db, CF_SM).expect("cf"), codec::FORMAT, codec::encode_u64(4)).expect("put");
         }
         let refused = open(dir.path()).await.err().expect("refused");
-        assert!(matches!(refused, StoreError::UnsupportedFormat { found: 3 }), "{refused}");
+        assert!(matches!(refused, StoreError::UnsupportedFormat { found: 4 }), "{refused}");
     }
 }

@@ -1,13 +1,15 @@
 //! Reads of the key-value data, served beside raft. Each read comes from one consistent view of
-//! the store, so the revision it reports is the one its data is at.
+//! the store, so the revision it reports is the one its data is at. A read at the current
+//! revision comes from the keys as they are (`kv`); one at a past revision from their history,
+//! which holds every version down to the compaction revision.
 
 use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThreadMode, DB};
 
-use super::codec::{self, decode_record};
-use super::state_machine::{read_revision, read_sm_meta};
-use super::{cf, run_blocking, StoreError, CF_KV};
+use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
+use super::state_machine::{read_compacted, read_revision, read_sm_meta};
+use super::{cf, run_blocking, StoreError, CF_HISTORY, CF_KV};
 use crate::kv::KeyRecord;
 use crate::types::LogId;
 
@@ -28,6 +30,15 @@ pub struct RangePage {
     pub revision: u64,
 }
 
+/// Why a read at a revision cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error("revision {requested} is a future revision: the store is at revision {current}")]
+    Future { requested: u64, current: u64 },
+    #[error("revision {requested} has been compacted: history begins at revision {compacted}")]
+    Compacted { requested: u64, compacted: u64 },
+}
+
 /// Read access to the key-value data, for serving clients beside raft.
 #[derive(Clone)]
 pub struct KvReader {
@@ -39,51 +50,49 @@ impl KvReader {
         Self { db }
     }
 
-    pub async fn get(&self, key: Vec<u8>) -> Result<KeyRead, StoreError> {
+    /// `key` as of revision `at` (the current revision when `None`).
+    pub async fn get(&self, key: Vec<u8>, at: Option<u64>) -> Result<KeyRead, StoreError> {
         // Most reads are answered from memory (memtables, block cache): try that here, and go to
         // a blocking thread only when the read would need the disk.
-        match read_key(&self.db, &key, ReadTier::BlockCache) {
+        match read_key(&self.db, &key, at, ReadTier::BlockCache) {
             Err(StoreError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
             answered => return answered,
         }
         let db = self.db.clone();
-        run_blocking(move || read_key(&db, &key, ReadTier::All)).await
+        run_blocking(move || read_key(&db, &key, at, ReadTier::All)).await
     }
 
-    /// Keys in `[start, end)` (no upper bound when `end` is `None`), at most `limit` of them and
-    /// about `max_bytes` of keys and records (at least one), read from one consistent view.
+    /// Keys in `[start, end)` (no upper bound when `end` is `None`) as of revision `at` (the
+    /// current one when `None`), at most `limit` of them and about `max_bytes` of keys and
+    /// records (at least one), read from one consistent view.
     pub async fn range(
         &self,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
         max_bytes: usize,
+        at: Option<u64>,
     ) -> Result<RangePage, StoreError> {
         let db = self.db.clone();
         run_blocking(move || {
             let view = db.snapshot();
-            let mut opts = ReadOptions::default();
-            opts.set_snapshot(&view);
-            let revision = read_revision(&db, &opts)?;
-            let mut entries = Vec::new();
-            let mut bytes = 0usize;
-            let mut next_key = None;
-            let iter = view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
-            for item in iter {
-                let (key, record) = item?;
-                if end.as_ref().is_some_and(|end| *key >= **end) {
-                    break;
+            let revision = read_revision(&db, &view_options(&view))?;
+            let mut page = Page { entries: Vec::new(), bytes: 0, limit, max_bytes, next_key: None };
+            match past(&db, &view, revision, at)? {
+                None => {
+                    let iter =
+                        view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
+                    for item in iter {
+                        let (key, record) = item?;
+                        if end.as_ref().is_some_and(|end| *key >= **end) || !page.room_for(&key, &record) {
+                            break;
+                        }
+                        page.push(key.into_vec(), decode_record(&record)?, record.len());
+                    }
                 }
-                let full = entries.len() == limit
-                    || (!entries.is_empty() && bytes + key.len() + record.len() > max_bytes);
-                if full {
-                    next_key = Some(key.into_vec());
-                    break;
-                }
-                bytes += key.len() + record.len();
-                entries.push((key.into_vec(), decode_record(&record)?));
+                Some(at) => range_history(&db, &view, &start, end.as_deref(), at, &mut page)?,
             }
-            Ok(RangePage { entries, next_key, revision })
+            Ok(RangePage { entries: page.entries, next_key: page.next_key, revision })
         })
         .await
     }
@@ -103,15 +112,125 @@ impl KvReader {
     }
 }
 
-/// The key and the store's revision from one view, reading no deeper than `tier`.
-fn read_key(db: &DB, key: &[u8], tier: ReadTier) -> Result<KeyRead, StoreError> {
+/// The key as of `at` and the store's revision, from one view, reading no deeper than `tier`.
+fn read_key(db: &DB, key: &[u8], at: Option<u64>, tier: ReadTier) -> Result<KeyRead, StoreError> {
     let view = db.snapshot();
-    let mut opts = ReadOptions::default();
-    opts.set_snapshot(&view);
+    let mut opts = view_options(&view);
     opts.set_read_tier(tier);
-    let record = db.get_pinned_cf_opt(cf(db, CF_KV)?, key, &opts)?.map(|b| decode_record(&b)).transpose()?;
     let revision = read_revision(db, &opts)?;
+    let record = match past(db, &view, revision, at)? {
+        None => db.get_pinned_cf_opt(cf(db, CF_KV)?, key, &opts)?.map(|b| decode_record(&b)).transpose()?,
+        Some(at) => {
+            let mut iter = db.raw_iterator_cf_opt(cf(db, CF_HISTORY)?, opts);
+            // The newest version at or before `at`, if it is this key's.
+            iter.seek_for_prev(codec::history_key(key, at));
+            iter.status()?;
+            match (iter.key(), iter.value()) {
+                (Some(k), Some(v)) if k.starts_with(&codec::history_prefix(key)) => decode_history_entry(v)?,
+                _ => None,
+            }
+        }
+    };
     Ok(KeyRead { record, revision })
+}
+
+/// Options reading from `view`.
+fn view_options(view: &SnapshotWithThreadMode<'_, DB>) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(view);
+    opts
+}
+
+/// The past revision a read at `at` must be served from, or `None` for the current state;
+/// refuses a revision beyond the store's or below its compaction revision.
+fn past(
+    db: &DB,
+    view: &SnapshotWithThreadMode<'_, DB>,
+    current: u64,
+    at: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    let Some(at) = at.filter(|at| *at != 0 && *at != current) else { return Ok(None) };
+    if at > current {
+        return Err(RevisionError::Future { requested: at, current }.into());
+    }
+    let compacted = read_compacted(db, &view_options(view))?;
+    if at < compacted {
+        return Err(RevisionError::Compacted { requested: at, compacted }.into());
+    }
+    Ok(Some(at))
+}
+
+/// A page of a listing being filled.
+struct Page {
+    entries: Vec<(Vec<u8>, KeyRecord)>,
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
+    next_key: Option<Vec<u8>>,
+}
+
+impl Page {
+    /// Whether `key` fits; if not, it is where the next page starts.
+    fn room_for(&mut self, key: &[u8], record: &[u8]) -> bool {
+        let full = self.entries.len() == self.limit
+            || (!self.entries.is_empty() && self.bytes + key.len() + record.len() > self.max_bytes);
+        if full {
+            self.next_key = Some(key.to_vec());
+        }
+        !full
+    }
+
+    fn push(&mut self, key: Vec<u8>, record: KeyRecord, encoded_len: usize) {
+        self.bytes += key.len() + encoded_len;
+        self.entries.push((key, record));
+    }
+}
+
+/// Fills `page` with the keys in `[start, end)` as of revision `at`, from their history: each
+/// key's newest version at or before `at`, unless that is its deletion. Reads every version of
+/// each key in the range, up to the first beyond `at`.
+fn range_history(
+    db: &DB,
+    view: &SnapshotWithThreadMode<'_, DB>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    at: u64,
+    page: &mut Page,
+) -> Result<(), StoreError> {
+    let mut iter = db.raw_iterator_cf_opt(cf(db, CF_HISTORY)?, view_options(view));
+    iter.seek(codec::history_prefix(start));
+    // The key being read, and its newest version at or before `at` so far.
+    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
+    loop {
+        let entry = match (iter.key(), iter.value()) {
+            (Some(k), Some(v)) => Some((decode_history_key(k)?, v)),
+            _ => None,
+        };
+        let next_key = entry.as_ref().map(|((key, _), _)| key.as_slice());
+        let beyond = next_key.is_none_or(|key| end.is_some_and(|end| key >= end));
+        // A key's versions are done when another key begins, or the range ends.
+        if newest.as_ref().is_some_and(|(key, _)| beyond || next_key != Some(key.as_slice())) {
+            if let Some((key, version)) = newest.take() {
+                if let Some(record) = decode_history_entry(&version)? {
+                    if !page.room_for(&key, &version) {
+                        return Ok(());
+                    }
+                    page.push(key, record, version.len());
+                }
+            }
+        }
+        if beyond {
+            break;
+        }
+        let Some(((key, revision), value)) = entry else { break };
+        // Versions after `at` are passed over: a key created after it has nothing to show.
+        if revision <= at {
+            newest = Some((key, value.to_vec()));
+        }
+        iter.next();
+    }
+    iter.status()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -137,11 +256,11 @@ mod tests {
         // Reopened, nothing is in memory: the in-memory attempt is incomplete and must fall back.
         let reader = KvReader::new(Arc::new(super::super::open_db(&path).expect("reopen")));
         assert_eq!(
-            reader.get(b"\xff".to_vec()).await.expect("read"),
+            reader.get(b"\xff".to_vec(), None).await.expect("read"),
             KeyRead { record: Some(record), revision: 1 }
         );
         assert_eq!(
-            reader.get(b"absent".to_vec()).await.expect("read"),
+            reader.get(b"absent".to_vec(), None).await.expect("read"),
             KeyRead { record: None, revision: 1 }
         );
     }

@@ -1,10 +1,12 @@
 //! The snapshot file format.
 //!
 //! ```text
-//! magic "MSSNAP02" | header_len u32 | header (postcard SnapshotHeader)
-//! { key_len u32 | key | record_len u32 | record }*      -- kv column family, in key order
-//! u32::MAX | record_count u64                           -- end mark: detects truncation
+//! magic "MSSNAP03" | header_len u32 | header (postcard SnapshotHeader)
+//! { family u8 | key_len u32 | key | value_len u32 | value }*   -- kv, history, changes
+//! 0 | record_count u64                                         -- end mark: detects truncation
 //! ```
+//! `family` is [`Family::tag`]: the current keys, their history and the changes by revision,
+//! each in key order.
 //! All integers big-endian. Snapshots arrive from peers, so the reader bounds every length
 //! before allocating and reports a malformed file as an error, never a panic.
 
@@ -16,8 +18,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::checkpoint::Checkpoint;
-use super::codec::{decode, decode_record, encode};
-use super::{run_blocking, StoreError};
+use super::codec::{decode, encode};
+use super::{run_blocking, Family, StoreError};
 use crate::types::SnapshotMeta;
 
 /// A snapshot's data, as openraft hands it around.
@@ -39,11 +41,11 @@ pub struct Piece {
     pub last: bool,
 }
 
-/// Pieces of a snapshot being read, in order; an error ends them.
 /// Snapshot bytes in one piece, as sent to a member: small enough that no request holds a
 /// multi-MiB state in memory, large enough that a fast link is not spent on round trips.
 pub const PIECE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Pieces of a snapshot being read, in order; an error ends them.
 pub type SnapshotPieces = mpsc::Receiver<Result<Piece, StoreError>>;
 
 /// A snapshot as openraft hands it around: its description and its data.
@@ -102,11 +104,13 @@ impl Write for PieceSink {
     }
 }
 
-/// Format 2 (byte keys, etcd revisions). Format 1's files (`MSSNAP01`) are refused as foreign.
-const MAGIC: &[u8; 8] = b"MSSNAP02";
-const END: u32 = u32::MAX;
+/// Format 3 (history). Files of formats 1 and 2 (`MSSNAP01`, `MSSNAP02`) are refused as foreign.
+const MAGIC: &[u8; 8] = b"MSSNAP03";
+/// The family tag that ends the records.
+const END: u8 = 0;
 const MAX_META: u32 = 16 * 1024 * 1024;
-const MAX_KEY: u32 = 64 * 1024;
+/// An escaped history key can be twice the longest user key, and then some.
+const MAX_KEY: u32 = 256 * 1024;
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 
 /// What a snapshot says of the state it holds, besides its records.
@@ -116,6 +120,8 @@ pub(crate) struct SnapshotHeader {
     pub meta: SnapshotMeta,
     /// The store's revision.
     pub revision: u64,
+    /// The compaction revision: history below it is not carried.
+    pub compacted: u64,
 }
 
 pub(crate) struct SnapshotWriter<W: Write> {
@@ -132,7 +138,8 @@ impl<W: Write> SnapshotWriter<W> {
         Ok(Self { out, count: 0 })
     }
 
-    pub(crate) fn record(&mut self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn record(&mut self, family: Family, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
+        self.out.write_all(&[family.tag()]).map_err(write_err)?;
         write_len(&mut self.out, key.len())?;
         self.out.write_all(key).map_err(write_err)?;
         write_len(&mut self.out, record.len())?;
@@ -143,7 +150,7 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Writes the end mark and returns the underlying writer.
     pub(crate) fn finish(mut self) -> Result<W, StoreError> {
-        self.out.write_all(&END.to_be_bytes()).map_err(write_err)?;
+        self.out.write_all(&[END]).map_err(write_err)?;
         self.out.write_all(&self.count.to_be_bytes()).map_err(write_err)?;
         self.out.flush().map_err(write_err)?;
         Ok(self.out)
@@ -153,7 +160,6 @@ impl<W: Write> SnapshotWriter<W> {
 fn write_len(out: &mut impl Write, len: usize) -> Result<(), StoreError> {
     let len = u32::try_from(len)
         .ok()
-        .filter(|l| *l != END)
         .ok_or_else(|| StoreError::Corrupt(format!("snapshot item of {len} bytes is too large")))?;
     out.write_all(&len.to_be_bytes()).map_err(write_err)
 }
@@ -162,8 +168,8 @@ fn write_err(e: io::Error) -> StoreError {
     StoreError::io("snapshot", e)
 }
 
-/// One key with its encoded record.
-pub(crate) type Record = (Vec<u8>, Vec<u8>);
+/// One entry of a column family: its family, key and value.
+pub(crate) type Record = (Family, Vec<u8>, Vec<u8>);
 
 pub(crate) struct SnapshotReader<R: Read> {
     input: R,
@@ -185,13 +191,14 @@ impl<R: Read> SnapshotReader<R> {
         Ok((header, Self { input, count: 0, done: false }))
     }
 
-    /// The next `(key, record)`, or `None` after the end mark.
+    /// The next `(family, key, value)`, or `None` after the end mark.
     pub(crate) fn next_record(&mut self) -> Result<Option<Record>, StoreError> {
         if self.done {
             return Ok(None);
         }
-        let key_len = read_u32(&mut self.input)?;
-        if key_len == END {
+        let mut tag = [0u8; 1];
+        read_exact(&mut self.input, &mut tag)?;
+        if tag[0] == END {
             let mut count = [0u8; 8];
             read_exact(&mut self.input, &mut count)?;
             let expected = u64::from_be_bytes(count);
@@ -204,11 +211,14 @@ impl<R: Read> SnapshotReader<R> {
             self.done = true;
             return Ok(None);
         }
+        let family = Family::from_tag(tag[0])
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot record of unknown family {}", tag[0])))?;
+        let key_len = read_u32(&mut self.input)?;
         let key = read_bytes(&mut self.input, key_len, MAX_KEY, "snapshot key")?;
         let record_len = read_u32(&mut self.input)?;
         let record = read_bytes(&mut self.input, record_len, MAX_RECORD, "snapshot record")?;
         self.count += 1;
-        Ok(Some((key, record)))
+        Ok(Some((family, key, record)))
     }
 }
 
@@ -262,7 +272,7 @@ impl SnapshotInbox {
         let mut file = received.into_std().await;
         let expected = expected.clone();
         let file = run_blocking(move || {
-            read_received(&mut file, &expected, |_, _| Ok(()))?;
+            read_received(&mut file, &expected, |_, _, _| Ok(()))?;
             Ok(file)
         })
         .await?;
@@ -276,7 +286,7 @@ impl SnapshotInbox {
 pub(crate) fn read_received(
     file: &mut File,
     expected: &SnapshotMeta,
-    mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    mut f: impl FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<SnapshotHeader, StoreError> {
     file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
     let (header, mut reader) = SnapshotReader::open(BufReader::new(&mut *file))?;
@@ -288,9 +298,9 @@ pub(crate) fn read_received(
             header.meta.last_log_id, expected.last_log_id
         )));
     }
-    while let Some((key, record)) = reader.next_record()? {
-        decode_record(&record)?;
-        f(&key, &record)?;
+    while let Some((family, key, record)) = reader.next_record()? {
+        family.check(&key, &record)?;
+        f(family, &key, &record)?;
     }
     drop(reader);
     file.seek(SeekFrom::Start(0)).map_err(|e| StoreError::io("received snapshot", e))?;
@@ -304,13 +314,13 @@ mod tests {
 
     fn meta() -> SnapshotHeader {
         let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
-        SnapshotHeader { meta, revision: 42 }
+        SnapshotHeader { meta, revision: 42, compacted: 7 }
     }
 
     fn written(records: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut w = SnapshotWriter::new(Vec::new(), &meta()).expect("header");
         for (k, v) in records {
-            w.record(k, v).expect("record");
+            w.record(Family::Kv, k, v).expect("record");
         }
         w.finish().expect("finish")
     }
@@ -320,8 +330,8 @@ mod tests {
         let bytes = written(&[(b"a", b"1"), (b"b", b"22")]);
         let (m, mut r) = SnapshotReader::open(&bytes[..]).expect("open");
         assert_eq!(m, meta());
-        assert_eq!(r.next_record().expect("1"), Some((b"a".to_vec(), b"1".to_vec())));
-        assert_eq!(r.next_record().expect("2"), Some((b"b".to_vec(), b"22".to_vec())));
+        assert_eq!(r.next_record().expect("1"), Some((Family::Kv, b"a".to_vec(), b"1".to_vec())));
+        assert_eq!(r.next_record().expect("2"), Some((Family::Kv, b"b".to_vec(), b"22".to_vec())));
         assert_eq!(r.next_record().expect("end"), None);
     }
 
@@ -359,9 +369,20 @@ mod tests {
     #[test]
     fn a_huge_declared_length_is_refused_before_allocating() {
         let mut bytes = written(&[]);
-        let header_len = bytes.len() - 12;
+        let header_len = bytes.len() - 9;
         bytes.truncate(header_len);
+        bytes.push(Family::History.tag());
         bytes.extend_from_slice(&(MAX_KEY + 1).to_be_bytes());
+        let (_, mut r) = SnapshotReader::open(&bytes[..]).expect("open");
+        assert!(matches!(r.next_record(), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_family_is_refused() {
+        let mut bytes = written(&[]);
+        let header_len = bytes.len() - 9;
+        bytes.truncate(header_len);
+        bytes.push(9);
         let (_, mut r) = SnapshotReader::open(&bytes[..]).expect("open");
         assert!(matches!(r.next_record(), Err(StoreError::Corrupt(_))));
     }

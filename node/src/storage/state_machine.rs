@@ -1,11 +1,14 @@
 //! The key-value state machine, implementing openraft's [`RaftStateMachine`].
 //!
-//! The state machine is persistent: `apply` writes the keys, the store's revision,
-//! `last_applied` and the membership in one atomic `WriteBatch`, so a restart resumes from where
-//! it was instead of replaying the whole log. It is the only code that changes the key-value
-//! data. Snapshots are checkpoints of the store ([`super::checkpoint`]), taken in time that does
-//! not grow with the store; installing one received from the leader replaces the whole `kv`
-//! column family and the metadata in one `WriteBatch`, then checkpoints the result.
+//! The state machine is persistent: `apply` writes the keys, their history, the store's
+//! revision, `last_applied` and the membership in one atomic `WriteBatch`, so a restart
+//! resumes from where it was instead of replaying the whole log. It is the only code that
+//! changes the key-value data. Each change writes the key's new state (`kv`), the key as of
+//! that revision (`history`: its record, or an empty tombstone for a deletion) and the change
+//! itself (`changes`, by revision: what a watch replays). Snapshots are checkpoints of the
+//! store ([`super::checkpoint`]), taken in time that does not grow with the store; installing
+//! one received from the leader replaces the key-value data and the metadata in one
+//! `WriteBatch`, then checkpoints the result.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, decode_record, encode, encode_record};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
-use super::{cf, run_blocking, run_write, StoreError, CF_KV, CF_SM};
+use super::{cf, run_blocking, run_write, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_SM};
 use crate::kv::{self, KeyRecord};
 use crate::metrics;
 use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -66,14 +69,25 @@ fn entry_size(entry: &Entry) -> usize {
 
 /// The store's revision as `opts` sees it; 0 before the first write.
 pub(crate) fn read_revision(db: &DB, opts: &ReadOptions) -> Result<u64, StoreError> {
-    match db.get_pinned_cf_opt(cf(db, CF_SM)?, codec::REVISION, opts)? {
-        Some(bytes) => codec::decode_u64(&bytes, "revision"),
+    read_number(db, opts, codec::REVISION, "revision")
+}
+
+/// The compaction revision as `opts` sees it: history below it is gone; 0 before any.
+pub(crate) fn read_compacted(db: &DB, opts: &ReadOptions) -> Result<u64, StoreError> {
+    read_number(db, opts, codec::COMPACTED, "compaction revision")
+}
+
+fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<u64, StoreError> {
+    match db.get_pinned_cf_opt(cf(db, CF_SM)?, key, opts)? {
+        Some(bytes) => codec::decode_u64(&bytes, what),
         None => Ok(0),
     }
 }
 
 fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
     let kv = cf(db, CF_KV)?;
+    let history = cf(db, CF_HISTORY)?;
+    let changes = cf(db, CF_CHANGES)?;
     let mut batch = WriteBatch::default();
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
@@ -101,10 +115,20 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
                     let (result, change) = kv::apply_write(write, current.as_ref(), revision);
                     revision = result.revision;
                     if let Some(new_state) = change {
+                        let at = codec::history_key(&key, revision);
                         match &new_state {
-                            Some(record) => batch.put_cf(kv, &key, encode_record(record)),
-                            None => batch.delete_cf(kv, &key),
+                            Some(record) => {
+                                let encoded = encode_record(record);
+                                batch.put_cf(history, at, &encoded);
+                                batch.put_cf(kv, &key, encoded);
+                            }
+                            None => {
+                                batch.put_cf(history, at, []);
+                                batch.delete_cf(kv, &key);
+                            }
                         }
+                        // One change per revision until transactions share one.
+                        batch.put_cf(changes, codec::change_key(revision, 0), &key);
                         pending.insert(key, new_state);
                     }
                     answers.push(result);
@@ -142,31 +166,39 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
 }
 
 /// Replaces the whole state machine with a snapshot's: `fill` adds its records to the batch
-/// that also clears every key and sets the metadata from the header it returns, written
-/// atomically and synced. A record that fails leaves the store as it was.
+/// that also clears the key-value data and sets the metadata from the header it returns,
+/// written atomically and synced. A record that fails leaves the store as it was.
 fn load_snapshot(
     db: &DB,
     fill: impl FnOnce(
-        &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+        &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<SnapshotHeader, StoreError>,
 ) -> Result<(), StoreError> {
-    let kv = cf(db, CF_KV)?;
+    let (kv, history, changes) = (cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_CHANGES)?);
     let mut batch = WriteBatch::default();
-    // Keys are any bytes, so no fixed bound covers them all: clear up to just past the last one.
-    if let Some(item) = db.iterator_cf(kv, IteratorMode::End).next() {
-        let (last, _) = item?;
-        let mut end = last.into_vec();
-        end.push(0);
-        batch.delete_range_cf(kv, &b""[..], &end);
+    for handle in [kv, history, changes] {
+        // Keys are any bytes, so no fixed bound covers them all: clear up to just past the last.
+        if let Some(item) = db.iterator_cf(handle, IteratorMode::End).next() {
+            let (last, _) = item?;
+            let mut end = last.into_vec();
+            end.push(0);
+            batch.delete_range_cf(handle, &b""[..], &end);
+        }
     }
-    let header = fill(&mut |key, record| {
-        batch.put_cf(kv, key, record);
+    let header = fill(&mut |family, key, record| {
+        let handle = match family {
+            Family::Kv => kv,
+            Family::History => history,
+            Family::Changes => changes,
+        };
+        batch.put_cf(handle, key, record);
         Ok(())
     })?;
     let sm = cf(db, CF_SM)?;
     batch.put_cf(sm, codec::LAST_APPLIED, encode(&header.meta.last_log_id)?);
     batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&header.meta.last_membership)?);
     batch.put_cf(sm, codec::REVISION, codec::encode_u64(header.revision));
+    batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(header.compacted));
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.write_opt(batch, &opts)?;
@@ -183,7 +215,7 @@ fn install(
 ) -> Result<(), StoreError> {
     match data {
         Installing::Received(mut file) => {
-            load_snapshot(db, |put| read_received(&mut file, meta, |k, r| put(k, r)))?;
+            load_snapshot(db, |put| read_received(&mut file, meta, |f, k, r| put(f, k, r)))?;
         }
         Installing::Checkpoint(checkpoint) => {
             let applied: Option<LogId> =
@@ -193,7 +225,7 @@ fn install(
                 return Ok(());
             }
             load_snapshot(db, |put| {
-                checkpoint.for_each_record(|k, r| put(k, r))?;
+                checkpoint.for_each_record(|f, k, r| put(f, k, r))?;
                 Ok(checkpoint.header().clone())
             })?;
         }
@@ -327,6 +359,7 @@ mod tests {
     use super::*;
     use crate::kv::{Precondition, Write};
     use crate::storage::snapshot::SnapshotWriter;
+    use crate::storage::RevisionError;
 
     fn log_id(index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
@@ -346,6 +379,119 @@ mod tests {
 
     fn revision(db: &DB) -> u64 {
         read_revision(db, &ReadOptions::default()).expect("revision")
+    }
+
+    fn delete(key: &[u8]) -> Write {
+        Write::Delete { key: key.to_vec(), precondition: None }
+    }
+
+    /// Applies, one entry each: a=1 (rev 1), b=1 (2), a=2 (3), delete a (4), a=3 (5), and
+    /// "\0" and "\0\0" (6, 7), keys whose escaped history must not mix with others.
+    fn store_with_history(dir: &std::path::Path) -> Arc<DB> {
+        let db = Arc::new(super::super::open_db(&dir.join("db")).expect("open"));
+        let writes = [
+            put(b"a", "1", None),
+            put(b"b", "1", None),
+            put(b"a", "2", None),
+            delete(b"a"),
+            put(b"a", "3", None),
+            put(b"\0", "z", None),
+            put(b"\0\0", "zz", None),
+        ];
+        for (i, write) in writes.into_iter().enumerate() {
+            apply_entries(&db, vec![entry(i as u64 + 1, vec![write])]).expect("apply");
+        }
+        db
+    }
+
+    fn value(read: &crate::storage::KeyRead) -> Option<String> {
+        read.record.as_ref().map(|r| String::from_utf8_lossy(&r.value).into_owned())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_key_read_at_a_past_revision_is_as_it_was_then() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let reader = crate::storage::KvReader::new(store_with_history(dir.path()));
+        let a_at = |rev| {
+            let reader = reader.clone();
+            async move { reader.get(b"a".to_vec(), Some(rev)).await.expect("read") }
+        };
+        assert_eq!(value(&a_at(1).await).as_deref(), Some("1"));
+        assert_eq!(value(&a_at(2).await).as_deref(), Some("1"), "b's write left a as it was");
+        let second = a_at(3).await;
+        assert_eq!(value(&second).as_deref(), Some("2"));
+        let record = second.record.expect("a at 3");
+        assert_eq!((record.create_revision, record.mod_revision, record.version), (1, 3, 2));
+        assert_eq!(a_at(4).await.record, None, "deleted at 4");
+        let recreated = a_at(5).await.record.expect("a at 5");
+        assert_eq!((recreated.create_revision, recreated.version), (5, 1), "a new life after the delete");
+        assert_eq!(a_at(4).await.revision, 7, "the answer names the store's revision");
+        let before = reader.get(b"b".to_vec(), Some(1)).await.expect("read");
+        assert_eq!(before.record, None, "b did not exist yet");
+        let nul = reader.get(b"\0".to_vec(), Some(6)).await.expect("read");
+        assert_eq!(value(&nul).as_deref(), Some("z"));
+        assert_eq!(reader.get(b"\0\0".to_vec(), Some(6)).await.expect("read").record, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_range_at_a_past_revision_lists_the_keys_as_they_were_then() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let reader = crate::storage::KvReader::new(store_with_history(dir.path()));
+        let listed = |at: u64, limit: usize| {
+            let reader = reader.clone();
+            async move {
+                let page = reader.range(Vec::new(), None, limit, usize::MAX, Some(at)).await.expect("range");
+                let keys: Vec<(Vec<u8>, String)> = page
+                    .entries
+                    .into_iter()
+                    .map(|(k, r)| (k, String::from_utf8_lossy(&r.value).into_owned()))
+                    .collect();
+                (keys, page.next_key)
+            }
+        };
+        let owned = |pairs: &[(&[u8], &str)]| -> Vec<(Vec<u8>, String)> {
+            pairs.iter().map(|(k, v)| (k.to_vec(), v.to_string())).collect()
+        };
+        assert_eq!(listed(1, 10).await, (owned(&[(b"a", "1")]), None));
+        assert_eq!(listed(3, 10).await, (owned(&[(b"a", "2"), (b"b", "1")]), None));
+        assert_eq!(listed(4, 10).await, (owned(&[(b"b", "1")]), None), "a was deleted");
+        assert_eq!(listed(6, 10).await, (owned(&[(b"\0", "z"), (b"a", "3"), (b"b", "1")]), None));
+        assert_eq!(listed(6, 2).await, (owned(&[(b"\0", "z"), (b"a", "3")]), Some(b"b".to_vec())));
+        let from_a = reader.range(b"a".to_vec(), Some(b"b".to_vec()), 10, usize::MAX, Some(3)).await;
+        let from_a: Vec<Vec<u8>> = from_a.expect("range").entries.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(from_a, [b"a".to_vec()], "[a, b) holds only a");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_revision_beyond_the_store_or_below_its_compaction_is_refused_naming_both() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_with_history(dir.path());
+        let reader = crate::storage::KvReader::new(db.clone());
+        let future = reader.get(b"a".to_vec(), Some(8)).await.expect_err("future");
+        assert!(matches!(future, StoreError::Revision(RevisionError::Future { requested: 8, current: 7 })));
+        assert!(future.to_string().contains('8') && future.to_string().contains('7'), "{future}");
+        db.put_cf(cf(&db, CF_SM).expect("cf"), codec::COMPACTED, codec::encode_u64(3)).expect("put");
+        let compacted = reader.range(Vec::new(), None, 10, usize::MAX, Some(2)).await.expect_err("gone");
+        let expected = RevisionError::Compacted { requested: 2, compacted: 3 };
+        assert!(matches!(compacted, StoreError::Revision(ref e) if *e == expected), "{compacted}");
+        assert!(reader.get(b"a".to_vec(), Some(3)).await.is_ok(), "the compaction revision itself is kept");
+    }
+
+    #[test]
+    fn every_change_is_recorded_by_revision() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = store_with_history(dir.path());
+        let changes: Vec<(u64, Vec<u8>)> = db
+            .iterator_cf(cf(&db, CF_CHANGES).expect("cf"), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.expect("change");
+                (codec::decode_change_key(&k).expect("key").0, v.into_vec())
+            })
+            .collect();
+        let keys: Vec<&[u8]> = vec![b"a", b"b", b"a", b"a", b"a", b"\0", b"\0\0"];
+        let expected: Vec<(u64, Vec<u8>)> =
+            keys.into_iter().enumerate().map(|(i, k)| (i as u64 + 1, k.to_vec())).collect();
+        assert_eq!(changes, expected);
     }
 
     #[test]
@@ -391,10 +537,10 @@ mod tests {
     fn received_snapshot(index: u64, keys: &[&[u8]]) -> (SnapshotMeta, tokio::fs::File) {
         let meta =
             SnapshotMeta { last_log_id: Some(log_id(index)), last_membership: StoredMembership::default() };
-        let header = SnapshotHeader { meta: meta.clone(), revision: 77 };
+        let header = SnapshotHeader { meta: meta.clone(), revision: 77, compacted: 0 };
         let mut writer = SnapshotWriter::new(Vec::new(), &header).expect("header");
         for key in keys {
-            writer.record(key, &encode_record(&KeyRecord::at(1, 1, 1, "v"))).expect("record");
+            writer.record(Family::Kv, key, &encode_record(&KeyRecord::at(1, 1, 1, "v"))).expect("record");
         }
         let bytes = writer.finish().expect("finish");
         let mut file = tempfile::tempfile().expect("temp file");
@@ -431,7 +577,7 @@ mod tests {
         let (meta, whole) = received_snapshot(10, &[b"k"]);
         let checked = inbox.check(whole, &meta).await.expect("a whole snapshot passes");
         let mut checked = checked.into_std().await;
-        let header = read_received(&mut checked, &meta, |_, _| Ok(())).expect("rewound to its start");
+        let header = read_received(&mut checked, &meta, |_, _, _| Ok(())).expect("rewound to its start");
         assert_eq!(header.meta.last_log_id, meta.last_log_id);
 
         // Cut inside its last record: the header is fine, only reading it through shows the loss.
