@@ -188,7 +188,8 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let (call, limit) = (self.inner.call(request), self.limit);
+        // Boxed at once, so that from here on only a pointer moves, however large the call.
+        let (call, limit) = (Box::pin(self.inner.call(request)), self.limit);
         Box::pin(async move {
             match tokio::time::timeout(limit, call).await {
                 Ok(answer) => answer.map_err(Into::into),
