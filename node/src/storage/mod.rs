@@ -145,6 +145,7 @@ fn check_format(db: &DB) -> Result<(), StoreError> {
         let found = codec::decode_u64(&found, "format")?;
         return match found {
             codec::FORMAT_VERSION => Ok(()),
+            2 => history_from_format_two(db),
             found => Err(StoreError::UnsupportedFormat { found }),
         };
     }
@@ -159,6 +160,30 @@ fn check_format(db: &DB) -> Result<(), StoreError> {
     let mut opts = rocksdb::WriteOptions::default();
     opts.set_sync(true);
     db.put_cf_opt(sm, codec::FORMAT, codec::encode_u64(codec::FORMAT_VERSION), &opts)?;
+    Ok(())
+}
+
+/// Brings a store of format 2 (etcd's revisions, no history) to format 3: each key's current
+/// record becomes its history at its mod revision, and the store is compacted at its current
+/// revision, since nothing older was kept: reads below it answer `compacted`, never a wrong
+/// state. One synced batch, so a crash leaves the store in one format or the other.
+fn history_from_format_two(db: &DB) -> Result<(), StoreError> {
+    let (kv, history, sm) = (cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_SM)?);
+    let mut batch = rocksdb::WriteBatch::default();
+    let mut keys = 0u64;
+    for item in db.iterator_cf(kv, rocksdb::IteratorMode::Start) {
+        let (key, record) = item?;
+        let mod_revision = codec::decode_record(&record)?.mod_revision;
+        batch.put_cf(history, codec::history_key(&key, mod_revision), &record);
+        keys += 1;
+    }
+    let revision = state_machine::read_revision(db, &rocksdb::ReadOptions::default())?;
+    batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(revision));
+    batch.put_cf(sm, codec::FORMAT, codec::encode_u64(codec::FORMAT_VERSION));
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    tracing::info!(keys, compacted = revision, "storage format 2 brought to 3: history begins here");
     Ok(())
 }
 
@@ -245,6 +270,36 @@ mod tests {
         assert!(matches!(refused, StoreError::UnsupportedFormat { found: 1 }), "{refused}");
         let message = refused.to_string();
         assert!(message.contains("format 1") && message.contains("format 3"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_of_format_two_gains_history_from_its_current_keys_and_is_compacted_there() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let record = crate::kv::KeyRecord {
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+            lease: 0,
+            value: b"v".to_vec(),
+        };
+        {
+            let db = open_db(&dir.path().join("db")).expect("open");
+            let sm = cf(&db, CF_SM).expect("cf");
+            db.put_cf(sm, codec::FORMAT, codec::encode_u64(2)).expect("put");
+            db.put_cf(sm, codec::REVISION, codec::encode_u64(9)).expect("put");
+            db.put_cf(cf(&db, CF_KV).expect("cf"), b"\0k", codec::encode_record(&record)).expect("put");
+        }
+        let (_, _, reader) = open(dir.path()).await.expect("format 2 is brought to 3");
+        let before = reader.get(b"\0k".to_vec(), Some(4)).await.expect_err("compacted");
+        assert!(matches!(
+            before,
+            StoreError::Revision(RevisionError::Compacted { requested: 4, compacted: 9 })
+        ));
+        drop(reader);
+        drop(open(dir.path()).await.expect("reopened as format 3"));
+        let db = open_db(&dir.path().join("db")).expect("open");
+        let kept = db.get_cf(cf(&db, CF_HISTORY).expect("cf"), codec::history_key(b"\0k", 5)).expect("read");
+        assert_eq!(kept, Some(codec::encode_record(&record)), "the current record is its history at 5");
     }
 
     #[tokio::test(flavor = "multi_thread")]

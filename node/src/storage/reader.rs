@@ -76,9 +76,10 @@ impl KvReader {
         let db = self.db.clone();
         run_blocking(move || {
             let view = db.snapshot();
-            let revision = read_revision(&db, &view_options(&view))?;
+            let opts = view_options(&view);
+            let revision = read_revision(&db, &opts)?;
             let mut page = Page { entries: Vec::new(), bytes: 0, limit, max_bytes, next_key: None };
-            match past(&db, &view, revision, at)? {
+            match past(&db, &opts, revision, at)? {
                 None => {
                     let iter =
                         view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
@@ -118,7 +119,7 @@ fn read_key(db: &DB, key: &[u8], at: Option<u64>, tier: ReadTier) -> Result<KeyR
     let mut opts = view_options(&view);
     opts.set_read_tier(tier);
     let revision = read_revision(db, &opts)?;
-    let record = match past(db, &view, revision, at)? {
+    let record = match past(db, &opts, revision, at)? {
         None => db.get_pinned_cf_opt(cf(db, CF_KV)?, key, &opts)?.map(|b| decode_record(&b)).transpose()?,
         Some(at) => {
             let mut iter = db.raw_iterator_cf_opt(cf(db, CF_HISTORY)?, opts);
@@ -143,17 +144,12 @@ fn view_options(view: &SnapshotWithThreadMode<'_, DB>) -> ReadOptions {
 
 /// The past revision a read at `at` must be served from, or `None` for the current state;
 /// refuses a revision beyond the store's or below its compaction revision.
-fn past(
-    db: &DB,
-    view: &SnapshotWithThreadMode<'_, DB>,
-    current: u64,
-    at: Option<u64>,
-) -> Result<Option<u64>, StoreError> {
+fn past(db: &DB, opts: &ReadOptions, current: u64, at: Option<u64>) -> Result<Option<u64>, StoreError> {
     let Some(at) = at.filter(|at| *at != 0 && *at != current) else { return Ok(None) };
     if at > current {
         return Err(RevisionError::Future { requested: at, current }.into());
     }
-    let compacted = read_compacted(db, &view_options(view))?;
+    let compacted = read_compacted(db, opts)?;
     if at < compacted {
         return Err(RevisionError::Compacted { requested: at, compacted }.into());
     }
@@ -187,8 +183,8 @@ impl Page {
 }
 
 /// Fills `page` with the keys in `[start, end)` as of revision `at`, from their history: each
-/// key's newest version at or before `at`, unless that is its deletion. Reads every version of
-/// each key in the range, up to the first beyond `at`.
+/// key's newest version at or before `at`, unless that is its deletion. Two seeks per key in
+/// the range, however many versions it has.
 fn range_history(
     db: &DB,
     view: &SnapshotWithThreadMode<'_, DB>,
@@ -199,38 +195,38 @@ fn range_history(
 ) -> Result<(), StoreError> {
     let mut iter = db.raw_iterator_cf_opt(cf(db, CF_HISTORY)?, view_options(view));
     iter.seek(codec::history_prefix(start));
-    // The key being read, and its newest version at or before `at` so far.
-    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
     loop {
-        let entry = match (iter.key(), iter.value()) {
-            (Some(k), Some(v)) => Some((decode_history_key(k)?, v)),
+        let Some(entry) = iter.key() else {
+            // The end of the history, or an error: tell them apart.
+            iter.status()?;
+            return Ok(());
+        };
+        let (key, _) = decode_history_key(entry)?;
+        if end.is_some_and(|end| key.as_slice() >= end) {
+            return Ok(());
+        }
+        let prefix = codec::history_prefix(&key);
+        iter.seek_for_prev(codec::history_key(&key, at));
+        iter.status()?;
+        let version = match (iter.key(), iter.value()) {
+            (Some(k), Some(v)) if k.starts_with(&prefix) => Some(v.to_vec()),
+            // Created after `at`.
             _ => None,
         };
-        let next_key = entry.as_ref().map(|((key, _), _)| key.as_slice());
-        let beyond = next_key.is_none_or(|key| end.is_some_and(|end| key >= end));
-        // A key's versions are done when another key begins, or the range ends.
-        if newest.as_ref().is_some_and(|(key, _)| beyond || next_key != Some(key.as_slice())) {
-            if let Some((key, version)) = newest.take() {
-                if let Some(record) = decode_history_entry(&version)? {
-                    if !page.room_for(&key, &version) {
-                        return Ok(());
-                    }
-                    page.push(key, record, version.len());
+        if let Some(version) = version {
+            if let Some(record) = decode_history_entry(&version)? {
+                if !page.room_for(&key, &version) {
+                    return Ok(());
                 }
+                page.push(key, record, version.len());
             }
         }
-        if beyond {
-            break;
-        }
-        let Some(((key, revision), value)) = entry else { break };
-        // Versions after `at` are passed over: a key created after it has nothing to show.
-        if revision <= at {
-            newest = Some((key, value.to_vec()));
-        }
-        iter.next();
+        // Past every version of this key: nine 0xff bytes sort after any eight-byte revision,
+        // and before the next key's history (an escaped key never holds its end mark).
+        let mut after = prefix;
+        after.extend_from_slice(&[0xff; 9]);
+        iter.seek(&after);
     }
-    iter.status()?;
-    Ok(())
 }
 
 #[cfg(test)]
