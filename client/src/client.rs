@@ -198,6 +198,14 @@ impl Client {
         self.send_json(&url, req).await
     }
 
+    /// Forgets history below `revision`; fails with `future_revision` above the store's
+    /// revision and `compacted` at or below the compaction revision.
+    pub async fn compact(&self, revision: u64) -> Result<CompactResponse, ClientError> {
+        let url = format!("{}/v1/compact", self.base);
+        let req = self.http.post(&url).json(&CompactRequest { revision });
+        self.send_json(&url, req).await
+    }
+
     /// What the answering member knows about the cluster.
     pub async fn cluster(&self) -> Result<ClusterStatus, ClientError> {
         let url = format!("{}/v1/cluster", self.base);

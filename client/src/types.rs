@@ -46,6 +46,19 @@ pub struct PutResponse {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// A `POST /v1/compact`: forget history below `revision`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub revision: u64,
+}
+
+/// Answer to a `POST /v1/compact`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactResponse {
+    /// The compaction revision now in effect: reads below it answer `compacted`.
+    pub compacted: u64,
+}
+
 /// Answer to a `DELETE /v1/kv/{key}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteResponse {

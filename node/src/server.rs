@@ -101,6 +101,7 @@ pub async fn run(
     if let Some(until) = rpcs.refuse_votes_until {
         raft::hold_elections_until(&raft, until);
     }
+    let compactor = storage::Compactor::start(&reader);
     let service = Service::new(id, member.clone(), raft.clone(), reader, peers, config.raft.read_lease());
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
@@ -149,6 +150,7 @@ pub async fn run(
     }
     let _ = peer_server.await;
     let _ = client_server.await;
+    compactor.stop().await;
     // Release every handle on the store before returning, so that it closes now.
     for task in [change_logger, publisher, directory] {
         task.abort();

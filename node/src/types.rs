@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Precondition, Write, WriteResult};
+use crate::kv::{Precondition, RevisionError, Write, WriteResult};
 
 pub type NodeId = u64;
 
@@ -87,6 +87,11 @@ pub enum Command {
     /// Client writes proposed together (group commit), applied in order, each at the store's
     /// next revision if it changes anything.
     Writes(Vec<Write>),
+    /// Forget history below `revision`: reads below it are refused from this entry on, on every
+    /// member alike; the versions it supersedes are deleted in the background.
+    Compact {
+        revision: u64,
+    },
 }
 
 impl Command {
@@ -107,19 +112,31 @@ impl fmt::Display for Command {
                 [single] => write!(f, "{single}"),
                 writes => write!(f, "{} writes", writes.len()),
             },
+            Command::Compact { revision } => write!(f, "compact to revision {revision}"),
             _ => write!(f, "an entry of metaStore 0.1's format"),
         }
     }
 }
 
-/// What applying a log entry did: one answer per client write it carried, in order (none for
-/// blank and membership entries).
+/// What applying a log entry did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied(pub Vec<WriteResult>);
+pub enum Applied {
+    /// Blank and membership entries answer nothing.
+    #[default]
+    Nothing,
+    /// One answer per client write the entry carried, in order.
+    Writes(Vec<WriteResult>),
+    /// The compaction revision now in effect, or why the compaction was refused.
+    Compaction(Result<u64, RevisionError>),
+}
 
 impl fmt::Display for Applied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} answers", self.0.len())
+        match self {
+            Applied::Nothing => write!(f, "nothing"),
+            Applied::Writes(answers) => write!(f, "{} answers", answers.len()),
+            Applied::Compaction(outcome) => write!(f, "compaction: {outcome:?}"),
+        }
     }
 }
 

@@ -96,6 +96,30 @@ async fn reads_at_a_past_revision_see_the_store_as_it_was_then() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_compaction_forgets_history_below_it_and_keeps_the_state_at_it() {
+    let (_cluster, client) = single().await;
+    let first = client.put("cmp/a", b"1".to_vec(), None).await.expect("put").revision;
+    let second = client.put("cmp/a", b"2".to_vec(), None).await.expect("put").revision;
+    let current = client.put("cmp/b", b"1".to_vec(), None).await.expect("put").revision;
+
+    let code = |e: metastore_client::ClientError| match e {
+        metastore_client::ClientError::Api(e) => (e.status, e.code().clone()),
+        other => panic!("{other}"),
+    };
+    use metastore_client::ErrorCode;
+    let future = client.compact(current + 1).await.expect_err("a future revision");
+    assert_eq!(code(future), (400, ErrorCode::FutureRevision));
+    assert_eq!(client.compact(second).await.expect("compact").compacted, second);
+    let again = client.compact(second).await.expect_err("compacted already");
+    assert_eq!(code(again), (410, ErrorCode::Compacted));
+
+    let gone = client.get_at("cmp/a", Consistency::Linearizable, Some(first)).await.expect_err("gone");
+    assert_eq!(code(gone), (410, ErrorCode::Compacted));
+    let kept = client.get_at("cmp/a", Consistency::Linearizable, Some(second)).await.expect("read");
+    assert_eq!(kept.map(|kv| kv.value), Some(b"2".to_vec()), "the state at the compaction revision stays");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn keys_are_bytes_percent_encoded_in_urls_and_base64_in_json() {
     let (cluster, client) = single().await;
     let key = vec![0xff, 0x00, b'/', 0xfe];

@@ -6,7 +6,9 @@
 
 use bytes::Bytes;
 use metastore_client::ErrorCode;
-use metastore_client::{DeleteResponse, KeyValue, PutResponse, RangeResponse, MAX_RANGE_LIMIT};
+use metastore_client::{
+    CompactRequest, CompactResponse, DeleteResponse, KeyValue, PutResponse, RangeResponse, MAX_RANGE_LIMIT,
+};
 use warp::path::Tail;
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -46,9 +48,26 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
     let range = warp::get()
         .and(warp::path!("v1" / "kv"))
         .and(params(&["prefix", "start", "end", "limit", "consistency", "revision"]))
-        .and(svc)
+        .and(svc.clone())
         .then(|q, s| async move { respond(range(q, s).await) });
-    range.or(get).unify().or(put).unify().or(delete).unify()
+    let compact = warp::post().and(warp::path!("v1" / "compact")).and(params(&[])).and(body()).and(svc).then(
+        |q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, s| async move {
+            respond(compact(q, body, s).await)
+        },
+    );
+    range.or(get).unify().or(put).unify().or(delete).unify().or(compact).unify()
+}
+
+async fn compact(
+    q: Result<Query, ApiError>,
+    body: Result<Bytes, ApiError>,
+    service: Service,
+) -> Result<Response, ApiError> {
+    q?;
+    let request: CompactRequest = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
+    let compacted = service.compact(request.revision).await?;
+    Ok(warp::reply::json(&CompactResponse { compacted }).into_response())
 }
 
 pub fn key_value(key: Vec<u8>, record: KeyRecord) -> KeyValue {

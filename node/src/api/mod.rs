@@ -66,6 +66,7 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/v1/kv" => "range",
+        "/v1/compact" => "compact",
         p if p.starts_with("/v1/kv/") => "kv",
         p if p.starts_with("/v1/cluster") => "cluster",
         _ => "raw",

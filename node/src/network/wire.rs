@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Write, WriteResult};
+use crate::kv::{RevisionError, Write, WriteResult};
 use crate::types::{Member, MembershipChange, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer request or answer body. Larger log batches are split (only the part that fits
@@ -102,6 +102,8 @@ pub enum ForwardRequest {
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     ChangeMembership(MembershipChange),
+    /// Compact history to this revision.
+    Compact(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +113,8 @@ pub enum ForwardResponse {
     ReadIndex(u64),
     /// The log index at which the membership change committed.
     MembershipChanged(u64),
+    /// The compaction revision now in effect, or why the compaction was refused.
+    Compacted(Result<u64, RevisionError>),
 }
 
 /// Why the leader could not do forwarded work.

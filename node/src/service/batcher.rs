@@ -11,7 +11,7 @@ use super::proposal::{leads, proposed_write_error};
 use crate::kv::{Write, WriteResult};
 use crate::network::wire::ForwardError;
 use crate::raft::Raft;
-use crate::types::{Command, NodeId};
+use crate::types::{Applied, Command, NodeId};
 
 /// Proposals in flight at once. While they are, new writes queue up and form the next batch.
 const IN_FLIGHT: usize = 2;
@@ -95,23 +95,22 @@ async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaph
     let writes = replies.len();
     crate::metrics::api().proposed(writes);
     match raft.client_write(command).await {
-        Ok(response) if response.data.0.len() == writes => {
-            for (reply, result) in replies.into_iter().zip(response.data.0) {
-                let _ = reply.send(Ok(result));
+        Ok(response) => match response.data {
+            Applied::Writes(answers) if answers.len() == writes => {
+                for (reply, result) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(result));
+                }
             }
-        }
-        Ok(response) => {
             // The state machine answers every write of an entry; anything else is a bug, and
             // the writes did happen in some form: say so rather than guess.
-            tracing::error!(
-                writes,
-                answers = response.data.0.len(),
-                "an entry's answers do not match its writes"
-            );
-            for reply in replies {
-                let _ = reply.send(Err(ForwardError::OutcomeUnknown("the entry's answers were lost".into())));
+            other => {
+                tracing::error!(writes, answers = %other, "an entry's answers do not match its writes");
+                for reply in replies {
+                    let _ =
+                        reply.send(Err(ForwardError::OutcomeUnknown("the entry's answers were lost".into())));
+                }
             }
-        }
+        },
         Err(e) => {
             let error = proposed_write_error(e);
             for reply in replies {

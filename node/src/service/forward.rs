@@ -236,6 +236,7 @@ fn route_of(request: &ForwardRequest) -> &'static str {
         ForwardRequest::Writes(_) => "write",
         ForwardRequest::ReadIndex => "read_index",
         ForwardRequest::ChangeMembership(_) => "membership",
+        ForwardRequest::Compact(_) => "compact",
     }
 }
 

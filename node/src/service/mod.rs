@@ -194,6 +194,32 @@ impl Service {
             }
             ForwardRequest::ReadIndex => self.read_index().await.map(ForwardResponse::ReadIndex),
             ForwardRequest::ChangeMembership(change) => self.apply_membership_change(change).await,
+            ForwardRequest::Compact(revision) => self.propose_compaction(revision).await,
+        }
+    }
+
+    /// Forgets history below `revision`, on every member; answers the compaction revision now
+    /// in effect. A revision above the store's, or at or below the compaction revision, is
+    /// refused (etcd's rule).
+    #[tracing::instrument(skip(self), fields(member = self.id()))]
+    pub async fn compact(&self, revision: u64) -> Result<u64, ServiceError> {
+        match self.execute(ForwardRequest::Compact(revision)).await? {
+            ForwardResponse::Compacted(outcome) => outcome.map_err(ServiceError::Revision),
+            other => Err(forward::unexpected(other)),
+        }
+    }
+
+    /// Proposes a compaction here, as the leader.
+    async fn propose_compaction(&self, revision: u64) -> Result<ForwardResponse, ForwardError> {
+        if !self.leads() {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        match self.raft().client_write(crate::types::Command::Compact { revision }).await {
+            Ok(response) => match response.data {
+                crate::types::Applied::Compaction(outcome) => Ok(ForwardResponse::Compacted(outcome)),
+                other => Err(ForwardError::OutcomeUnknown(format!("a compaction was answered with {other}"))),
+            },
+            Err(e) => Err(proposal::proposed_write_error(e)),
         }
     }
 

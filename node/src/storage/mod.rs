@@ -15,6 +15,7 @@
 
 mod checkpoint;
 mod codec;
+mod compactor;
 mod log_store;
 mod reader;
 mod snapshot;
@@ -26,9 +27,11 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
+pub use crate::kv::RevisionError;
 pub use checkpoint::Checkpoint;
+pub use compactor::Compactor;
 pub use log_store::LogStore;
-pub use reader::{KeyRead, KvReader, RangePage, RevisionError};
+pub use reader::{KeyRead, KvReader, RangePage};
 pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces, PIECE_BYTES};
 pub use state_machine::StateMachine;
 

@@ -10,7 +10,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThread
 use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
 use super::state_machine::{read_compacted, read_revision, read_sm_meta};
 use super::{cf, run_blocking, StoreError, CF_HISTORY, CF_KV};
-use crate::kv::KeyRecord;
+use crate::kv::{KeyRecord, RevisionError};
 use crate::types::LogId;
 
 /// One key as of a revision.
@@ -30,19 +30,10 @@ pub struct RangePage {
     pub revision: u64,
 }
 
-/// Why a read at a revision cannot be served.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RevisionError {
-    #[error("revision {requested} is a future revision: the store is at revision {current}")]
-    Future { requested: u64, current: u64 },
-    #[error("revision {requested} has been compacted: history begins at revision {compacted}")]
-    Compacted { requested: u64, compacted: u64 },
-}
-
 /// Read access to the key-value data, for serving clients beside raft.
 #[derive(Clone)]
 pub struct KvReader {
-    db: Arc<DB>,
+    pub(super) db: Arc<DB>,
 }
 
 impl KvReader {

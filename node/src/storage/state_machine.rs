@@ -91,6 +91,8 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     let mut batch = WriteBatch::default();
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
+    let applied_compaction = read_compacted(db, &ReadOptions::default())?;
+    let mut compacted = applied_compaction;
     // Later writes in the batch must see the effect of earlier ones on the same key.
     let mut pending: HashMap<Vec<u8>, Option<KeyRecord>> = HashMap::new();
     let mut results = Vec::with_capacity(entries.len());
@@ -133,7 +135,14 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
                     }
                     answers.push(result);
                 }
-                results.push(Applied(answers));
+                results.push(Applied::Writes(answers));
+            }
+            EntryPayload::Normal(Command::Compact { revision: requested }) => {
+                let outcome = kv::compaction(requested, revision, compacted);
+                if let Ok(to) = outcome {
+                    compacted = to;
+                }
+                results.push(Applied::Compaction(outcome));
             }
             // Only a member of metaStore 0.1 writes these; applying one is impossible, and
             // skipping it would leave this member unlike the others.
@@ -148,6 +157,9 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     let sm = cf(db, CF_SM)?;
     if revision != applied_revision {
         batch.put_cf(sm, codec::REVISION, codec::encode_u64(revision));
+    }
+    if compacted != applied_compaction {
+        batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(compacted));
     }
     if let Some(last_applied) = last_applied {
         batch.put_cf(sm, codec::LAST_APPLIED, encode(&Some(last_applied))?);
@@ -509,7 +521,8 @@ mod tests {
         let answers =
             apply_entries(&db, vec![entry(4, vec![put(b"b", "0", None)]), entry(5, batch)]).expect("apply");
         assert_eq!(answers.len(), 2, "one answer per entry");
-        let results: Vec<(u64, bool)> = answers[1].0.iter().map(|r| (r.revision, r.succeeded)).collect();
+        let Applied::Writes(batch_answers) = &answers[1] else { panic!("{:?}", answers[1]) };
+        let results: Vec<(u64, bool)> = batch_answers.iter().map(|r| (r.revision, r.succeeded)).collect();
         assert_eq!(
             results,
             [(2, true), (2, false), (2, false), (3, true), (3, true), (4, true)],
@@ -521,7 +534,58 @@ mod tests {
         assert_eq!(revision(&db), 4);
         // The next entry carries on from the stored revision.
         let next = apply_entries(&db, vec![entry(6, vec![put(b"z", "9", None)])]).expect("apply");
-        assert_eq!(next[0].0[0].revision, 5);
+        assert!(matches!(&next[0], Applied::Writes(w) if w[0].revision == 5), "{next:?}");
+    }
+
+    fn compact(index: u64, revision: u64) -> Entry {
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(Command::Compact { revision }) }
+    }
+
+    fn history_of(db: &DB, key: &[u8]) -> Vec<u64> {
+        db.prefix_iterator_cf(cf(db, CF_HISTORY).expect("cf"), codec::history_prefix(key))
+            .map(|item| item.expect("entry"))
+            .take_while(|(k, _)| k.starts_with(&codec::history_prefix(key)))
+            .map(|(k, _)| codec::decode_history_key(&k).expect("key").1)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_compaction_refuses_reads_below_it_and_deletes_only_what_no_read_can_reach() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // a: 1, 3, deleted at 4, 5; b: 2; "\0": 6; "\0\0": 7.
+        let db = store_with_history(dir.path());
+        let answers = apply_entries(&db, vec![compact(8, 9), compact(9, 4), compact(10, 4)]).expect("apply");
+        assert_eq!(
+            answers,
+            [
+                Applied::Compaction(Err(RevisionError::Future { requested: 9, current: 7 })),
+                Applied::Compaction(Ok(4)),
+                Applied::Compaction(Err(RevisionError::Compacted { requested: 4, compacted: 4 })),
+            ]
+        );
+        let reader = crate::storage::KvReader::new(db.clone());
+        assert!(reader.get(b"a".to_vec(), Some(3)).await.is_err(), "below the compaction");
+        while super::super::compactor::step(&db).expect("step") > 0 {}
+        // a's versions at 1 and 3 are superseded by its deletion at 4, which stays (a read at 4
+        // sees it, a watch from 4 replays it); b's only version stays.
+        assert_eq!(history_of(&db, b"a"), [4, 5]);
+        assert_eq!(history_of(&db, b"b"), [2]);
+        assert_eq!(reader.get(b"a".to_vec(), Some(4)).await.expect("read").record, None);
+        assert_eq!(value(&reader.get(b"b".to_vec(), Some(4)).await.expect("read")).as_deref(), Some("1"));
+        let listed = reader.range(Vec::new(), None, 10, usize::MAX, Some(5)).await.expect("range");
+        let keys: Vec<Vec<u8>> = listed.entries.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()], "the state at 5 is whole");
+        let changes: Vec<u64> = db
+            .iterator_cf(cf(&db, CF_CHANGES).expect("cf"), IteratorMode::Start)
+            .map(|item| codec::decode_change_key(&item.expect("change").0).expect("key").0)
+            .collect();
+        assert_eq!(changes, [4, 5, 6, 7], "changes below the compaction are gone, from it on kept");
+
+        // Compacting past the deletion removes it too: nothing older is left for it to hide.
+        apply_entries(&db, vec![compact(11, 6)]).expect("apply");
+        while super::super::compactor::step(&db).expect("step") > 0 {}
+        assert_eq!(history_of(&db, b"a"), [5]);
+        assert_eq!(value(&reader.get(b"a".to_vec(), Some(6)).await.expect("read")).as_deref(), Some("3"));
     }
 
     #[test]
