@@ -42,8 +42,11 @@ pub(crate) fn step(db: &DB) -> Result<usize, StoreError> {
         opts.set_snapshot(&view);
         let mut newer = db.raw_iterator_cf_opt(history, opts);
         newer.seek(&version);
-        let is_tombstone = newer.key() == Some(version.as_slice()) && newer.value() == Some(&[][..]);
-        newer.next();
+        let here = newer.key() == Some(version.as_slice());
+        let is_tombstone = here && newer.value() == Some(&[][..]);
+        if here {
+            newer.next();
+        }
         let superseded = match newer.key() {
             Some(next) if next.starts_with(&codec::history_prefix(&key)) => {
                 codec::decode_history_key(next)?.1 <= compacted
