@@ -105,6 +105,56 @@ pub struct Args {
     /// How the leader knows it still leads when it names a linearizable read's index.
     #[arg(long, env = "METASTORE_LINEARIZABLE_READS", value_enum, default_value_t = LinearizableReads::Lease)]
     pub linearizable_reads: LinearizableReads,
+
+    /// Automatic compaction of history, as etcd's: `periodic` keeps a duration of it,
+    /// `revision` a number of revisions (see --auto-compaction-retention).
+    #[arg(long, env = "METASTORE_AUTO_COMPACTION_MODE", value_enum, default_value_t = AutoCompactionMode::Periodic)]
+    pub auto_compaction_mode: AutoCompactionMode,
+
+    /// How much history automatic compaction keeps: a duration in periodic mode (`1h`, `30m`,
+    /// `90s`; a bare number is hours, as in etcd), a number of revisions in revision mode.
+    /// 0 (the default) keeps everything.
+    #[arg(long, env = "METASTORE_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// What automatic compaction keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// History of at least this long ago is forgotten.
+    Periodic(std::time::Duration),
+    /// All but this many most recent revisions are forgotten.
+    Revisions(u64),
+}
+
+/// Reads `--auto-compaction-retention` for `mode`; `None` when it keeps everything.
+fn auto_compaction(mode: AutoCompactionMode, retention: &str) -> Result<Option<AutoCompaction>, ConfigError> {
+    let retention = retention.trim();
+    let invalid = || ConfigError::AutoCompaction(retention.to_string());
+    let policy = match mode {
+        AutoCompactionMode::Revision => AutoCompaction::Revisions(retention.parse().map_err(|_| invalid())?),
+        AutoCompactionMode::Periodic => {
+            let (number, unit) = match retention.char_indices().last() {
+                Some((i, 'h')) => (&retention[..i], 3_600),
+                Some((i, 'm')) => (&retention[..i], 60),
+                Some((i, 's')) => (&retention[..i], 1),
+                _ => (retention, 3_600),
+            };
+            let seconds: u64 = number.parse().map_err(|_| invalid())?;
+            AutoCompaction::Periodic(std::time::Duration::from_secs(seconds.saturating_mul(unit)))
+        }
+    };
+    Ok(match policy {
+        AutoCompaction::Revisions(0) => None,
+        AutoCompaction::Periodic(d) if d.is_zero() => None,
+        policy => Some(policy),
+    })
 }
 
 /// How the leader confirms its leadership for linearizable reads.
@@ -165,10 +215,17 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     pub peer_token: Option<PeerToken>,
     pub limits: Limits,
+    /// Automatic compaction, if any.
+    pub auto_compaction: Option<AutoCompaction>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error(
+        "--auto-compaction-retention {0:?} is not a retention: a duration like 1h, 30m or 90s \
+         (periodic mode), or a number of revisions (revision mode)"
+    )]
+    AutoCompaction(String),
     #[error("member id {id} has no peer URL: --cluster lists {count} URL(s)")]
     NoPeerUrl { id: NodeId, count: usize },
     #[error("a joining member needs --advertise-peer-url (or its URL in --cluster)")]
@@ -333,6 +390,7 @@ impl Args {
                 (None, Some(path)) => Some(PeerToken::from_file(path)?),
                 (None, None) => None,
             },
+            auto_compaction: auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?,
         })
     }
 }
@@ -420,6 +478,21 @@ mod tests {
         let a = boot("1", "12380").expect("1").bootstrap;
         let b = boot("3", "32380").expect("3").bootstrap;
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn auto_compaction_reads_etcds_retentions() {
+        let periodic = |r: &str| auto_compaction(AutoCompactionMode::Periodic, r);
+        let hour = std::time::Duration::from_secs(3_600);
+        assert_eq!(periodic("0"), Ok(None), "the default keeps everything");
+        assert_eq!(periodic("1"), Ok(Some(AutoCompaction::Periodic(hour))), "a bare number is hours");
+        assert_eq!(periodic("30m"), Ok(Some(AutoCompaction::Periodic(hour / 2))));
+        assert_eq!(periodic("90s"), Ok(Some(AutoCompaction::Periodic(std::time::Duration::from_secs(90)))));
+        assert_eq!(periodic("soon"), Err(ConfigError::AutoCompaction("soon".into())));
+        let revision = |r: &str| auto_compaction(AutoCompactionMode::Revision, r);
+        assert_eq!(revision("1000"), Ok(Some(AutoCompaction::Revisions(1_000))));
+        assert_eq!(revision("0"), Ok(None));
+        assert!(revision("1h").is_err());
     }
 
     #[test]

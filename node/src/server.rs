@@ -131,6 +131,10 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let change_logger = tokio::spawn(raft::log_changes(id, raft.clone()));
+    let auto_compaction = match config.auto_compaction {
+        Some(policy) => tokio::spawn(crate::service::auto_compaction::run(service.clone(), policy)),
+        None => tokio::spawn(async {}),
+    };
     let publisher = service.clone();
     let publisher = tokio::spawn(async move { publisher.publish_identity().await });
     tracing::info!(
@@ -152,7 +156,7 @@ pub async fn run(
     let _ = client_server.await;
     compactor.stop().await;
     // Release every handle on the store before returning, so that it closes now.
-    for task in [change_logger, publisher, directory] {
+    for task in [change_logger, publisher, directory, auto_compaction] {
         task.abort();
         let _ = task.await;
     }

@@ -8,6 +8,7 @@
 //! bootstrap have modules of their own ([`membership`], [`bootstrap`]), and so does what a
 //! member reports of the cluster ([`status`]).
 
+pub mod auto_compaction;
 mod batcher;
 mod bootstrap;
 mod error;

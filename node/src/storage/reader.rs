@@ -89,6 +89,17 @@ impl KvReader {
         .await
     }
 
+    /// The store's revision and its compaction revision, from one view.
+    pub async fn revisions(&self) -> Result<(u64, u64), StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let view = db.snapshot();
+            let opts = view_options(&view);
+            Ok((read_revision(&db, &opts)?, read_compacted(&db, &opts)?))
+        })
+        .await
+    }
+
     /// The last log id applied to the state machine.
     pub async fn last_applied(&self) -> Result<Option<LogId>, StoreError> {
         let db = self.db.clone();
