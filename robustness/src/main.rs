@@ -47,6 +47,10 @@ struct Cli {
     /// snapshots are taken, sent and installed under every nemesis.
     #[arg(long, default_value_t = 500)]
     snapshot_entries: u64,
+    /// Members compact history to all but this many revisions (revision-mode auto-compaction),
+    /// so that compactions commit and history is deleted under every nemesis; 0 keeps it all.
+    #[arg(long, default_value_t = 1_000)]
+    compaction_retention: u64,
     /// The `metastore` binary; by default the one next to this binary.
     #[arg(long)]
     metastore: Option<PathBuf>,
@@ -114,6 +118,7 @@ async fn main() -> ExitCode {
             hold: Duration::from_millis(cli.hold_ms),
             settle: Duration::from_millis(cli.settle_ms),
             snapshot_entries: cli.snapshot_entries,
+            compaction_retention: cli.compaction_retention,
         };
         match run(&config).await {
             Ok(report) => {

@@ -29,6 +29,9 @@ pub struct Config {
     /// Members snapshot and purge their log after this many entries: kept small, so that
     /// snapshots are taken, sent and installed under every nemesis.
     pub snapshot_entries: u64,
+    /// Members compact to all but this many revisions (0: never), so that compactions commit
+    /// and history is deleted under every nemesis.
+    pub compaction_retention: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,7 +85,12 @@ impl Report {
 
 pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let member_args = vec!["--snapshot-entries".to_string(), config.snapshot_entries.to_string()];
+    let mut member_args = vec!["--snapshot-entries".to_string(), config.snapshot_entries.to_string()];
+    if config.compaction_retention > 0 {
+        let retention = config.compaction_retention.to_string();
+        member_args.extend(["--auto-compaction-mode".into(), "revision".into()]);
+        member_args.extend(["--auto-compaction-retention".into(), retention]);
+    }
     let cluster =
         Cluster::start(config.binary.clone(), config.members, config.nemesis.partitions(), member_args)?;
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;

@@ -28,6 +28,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
         hold: Duration::from_millis(3_000),
         settle: Duration::from_millis(1_000),
         snapshot_entries: 200,
+        compaction_retention: 100,
     };
     let report = run(&config).await.unwrap_or_else(|e| panic!("{nemesis:?}: {e:#}"));
     eprintln!("{}", report.summary());
