@@ -34,16 +34,22 @@ impl Service {
     pub async fn publish_identity(&self) {
         let mut metrics = self.raft().metrics();
         loop {
-            let recorded = {
+            let (recorded, settled) = {
                 let m = metrics.borrow_and_update();
-                m.membership_config.membership().get_node(&self.id()).cloned()
+                // A change proposed while the last one is uncommitted is refused (and openraft
+                // logs the refusal as an error): wait for it to commit first.
+                let settled =
+                    m.membership_config.log_id().map(|id| id.index) <= m.local_committed.map(|id| id.index);
+                (m.membership_config.membership().get_node(&self.id()).cloned(), settled)
             };
             match recorded {
                 Some(r) if r.client_url == self.own_member().client_url && !r.incarnation.is_empty() => {
                     return
                 }
-                // Not a member yet (a joining member): wait for the membership to change.
+                // Not a member yet (a joining member), or its membership not committed yet:
+                // wait for the membership to change.
                 None => {}
+                Some(_) if !settled => {}
                 Some(_) => {
                     let change = MembershipChange::Describe {
                         id: self.id(),
@@ -76,6 +82,14 @@ impl Service {
             return Err(ForwardError::NotLeader { leader: None });
         }
         let metrics = self.metrics();
+        // openraft refuses a change while the last is uncommitted, and logs that as an error:
+        // refuse it here, alike but quietly (members publishing themselves at start race so).
+        let last = metrics.membership_config.log_id().map(|id| id.index);
+        if last > metrics.local_committed.map(|id| id.index) {
+            return Err(ForwardError::Conflict(format!(
+                "another membership change is in progress (at log index {last:?})"
+            )));
+        }
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
