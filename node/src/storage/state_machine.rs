@@ -91,8 +91,8 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     let mut batch = WriteBatch::default();
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
-    let applied_compaction = read_compacted(db, &ReadOptions::default())?;
-    let mut compacted = applied_compaction;
+    // Read only for an entry that compacts: every write's apply would pay for it otherwise.
+    let mut compacted: Option<u64> = None;
     // Later writes in the batch must see the effect of earlier ones on the same key.
     let mut pending: HashMap<Vec<u8>, Option<KeyRecord>> = HashMap::new();
     let mut results = Vec::with_capacity(entries.len());
@@ -138,10 +138,12 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
                 results.push(Applied::Writes(answers));
             }
             EntryPayload::Normal(Command::Compact { revision: requested }) => {
-                let outcome = kv::compaction(requested, revision, compacted);
-                if let Ok(to) = outcome {
-                    compacted = to;
-                }
+                let current = match compacted {
+                    Some(c) => c,
+                    None => read_compacted(db, &ReadOptions::default())?,
+                };
+                let outcome = kv::compaction(requested, revision, current);
+                compacted = Some(outcome.as_ref().map_or(current, |to| *to));
                 results.push(Applied::Compaction(outcome));
             }
             // Only a member of metaStore 0.1 writes these; applying one is impossible, and
@@ -158,7 +160,7 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
     if revision != applied_revision {
         batch.put_cf(sm, codec::REVISION, codec::encode_u64(revision));
     }
-    if compacted != applied_compaction {
+    if let Some(compacted) = compacted {
         batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(compacted));
     }
     if let Some(last_applied) = last_applied {
