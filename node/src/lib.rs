@@ -1,6 +1,7 @@
 //! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP.
 //!
-//! - [`kv`]: the key-value engine's rules: writes, records, revisions (no raft, no RocksDB).
+//! - [`engine`]: the key-value engine's rules: records, writes, transactions, revisions (no
+//!   raft, no RocksDB, no HTTP).
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`raft`]: the member's openraft instance, its configuration and duties around it.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
@@ -12,7 +13,7 @@
 
 pub mod api;
 pub mod config;
-pub mod kv;
+pub mod engine;
 pub mod listener;
 pub mod metrics;
 pub mod network;

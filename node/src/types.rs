@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Precondition, RevisionError, Write, WriteResult};
+use crate::engine::{Precondition, RevisionError, Write, WriteResult};
 
 pub type NodeId = u64;
 

@@ -10,7 +10,7 @@ use warp::Filter;
 
 use super::error::ApiError;
 use super::query::Query;
-use crate::kv::Precondition;
+use crate::engine::Precondition;
 use crate::service::ReadConsistency;
 
 /// Largest request body on the client port: a value, or a JSON document.

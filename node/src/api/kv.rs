@@ -16,7 +16,7 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::input::{body, consistency, key_from_path, precondition, read_revision, show_key};
 use super::query::{params, Query};
-use crate::kv::{KeyRecord, Write, WriteResult};
+use crate::engine::{KeyRecord, Write, WriteResult};
 use crate::service::Service;
 
 const DEFAULT_RANGE_LIMIT: usize = 1_000;

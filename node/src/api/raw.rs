@@ -13,7 +13,7 @@ use super::error::{respond, ApiError};
 use super::input::{body, consistency, key_from_path};
 use super::kv::{compare_failed, key_not_found, with_revision};
 use super::query::{params, Query};
-use crate::kv::Write;
+use crate::engine::Write;
 use crate::service::Service;
 
 const RESERVED: [&str; 4] = ["v1", "healthz", "readyz", "metrics"];

@@ -330,7 +330,7 @@ mod tests {
     use tokio::io::DuplexStream;
 
     use super::*;
-    use crate::kv::Write;
+    use crate::engine::Write;
     use crate::types::{Command, Entry, LogId};
 
     fn log_id(index: u64) -> LogId {

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{RevisionError, Write, WriteResult};
+use crate::engine::{RevisionError, Write, WriteResult};
 use crate::types::{Member, MembershipChange, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer request or answer body. Larger log batches are split (only the part that fits

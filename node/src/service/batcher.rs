@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::proposal::{leads, proposed_write_error};
-use crate::kv::{Write, WriteResult};
+use crate::engine::{Write, WriteResult};
 use crate::network::wire::ForwardError;
 use crate::raft::Raft;
 use crate::types::{Applied, Command, NodeId};

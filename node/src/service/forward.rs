@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{batcher, Service, ServiceError};
-use crate::kv::{Write, WriteResult};
+use crate::engine::{Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 use crate::network::PeerError;
 use crate::types::{Member, NodeId};

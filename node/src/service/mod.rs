@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kv::{Write, WriteResult};
+use crate::engine::{Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 use crate::network::PeerClient;
 use crate::raft::Raft;

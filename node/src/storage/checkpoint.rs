@@ -264,7 +264,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::KeyRecord;
+    use crate::engine::KeyRecord;
     use crate::storage::codec::encode_record;
     use crate::storage::snapshot::SnapshotReader;
 

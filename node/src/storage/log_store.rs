@@ -312,7 +312,7 @@ mod tests {
     use openraft::impls::leader_id_adv::LeaderId;
     use openraft::EntryPayload;
 
-    use crate::kv::Write;
+    use crate::engine::Write;
     use crate::types::Command;
 
     fn blank(index: u64) -> Entry {

@@ -13,6 +13,7 @@
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
 
+mod apply;
 mod checkpoint;
 mod codec;
 mod compactor;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
-pub use crate::kv::RevisionError;
+pub use crate::engine::RevisionError;
 pub use checkpoint::Checkpoint;
 pub use compactor::Compactor;
 pub use log_store::LogStore;
@@ -278,7 +279,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_store_of_format_two_gains_history_from_its_current_keys_and_is_compacted_there() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let record = crate::kv::KeyRecord {
+        let record = crate::engine::KeyRecord {
             create_revision: 2,
             mod_revision: 5,
             version: 3,

@@ -10,7 +10,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThread
 use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
 use super::state_machine::{read_compacted, read_revision, read_sm_meta};
 use super::{cf, run_blocking, StoreError, CF_HISTORY, CF_KV};
-use crate::kv::{KeyRecord, RevisionError};
+use crate::engine::{KeyRecord, RevisionError};
 use crate::types::LogId;
 
 /// One key as of a revision.

@@ -10,7 +10,6 @@
 //! one received from the leader replaces the key-value data and the metadata in one
 //! `WriteBatch`, then checkpoints the result.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -19,11 +18,12 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
+use super::apply::Applier;
 use super::checkpoint::{Checkpoint, Checkpoints};
-use super::codec::{self, decode, decode_record, encode, encode_record};
+use super::codec::{self, decode, encode};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
 use super::{cf, run_blocking, run_write, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_SM};
-use crate::kv::{self, KeyRecord};
+use crate::engine;
 use crate::metrics;
 use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -85,16 +85,11 @@ fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<u6
 }
 
 fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
-    let kv = cf(db, CF_KV)?;
-    let history = cf(db, CF_HISTORY)?;
-    let changes = cf(db, CF_CHANGES)?;
-    let mut batch = WriteBatch::default();
+    let mut keys = Applier::new(db)?;
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
     // Read only for an entry that compacts: every write's apply would pay for it otherwise.
     let mut compacted: Option<u64> = None;
-    // Later writes in the batch must see the effect of earlier ones on the same key.
-    let mut pending: HashMap<Vec<u8>, Option<KeyRecord>> = HashMap::new();
     let mut results = Vec::with_capacity(entries.len());
     let mut last_applied = None;
     let mut membership = None;
@@ -109,30 +104,8 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
             EntryPayload::Normal(Command::Writes(writes)) => {
                 let mut answers = Vec::with_capacity(writes.len());
                 for write in writes {
-                    let key = write.key().to_vec();
-                    let current = match pending.get(&key) {
-                        Some(state) => state.clone(),
-                        None => db.get_pinned_cf(kv, &key)?.map(|b| decode_record(&b)).transpose()?,
-                    };
-                    let (result, change) = kv::apply_write(write, current.as_ref(), revision);
+                    let result = write.apply(&mut keys, revision)?;
                     revision = result.revision;
-                    if let Some(new_state) = change {
-                        let at = codec::history_key(&key, revision);
-                        match &new_state {
-                            Some(record) => {
-                                let encoded = encode_record(record);
-                                batch.put_cf(history, at, &encoded);
-                                batch.put_cf(kv, &key, encoded);
-                            }
-                            None => {
-                                batch.put_cf(history, at, []);
-                                batch.delete_cf(kv, &key);
-                            }
-                        }
-                        // One change per revision until transactions share one.
-                        batch.put_cf(changes, codec::change_key(revision, 0), &key);
-                        pending.insert(key, new_state);
-                    }
                     answers.push(result);
                 }
                 results.push(Applied::Writes(answers));
@@ -142,7 +115,7 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
                     Some(c) => c,
                     None => read_compacted(db, &ReadOptions::default())?,
                 };
-                let outcome = kv::compaction(requested, revision, current);
+                let outcome = engine::compaction(requested, revision, current);
                 compacted = Some(outcome.as_ref().map_or(current, |to| *to));
                 results.push(Applied::Compaction(outcome));
             }
@@ -156,6 +129,7 @@ fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreErro
             }
         }
     }
+    let mut batch = keys.into_batch();
     let sm = cf(db, CF_SM)?;
     if revision != applied_revision {
         batch.put_cf(sm, codec::REVISION, codec::encode_u64(revision));
@@ -371,7 +345,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{Precondition, Write};
+    use crate::engine::{KeyRecord, Precondition, Write};
+    use crate::storage::codec::{decode_record, encode_record};
     use crate::storage::snapshot::SnapshotWriter;
     use crate::storage::RevisionError;
 
@@ -489,6 +464,56 @@ mod tests {
         let expected = RevisionError::Compacted { requested: 2, compacted: 3 };
         assert!(matches!(compacted, StoreError::Revision(ref e) if *e == expected), "{compacted}");
         assert!(reader.get(b"a".to_vec(), Some(3)).await.is_ok(), "the compaction revision itself is kept");
+    }
+
+    #[test]
+    fn a_transaction_sees_the_stored_keys_and_the_changes_of_its_own_apply_batch() {
+        use crate::engine::{Op, OpResponse, Txn};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = super::super::open_db(&dir.path().join("db")).expect("open");
+        let stored_first = vec![put(b"k/a", "1", None), put(b"k/b", "1", None), put(b"k/c", "1", None)];
+        apply_entries(&db, vec![entry(1, stored_first)]).expect("apply");
+        let txn = Txn {
+            compares: vec![],
+            success: vec![
+                Op::DeleteRange { key: b"k/c".to_vec(), range_end: b"k/d".to_vec(), prev_kv: false },
+                Op::Put { key: b"k/d".to_vec(), value: b"4".to_vec(), lease: 0, prev_kv: false },
+                Op::Range {
+                    key: b"k/".to_vec(),
+                    range_end: b"k0".to_vec(),
+                    limit: 0,
+                    keys_only: true,
+                    count_only: false,
+                },
+            ],
+            failure: vec![],
+        };
+        // One apply batch: a delete in an earlier entry, then the transaction.
+        let answers =
+            apply_entries(&db, vec![entry(2, vec![delete(b"k/a")]), entry(3, vec![Write::Txn(txn)])])
+                .expect("apply");
+        let Applied::Writes(txn_answers) = &answers[1] else { panic!("{answers:?}") };
+        let OpResponse::Range { kvs, count, .. } = &txn_answers[0].responses[2] else {
+            panic!("{txn_answers:?}")
+        };
+        let keys: Vec<&[u8]> = kvs.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            keys,
+            [&b"k/b"[..], b"k/d"],
+            "k/a deleted by the entry before, k/c by the txn, k/d put by it"
+        );
+        assert_eq!(*count, 2);
+        assert_eq!(txn_answers[0].revision, 5, "the transaction's two changes share revision 5");
+        assert_eq!(stored(&db, b"k/d").map(|r| r.mod_revision), Some(5));
+        let changes: Vec<((u64, u32), Vec<u8>)> = db
+            .iterator_cf(cf(&db, CF_CHANGES).expect("cf"), IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.expect("change");
+                (codec::decode_change_key(&k).expect("key"), v.into_vec())
+            })
+            .skip(4)
+            .collect();
+        assert_eq!(changes, [((5, 0), b"k/c".to_vec()), ((5, 1), b"k/d".to_vec())]);
     }
 
     #[test]

@@ -1,18 +1,12 @@
-//! The key-value engine's rules, free of raft, RocksDB and HTTP: what a client write is, what a
-//! key holds, and how a write changes a key and the store's revision.
-//!
-//! Revisions are etcd's: the store has one revision, raised by one for every write that changes
-//! something (a put; a delete that deleted a key) and by nothing for a write that does not (a
-//! failed precondition; a delete of a missing key). Writes committed together in one raft entry
-//! get consecutive revisions, in their order. Per key: the revision that created it (since it
-//! last did not exist), the revision of its last change, its version (1 on creation, +1 per put)
-//! and its lease (0: none).
-//!
-//! Keys and values are bytes: nothing here assumes they are text.
+//! Single-key writes: a put or a delete, optionally conditional on the key's mod revision
+//! (compare-and-swap, a one-compare transaction kept compact because it is the common case).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use super::txn::{execute, CompareResult, CompareTarget, KeySpace, OpResponse, Txn};
+use super::KeyRecord;
 
 /// A condition on the key's current state that a write requires (compare-and-swap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +15,19 @@ pub enum Precondition {
     Absent,
     /// The key's mod revision must be this one (0: the key must not exist, as in etcd).
     ModRevision(u64),
+}
+
+impl Precondition {
+    /// Whether the key's `current` state (None: missing) meets the condition: a transaction's
+    /// compare, in short.
+    pub fn holds(self, current: Option<&KeyRecord>) -> bool {
+        match self {
+            Precondition::Absent => current.is_none(),
+            Precondition::ModRevision(rev) => {
+                CompareTarget::ModRevision(rev).holds(CompareResult::Equal, current)
+            }
+        }
+    }
 }
 
 /// A client write, as the state machine applies it.
@@ -39,21 +46,62 @@ pub enum Write {
         key: Vec<u8>,
         precondition: Option<Precondition>,
     },
+    /// A transaction, checked ([`Txn::check`]) before it was proposed.
+    Txn(Txn),
 }
 
 impl Write {
-    /// The key the write changes.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Write::Put { key, .. } | Write::Delete { key, .. } => key,
-        }
-    }
-
     /// About how many bytes the write takes in a log entry.
     pub fn size(&self) -> usize {
         match self {
             Write::Put { key, value, .. } => key.len() + value.len(),
             Write::Delete { key, .. } => key.len(),
+            Write::Txn(txn) => txn.size(),
+        }
+    }
+
+    /// Applies the write to `space`, a store at `revision`, and answers what it did; the
+    /// answer's revision is the store's afterwards.
+    pub fn apply<S: KeySpace>(self, space: &mut S, revision: u64) -> Result<WriteResult, S::Error> {
+        let answer =
+            |revision, succeeded, prev| WriteResult { revision, succeeded, prev, responses: Vec::new() };
+        match self {
+            Write::Put { key, value, precondition } => {
+                let current = space.get(&key)?;
+                if !precondition.is_none_or(|p| p.holds(current.as_ref())) {
+                    return Ok(answer(revision, false, current));
+                }
+                let revision = revision + 1;
+                let record = KeyRecord {
+                    create_revision: current.as_ref().map_or(revision, |r| r.create_revision),
+                    mod_revision: revision,
+                    version: current.as_ref().map_or(1, |r| r.version + 1),
+                    lease: 0,
+                    value,
+                };
+                space.change(key, Some(record), revision, 0);
+                Ok(answer(revision, true, current))
+            }
+            Write::Delete { key, precondition } => {
+                let current = space.get(&key)?;
+                if !precondition.is_none_or(|p| p.holds(current.as_ref())) {
+                    return Ok(answer(revision, false, current));
+                }
+                if current.is_none() {
+                    return Ok(answer(revision, true, None));
+                }
+                space.change(key, None, revision + 1, 0);
+                Ok(answer(revision + 1, true, current))
+            }
+            Write::Txn(txn) => {
+                let (result, revision) = execute(txn, space, revision)?;
+                Ok(WriteResult {
+                    revision,
+                    succeeded: result.succeeded,
+                    prev: None,
+                    responses: result.responses,
+                })
+            }
         }
     }
 }
@@ -66,49 +114,8 @@ impl fmt::Display for Write {
                 write!(f, "put {:?} ({} bytes)", String::from_utf8_lossy(key), value.len())
             }
             Write::Delete { key, .. } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
+            Write::Txn(txn) => write!(f, "{txn}"),
         }
-    }
-}
-
-/// Why a revision cannot be read at, or compacted to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum RevisionError {
-    #[error("revision {requested} is a future revision: the store is at revision {current}")]
-    Future { requested: u64, current: u64 },
-    #[error("revision {requested} has been compacted: history begins at revision {compacted}")]
-    Compacted { requested: u64, compacted: u64 },
-}
-
-/// The compaction revision after asking to compact to `requested`, with the store at `current`
-/// and compacted to `compacted`: etcd's rule, a revision above the store's or at or below the
-/// compaction revision is refused.
-pub fn compaction(requested: u64, current: u64, compacted: u64) -> Result<u64, RevisionError> {
-    if requested > current {
-        return Err(RevisionError::Future { requested, current });
-    }
-    if requested <= compacted {
-        return Err(RevisionError::Compacted { requested, compacted });
-    }
-    Ok(requested)
-}
-
-/// A key as stored: its value and metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    pub create_revision: u64,
-    pub mod_revision: u64,
-    pub version: u64,
-    /// The lease the key is attached to; 0 for none.
-    pub lease: i64,
-    #[serde(with = "serde_bytes")]
-    pub value: Vec<u8>,
-}
-
-#[cfg(test)]
-impl KeyRecord {
-    /// A record holding `value` with these revisions and no lease.
-    pub(crate) fn at(create_revision: u64, mod_revision: u64, version: u64, value: &str) -> Self {
-        Self { create_revision, mod_revision, version, lease: 0, value: value.as_bytes().to_vec() }
     }
 }
 
@@ -118,55 +125,40 @@ pub struct WriteResult {
     /// The store's revision once the write was applied: the write's own revision when it
     /// changed something, else the revision the store was at.
     pub revision: u64,
-    /// False when the precondition did not hold; then nothing was written.
+    /// False when the precondition (the compares) did not hold: then a put or a delete wrote
+    /// nothing, and a transaction applied its failure list.
     pub succeeded: bool,
-    /// The key before the write (on failure: the key as it is, which made the compare fail).
+    /// A put or a delete: the key before the write (on failure: the key as it is, which made
+    /// the compare fail). A transaction: none.
     pub prev: Option<KeyRecord>,
-}
-
-/// What a write does to its key: `None` leaves it as it is, `Some(None)` deletes it.
-pub type KeyChange = Option<Option<KeyRecord>>;
-
-/// Applies `write` to its key's `current` state in a store at `revision`. Pure: returns the
-/// answer, the key's change, and the store's revision afterwards.
-pub fn apply_write(write: Write, current: Option<&KeyRecord>, revision: u64) -> (WriteResult, KeyChange) {
-    let holds = |p: Option<Precondition>| match p {
-        None => true,
-        Some(Precondition::Absent) | Some(Precondition::ModRevision(0)) => current.is_none(),
-        Some(Precondition::ModRevision(rev)) => current.is_some_and(|r| r.mod_revision == rev),
-    };
-    let prev = current.cloned();
-    let unchanged = |succeeded, prev| (WriteResult { revision, succeeded, prev }, None);
-    match write {
-        Write::Put { value, precondition, .. } => {
-            if !holds(precondition) {
-                return unchanged(false, prev);
-            }
-            let revision = revision + 1;
-            let record = KeyRecord {
-                create_revision: current.map_or(revision, |r| r.create_revision),
-                mod_revision: revision,
-                version: current.map_or(1, |r| r.version + 1),
-                lease: 0,
-                value,
-            };
-            (WriteResult { revision, succeeded: true, prev }, Some(Some(record)))
-        }
-        Write::Delete { precondition, .. } => {
-            if !holds(precondition) {
-                return unchanged(false, prev);
-            }
-            if prev.is_none() {
-                return unchanged(true, None);
-            }
-            (WriteResult { revision: revision + 1, succeeded: true, prev }, Some(None))
-        }
-    }
+    /// A transaction: what each operation of the list it applied did. A put or a delete: none.
+    pub responses: Vec<OpResponse>,
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::memory::Memory;
     use super::*;
+
+    /// Applies `write` to a store holding `current` as key "k", at `revision`: the answer, and
+    /// the key's change (None: none; `Some(None)`: deleted).
+    fn apply_write(
+        write: Write,
+        current: Option<&KeyRecord>,
+        revision: u64,
+    ) -> (WriteResult, Option<Option<KeyRecord>>) {
+        let mut space = Memory::default();
+        if let Some(current) = current {
+            space.keys.insert(b"k".to_vec(), current.clone());
+        }
+        let result = write.apply(&mut space, revision).expect("apply");
+        let change = (!space.changes.is_empty()).then(|| space.keys.get(&b"k"[..]).cloned());
+        (result, change)
+    }
+
+    fn answer(revision: u64, succeeded: bool, prev: Option<KeyRecord>) -> WriteResult {
+        WriteResult { revision, succeeded, prev, responses: vec![] }
+    }
 
     fn put(value: &str, precondition: Option<Precondition>) -> Write {
         Write::Put { key: b"k".to_vec(), value: value.as_bytes().to_vec(), precondition }
@@ -179,7 +171,7 @@ mod tests {
     #[test]
     fn a_first_put_creates_the_key_at_the_next_revision() {
         let (result, change) = apply_write(put("v", None), None, 6);
-        assert_eq!(result, WriteResult { revision: 7, succeeded: true, prev: None });
+        assert_eq!(result, answer(7, true, None));
         assert_eq!(change, Some(Some(KeyRecord::at(7, 7, 1, "v"))));
     }
 
@@ -199,7 +191,7 @@ mod tests {
         assert_eq!((ok.succeeded, ok.revision), (true, 9));
         assert!(change.is_some());
         let (stale, change) = apply_write(put("w", Some(Precondition::ModRevision(4))), Some(&current), 8);
-        assert_eq!(stale, WriteResult { revision: 8, succeeded: false, prev: Some(current) });
+        assert_eq!(stale, answer(8, false, Some(current)));
         assert_eq!(change, None, "a failed compare changes nothing, the revision included");
     }
 
@@ -219,7 +211,7 @@ mod tests {
     #[test]
     fn deleting_a_missing_key_changes_nothing_and_keeps_the_revision() {
         let (result, change) = apply_write(delete(None), None, 4);
-        assert_eq!(result, WriteResult { revision: 4, succeeded: true, prev: None });
+        assert_eq!(result, answer(4, true, None));
         assert_eq!(change, None);
     }
 
@@ -227,7 +219,7 @@ mod tests {
     fn deleting_a_key_takes_the_next_revision() {
         let current = KeyRecord::at(3, 5, 2, "v");
         let (result, change) = apply_write(delete(None), Some(&current), 9);
-        assert_eq!(result, WriteResult { revision: 10, succeeded: true, prev: Some(current) });
+        assert_eq!(result, answer(10, true, Some(current)));
         assert_eq!(change, Some(None));
     }
 
