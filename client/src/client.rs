@@ -5,6 +5,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ClientError};
+use crate::txn::{TxnRequest, TxnResponse};
 use crate::types::*;
 use crate::ErrorCode;
 
@@ -203,6 +204,14 @@ impl Client {
     pub async fn compact(&self, revision: u64) -> Result<CompactResponse, ClientError> {
         let url = format!("{}/v1/compact", self.base);
         let req = self.http.post(&url).json(&CompactRequest { revision });
+        self.send_json(&url, req).await
+    }
+
+    /// Applies a transaction: its `success` operations if every compare holds, else its
+    /// `failure` ones; atomically, at one revision.
+    pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, ClientError> {
+        let url = format!("{}/v1/txn", self.base);
+        let req = self.http.post(&url).json(txn);
         self.send_json(&url, req).await
     }
 

@@ -59,6 +59,8 @@ error_codes! {
     CompareFailed = "compare_failed", 409;
     /// The request conflicts with the cluster's state (a membership change in progress, ...).
     Conflict = "conflict", 409;
+    /// A transaction writes one key twice on one path through it (etcd's rule).
+    DuplicateKey = "duplicate_key", 400;
     DuplicateParameter = "duplicate_parameter", 400;
     /// A read asked for a revision beyond the store's.
     FutureRevision = "future_revision", 400;
@@ -76,6 +78,8 @@ error_codes! {
     InvalidRequest = "invalid_request", 400;
     KeyNotFound = "key_not_found", 404;
     KeyTooLarge = "key_too_large", 413;
+    /// A write named a lease that does not exist (or has expired).
+    LeaseNotFound = "lease_not_found", 404;
     MethodNotAllowed = "method_not_allowed", 405;
     /// No leader is known; nothing was done, so the request may be sent again.
     NoLeader = "no_leader", 503;
@@ -85,9 +89,14 @@ error_codes! {
     /// again blindly could apply it twice.
     OutcomeUnknown = "outcome_unknown", 503;
     Unauthorized = "unauthorized", 401;
+    /// A transaction holds more compares, or more operations in one list, than the limit.
+    TooManyOperations = "too_many_operations", 400;
+    /// A transaction nests transactions deeper than the limit.
+    TxnTooDeep = "txn_too_deep", 400;
     /// Nothing was done, and trying again later may succeed.
     Unavailable = "unavailable", 503;
     UnknownParameter = "unknown_parameter", 400;
+    ValueTooLarge = "value_too_large", 413;
 }
 
 impl From<ErrorCode> for String {

@@ -7,9 +7,11 @@ mod client;
 mod code;
 mod error;
 pub mod quorum;
+pub mod txn;
 pub mod types;
 
 pub use client::{Client, Consistency, Precondition, RangeRequest};
 pub use code::ErrorCode;
 pub use error::{ApiError, ClientError};
+pub use txn::*;
 pub use types::*;

@@ -4,6 +4,7 @@ use metastore_client::{ErrorBody, ErrorCode};
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
+use crate::engine::TxnError;
 use crate::service::ServiceError;
 use crate::storage::RevisionError;
 
@@ -58,6 +59,10 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => ErrorCode::InvalidRequest,
             ServiceError::Conflict(_) => ErrorCode::Conflict,
             ServiceError::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
+            ServiceError::Txn(TxnError::DuplicateKey) => ErrorCode::DuplicateKey,
+            ServiceError::Txn(TxnError::TooManyOps) => ErrorCode::TooManyOperations,
+            ServiceError::Txn(TxnError::EmptyKey) => ErrorCode::InvalidKey,
+            ServiceError::Txn(TxnError::TooDeep) => ErrorCode::TxnTooDeep,
             ServiceError::Revision(RevisionError::Future { .. }) => ErrorCode::FutureRevision,
             ServiceError::Revision(RevisionError::Compacted { .. }) => ErrorCode::Compacted,
             ServiceError::Storage(_) => ErrorCode::Internal,

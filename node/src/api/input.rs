@@ -43,12 +43,19 @@ pub fn show_key(key: &[u8]) -> String {
 
 /// The request body, read up to `MAX_BODY_BYTES`; a larger one is refused without reading it all.
 pub fn body() -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .then(|declared: Option<u64>, stream| async move { collect(declared, stream).await })
+    body_up_to(MAX_BODY_BYTES)
 }
 
-async fn collect<S, B>(declared: Option<u64>, stream: S) -> Result<Bytes, ApiError>
+/// The request body, read up to `limit` bytes.
+pub fn body_up_to(
+    limit: usize,
+) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |declared: Option<u64>, stream| async move { collect(declared, stream, limit).await })
+}
+
+async fn collect<S, B>(declared: Option<u64>, stream: S, limit: usize) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -56,10 +63,10 @@ where
     let too_large = |size: u64| {
         ApiError::new(
             ErrorCode::BodyTooLarge,
-            format!("the body is at least {size} bytes; the limit is {MAX_BODY_BYTES}"),
+            format!("the body is at least {size} bytes; the limit is {limit}"),
         )
     };
-    if let Some(size) = declared.filter(|s| *s > MAX_BODY_BYTES as u64) {
+    if let Some(size) = declared.filter(|s| *s > limit as u64) {
         return Err(too_large(size));
     }
     let mut stream = std::pin::pin!(stream);
@@ -67,7 +74,7 @@ where
     while let Some(chunk) = stream.next().await {
         let mut chunk =
             chunk.map_err(|e| ApiError::new(ErrorCode::BadBody, format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.remaining() > MAX_BODY_BYTES {
+        if body.len() + chunk.remaining() > limit {
             return Err(too_large((body.len() + chunk.remaining()) as u64));
         }
         while chunk.has_remaining() {
@@ -192,15 +199,16 @@ mod tests {
     async fn a_body_over_the_limit_is_refused_as_it_streams() {
         let chunks =
             vec![Ok::<_, warp::Error>(Bytes::from(vec![0u8; MAX_BODY_BYTES])), Ok(Bytes::from_static(b"x"))];
-        let err = collect(None, futures::stream::iter(chunks)).await.expect_err("refused");
+        let err = collect(None, futures::stream::iter(chunks), MAX_BODY_BYTES).await.expect_err("refused");
         assert_eq!(err.code, ErrorCode::BodyTooLarge);
     }
 
     #[tokio::test]
     async fn a_declared_length_over_the_limit_is_refused_before_reading() {
-        let err = collect(Some(u64::MAX), futures::stream::empty::<Result<Bytes, warp::Error>>())
-            .await
-            .expect_err("refused");
+        let err =
+            collect(Some(u64::MAX), futures::stream::empty::<Result<Bytes, warp::Error>>(), MAX_BODY_BYTES)
+                .await
+                .expect_err("refused");
         assert_eq!(err.code, ErrorCode::BodyTooLarge);
     }
 }

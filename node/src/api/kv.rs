@@ -82,7 +82,7 @@ pub fn key_value(key: Vec<u8>, record: KeyRecord) -> KeyValue {
 }
 
 /// `body` as JSON, with the revision it was served at in the header too.
-fn json<T: serde::Serialize>(value: &T, revision: u64) -> Response {
+pub fn json_at<T: serde::Serialize>(value: &T, revision: u64) -> Response {
     with_revision(warp::reply::json(value), revision)
 }
 
@@ -114,7 +114,7 @@ async fn get_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Re
     let q = q?;
     let read = service.get(key.clone(), consistency(&q)?, read_revision(&q)?).await?;
     match read.record {
-        Some(record) => Ok(json(&key_value(key, record), read.revision)),
+        Some(record) => Ok(json_at(&key_value(key, record), read.revision)),
         None => Err(key_not_found(&key, read.revision)),
     }
 }
@@ -133,7 +133,7 @@ async fn put_key(
         return Err(compare_failed(&key, &result));
     }
     let prev_kv = result.prev.map(|r| key_value(key, r));
-    Ok(json(&PutResponse { revision: result.revision, prev_kv }, result.revision))
+    Ok(json_at(&PutResponse { revision: result.revision, prev_kv }, result.revision))
 }
 
 async fn delete_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
@@ -145,7 +145,7 @@ async fn delete_key(tail: &str, q: Result<Query, ApiError>, service: Service) ->
     }
     let prev_kv = result.prev.map(|r| key_value(key, r));
     let deleted = DeleteResponse { revision: result.revision, deleted: prev_kv.is_some(), prev_kv };
-    Ok(json(&deleted, result.revision))
+    Ok(json_at(&deleted, result.revision))
 }
 
 /// The first key after every key that starts with `prefix` (None: no such bound).
@@ -200,7 +200,7 @@ async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response,
         next_key: page.next_key,
         revision: page.revision,
     };
-    Ok(json(&listing, page.revision))
+    Ok(json_at(&listing, page.revision))
 }
 
 #[cfg(test)]

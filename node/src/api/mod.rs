@@ -10,6 +10,7 @@ mod input;
 mod kv;
 mod query;
 mod raw;
+mod txn;
 
 use metastore_client::ErrorCode;
 use std::convert::Infallible;
@@ -37,6 +38,8 @@ pub fn routes(
         .or(cluster::routes(service.clone(), token).boxed())
         .unify()
         .or(kv::routes(service.clone()).boxed())
+        .unify()
+        .or(txn::routes(service.clone()).boxed())
         .unify()
         .or(raw::routes(service).boxed())
         .unify()
@@ -67,6 +70,7 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/v1/kv" => "range",
         "/v1/compact" => "compact",
+        "/v1/txn" => "txn",
         p if p.starts_with("/v1/kv/") => "kv",
         p if p.starts_with("/v1/cluster") => "cluster",
         _ => "raw",

@@ -103,7 +103,7 @@ pub enum OpResponse {
     },
     Put {
         /// The key before the put, when asked for and it existed.
-        prev: Option<KeyRecord>,
+        prev: Option<(Vec<u8>, KeyRecord)>,
     },
     DeleteRange {
         deleted: u64,
@@ -373,8 +373,9 @@ impl<S: KeySpace> Execution<'_, S> {
                     lease,
                     value,
                 };
+                let prev = current.filter(|_| prev_kv).map(|r| (key.clone(), r));
                 self.change(key, Some(record));
-                Ok(OpResponse::Put { prev: current.filter(|_| prev_kv) })
+                Ok(OpResponse::Put { prev })
             }
             Op::DeleteRange { key, range_end, prev_kv } => {
                 let mut doomed = Vec::new();
@@ -493,8 +494,8 @@ mod tests {
         assert_eq!(
             result.responses,
             [
-                OpResponse::Put { prev: Some(KeyRecord::at(1, 4, 3, "10")) },
-                OpResponse::Put { prev: Some(KeyRecord::at(2, 2, 1, "0")) }
+                OpResponse::Put { prev: Some((b"a".to_vec(), KeyRecord::at(1, 4, 3, "10"))) },
+                OpResponse::Put { prev: Some((b"b".to_vec(), KeyRecord::at(2, 2, 1, "0"))) }
             ]
         );
     }

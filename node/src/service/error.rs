@@ -1,5 +1,6 @@
 //! Why the service could not do what a front end asked.
 
+use crate::engine::TxnError;
 use crate::network::wire::ForwardError;
 use crate::storage::{self, RevisionError};
 
@@ -20,6 +21,9 @@ pub enum ServiceError {
     /// be sent again blindly.
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// A transaction refused before it was proposed (etcd's rules).
+    #[error(transparent)]
+    Txn(TxnError),
     /// A read asked for a revision this member cannot serve.
     #[error(transparent)]
     Revision(RevisionError),
@@ -57,6 +61,7 @@ impl ServiceError {
             ServiceError::Invalid(m) => ServiceError::Invalid(m.clone()),
             ServiceError::Conflict(m) => ServiceError::Conflict(m.clone()),
             ServiceError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m.clone()),
+            ServiceError::Txn(e) => ServiceError::Txn(e.clone()),
             ServiceError::Revision(e) => ServiceError::Revision(e.clone()),
             ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
         }

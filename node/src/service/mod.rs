@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Write, WriteResult};
+use crate::engine::{Txn, Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 use crate::network::PeerClient;
 use crate::raft::Raft;
@@ -135,6 +135,14 @@ impl Service {
         answer.await.map_err(|_| {
             ServiceError::OutcomeUnknown("this member stopped with the write in flight".into())
         })?
+    }
+
+    /// Commits a transaction: its success list if every compare holds, else its failure list.
+    /// One that breaks etcd's rules (a key written twice, too many operations) is refused
+    /// before it is proposed.
+    pub async fn txn(&self, txn: Txn) -> Result<WriteResult, ServiceError> {
+        txn.check().map_err(ServiceError::Txn)?;
+        self.write(Write::Txn(txn)).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency, ?at))]
