@@ -1,8 +1,10 @@
 //! metaStore's robustness suite, in the spirit of Jepsen and etcd's robustness tests: concurrent
 //! clients record what they saw against a real cluster while a nemesis injects faults; a
 //! linearizability checker judges the history, and the healed cluster must still hold every
-//! acknowledged write.
+//! acknowledged write. Beside them a bank ([`bank`]) moves money with multi-key transactions
+//! while an auditor checks that no read, at any revision, finds money made or lost.
 
+pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod history;

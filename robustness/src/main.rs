@@ -51,6 +51,10 @@ struct Cli {
     /// so that compactions commit and history is deleted under every nemesis; 0 keeps it all.
     #[arg(long, default_value_t = 1_000)]
     compaction_retention: u64,
+    /// Accounts of the bank that two tellers move money between with transactions while an
+    /// auditor checks every read of them; 0: no bank.
+    #[arg(long, default_value_t = 8)]
+    bank_accounts: usize,
     /// The `metastore` binary; by default the one next to this binary.
     #[arg(long)]
     metastore: Option<PathBuf>,
@@ -119,6 +123,7 @@ async fn main() -> ExitCode {
             settle: Duration::from_millis(cli.settle_ms),
             snapshot_entries: cli.snapshot_entries,
             compaction_retention: cli.compaction_retention,
+            bank_accounts: cli.bank_accounts,
         };
         match run(&config).await {
             Ok(report) => {

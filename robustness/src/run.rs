@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use crate::bank::{Bank, BankReport};
 use crate::checker::{self, Verdict};
 use crate::cluster::Cluster;
 use crate::history::{Operation, Outcome};
@@ -32,6 +33,8 @@ pub struct Config {
     /// Members compact to all but this many revisions (0: never), so that compactions commit
     /// and history is deleted under every nemesis.
     pub compaction_retention: u64,
+    /// Accounts of the bank that transactions move money between (0: no bank).
+    pub bank_accounts: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,12 +52,16 @@ pub struct Report {
     pub verdict: Verdict,
     /// Acknowledged writes the healed cluster does not reflect.
     pub lost_writes: Vec<Operation>,
+    /// Transactions under the same faults, and whether any read found them torn.
+    pub bank: BankReport,
     pub seconds: f64,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.verdict == Verdict::Linearizable && self.lost_writes.is_empty()
+        self.verdict == Verdict::Linearizable
+            && self.lost_writes.is_empty()
+            && self.bank.violations.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -65,8 +72,20 @@ impl Report {
             }
             Verdict::Inconclusive { key } => format!("INCONCLUSIVE on {key} (search budget exhausted)"),
         };
+        let bank = &self.bank;
+        let bank = format!(
+            "bank: {} transfers ({} refused, {} unknown), {} audits ({} at past revisions, {} stale), {} violations{}",
+            bank.transfers,
+            bank.transfers_refused,
+            bank.transfers_unknown,
+            bank.audits,
+            bank.past_audits,
+            bank.stale_audits,
+            bank.violations.len(),
+            bank.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
+        );
         format!(
-            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes",
+            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}",
             self.nemesis,
             self.seed,
             self.operations,
@@ -98,9 +117,21 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();
     let cluster = tokio::sync::Mutex::new(cluster);
 
+    let bank = match config.bank_accounts {
+        0 => None,
+        accounts => Some(Bank::open(&members[0], accounts).await?),
+    };
     let recorder = Recorder::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
+    if let Some(bank) = &bank {
+        for teller in 0..2u64 {
+            let seed = config.seed.wrapping_mul(31).wrapping_add(teller);
+            clients.push(tokio::spawn(bank.clone().teller(members.clone(), seed, stopped.clone())));
+        }
+        let seed = config.seed.wrapping_mul(37);
+        clients.push(tokio::spawn(bank.clone().auditor(members.clone(), seed, stopped.clone())));
+    }
     for id in 0..config.clients {
         let task = ClientTask {
             id,
@@ -144,6 +175,13 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     // The final reads are part of the history: the checker then also judges the final state.
     let history = recorder.history();
     let verdict = checker::check(&history);
+    let bank = match bank {
+        Some(bank) => {
+            bank.final_audit(&cluster.client(leader)).await;
+            bank.report()
+        }
+        None => BankReport::default(),
+    };
     let lost_writes = checker::lost_writes(&history, &finals);
     let count = |o: Outcome| history.operations.iter().filter(|op| op.outcome == o).count();
     let report = Report {
@@ -158,6 +196,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         elections: last_term.saturating_sub(first_term),
         verdict,
         lost_writes,
+        bank,
         seconds: started.elapsed().as_secs_f64(),
     };
     if !report.passed() {

@@ -29,11 +29,13 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
         settle: Duration::from_millis(1_000),
         snapshot_entries: 200,
         compaction_retention: 100,
+        bank_accounts: 6,
     };
     let report = run(&config).await.unwrap_or_else(|e| panic!("{nemesis:?}: {e:#}"));
     eprintln!("{}", report.summary());
     assert!(report.faults.len() >= 2 || nemesis == Nemesis::None, "the nemesis struck: {:?}", report.faults);
     assert!(report.ok > 100, "the clients made progress: {}", report.summary());
+    assert!(report.bank.transfers > 0 && report.bank.audits > 0, "the bank worked: {}", report.summary());
     if matches!(nemesis, Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader) {
         assert!(report.elections > 0, "taking the leader away forced elections: {}", report.summary());
     }
