@@ -5,6 +5,7 @@
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`raft`]: the member's openraft instance, its configuration and duties around it.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
+//! - [`watch`]: watches, replayed from history then live, on any member (no raft, no HTTP).
 //! - [`service`]: the store as clients see it on any member: forwarding to the leader, group
 //!   commit, linearizable reads, membership rules, bootstrap. Front ends go through it.
 //! - [`api`]: the client HTTP API.
@@ -22,3 +23,4 @@ pub mod server;
 pub mod service;
 pub mod storage;
 pub mod types;
+pub mod watch;

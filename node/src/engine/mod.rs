@@ -15,12 +15,14 @@
 #[cfg(test)]
 mod memory;
 mod revision;
+mod span;
 mod txn;
 mod write;
 
 use serde::{Deserialize, Serialize};
 
 pub use revision::{compaction, RevisionError};
+pub use span::KeyRange;
 pub use txn::{
     execute, Compare, CompareResult, CompareTarget, KeySpace, Op, OpResponse, Txn, TxnError, TxnResult,
     MAX_TXN_DEPTH, MAX_TXN_OPS,

@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::span::Span;
 use super::KeyRecord;
 
 /// Most compares, and most operations in each list, one transaction may hold (etcd's default).
@@ -133,31 +134,6 @@ pub enum TxnError {
     EmptyKey,
     #[error("transactions nest at most {MAX_TXN_DEPTH} deep")]
     TooDeep,
-}
-
-/// The keys a key and range end name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Span<'a> {
-    One(&'a [u8]),
-    /// `[start, end)`, or every key from `start` on when `end` is `None`.
-    Range(&'a [u8], Option<&'a [u8]>),
-}
-
-impl<'a> Span<'a> {
-    fn of(key: &'a [u8], range_end: &'a [u8]) -> Self {
-        match range_end {
-            [] => Span::One(key),
-            [0] => Span::Range(key, None),
-            end => Span::Range(key, Some(end)),
-        }
-    }
-
-    fn contains(&self, key: &[u8]) -> bool {
-        match *self {
-            Span::One(one) => one == key,
-            Span::Range(start, end) => start <= key && end.is_none_or(|end| key < end),
-        }
-    }
 }
 
 /// The keys as the transaction sees them: the store with every change applied before it.

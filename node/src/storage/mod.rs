@@ -14,6 +14,7 @@
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
 
 mod apply;
+mod changes;
 mod checkpoint;
 mod codec;
 mod compactor;
@@ -29,12 +30,19 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use crate::engine::RevisionError;
+pub use changes::{Change, ChangesBudget, ChangesPage};
 pub use checkpoint::Checkpoint;
 pub use compactor::Compactor;
 pub use log_store::LogStore;
 pub use reader::{KeyRead, KvReader, RangePage};
 pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces, PIECE_BYTES};
 pub use state_machine::StateMachine;
+
+/// A store in a temporary directory, and writes applied to it as the state machine applies them.
+#[cfg(test)]
+pub(crate) mod testing {
+    pub(crate) use super::state_machine::tests::{apply_writes, open_test_db};
+}
 
 pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT: &str = "raft_meta";
@@ -131,8 +139,8 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine, KvReader), Stor
     let checked = db.clone();
     run_blocking(move || check_format(&checked)).await?;
     let log_store = LogStore::new(db.clone())?;
-    let state_machine = StateMachine::new(db.clone(), dir.join("snapshots")).await?;
-    let reader = KvReader::new(db);
+    let reader = KvReader::new(db.clone());
+    let state_machine = StateMachine::new(db, dir.join("snapshots"), reader.announcer()).await?;
     Ok((log_store, state_machine, reader))
 }
 

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThreadMode, DB};
 
 use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
@@ -34,11 +36,26 @@ pub struct RangePage {
 #[derive(Clone)]
 pub struct KvReader {
     pub(super) db: Arc<DB>,
+    /// The store's revision as the state machine last applied or installed it.
+    applied: Arc<watch::Sender<u64>>,
 }
 
 impl KvReader {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        // Only a start value: a waiter reads the store itself before waiting for more.
+        let revision = read_revision(&db, &ReadOptions::default()).unwrap_or_default();
+        Self { db, applied: Arc::new(watch::channel(revision).0) }
+    }
+
+    /// The store's revision, changing as the state machine applies writes or installs a
+    /// snapshot: what a watch waits on for new changes.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Where the state machine announces the revisions it reaches.
+    pub(crate) fn announcer(&self) -> Arc<watch::Sender<u64>> {
+        self.applied.clone()
     }
 
     /// `key` as of revision `at` (the current revision when `None`).
@@ -138,7 +155,7 @@ fn read_key(db: &DB, key: &[u8], at: Option<u64>, tier: ReadTier) -> Result<KeyR
 }
 
 /// Options reading from `view`.
-fn view_options(view: &SnapshotWithThreadMode<'_, DB>) -> ReadOptions {
+pub(super) fn view_options(view: &SnapshotWithThreadMode<'_, DB>) -> ReadOptions {
     let mut opts = ReadOptions::default();
     opts.set_snapshot(view);
     opts

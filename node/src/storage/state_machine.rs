@@ -17,6 +17,7 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use tokio::sync::watch;
 
 use super::apply::Applier;
 use super::checkpoint::{Checkpoint, Checkpoints};
@@ -32,14 +33,29 @@ pub struct StateMachine {
     db: Arc<DB>,
     checkpoints: Checkpoints,
     inbox: SnapshotInbox,
+    /// Announces each revision the store reaches, to the watches waiting for changes.
+    applied: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachine {
-    pub(crate) async fn new(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
+    pub(crate) async fn new(
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+        applied: Arc<watch::Sender<u64>>,
+    ) -> Result<Self, StoreError> {
         let store = db.clone();
         let dir = snapshot_dir.clone();
         let checkpoints = run_blocking(move || Checkpoints::open(&store, dir)).await?;
-        Ok(Self { db, checkpoints, inbox: SnapshotInbox { dir: snapshot_dir } })
+        Ok(Self { db, checkpoints, inbox: SnapshotInbox { dir: snapshot_dir }, applied })
+    }
+
+    /// Tells the watches the store is at `revision` now, if that is news.
+    fn announce(&self, revision: u64) {
+        self.applied.send_if_modified(|announced| {
+            let news = *announced != revision;
+            *announced = revision;
+            news
+        });
     }
 }
 
@@ -247,8 +263,13 @@ impl StateMachine {
         let started = std::time::Instant::now();
         let count = chunk.len();
         let bytes = chunk.iter().map(entry_size).sum();
-        let results = run_write(bytes, move || apply_entries(&db, chunk)).await?;
+        let (results, revision) = run_write(bytes, move || {
+            let results = apply_entries(&db, chunk)?;
+            Ok((results, read_revision(&db, &ReadOptions::default())?))
+        })
+        .await?;
         metrics::storage().observe_apply(started.elapsed(), count);
+        self.announce(revision);
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(result);
@@ -311,8 +332,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let checkpoints = self.checkpoints.clone();
         let expected = meta.clone();
-        run_blocking(move || install(&db, &checkpoints, &expected, data)).await.map_err(io_err)?;
-        tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
+        let revision = run_blocking(move || {
+            install(&db, &checkpoints, &expected, data)?;
+            read_revision(&db, &ReadOptions::default())
+        })
+        .await
+        .map_err(io_err)?;
+        self.announce(revision);
+        tracing::info!(last_log_id = ?meta.last_log_id, revision, "installed snapshot");
         Ok(())
     }
 
@@ -343,7 +370,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::engine::{KeyRecord, Precondition, Write};
     use crate::storage::codec::{decode_record, encode_record};
@@ -352,6 +379,18 @@ mod tests {
 
     fn log_id(index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
+    }
+
+    pub(crate) fn open_test_db(dir: &std::path::Path) -> DB {
+        super::super::open_db(&dir.join("db")).expect("open")
+    }
+
+    /// Applies `writes` as one entry, the next after those applied so far.
+    pub(crate) fn apply_writes(db: &DB, writes: Vec<Write>) -> Vec<Applied> {
+        let applied: Option<LogId> =
+            read_sm_meta(db, &ReadOptions::default(), codec::LAST_APPLIED).expect("read").flatten();
+        let index = applied.map_or(1, |id| id.index + 1);
+        apply_entries(db, vec![entry(index, writes)]).expect("apply")
     }
 
     fn entry(index: u64, writes: Vec<Write>) -> Entry {
@@ -645,7 +684,9 @@ mod tests {
         let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
         apply_entries(&db, vec![entry(1, vec![put(b"old", "x", None), put(b"\xff\xffold", "y", None)])])
             .expect("apply");
-        let mut sm = StateMachine::new(db.clone(), dir.path().join("snapshots")).await.expect("open");
+        let announcer = crate::storage::KvReader::new(db.clone()).announcer();
+        let mut sm =
+            StateMachine::new(db.clone(), dir.path().join("snapshots"), announcer).await.expect("open");
 
         let (meta, file) = received_snapshot(10, &[b"k", b"\xfe"]);
         sm.install_snapshot(&meta, SnapshotData::Received(file)).await.expect("install");
