@@ -11,7 +11,8 @@ use crate::ErrorCode;
 
 /// Bytes left as they are in a key's URL path segment or query value (RFC 3986
 /// "unreserved"); every other byte is percent-encoded, so keys may be any bytes.
-const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+pub(crate) const KEY_ESCAPES: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,6 +117,10 @@ impl Client {
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn key_url(&self, key: &[u8]) -> String {

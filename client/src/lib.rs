@@ -9,9 +9,11 @@ mod error;
 pub mod quorum;
 pub mod txn;
 pub mod types;
+pub mod watch;
 
 pub use client::{Client, Consistency, Precondition, RangeRequest};
 pub use code::ErrorCode;
 pub use error::{ApiError, ClientError};
 pub use txn::*;
 pub use types::*;
+pub use watch::{EventKind, Watch, WatchEvent, WatchRequest, WatchResponse};

@@ -11,6 +11,7 @@ mod kv;
 mod query;
 mod raw;
 mod txn;
+mod watch;
 
 use metastore_client::ErrorCode;
 use std::convert::Infallible;
@@ -40,6 +41,8 @@ pub fn routes(
         .or(kv::routes(service.clone()).boxed())
         .unify()
         .or(txn::routes(service.clone()).boxed())
+        .unify()
+        .or(watch::routes(service.clone()).boxed())
         .unify()
         .or(raw::routes(service).boxed())
         .unify()
@@ -71,6 +74,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/kv" => "range",
         "/v1/compact" => "compact",
         "/v1/txn" => "txn",
+        "/v1/watch" => "watch",
         p if p.starts_with("/v1/kv/") => "kv",
         p if p.starts_with("/v1/cluster") => "cluster",
         _ => "raw",

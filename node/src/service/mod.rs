@@ -145,6 +145,15 @@ impl Service {
         self.write(Write::Txn(txn)).await
     }
 
+    /// Watches keys on this member: their changes from a revision on, replayed from history,
+    /// then as this member applies them (see [`crate::watch`]).
+    pub fn watch(
+        &self,
+        request: crate::watch::WatchRequest,
+    ) -> tokio::sync::mpsc::Receiver<crate::watch::WatchMessage> {
+        crate::watch::start(self.reader().clone(), request)
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency, ?at))]
     /// `key` as of revision `at` (the current one when `None`), as fresh as `consistency` asks.
     pub async fn get(

@@ -225,6 +225,11 @@ impl Cluster {
         out
     }
 
+    /// Everything member `id` has logged.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
