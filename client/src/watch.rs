@@ -40,6 +40,8 @@ impl WatchRequest {
                 return Self { key, range_end, ..Self::default() };
             }
         }
+        // No key after them all: every key from the prefix on (from the least key, for all).
+        let key = if key.is_empty() { vec![0] } else { key };
         Self { key, range_end: vec![0], ..Self::default() }
     }
 
@@ -100,11 +102,13 @@ pub enum EventKind {
 const RECONNECT: Duration = Duration::from_millis(200);
 
 /// A watch that resumes by itself: when its connection breaks (a member restarting, a network
-/// fault) it connects again, from the revision after the last it reported, so the events it
-/// yields have no gap and no duplicate. It ends when the member cancels it (compaction) or
-/// refuses it as invalid.
+/// fault) it connects again — to the next of its members, when it has several — from the
+/// revision after the last it reported, so the events it yields have no gap and no duplicate.
+/// It ends when a member cancels it (compaction) or refuses it as invalid.
 pub struct Watch {
-    client: Client,
+    /// The members it may watch through; it moves to the next when a connection fails.
+    members: Vec<Client>,
+    current: usize,
     request: WatchRequest,
     /// The revision to resume from; 0 until the first connection says where "now" is.
     next: u64,
@@ -116,12 +120,19 @@ pub struct Watch {
 }
 
 impl Client {
-    /// Watches `request`'s keys; see [`Watch`].
+    /// Watches `request`'s keys through this member; see [`Watch`].
     pub fn watch(&self, request: WatchRequest) -> Watch {
+        Watch::across(vec![self.clone()], request)
+    }
+}
+
+impl Watch {
+    /// Watches `request`'s keys through any of `members`, moving to the next when one fails.
+    pub fn across(members: Vec<Client>, request: WatchRequest) -> Watch {
         let next = request.start_revision;
-        let client = self.clone();
         Watch {
-            client,
+            members,
+            current: 0,
             request,
             next,
             response: None,
@@ -131,9 +142,25 @@ impl Client {
             ended: false,
         }
     }
-}
 
-impl Watch {
+    /// Where the watch resumes if its connection breaks: the revision after the last it
+    /// reported every change up to (0 before it first connected, for a watch from now).
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
+    fn member(&self) -> Option<&Client> {
+        self.members.get(self.current % self.members.len().max(1))
+    }
+
+    /// Gives up the connection, to resume through the next member after a pause.
+    async fn move_on(&mut self) {
+        self.response = None;
+        self.buffer.clear();
+        self.current = self.current.wrapping_add(1);
+        tokio::time::sleep(RECONNECT).await;
+    }
+
     /// The next line of the watch: `created` once, then events and progress; `None` once it
     /// has ended. An error is final too: the request is invalid, or the member answered
     /// something that is not a watch.
@@ -149,7 +176,7 @@ impl Watch {
                 match self.connect().await {
                     Ok(response) => self.response = Some(response),
                     Err(e) if e.is_retryable() || matches!(e, ClientError::Transport { .. }) => {
-                        tokio::time::sleep(RECONNECT).await;
+                        self.move_on().await;
                     }
                     Err(e) => {
                         self.ended = true;
@@ -167,20 +194,20 @@ impl Watch {
                     }
                 }
                 // The stream broke or ended without a cancellation: resume.
-                Ok(None) | Err(_) => {
-                    self.response = None;
-                    self.buffer.clear();
-                    tokio::time::sleep(RECONNECT).await;
-                }
+                Ok(None) | Err(_) => self.move_on().await,
             }
         }
     }
 
     async fn connect(&self) -> Result<reqwest::Response, ClientError> {
+        let Some(client) = self.member() else {
+            let message = "a watch through no member".to_string();
+            return Err(ClientError::Protocol { url: String::new(), message });
+        };
         let r = &self.request;
         let mut url = format!(
             "{}/v1/watch?key={}&start_revision={}",
-            self.client.base_url(),
+            client.base_url(),
             percent_encode(&r.key, KEY_ESCAPES),
             self.next
         );
@@ -198,7 +225,7 @@ impl Watch {
             }
         }
         // A watch lasts as long as it is wanted: no overall deadline.
-        let request = self.client.http().get(&url).timeout(Duration::from_secs(u32::MAX as u64));
+        let request = client.http().get(&url).timeout(Duration::from_secs(u32::MAX as u64));
         let response =
             request.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
         if response.status().is_success() {
@@ -217,7 +244,7 @@ impl Watch {
         while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buffer.drain(..=end).collect();
             let line: WatchResponse = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
-                url: format!("{}/v1/watch", self.client.base_url()),
+                url: "/v1/watch".to_string(),
                 message: format!("a watch line that is not JSON: {e}"),
             })?;
             if line.created {
@@ -248,6 +275,8 @@ mod tests {
         assert_eq!(WatchRequest::prefix("app/").range_end, b"app0");
         assert_eq!(WatchRequest::prefix(vec![b'a', 0xff]).range_end, b"b");
         assert_eq!(WatchRequest::prefix(vec![0xff]).range_end, [0]);
+        let all = WatchRequest::prefix(Vec::new());
+        assert_eq!((all.key, all.range_end), (vec![0], vec![0]), "every key, as etcd names them");
     }
 
     #[test]

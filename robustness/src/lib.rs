@@ -2,7 +2,8 @@
 //! clients record what they saw against a real cluster while a nemesis injects faults; a
 //! linearizability checker judges the history, and the healed cluster must still hold every
 //! acknowledged write. Beside them a bank ([`bank`]) moves money with multi-key transactions
-//! while an auditor checks that no read, at any revision, finds money made or lost.
+//! while an auditor checks that no read, at any revision, finds money made or lost, and
+//! watchers ([`watchers`]) check that their streams are the committed history.
 
 pub mod bank;
 pub mod checker;
@@ -11,4 +12,5 @@ pub mod history;
 pub mod nemesis;
 pub mod network;
 pub mod run;
+pub mod watchers;
 pub mod workload;

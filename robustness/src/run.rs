@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -13,6 +14,7 @@ use crate::checker::{self, Verdict};
 use crate::cluster::Cluster;
 use crate::history::{Operation, Outcome};
 use crate::nemesis::{self, Fault, Nemesis, Schedule};
+use crate::watchers::{WatchReport, Watcher};
 use crate::workload::{ClientTask, Recorder, Workload};
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct Report {
     pub lost_writes: Vec<Operation>,
     /// Transactions under the same faults, and whether any read found them torn.
     pub bank: BankReport,
+    /// Watch streams under the same faults, and whether any strayed from the history.
+    pub watch: WatchReport,
     pub seconds: f64,
 }
 
@@ -62,6 +66,7 @@ impl Report {
         self.verdict == Verdict::Linearizable
             && self.lost_writes.is_empty()
             && self.bank.violations.is_empty()
+            && self.watch.violations.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -84,8 +89,17 @@ impl Report {
             bank.violations.len(),
             bank.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
         );
+        let watch = &self.watch;
+        let watch = format!(
+            "watch: {} watchers, {} events, {} restarts, {} violations{}",
+            watch.watchers,
+            watch.events,
+            watch.restarts,
+            watch.violations.len(),
+            watch.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
+        );
         format!(
-            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}",
+            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}; {watch}",
             self.nemesis,
             self.seed,
             self.operations,
@@ -124,6 +138,23 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let recorder = Recorder::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
+    let watch_report = Arc::new(Mutex::new(WatchReport { watchers: WATCHERS, ..WatchReport::default() }));
+    let watchers: Vec<Arc<Watcher>> = (0..WATCHERS)
+        .map(|i| {
+            // Each starts on another member, and moves on when its member fails.
+            let mut through = members.clone();
+            through.rotate_left(i % members.len().max(1));
+            Arc::new(Watcher::new(through, watch_report.clone()))
+        })
+        .collect();
+    let (stop_watching, watching) = tokio::sync::watch::channel(false);
+    let watcher_tasks: Vec<_> = watchers
+        .iter()
+        .map(|w| {
+            let (w, watching) = (w.clone(), watching.clone());
+            tokio::spawn(async move { w.run(watching).await })
+        })
+        .collect();
     if let Some(bank) = &bank {
         for teller in 0..2u64 {
             let seed = config.seed.wrapping_mul(31).wrapping_add(teller);
@@ -175,6 +206,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     // The final reads are part of the history: the checker then also judges the final state.
     let history = recorder.history();
     let verdict = checker::check(&history);
+    let through = cluster.client(leader).range(&crate::run::one_key()).await?.revision;
+    for watcher in &watchers {
+        watcher.final_check(&cluster.client(leader), through).await;
+    }
+    let _ = stop_watching.send(true);
+    for task in watcher_tasks {
+        task.await.context("watcher task")?;
+    }
+    let watch = watch_report.lock().map(|r| r.clone()).unwrap_or_default();
     let bank = match bank {
         Some(bank) => {
             bank.final_audit(&cluster.client(leader)).await;
@@ -197,12 +237,21 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         verdict,
         lost_writes,
         bank,
+        watch,
         seconds: started.elapsed().as_secs_f64(),
     };
     if !report.passed() {
         eprintln!("{}", cluster.logs());
     }
     Ok(report)
+}
+
+/// Watchers of every key, each through all members.
+const WATCHERS: usize = 2;
+
+/// A listing of at most one key: what the store's revision is read with.
+pub(crate) fn one_key() -> metastore_client::RangeRequest {
+    metastore_client::RangeRequest { limit: Some(1), ..Default::default() }
 }
 
 async fn read_final(

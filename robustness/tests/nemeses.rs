@@ -36,6 +36,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
     assert!(report.faults.len() >= 2 || nemesis == Nemesis::None, "the nemesis struck: {:?}", report.faults);
     assert!(report.ok > 100, "the clients made progress: {}", report.summary());
     assert!(report.bank.transfers > 0 && report.bank.audits > 0, "the bank worked: {}", report.summary());
+    assert!(report.watch.events > report.ok / 2, "the watchers followed: {}", report.summary());
     if matches!(nemesis, Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader) {
         assert!(report.elections > 0, "taking the leader away forced elections: {}", report.summary());
     }

@@ -1,0 +1,347 @@
+//! Watchers under faults: each watches every key from revision 1 through any member, resuming
+//! by itself across failures, and its stream is checked as it comes against what a stream of
+//! the committed history must be. Every revision is a change, so a watch of every key sees
+//! every revision: in order, none missing, none twice; each event's previous value (and
+//! version, create revision) follows from the events before it. At the end the state the
+//! stream built must equal the healed cluster's keys at the revision the watcher reached.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metastore_client::{Client, EventKind, KeyValue, RangeRequest, Watch, WatchRequest, WatchResponse};
+use serde::Serialize;
+
+/// A stream being checked: the keys as its events have left them.
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    keys: BTreeMap<Vec<u8>, KeyValue>,
+    /// The revision the next event must have.
+    next: u64,
+}
+
+impl StreamCheck {
+    /// A stream from the first revision of an empty store.
+    pub fn from_start() -> Self {
+        Self { keys: BTreeMap::new(), next: 1 }
+    }
+
+    /// A stream continuing from `listing`, every key as of `revision`.
+    pub fn from_listing(listing: Vec<KeyValue>, revision: u64) -> Self {
+        Self { keys: listing.into_iter().map(|kv| (kv.key.clone(), kv)).collect(), next: revision + 1 }
+    }
+
+    pub fn next_revision(&self) -> u64 {
+        self.next
+    }
+
+    pub fn keys(&self) -> &BTreeMap<Vec<u8>, KeyValue> {
+        &self.keys
+    }
+
+    /// Checks one line of the stream and applies its events.
+    pub fn line(&mut self, line: &WatchResponse) -> Result<(), String> {
+        if line.created || line.canceled {
+            return Ok(());
+        }
+        if line.progress {
+            if line.revision + 1 != self.next {
+                return Err(format!(
+                    "progress to {} while the events reached {}",
+                    line.revision,
+                    self.next - 1
+                ));
+            }
+            return Ok(());
+        }
+        let mut revision = None;
+        for event in &line.events {
+            let at = event.kv.mod_revision;
+            match revision {
+                Some(current) if at == current => {}
+                _ if at == self.next => {
+                    revision = Some(at);
+                    self.next += 1;
+                }
+                _ => return Err(format!("an event at revision {at} where {} was due", self.next)),
+            }
+            self.event(event)?;
+        }
+        if line.revision + 1 != self.next {
+            return Err(format!(
+                "a line through revision {} whose events reached {}",
+                line.revision,
+                self.next - 1
+            ));
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: &metastore_client::WatchEvent) -> Result<(), String> {
+        let key = String::from_utf8_lossy(&event.kv.key).into_owned();
+        let before = self.keys.get(&event.kv.key);
+        if event.prev_kv.as_ref() != before {
+            return Err(format!(
+                "{key} at {}: previous {:?}, but the stream had {before:?}",
+                event.kv.mod_revision, event.prev_kv
+            ));
+        }
+        match event.kind {
+            EventKind::Put => {
+                let (version, created) =
+                    before.map_or((1, event.kv.mod_revision), |b| (b.version + 1, b.create_revision));
+                if (event.kv.version, event.kv.create_revision) != (version, created) {
+                    return Err(format!(
+                        "{key} at {}: version {} created {}, not {version} created {created}",
+                        event.kv.mod_revision, event.kv.version, event.kv.create_revision
+                    ));
+                }
+                self.keys.insert(event.kv.key.clone(), event.kv.clone());
+            }
+            EventKind::Delete => {
+                if self.keys.remove(&event.kv.key).is_none() {
+                    return Err(format!("{key} deleted at {} while absent", event.kv.mod_revision));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the watchers saw.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct WatchReport {
+    pub watchers: usize,
+    pub events: usize,
+    /// Times a watcher was cancelled (compaction overtook it) and started over from a listing.
+    pub restarts: usize,
+    pub violations: Vec<String>,
+}
+
+/// One watcher: watches every key through `members`, checking as it goes.
+pub struct Watcher {
+    members: Vec<Client>,
+    check: Arc<Mutex<StreamCheck>>,
+    report: Arc<Mutex<WatchReport>>,
+}
+
+fn everything() -> WatchRequest {
+    WatchRequest { prev_kv: true, ..WatchRequest::prefix(Vec::new()) }
+}
+
+impl Watcher {
+    pub fn new(members: Vec<Client>, report: Arc<Mutex<WatchReport>>) -> Self {
+        Self { members, check: Arc::new(Mutex::new(StreamCheck::from_start())), report }
+    }
+
+    fn note(&self, change: impl FnOnce(&mut WatchReport)) {
+        if let Ok(mut report) = self.report.lock() {
+            change(&mut report);
+        }
+    }
+
+    /// Watches until `stop` says so; a violation ends it.
+    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut watch =
+            Watch::across(self.members.clone(), WatchRequest { start_revision: 1, ..everything() });
+        loop {
+            let line = tokio::select! {
+                line = watch.next() => line,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            let line = match line {
+                Some(Ok(line)) => line,
+                Some(Err(e)) => {
+                    self.note(|r| r.violations.push(format!("the watch failed: {e}")));
+                    return;
+                }
+                None => {
+                    // Cancelled: compaction overtook it. Start over from a listing, as a client would.
+                    match self.restart().await {
+                        Some(next) => {
+                            watch = Watch::across(
+                                self.members.clone(),
+                                WatchRequest { start_revision: next, ..everything() },
+                            );
+                            continue;
+                        }
+                        None => return,
+                    }
+                }
+            };
+            let checked = self.check.lock().map(|mut check| check.line(&line));
+            match checked {
+                Ok(Ok(())) => self.note(|r| r.events += line.events.len()),
+                Ok(Err(violation)) => {
+                    self.note(|r| r.violations.push(violation));
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Lists every key, then continues the check from there; the revision to watch from.
+    async fn restart(&self) -> Option<u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for member in &self.members {
+                if let Ok(page) = member.range(&RangeRequest::default()).await {
+                    let revision = page.revision;
+                    if let Ok(mut check) = self.check.lock() {
+                        *check = StreamCheck::from_listing(page.kvs, revision);
+                    }
+                    self.note(|r| r.restarts += 1);
+                    return Some(revision + 1);
+                }
+            }
+            if Instant::now() > deadline {
+                self.note(|r| r.violations.push("no member would list the keys to restart a watch".into()));
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// On the healed cluster: once the watcher has reached revision `through`, the keys its
+    /// stream built must be the cluster's keys at the revision it reached.
+    pub async fn final_check(&self, member: &Client, through: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reached = loop {
+            let next = self.check.lock().map(|c| c.next_revision()).unwrap_or_default();
+            if next > through {
+                break next - 1;
+            }
+            if Instant::now() > deadline {
+                self.note(|r| {
+                    r.violations
+                        .push(format!("the watch reached only {} of {through}", next.saturating_sub(1)))
+                });
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let listing =
+            RangeRequest { revision: Some(reached), limit: Some(10_000), ..RangeRequest::default() };
+        match member.range(&listing).await {
+            Ok(page) => {
+                let stored: BTreeMap<Vec<u8>, KeyValue> =
+                    page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+                let built = self.check.lock().map(|c| c.keys().clone()).unwrap_or_default();
+                if stored != built {
+                    let differ = stored.keys().chain(built.keys()).find(|k| stored.get(*k) != built.get(*k));
+                    let key = differ.map(|k| String::from_utf8_lossy(k).into_owned());
+                    self.note(|r| {
+                        r.violations.push(format!(
+                            "the stream's state at {reached} differs from the store's, first at {key:?}"
+                        ))
+                    });
+                }
+            }
+            Err(e) => self.note(|r| r.violations.push(format!("the final listing at {reached} failed: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metastore_client::WatchEvent;
+
+    use super::*;
+
+    fn kv(key: &str, value: &str, create: u64, modified: u64, version: u64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: create,
+            mod_revision: modified,
+            version,
+            lease: 0,
+        }
+    }
+
+    fn put(kv: KeyValue, prev: Option<KeyValue>) -> WatchEvent {
+        WatchEvent { kind: EventKind::Put, kv, prev_kv: prev }
+    }
+
+    fn delete(key: &str, at: u64, prev: Option<KeyValue>) -> WatchEvent {
+        WatchEvent { kind: EventKind::Delete, kv: kv(key, "", 0, at, 0), prev_kv: prev }
+    }
+
+    fn line(revision: u64, events: Vec<WatchEvent>) -> WatchResponse {
+        WatchResponse { revision, events, ..WatchResponse::default() }
+    }
+
+    /// a=1 (1), b=1 and a=2 in one transaction (2), delete b (3).
+    fn history() -> Vec<WatchResponse> {
+        vec![
+            line(1, vec![put(kv("a", "1", 1, 1, 1), None)]),
+            line(
+                2,
+                vec![
+                    put(kv("b", "1", 2, 2, 1), None),
+                    put(kv("a", "2", 1, 2, 2), Some(kv("a", "1", 1, 1, 1))),
+                ],
+            ),
+            line(3, vec![delete("b", 3, Some(kv("b", "1", 2, 2, 1)))]),
+        ]
+    }
+
+    fn check(lines: &[WatchResponse]) -> Result<StreamCheck, String> {
+        let mut check = StreamCheck::from_start();
+        for l in lines {
+            check.line(l)?;
+        }
+        Ok(check)
+    }
+
+    #[test]
+    fn a_whole_stream_passes_and_builds_the_final_state() {
+        let check = check(&history()).expect("a whole stream");
+        assert_eq!(check.keys().len(), 1);
+        assert_eq!(check.next_revision(), 4);
+    }
+
+    #[test]
+    fn a_gap_is_caught() {
+        let mut gap = history();
+        gap.remove(1);
+        assert!(check(&gap).is_err());
+    }
+
+    #[test]
+    fn a_duplicate_is_caught() {
+        let mut twice = history();
+        twice.insert(2, twice[1].clone());
+        assert!(check(&twice).is_err());
+    }
+
+    #[test]
+    fn a_wrong_previous_value_is_caught() {
+        let mut wrong = history();
+        wrong[1].events[1].prev_kv = Some(kv("a", "0", 1, 1, 1));
+        assert!(check(&wrong).is_err());
+    }
+
+    #[test]
+    fn a_wrong_version_is_caught() {
+        let mut wrong = history();
+        wrong[1].events[1].kv.version = 1;
+        assert!(check(&wrong).is_err());
+    }
+
+    #[test]
+    fn progress_beyond_the_events_is_caught() {
+        let mut ahead = history();
+        ahead.insert(1, WatchResponse { revision: 2, progress: true, ..WatchResponse::default() });
+        assert!(check(&ahead).is_err(), "progress to 2 while events reached 1: the events at 2 were skipped");
+    }
+
+    #[test]
+    fn a_restart_continues_from_the_listing() {
+        let mut check = StreamCheck::from_listing(vec![kv("a", "2", 1, 2, 2)], 2);
+        check
+            .line(&line(3, vec![put(kv("a", "3", 1, 3, 3), Some(kv("a", "2", 1, 2, 2)))]))
+            .expect("continues");
+    }
+}
