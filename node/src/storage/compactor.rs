@@ -3,11 +3,14 @@
 //! A compaction to revision C is one raft entry that only moves the compaction revision: from
 //! then on reads below C are refused, on every member alike. The versions it made unreachable
 //! are deleted here, on each member by itself, walking `changes` in revision order: the change
-//! of key K at revision r < C goes, and so does K's version at r if a newer version at or
-//! before C supersedes it, or if it is a deletion (nothing older is left for it to hide). What a
-//! read at C or later sees is never touched; the changes at C itself stay, for a watch that
-//! starts there. Each step deletes what it found in one batch; the walk restarts from the first
-//! change left, so a crash between steps loses nothing and repeats nothing.
+//! of key K at revision r < C goes, and with it the version of K before r (r, at most C - 1,
+//! supersedes it), and K's version at r itself if it is a deletion (nothing older is left for
+//! it to hide). Every version is some change's predecessor, so none is left behind however
+//! many compactions pass over it. What a read at C or later sees is never touched, nor is the
+//! state at C - 1: the changes at C itself stay, for a watch that starts there, with the
+//! versions they replaced, for the previous values it reports. Each step deletes what it found
+//! in one batch; the walk restarts from the first change left, so a crash between steps loses
+//! nothing and repeats nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,26 +40,20 @@ pub(crate) fn step(db: &DB) -> Result<usize, StoreError> {
         if revision >= compacted {
             break;
         }
-        let version = codec::history_key(&key, revision);
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&view);
-        let mut newer = db.raw_iterator_cf_opt(history, opts);
-        newer.seek(&version);
-        let here = newer.key() == Some(version.as_slice());
-        let is_tombstone = here && newer.value() == Some(&[][..]);
-        if here {
-            newer.next();
+        let mut versions = db.raw_iterator_cf_opt(history, opts);
+        // The version this change replaced, if it is still there.
+        versions.seek_for_prev(codec::history_key(&key, revision.saturating_sub(1)));
+        if let Some(older) = versions.key().filter(|k| k.starts_with(&codec::history_prefix(&key))) {
+            batch.delete_cf(history, older);
         }
-        let superseded = match newer.key() {
-            Some(next) if next.starts_with(&codec::history_prefix(&key)) => {
-                codec::decode_history_key(next)?.1 <= compacted
-            }
-            _ => false,
-        };
-        newer.status()?;
-        if superseded || is_tombstone {
+        let version = codec::history_key(&key, revision);
+        versions.seek(&version);
+        if versions.key() == Some(version.as_slice()) && versions.value() == Some(&[][..]) {
             batch.delete_cf(history, &version);
         }
+        versions.status()?;
         batch.delete_cf(changes, &change);
         done += 1;
     }

@@ -19,6 +19,8 @@ mod checkpoint;
 mod codec;
 mod compactor;
 mod log_store;
+#[cfg(test)]
+mod model_tests;
 mod reader;
 mod snapshot;
 mod state_machine;

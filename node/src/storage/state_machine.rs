@@ -100,7 +100,7 @@ fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<u6
     }
 }
 
-fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
+pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
     let mut keys = Applier::new(db)?;
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
@@ -632,9 +632,10 @@ pub(super) mod tests {
         let reader = crate::storage::KvReader::new(db.clone());
         assert!(reader.get(b"a".to_vec(), Some(3)).await.is_err(), "below the compaction");
         while super::super::compactor::step(&db).expect("step") > 0 {}
-        // a's versions at 1 and 3 are superseded by its deletion at 4, which stays (a read at 4
+        // a's version at 1 is superseded by 3; 3 stays (the state at 3 is what the deletion at
+        // 4 replaced, and a watch from 4 reports it), and so does the deletion (a read at 4
         // sees it, a watch from 4 replays it); b's only version stays.
-        assert_eq!(history_of(&db, b"a"), [4, 5]);
+        assert_eq!(history_of(&db, b"a"), [3, 4, 5]);
         assert_eq!(history_of(&db, b"b"), [2]);
         assert_eq!(reader.get(b"a".to_vec(), Some(4)).await.expect("read").record, None);
         assert_eq!(value(&reader.get(b"b".to_vec(), Some(4)).await.expect("read")).as_deref(), Some("1"));
@@ -652,6 +653,18 @@ pub(super) mod tests {
         while super::super::compactor::step(&db).expect("step") > 0 {}
         assert_eq!(history_of(&db, b"a"), [5]);
         assert_eq!(value(&reader.get(b"a".to_vec(), Some(6)).await.expect("read")).as_deref(), Some("3"));
+
+        // A version kept by one compaction (b's at 2, the latest then) goes at a later one,
+        // once something newer below it supersedes it: nothing is left behind for good.
+        apply_entries(
+            &db,
+            vec![entry(12, vec![put(b"b", "2", None)]), entry(13, vec![put(b"z", "1", None)])],
+        )
+        .expect("apply");
+        assert_eq!(history_of(&db, b"b"), [2, 8]);
+        apply_entries(&db, vec![compact(14, 9)]).expect("apply");
+        while super::super::compactor::step(&db).expect("step") > 0 {}
+        assert_eq!(history_of(&db, b"b"), [8]);
     }
 
     #[test]
