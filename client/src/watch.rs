@@ -104,7 +104,8 @@ const RECONNECT: Duration = Duration::from_millis(200);
 /// A watch that resumes by itself: when its connection breaks (a member restarting, a network
 /// fault) it connects again — to the next of its members, when it has several — from the
 /// revision after the last it reported, so the events it yields have no gap and no duplicate.
-/// It ends when a member cancels it (compaction) or refuses it as invalid.
+/// It ends when a member cancels it because compaction passed it, or refuses it as invalid; a
+/// member that stops sends it on to another.
 pub struct Watch {
     /// The members it may watch through; it moves to the next when a connection fails.
     members: Vec<Client>,
@@ -117,6 +118,8 @@ pub struct Watch {
     ready: VecDeque<WatchResponse>,
     created: bool,
     ended: bool,
+    /// The member ended the watch for a reason of its own (it is stopping): go elsewhere.
+    dropped: bool,
 }
 
 impl Client {
@@ -140,6 +143,7 @@ impl Watch {
             ready: VecDeque::new(),
             created: false,
             ended: false,
+            dropped: false,
         }
     }
 
@@ -191,6 +195,9 @@ impl Watch {
                     if let Err(e) = self.take_lines() {
                         self.ended = true;
                         return Some(Err(e));
+                    }
+                    if std::mem::take(&mut self.dropped) {
+                        self.move_on().await;
                     }
                 }
                 // The stream broke or ended without a cancellation: resume.
@@ -255,6 +262,12 @@ impl Watch {
                 if std::mem::replace(&mut self.created, true) {
                     continue;
                 }
+            } else if line.canceled && line.compact_revision == 0 {
+                // Not the watch's end, only this member's (it is stopping, or cannot read its
+                // store): resume through another.
+                self.dropped = true;
+                self.buffer.clear();
+                return Ok(());
             } else if line.canceled {
                 self.ended = true;
             } else {
@@ -303,5 +316,10 @@ mod tests {
         watch.buffer = b"{\"revision\":9,\"created\":true}\n".to_vec();
         watch.take_lines().expect("lines");
         assert_eq!((watch.next, watch.ready.len()), (7, 2));
+        // A member that stops ends its watches without a compaction revision: not the end.
+        watch.buffer = b"{\"revision\":0,\"canceled\":true,\"cancel_reason\":\"stopping\"}\n".to_vec();
+        watch.take_lines().expect("lines");
+        assert!(watch.dropped && !watch.ended);
+        assert_eq!((watch.next, watch.ready.len()), (7, 2), "nothing to yield, and it resumes from 7");
     }
 }

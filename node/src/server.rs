@@ -149,6 +149,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!(member = id, "shutting down");
     let _ = stop_tx.send(true);
+    service.stop_watches();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(member = id, error = %e, "raft did not shut down cleanly");
     }

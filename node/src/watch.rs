@@ -10,9 +10,10 @@
 //!
 //! Free of raft and of any front end: it needs the store's reader and a runtime.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::{KeyRange, RevisionError};
 use crate::storage::{Change, ChangesBudget, KvReader, StoreError};
@@ -50,16 +51,40 @@ pub enum WatchMessage {
     Canceled { compact_revision: u64, reason: String },
 }
 
-/// Starts a watcher; its messages arrive on the receiver, and it stops when the receiver is
-/// dropped.
-pub fn start(reader: KvReader, request: WatchRequest) -> mpsc::Receiver<WatchMessage> {
-    let (messages, receiver) = mpsc::channel(BUFFERED);
-    tokio::spawn(run(reader, request, messages));
-    receiver
+/// A member's watchers: each started here, all told to end when the member stops (an open
+/// watch would otherwise hold its connection, and the member's shutdown, until the drain ends).
+#[derive(Clone)]
+pub struct Watches {
+    reader: KvReader,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Watches {
+    pub fn new(reader: KvReader) -> Self {
+        Self { reader, stop: Arc::new(watch::channel(false).0) }
+    }
+
+    /// Starts a watcher; its messages arrive on the receiver, and it stops when the receiver is
+    /// dropped or the member stops.
+    pub fn start(&self, request: WatchRequest) -> mpsc::Receiver<WatchMessage> {
+        let (messages, receiver) = mpsc::channel(BUFFERED);
+        tokio::spawn(run(self.reader.clone(), request, messages, self.stop.subscribe()));
+        receiver
+    }
+
+    /// Ends every watcher, each with a last message saying why.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(start = request.start_revision))]
-async fn run(reader: KvReader, request: WatchRequest, messages: mpsc::Sender<WatchMessage>) {
+async fn run(
+    reader: KvReader,
+    request: WatchRequest,
+    messages: mpsc::Sender<WatchMessage>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut applied = reader.applied();
     let revision = match reader.revisions().await {
         Ok((revision, _)) => revision,
@@ -100,21 +125,29 @@ async fn run(reader: KvReader, request: WatchRequest, messages: mpsc::Sender<Wat
             continue;
         }
         tokio::select! {
-            stopped = async { applied.wait_for(|revision| *revision >= next).await.is_err() } => {
-                if stopped {
-                    let reason = "this member is shutting down".to_string();
-                    let _ = messages.send(WatchMessage::Canceled { compact_revision: 0, reason }).await;
-                    return;
+            closed = async { applied.wait_for(|revision| *revision >= next).await.is_err() } => {
+                if closed {
+                    return stopped(&messages).await;
                 }
             }
+            () = async { let _ = stopping.wait_for(|stop| *stop).await; } => return stopped(&messages).await,
             () = messages.closed() => return,
             () = tick(&mut progress) => {
-                if messages.send(WatchMessage::Progress { revision: next - 1 }).await.is_err() {
+                // Synced to the store's revision, never beyond: a watch from a future revision
+                // has nothing to wait for below it, but the store is not there yet.
+                let synced = (next - 1).min(*applied.borrow());
+                if messages.send(WatchMessage::Progress { revision: synced }).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// The last message of a watcher whose member stops: its client resumes elsewhere.
+async fn stopped(messages: &mpsc::Sender<WatchMessage>) {
+    let reason = "this member is shutting down".to_string();
+    let _ = messages.send(WatchMessage::Canceled { compact_revision: 0, reason }).await;
 }
 
 /// The next progress tick; never, for a watch that asked for none.
@@ -183,7 +216,8 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("w/a", "1"), put("x", "1"), put("w/b", "1")]);
         let reader = KvReader::new(db.clone());
-        let mut messages = start(reader.clone(), request(2));
+        let watches = Watches::new(reader.clone());
+        let mut messages = watches.start(request(2));
         assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 3 });
         assert_eq!(revisions(&next(&mut messages).await), [3], "from revision 2: x is not watched");
 
@@ -201,7 +235,8 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("w/old", "1")]);
         let reader = KvReader::new(db.clone());
-        let mut messages = start(reader.clone(), WatchRequest { no_put: true, ..request(0) });
+        let watches = Watches::new(reader.clone());
+        let mut messages = watches.start(WatchRequest { no_put: true, ..request(0) });
         assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 });
         apply_writes(
             &db,
@@ -218,7 +253,8 @@ mod tests {
         apply_writes(&db, vec![put("w/a", "1"), put("w/a", "2"), put("w/a", "3")]);
         let sm = db.cf_handle("sm_meta").expect("cf");
         db.put_cf(sm, b"compacted", 2u64.to_be_bytes()).expect("put");
-        let mut messages = start(KvReader::new(db.clone()), request(1));
+        let watches = Watches::new(KvReader::new(db.clone()));
+        let mut messages = watches.start(request(1));
         assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 3 });
         let WatchMessage::Canceled { compact_revision, .. } = next(&mut messages).await else { panic!() };
         assert_eq!(compact_revision, 2);
@@ -230,8 +266,21 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("elsewhere", "1")]);
         let progress = WatchRequest { progress_every: Some(Duration::from_millis(50)), ..request(0) };
-        let mut messages = start(KvReader::new(db.clone()), progress);
+        let watches = Watches::new(KvReader::new(db.clone()));
+        let mut messages = watches.start(progress);
         assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 });
         assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 1 });
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stopping_the_member_ends_every_watch_with_a_reason() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(open_test_db(dir.path()));
+        let watches = Watches::new(KvReader::new(db.clone()));
+        let mut messages = watches.start(request(0));
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 0 });
+        watches.stop();
+        assert!(matches!(next(&mut messages).await, WatchMessage::Canceled { compact_revision: 0, .. }));
+        assert_eq!(messages.recv().await, None, "and the watcher is gone");
     }
 }

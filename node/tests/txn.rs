@@ -115,16 +115,18 @@ async fn compares_read_versions_values_and_ranges_and_operations_see_earlier_one
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nested_transaction_answers_inside_its_parent_and_shares_its_revision() {
     let (_cluster, client) = started(1).await;
+    // Every compare, nested ones included, is decided before anything applies (etcd's rule):
+    // the nested one sees the lock as it was, free, though the outer list takes it first.
     let inner = TxnRequest {
-        compare: vec![TxnCompare::key("lock", CompareResult::Equal, CompareTarget::Version(1))],
+        compare: vec![TxnCompare::key("lock", CompareResult::Equal, CompareTarget::Version(0))],
         success: vec![TxnOp::put("owned-by", "me")],
-        failure: vec![TxnOp::put("owned-by", "nobody")],
+        failure: vec![TxnOp::put("owned-by", "somebody-else")],
     };
     let outer =
         TxnRequest { success: vec![TxnOp::put("lock", "held"), TxnOp::Txn(inner)], ..Default::default() };
     let done = client.txn(&outer).await.expect("txn");
     let TxnOpResponse::Txn(nested) = &done.responses[1] else { panic!("{done:?}") };
-    assert!(nested.succeeded, "the nested compare sees the outer put");
+    assert!(nested.succeeded, "decided against the keys before the outer put");
     assert_eq!(nested.revision, done.revision);
     let owner = client.get("owned-by", Consistency::Linearizable).await.expect("get").expect("present");
     assert_eq!((owner.value.as_slice(), owner.mod_revision), (&b"me"[..], done.revision));

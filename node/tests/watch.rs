@@ -106,6 +106,7 @@ async fn bad_watches_are_refused_with_a_clear_error() {
     for (query, status) in [
         ("", 400),
         ("key=a&prefix=b", 400),
+        ("prefix=a&range_end=b", 400),
         ("key=a&start_revision=x", 400),
         ("key=a&prev_kv=maybe", 400),
         ("key=a&nope=1", 400),
@@ -136,7 +137,7 @@ async fn write_through_any(cluster: &Cluster, prefix: &str, count: usize) -> Vec
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_watch_survives_its_members_restart_and_the_leaders_death_with_no_gap_or_duplicate() {
+async fn a_watch_survives_its_members_stop_and_kill_and_the_leaders_death_with_no_gap_or_duplicate() {
     let (mut cluster, _) = started(3, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let watched = (1..=3).find(|id| *id != leader).expect("a follower");
@@ -144,11 +145,14 @@ async fn a_watch_survives_its_members_restart_and_the_leaders_death_with_no_gap_
     assert!(line(&mut watch).await.created);
 
     let mut written = write_through_any(&cluster, "w/a", 20).await;
-    cluster.kill(watched);
+    cluster.stop(watched);
     cluster.restart(watched);
     written.extend(write_through_any(&cluster, "w/b", 20).await);
-    cluster.kill(leader);
+    cluster.kill(watched);
+    cluster.restart(watched);
     written.extend(write_through_any(&cluster, "w/c", 20).await);
+    cluster.kill(leader);
+    written.extend(write_through_any(&cluster, "w/d", 20).await);
 
     let seen: Vec<u64> = events(&mut watch, written.len()).await.iter().map(|e| e.kv.mod_revision).collect();
     assert_eq!(seen, written, "every acknowledged write once, in order");

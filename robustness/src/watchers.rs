@@ -185,8 +185,17 @@ impl Watcher {
     async fn restart(&self) -> Option<u64> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let everything =
+                RangeRequest { limit: Some(metastore_client::MAX_RANGE_LIMIT), ..RangeRequest::default() };
             for member in &self.members {
-                if let Ok(page) = member.range(&RangeRequest::default()).await {
+                if let Ok(page) = member.range(&everything).await {
+                    if page.more {
+                        self.note(|r| {
+                            r.violations
+                                .push("more keys than one listing holds: the check needs fewer".into())
+                        });
+                        return None;
+                    }
                     let revision = page.revision;
                     if let Ok(mut check) = self.check.lock() {
                         *check = StreamCheck::from_listing(page.kvs, revision);

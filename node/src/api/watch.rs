@@ -48,6 +48,9 @@ fn request(q: &Query) -> Result<WatchRequest, ApiError> {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(ErrorCode::InvalidRange, "give either prefix or key, not both"));
         }
+        (Some(_), None) if q.bytes("range_end").is_some() => {
+            return Err(ApiError::new(ErrorCode::InvalidRange, "give either prefix or range_end, not both"));
+        }
         (Some(prefix), None) => KeyRange::prefix(prefix),
         (None, Some(key)) => {
             check_key(key)?;

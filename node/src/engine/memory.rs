@@ -26,6 +26,9 @@ impl KeySpace for Memory {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &KeyRecord) -> bool,
     ) -> Result<(), Infallible> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(());
+        }
         for (key, record) in self.keys.range(start.to_vec()..) {
             if end.is_some_and(|end| key.as_slice() >= end) || !visit(key, record) {
                 break;

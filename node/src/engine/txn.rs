@@ -159,17 +159,21 @@ impl Txn {
     /// Refuses, as etcd does, a transaction with too many operations, an empty key, or two
     /// writes to one key on one path through it: a key put twice, or put and deleted.
     pub fn check(&self) -> Result<(), TxnError> {
-        self.check_at(1)?;
+        self.check_at(1, MAX_TXN_OPS)?;
         writes(&self.success)?;
         writes(&self.failure)?;
         Ok(())
     }
 
-    fn check_at(&self, depth: usize) -> Result<(), TxnError> {
+    /// `ops`: how many operations one list may hold here. As in etcd, a nested transaction may
+    /// hold only what its parent's longest list left of the parent's allowance, so a whole
+    /// transaction stays small however it nests.
+    fn check_at(&self, depth: usize, ops: usize) -> Result<(), TxnError> {
         if depth > MAX_TXN_DEPTH {
             return Err(TxnError::TooDeep);
         }
-        if [self.compares.len(), self.success.len(), self.failure.len()].iter().any(|n| *n > MAX_TXN_OPS) {
+        let longest = self.compares.len().max(self.success.len()).max(self.failure.len());
+        if longest > ops {
             return Err(TxnError::TooManyOps);
         }
         if self.compares.iter().any(|c| c.key.is_empty()) {
@@ -182,7 +186,7 @@ impl Txn {
                 {
                     return Err(TxnError::EmptyKey)
                 }
-                Op::Txn(nested) => nested.check_at(depth + 1)?,
+                Op::Txn(nested) => nested.check_at(depth + 1, ops - longest)?,
                 _ => {}
             }
         }
@@ -191,7 +195,12 @@ impl Txn {
 
     /// About how many bytes the transaction takes in a log entry.
     pub fn size(&self) -> usize {
-        let compares: usize = self.compares.iter().map(|c| c.key.len() + c.range_end.len()).sum();
+        let operand = |c: &Compare| match &c.target {
+            CompareTarget::Value(value) => value.len(),
+            _ => 8,
+        };
+        let compares: usize =
+            self.compares.iter().map(|c| c.key.len() + c.range_end.len() + operand(c)).sum();
         let ops = |ops: &[Op]| -> usize {
             ops.iter()
                 .map(|op| match op {
@@ -204,6 +213,19 @@ impl Txn {
                 .sum()
         };
         compares + ops(&self.success) + ops(&self.failure)
+    }
+}
+
+impl Txn {
+    /// Whether applying it reads ranges of keys (a range, a range delete, a compare on a
+    /// range): work that grows with the store, not with the transaction.
+    pub fn scans(&self) -> bool {
+        self.compares.iter().any(|c| !c.range_end.is_empty())
+            || self.success.iter().chain(&self.failure).any(|op| match op {
+                Op::Range { range_end, .. } | Op::DeleteRange { range_end, .. } => !range_end.is_empty(),
+                Op::Txn(nested) => nested.scans(),
+                Op::Put { .. } => false,
+            })
     }
 }
 
@@ -221,7 +243,9 @@ impl fmt::Display for Txn {
 
 /// The keys a list of operations may put and the ranges it may delete, on any path through
 /// it; an error when one path writes a key twice. etcd's rule, in its order: a nested
-/// transaction's two lists exclude each other, so they may put the same key.
+/// transaction's two lists exclude each other, so they may put the same key. One difference:
+/// a delete of every key from K on (`range_end` `[0]`) covers those keys here, where etcd's
+/// check takes it for an empty interval and lets a put inside it through.
 #[derive(Default)]
 struct Writes<'a> {
     puts: Vec<&'a [u8]>,
@@ -275,7 +299,8 @@ fn writes(ops: &[Op]) -> Result<Writes<'_>, TxnError> {
 /// checks the transaction ([`Txn::check`]) before proposing it; applying does not rely on it.
 pub fn execute<S: KeySpace>(txn: Txn, space: &mut S, revision: u64) -> Result<(TxnResult, u64), S::Error> {
     let mut execution = Execution { space, revision: revision + 1, changes: 0, budget: MAX_RESPONSE_BYTES };
-    let result = execution.run(txn)?;
+    let path = execution.decide(&txn)?;
+    let result = execution.run(txn, path)?;
     let after = if execution.changes > 0 { revision + 1 } else { revision };
     Ok((result, after))
 }
@@ -290,8 +315,18 @@ struct Execution<'s, S> {
     budget: usize,
 }
 
+/// Which list a transaction applies, and the same for each transaction nested in that list,
+/// in order.
+#[derive(Default)]
+struct Path {
+    succeeded: bool,
+    nested: Vec<Path>,
+}
+
 impl<S: KeySpace> Execution<'_, S> {
-    fn run(&mut self, txn: Txn) -> Result<TxnResult, S::Error> {
+    /// Decides every compare on the way, nested ones included, against the keys as they are
+    /// before anything applies: etcd's rule, so a nested compare never sees its parent's writes.
+    fn decide(&mut self, txn: &Txn) -> Result<Path, S::Error> {
         let mut succeeded = true;
         for compare in &txn.compares {
             if !self.holds(compare)? {
@@ -299,9 +334,28 @@ impl<S: KeySpace> Execution<'_, S> {
                 break;
             }
         }
-        let ops = if succeeded { txn.success } else { txn.failure };
-        let responses = ops.into_iter().map(|op| self.op(op)).collect::<Result<_, _>>()?;
-        Ok(TxnResult { succeeded, responses })
+        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let mut nested = Vec::new();
+        for op in ops {
+            if let Op::Txn(inner) = op {
+                nested.push(self.decide(inner)?);
+            }
+        }
+        Ok(Path { succeeded, nested })
+    }
+
+    fn run(&mut self, txn: Txn, path: Path) -> Result<TxnResult, S::Error> {
+        let ops = if path.succeeded { txn.success } else { txn.failure };
+        // One path per nested transaction of this list, decided above.
+        let mut nested = path.nested.into_iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                Op::Txn(inner) => OpResponse::Txn(self.run(inner, nested.next().unwrap_or_default())?),
+                op => self.op(op)?,
+            });
+        }
+        Ok(TxnResult { succeeded: path.succeeded, responses })
     }
 
     /// A compare on a range holds when it holds for every key in it; on no key at all, as on a
@@ -330,7 +384,9 @@ impl<S: KeySpace> Execution<'_, S> {
                     }
                     let value = if keys_only { Vec::new() } else { record.value.clone() };
                     let size = key.len() + value.len();
-                    if kvs.len() >= limit || size > *budget {
+                    // Once one key is left out, so is every later one: the answer is always a
+                    // prefix of the range, from which a client may page on.
+                    if more || kvs.len() >= limit || size > *budget {
                         more = true;
                     } else {
                         *budget -= size;
@@ -355,8 +411,16 @@ impl<S: KeySpace> Execution<'_, S> {
             }
             Op::DeleteRange { key, range_end, prev_kv } => {
                 let mut doomed = Vec::new();
+                let budget = &mut self.budget;
                 visit(self.space, Span::of(&key, &range_end), &mut |key, record| {
-                    doomed.push((key.to_vec(), if prev_kv { Some(record.clone()) } else { None }));
+                    // Previous values share the answer's budget: a huge delete still applies
+                    // whole, but answers with only as many of them as fit.
+                    let size = key.len() + record.value.len();
+                    let keep = prev_kv && size <= *budget;
+                    if keep {
+                        *budget -= size;
+                    }
+                    doomed.push((key.to_vec(), keep.then(|| record.clone())));
                     true
                 })?;
                 let deleted = doomed.len() as u64;
@@ -369,7 +433,11 @@ impl<S: KeySpace> Execution<'_, S> {
                 }
                 Ok(OpResponse::DeleteRange { deleted, prev })
             }
-            Op::Txn(nested) => Ok(OpResponse::Txn(self.run(nested)?)),
+            // Only reached outside `run`; decided on the spot, against the keys as they are.
+            Op::Txn(nested) => {
+                let path = self.decide(&nested)?;
+                Ok(OpResponse::Txn(self.run(nested, path)?))
+            }
         }
     }
 
@@ -555,19 +623,48 @@ mod tests {
     }
 
     #[test]
-    fn a_nested_transaction_shares_the_outer_revision() {
+    fn a_nested_transaction_shares_the_outer_revision_and_decides_before_anything_applies() {
         let mut space = memory(&[]);
         let inner = txn(
-            vec![compare("a", CompareResult::Equal, CompareTarget::Version(1))],
-            vec![put("b", "from-inner")],
-            vec![],
+            vec![compare("a", CompareResult::Equal, CompareTarget::Version(0))],
+            vec![put("b", "a-was-absent")],
+            vec![put("b", "a-existed")],
         );
         let (result, revision) =
             execute(txn(vec![], vec![put("a", "1"), Op::Txn(inner)], vec![]), &mut space, 0).expect("apply");
         assert_eq!(revision, 1);
         let OpResponse::Txn(nested) = &result.responses[1] else { panic!("{result:?}") };
-        assert!(nested.succeeded, "the nested compare sees the outer put");
-        assert_eq!(space.keys[&b"b".to_vec()].mod_revision, 1);
+        assert!(nested.succeeded, "decided against the keys before the outer put, as etcd does");
+        assert_eq!(space.keys[&b"b".to_vec()], KeyRecord::at(1, 1, 1, "a-was-absent"));
+    }
+
+    #[test]
+    fn a_range_cut_short_answers_a_prefix_of_the_range() {
+        let big = "x".repeat(MAX_RESPONSE_BYTES - 10);
+        let mut space = memory(&[
+            ("k1", KeyRecord::at(1, 1, 1, "small")),
+            ("k2", KeyRecord::at(2, 2, 1, &big)),
+            ("k3", KeyRecord::at(3, 3, 1, "s")),
+        ]);
+        let ops = vec![range("k1", "", 0), range("k", "\0", 0)];
+        let (result, _) = execute(txn(vec![], ops, vec![]), &mut space, 3).expect("apply");
+        let OpResponse::Range { kvs, count, more } = &result.responses[1] else { panic!("{result:?}") };
+        let keys: Vec<&[u8]> = kvs.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(
+            (keys, *count, *more),
+            (vec![&b"k1"[..]], 3, true),
+            "k2 does not fit, so k3 is left out too"
+        );
+    }
+
+    #[test]
+    fn a_range_written_backwards_is_empty() {
+        let mut space = memory(&[("b", KeyRecord::at(1, 1, 1, "v"))]);
+        let (result, revision) =
+            execute(txn(vec![], vec![delete("z", "a"), range("z", "a", 0)], vec![]), &mut space, 1)
+                .expect("apply");
+        assert_eq!(revision, 1);
+        assert_eq!(result.responses[1], OpResponse::Range { kvs: vec![], count: 0, more: false });
     }
 
     #[test]
@@ -591,6 +688,19 @@ mod tests {
     fn oversized_empty_keyed_and_too_deep_transactions_are_refused() {
         let many = vec![range("a", "", 0); MAX_TXN_OPS + 1];
         assert_eq!(txn(vec![], many, vec![]).check(), Err(TxnError::TooManyOps));
+        let half = vec![range("a", "", 0); MAX_TXN_OPS / 2];
+        let nested = Op::Txn(txn(vec![], half.clone(), vec![]));
+        let mut outer = half.clone();
+        outer.push(nested.clone());
+        assert_eq!(
+            txn(vec![], outer, vec![]).check(),
+            Err(TxnError::TooManyOps),
+            "a nested list shares the allowance"
+        );
+        let fits = vec![range("a", "", 0); MAX_TXN_OPS / 2 - 1];
+        let mut outer = fits;
+        outer.push(nested);
+        assert_eq!(txn(vec![], outer, vec![]).check(), Ok(()));
         assert_eq!(txn(vec![], vec![put("", "v")], vec![]).check(), Err(TxnError::EmptyKey));
         let mut deep = txn(vec![], vec![], vec![]);
         for _ in 0..MAX_TXN_DEPTH {

@@ -60,6 +60,11 @@ impl Write {
         }
     }
 
+    /// Whether applying it reads ranges of keys: work that grows with the store.
+    pub fn scans(&self) -> bool {
+        matches!(self, Write::Txn(txn) if txn.scans())
+    }
+
     /// Applies the write to `space`, a store at `revision`, and answers what it did; the
     /// answer's revision is the store's afterwards.
     pub fn apply<S: KeySpace>(self, space: &mut S, revision: u64) -> Result<WriteResult, S::Error> {

@@ -30,6 +30,7 @@ use crate::network::PeerClient;
 use crate::raft::Raft;
 use crate::storage::{KeyRead, KvReader, RangePage};
 use crate::types::{Member, NodeId, RaftMetrics};
+use crate::watch::{WatchMessage, WatchRequest, Watches};
 use batcher::WriteBatcher;
 use forward::{WriteWaiter, REQUEST_DEADLINE};
 use reads::{ReadConfirmation, ReadIndexWaiter};
@@ -57,6 +58,7 @@ struct Shared {
     member: Member,
     raft: Raft,
     reader: KvReader,
+    watches: Watches,
     peers: PeerClient,
     batcher: WriteBatcher,
     confirmation: ReadConfirmation,
@@ -82,7 +84,9 @@ impl Service {
         let confirmation = ReadConfirmation::new(lease);
         let (reads, waiting_reads) = mpsc::channel(QUEUE);
         let (writes, waiting_writes) = mpsc::channel(QUEUE);
-        let shared = Shared { id, member, raft, reader, peers, batcher, confirmation, reads, writes };
+        let watches = Watches::new(reader.clone());
+        let shared =
+            Shared { id, member, raft, reader, watches, peers, batcher, confirmation, reads, writes };
         let service = Self { inner: Arc::new(shared) };
         tokio::spawn(reads::share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward::forward_writes(service.clone(), waiting_writes));
@@ -147,11 +151,13 @@ impl Service {
 
     /// Watches keys on this member: their changes from a revision on, replayed from history,
     /// then as this member applies them (see [`crate::watch`]).
-    pub fn watch(
-        &self,
-        request: crate::watch::WatchRequest,
-    ) -> tokio::sync::mpsc::Receiver<crate::watch::WatchMessage> {
-        crate::watch::start(self.reader().clone(), request)
+    pub fn watch(&self, request: WatchRequest) -> mpsc::Receiver<WatchMessage> {
+        self.inner.watches.start(request)
+    }
+
+    /// Ends every watch on this member: it is stopping.
+    pub fn stop_watches(&self) {
+        self.inner.watches.stop();
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), key = %String::from_utf8_lossy(&key), ?consistency, ?at))]

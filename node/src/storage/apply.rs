@@ -58,6 +58,10 @@ impl KeySpace for Applier<'_> {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &KeyRecord) -> bool,
     ) -> Result<(), StoreError> {
+        if end.is_some_and(|end| end <= start) {
+            // An empty range (or one written backwards): nothing in it, as in etcd.
+            return Ok(());
+        }
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let mut changed = self.pending.range::<[u8], _>((Bound::Included(start), upper)).peekable();
         let mut stored = self.db.raw_iterator_cf(self.kv);

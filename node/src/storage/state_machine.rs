@@ -24,7 +24,7 @@ use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, encode};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
 use super::{cf, run_blocking, run_write, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_SM};
-use crate::engine;
+use crate::engine::{self, Write};
 use crate::metrics;
 use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -75,9 +75,13 @@ pub(crate) fn read_sm_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// About how many bytes applying `entry` writes.
+/// About how many bytes applying `entry` writes; an entry whose transactions read ranges of
+/// keys counts as large whatever its size, so that it applies on a blocking thread.
 fn entry_size(entry: &Entry) -> usize {
     match &entry.payload {
+        EntryPayload::Normal(Command::Writes(writes)) if writes.iter().any(Write::scans) => {
+            super::INLINE_WRITE_BYTES
+        }
         EntryPayload::Normal(command) => command.size(),
         _ => 0,
     }
@@ -262,7 +266,7 @@ impl StateMachine {
         let db = self.db.clone();
         let started = std::time::Instant::now();
         let count = chunk.len();
-        let bytes = chunk.iter().map(entry_size).sum();
+        let bytes = chunk.iter().map(entry_size).fold(0, usize::saturating_add);
         let (results, revision) = run_write(bytes, move || {
             let results = apply_entries(&db, chunk)?;
             Ok((results, read_revision(&db, &ReadOptions::default())?))
@@ -553,6 +557,25 @@ pub(super) mod tests {
             .skip(4)
             .collect();
         assert_eq!(changes, [((5, 0), b"k/c".to_vec()), ((5, 1), b"k/d".to_vec())]);
+    }
+
+    #[test]
+    fn a_range_written_backwards_is_empty_even_beside_the_batchs_own_changes() {
+        use crate::engine::{Op, OpResponse, Txn};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = super::super::open_db(&dir.path().join("db")).expect("open");
+        let backwards = Txn {
+            success: vec![
+                Op::Put { key: b"m".to_vec(), value: b"1".to_vec(), lease: 0, prev_kv: false },
+                Op::DeleteRange { key: b"z".to_vec(), range_end: b"b".to_vec(), prev_kv: true },
+            ],
+            ..Txn::default()
+        };
+        let answers = apply_entries(&db, vec![entry(1, vec![put(b"a", "1", None), Write::Txn(backwards)])])
+            .expect("apply");
+        let Applied::Writes(writes) = &answers[0] else { panic!("{answers:?}") };
+        assert_eq!(writes[1].responses[1], OpResponse::DeleteRange { deleted: 0, prev: vec![] });
+        assert!(stored(&db, b"a").is_some() && stored(&db, b"m").is_some());
     }
 
     #[test]
