@@ -78,6 +78,8 @@ error_codes! {
     InvalidRequest = "invalid_request", 400;
     KeyNotFound = "key_not_found", 404;
     KeyTooLarge = "key_too_large", 413;
+    /// A grant named a lease id already in use.
+    LeaseExists = "lease_exists", 409;
     /// A write named a lease that does not exist (or has expired).
     LeaseNotFound = "lease_not_found", 404;
     MethodNotAllowed = "method_not_allowed", 405;

@@ -153,6 +153,11 @@ impl Watch {
         self.next
     }
 
+    /// The member the watch is reading from, or would connect to next.
+    pub fn member_url(&self) -> Option<&str> {
+        self.member().map(Client::base_url)
+    }
+
     fn member(&self) -> Option<&Client> {
         self.members.get(self.current % self.members.len().max(1))
     }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Precondition, RevisionError, Write, WriteResult};
+use crate::engine::{Precondition, RevisionError, Write, WriteError, WriteResult};
 
 pub type NodeId = u64;
 
@@ -124,8 +124,9 @@ pub enum Applied {
     /// Blank and membership entries answer nothing.
     #[default]
     Nothing,
-    /// One answer per client write the entry carried, in order.
-    Writes(Vec<WriteResult>),
+    /// One answer per client write the entry carried, in order: what it did, or why none of
+    /// it could apply.
+    Writes(Vec<Result<WriteResult, WriteError>>),
     /// The compaction revision now in effect, or why the compaction was refused.
     Compaction(Result<u64, RevisionError>),
 }

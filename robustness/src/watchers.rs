@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metastore_client::{Client, EventKind, KeyValue, RangeRequest, Watch, WatchRequest, WatchResponse};
+use metastore_client::{
+    Client, Consistency, EventKind, KeyValue, RangeRequest, Watch, WatchRequest, WatchResponse,
+};
 use serde::Serialize;
 
 /// A stream being checked: the keys as its events have left them.
@@ -123,6 +125,8 @@ pub struct Watcher {
     members: Vec<Client>,
     check: Arc<Mutex<StreamCheck>>,
     report: Arc<Mutex<WatchReport>>,
+    /// The member its watch last read from, for a report on a watch that falls behind.
+    serving: Arc<Mutex<Option<String>>>,
 }
 
 fn everything() -> WatchRequest {
@@ -131,7 +135,12 @@ fn everything() -> WatchRequest {
 
 impl Watcher {
     pub fn new(members: Vec<Client>, report: Arc<Mutex<WatchReport>>) -> Self {
-        Self { members, check: Arc::new(Mutex::new(StreamCheck::from_start())), report }
+        Self {
+            members,
+            check: Arc::new(Mutex::new(StreamCheck::from_start())),
+            report,
+            serving: Arc::default(),
+        }
     }
 
     fn note(&self, change: impl FnOnce(&mut WatchReport)) {
@@ -169,6 +178,9 @@ impl Watcher {
                     }
                 }
             };
+            if let Ok(mut serving) = self.serving.lock() {
+                *serving = watch.member_url().map(str::to_string);
+            }
             let checked = self.check.lock().map(|mut check| check.line(&line));
             match checked {
                 Ok(Ok(())) => self.note(|r| r.events += line.events.len()),
@@ -222,9 +234,21 @@ impl Watcher {
                 break next - 1;
             }
             if Instant::now() > deadline {
+                let serving = self.serving.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
+                let stale = RangeRequest {
+                    consistency: Consistency::Stale,
+                    limit: Some(1),
+                    ..RangeRequest::default()
+                };
+                let there = match Client::new(serving.clone()).range(&stale).await {
+                    Ok(page) => format!("its store at revision {}", page.revision),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                let reached = next.saturating_sub(1);
                 self.note(|r| {
-                    r.violations
-                        .push(format!("the watch reached only {} of {through}", next.saturating_sub(1)))
+                    r.violations.push(format!(
+                        "the watch reached only {reached} of {through}, last through {serving} ({there})"
+                    ))
                 });
                 return;
             }

@@ -4,7 +4,7 @@ use metastore_client::{ErrorBody, ErrorCode};
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
-use crate::engine::TxnError;
+use crate::engine::{TxnError, WriteError};
 use crate::service::ServiceError;
 use crate::storage::RevisionError;
 
@@ -63,6 +63,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Txn(TxnError::TooManyOps) => ErrorCode::TooManyOperations,
             ServiceError::Txn(TxnError::EmptyKey) => ErrorCode::InvalidKey,
             ServiceError::Txn(TxnError::TooDeep) => ErrorCode::TxnTooDeep,
+            ServiceError::Write(WriteError::LeaseNotFound(_)) => ErrorCode::LeaseNotFound,
+            ServiceError::Write(WriteError::LeaseExists(_)) => ErrorCode::LeaseExists,
             ServiceError::Revision(RevisionError::Future { .. }) => ErrorCode::FutureRevision,
             ServiceError::Revision(RevisionError::Compacted { .. }) => ErrorCode::Compacted,
             ServiceError::Storage(_) => ErrorCode::Internal,

@@ -11,7 +11,11 @@
 //! and its lease (0: none).
 //!
 //! Keys and values are bytes: nothing here assumes they are text.
+//!
+//! A key attached to a lease goes when the lease is revoked; a write that names a lease that
+//! does not exist fails whole ([`WriteError`]).
 
+mod lease;
 #[cfg(test)]
 mod memory;
 mod revision;
@@ -21,6 +25,7 @@ mod write;
 
 use serde::{Deserialize, Serialize};
 
+pub use lease::{LeaseRecord, WriteError, MAX_LEASE_TTL};
 pub use revision::{compaction, RevisionError};
 pub use span::KeyRange;
 pub use txn::{

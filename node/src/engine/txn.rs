@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::lease::{LeaseRecord, WriteError};
 use super::span::Span;
 use super::KeyRecord;
 
@@ -153,6 +154,39 @@ pub trait KeySpace {
 
     /// Makes `state` (None: deleted) the key's, as change `sub` of `revision`.
     fn change(&mut self, key: Vec<u8>, state: Option<KeyRecord>, revision: u64, sub: u32);
+
+    fn lease(&mut self, id: i64) -> Result<Option<LeaseRecord>, Self::Error>;
+
+    /// Grants lease `id` (`Some`) or forgets it (`None`).
+    fn set_lease(&mut self, id: i64, lease: Option<LeaseRecord>);
+
+    /// Records that `key` is attached to lease `id`, or no longer is.
+    fn attach(&mut self, id: i64, key: &[u8], attached: bool);
+
+    /// The keys attached to lease `id`, in order.
+    fn attached(&mut self, id: i64) -> Result<Vec<Vec<u8>>, Self::Error>;
+}
+
+/// Changes `key` from `before` to `after` as change `sub` of `revision`, keeping the record of
+/// which lease it is attached to.
+pub(crate) fn set_key<S: KeySpace>(
+    space: &mut S,
+    key: Vec<u8>,
+    before: Option<&KeyRecord>,
+    after: Option<KeyRecord>,
+    revision: u64,
+    sub: u32,
+) {
+    let (old, new) = (before.map_or(0, |r| r.lease), after.as_ref().map_or(0, |r| r.lease));
+    if old != new {
+        if old != 0 {
+            space.attach(old, &key, false);
+        }
+        if new != 0 {
+            space.attach(new, &key, true);
+        }
+    }
+    space.change(key, after, revision, sub);
 }
 
 impl Txn {
@@ -295,14 +329,22 @@ fn writes(ops: &[Op]) -> Result<Writes<'_>, TxnError> {
 }
 
 /// Applies `txn` to `space`, a store at `revision`. Returns what it did and the store's
-/// revision afterwards: `revision + 1` if it changed anything, else `revision`. The caller
-/// checks the transaction ([`Txn::check`]) before proposing it; applying does not rely on it.
-pub fn execute<S: KeySpace>(txn: Txn, space: &mut S, revision: u64) -> Result<(TxnResult, u64), S::Error> {
+/// revision afterwards: `revision + 1` if it changed anything, else `revision`; or, when a put
+/// on its path names a lease that does not exist, why nothing of it applied. The caller checks
+/// the transaction ([`Txn::check`]) before proposing it; applying does not rely on it.
+pub fn execute<S: KeySpace>(
+    txn: Txn,
+    space: &mut S,
+    revision: u64,
+) -> Result<Result<(TxnResult, u64), WriteError>, S::Error> {
     let mut execution = Execution { space, revision: revision + 1, changes: 0, budget: MAX_RESPONSE_BYTES };
     let path = execution.decide(&txn)?;
+    if let Some(id) = execution.missing_lease(&txn, &path)? {
+        return Ok(Err(WriteError::LeaseNotFound(id)));
+    }
     let result = execution.run(txn, path)?;
     let after = if execution.changes > 0 { revision + 1 } else { revision };
-    Ok((result, after))
+    Ok(Ok((result, after)))
 }
 
 struct Execution<'s, S> {
@@ -342,6 +384,30 @@ impl<S: KeySpace> Execution<'_, S> {
             }
         }
         Ok(Path { succeeded, nested })
+    }
+
+    /// The first lease a put on `path` names that does not exist (etcd checks them all before
+    /// anything applies).
+    fn missing_lease(&mut self, txn: &Txn, path: &Path) -> Result<Option<i64>, S::Error> {
+        let ops = if path.succeeded { &txn.success } else { &txn.failure };
+        let mut nested = path.nested.iter();
+        for op in ops {
+            match op {
+                Op::Put { lease, .. } if *lease != 0 && self.space.lease(*lease)?.is_none() => {
+                    return Ok(Some(*lease));
+                }
+                Op::Txn(inner) => {
+                    if let Some(id) = match nested.next() {
+                        Some(inner_path) => self.missing_lease(inner, inner_path)?,
+                        None => None,
+                    } {
+                        return Ok(Some(id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     fn run(&mut self, txn: Txn, path: Path) -> Result<TxnResult, S::Error> {
@@ -405,9 +471,8 @@ impl<S: KeySpace> Execution<'_, S> {
                     lease,
                     value,
                 };
-                let prev = current.filter(|_| prev_kv).map(|r| (key.clone(), r));
-                self.change(key, Some(record));
-                Ok(OpResponse::Put { prev })
+                self.change(key.clone(), current.as_ref(), Some(record));
+                Ok(OpResponse::Put { prev: current.filter(|_| prev_kv).map(|r| (key, r)) })
             }
             Op::DeleteRange { key, range_end, prev_kv } => {
                 let mut doomed = Vec::new();
@@ -420,16 +485,24 @@ impl<S: KeySpace> Execution<'_, S> {
                     if keep {
                         *budget -= size;
                     }
-                    doomed.push((key.to_vec(), keep.then(|| record.clone())));
+                    doomed.push((key.to_vec(), record.lease, keep.then(|| record.clone())));
                     true
                 })?;
                 let deleted = doomed.len() as u64;
                 let mut prev = Vec::new();
-                for (key, record) in doomed {
+                for (key, lease, record) in doomed {
+                    // Only its lease matters to the change: what it leaves it attached to.
+                    let before = KeyRecord {
+                        lease,
+                        create_revision: 0,
+                        mod_revision: 0,
+                        version: 0,
+                        value: Vec::new(),
+                    };
+                    self.change(key.clone(), Some(&before), None);
                     if let Some(record) = record {
-                        prev.push((key.clone(), record));
+                        prev.push((key, record));
                     }
-                    self.change(key, None);
                 }
                 Ok(OpResponse::DeleteRange { deleted, prev })
             }
@@ -441,8 +514,8 @@ impl<S: KeySpace> Execution<'_, S> {
         }
     }
 
-    fn change(&mut self, key: Vec<u8>, state: Option<KeyRecord>) {
-        self.space.change(key, state, self.revision, self.changes);
+    fn change(&mut self, key: Vec<u8>, before: Option<&KeyRecord>, after: Option<KeyRecord>) {
+        set_key(self.space, key, before, after, self.revision, self.changes);
         self.changes += 1;
     }
 }
@@ -497,7 +570,7 @@ mod tests {
     fn memory(keys: &[(&str, KeyRecord)]) -> Memory {
         Memory {
             keys: keys.iter().map(|(k, r)| (k.as_bytes().to_vec(), r.clone())).collect(),
-            changes: vec![],
+            ..Memory::default()
         }
     }
 
@@ -529,7 +602,7 @@ mod tests {
             vec![put("a", "5"), put("b", "5")],
             vec![range("a", "", 0)],
         );
-        let (result, revision) = execute(transfer, &mut space, 6).expect("apply");
+        let (result, revision) = execute(transfer, &mut space, 6).expect("apply").expect("applies");
         assert!(result.succeeded);
         assert_eq!(revision, 7, "one revision for the whole transaction");
         assert_eq!(space.keys[&b"a".to_vec()], KeyRecord::at(1, 7, 4, "5"));
@@ -552,7 +625,7 @@ mod tests {
             vec![put("a", "5")],
             vec![range("a", "", 0)],
         );
-        let (result, revision) = execute(stale, &mut space, 6).expect("apply");
+        let (result, revision) = execute(stale, &mut space, 6).expect("apply").expect("applies");
         assert!(!result.succeeded);
         assert_eq!(revision, 6);
         assert!(space.changes.is_empty());
@@ -577,7 +650,7 @@ mod tests {
         let mut space = memory(&[("p/a", KeyRecord::at(1, 1, 1, "x")), ("p/b", KeyRecord::at(2, 2, 1, "y"))]);
         let on_range = |result, target, space: &mut Memory| {
             let c = Compare { key: b"p/".to_vec(), range_end: b"p0".to_vec(), result, target };
-            execute(txn(vec![c], vec![], vec![]), space, 2).expect("apply").0.succeeded
+            execute(txn(vec![c], vec![], vec![]), space, 2).expect("apply").expect("applies").0.succeeded
         };
         assert!(on_range(CompareResult::Less, CompareTarget::ModRevision(3), &mut space), "every key");
         assert!(!on_range(CompareResult::Less, CompareTarget::ModRevision(2), &mut space), "not every key");
@@ -588,7 +661,8 @@ mod tests {
     fn operations_see_the_changes_made_before_them_in_the_transaction() {
         let mut space = memory(&[("k/1", KeyRecord::at(1, 1, 1, "a")), ("k/2", KeyRecord::at(2, 2, 1, "b"))]);
         let ops = vec![delete("k/", "k0"), put("k/3", "c"), range("k/", "k0", 0)];
-        let (result, revision) = execute(txn(vec![], ops, vec![]), &mut space, 2).expect("apply");
+        let (result, revision) =
+            execute(txn(vec![], ops, vec![]), &mut space, 2).expect("apply").expect("applies");
         assert_eq!(revision, 3);
         let listed = vec![(b"k/3".to_vec(), KeyRecord::at(3, 3, 1, "c"))];
         assert_eq!(result.responses[2], OpResponse::Range { kvs: listed, count: 1, more: false });
@@ -607,8 +681,9 @@ mod tests {
             (0..5).map(|i| (format!("k{i}"), KeyRecord::at(i + 1, i + 1, 1, "v"))).collect();
         let keys: Vec<(&str, KeyRecord)> = keys.iter().map(|(k, r)| (k.as_str(), r.clone())).collect();
         let mut space = memory(&keys);
-        let (result, _) =
-            execute(txn(vec![], vec![range("k", "\0", 2)], vec![]), &mut space, 5).expect("apply");
+        let (result, _) = execute(txn(vec![], vec![range("k", "\0", 2)], vec![]), &mut space, 5)
+            .expect("apply")
+            .expect("applies");
         let OpResponse::Range { kvs, count, more } = &result.responses[0] else { panic!("{result:?}") };
         assert_eq!((kvs.len(), *count, *more), (2, 5, true));
         let counting = Op::Range {
@@ -618,7 +693,8 @@ mod tests {
             keys_only: false,
             count_only: true,
         };
-        let (result, _) = execute(txn(vec![], vec![counting], vec![]), &mut space, 5).expect("apply");
+        let (result, _) =
+            execute(txn(vec![], vec![counting], vec![]), &mut space, 5).expect("apply").expect("applies");
         assert_eq!(result.responses[0], OpResponse::Range { kvs: vec![], count: 5, more: false });
     }
 
@@ -631,7 +707,9 @@ mod tests {
             vec![put("b", "a-existed")],
         );
         let (result, revision) =
-            execute(txn(vec![], vec![put("a", "1"), Op::Txn(inner)], vec![]), &mut space, 0).expect("apply");
+            execute(txn(vec![], vec![put("a", "1"), Op::Txn(inner)], vec![]), &mut space, 0)
+                .expect("apply")
+                .expect("applies");
         assert_eq!(revision, 1);
         let OpResponse::Txn(nested) = &result.responses[1] else { panic!("{result:?}") };
         assert!(nested.succeeded, "decided against the keys before the outer put, as etcd does");
@@ -647,7 +725,7 @@ mod tests {
             ("k3", KeyRecord::at(3, 3, 1, "s")),
         ]);
         let ops = vec![range("k1", "", 0), range("k", "\0", 0)];
-        let (result, _) = execute(txn(vec![], ops, vec![]), &mut space, 3).expect("apply");
+        let (result, _) = execute(txn(vec![], ops, vec![]), &mut space, 3).expect("apply").expect("applies");
         let OpResponse::Range { kvs, count, more } = &result.responses[1] else { panic!("{result:?}") };
         let keys: Vec<&[u8]> = kvs.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!(
@@ -662,7 +740,8 @@ mod tests {
         let mut space = memory(&[("b", KeyRecord::at(1, 1, 1, "v"))]);
         let (result, revision) =
             execute(txn(vec![], vec![delete("z", "a"), range("z", "a", 0)], vec![]), &mut space, 1)
-                .expect("apply");
+                .expect("apply")
+                .expect("applies");
         assert_eq!(revision, 1);
         assert_eq!(result.responses[1], OpResponse::Range { kvs: vec![], count: 0, more: false });
     }

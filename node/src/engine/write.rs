@@ -5,7 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::txn::{execute, CompareResult, CompareTarget, KeySpace, OpResponse, Txn};
+use super::lease::{LeaseRecord, WriteError};
+use super::txn::{execute, set_key, CompareResult, CompareTarget, KeySpace, OpResponse, Txn};
 use super::KeyRecord;
 
 /// A condition on the key's current state that a write requires (compare-and-swap).
@@ -48,6 +49,10 @@ pub enum Write {
     },
     /// A transaction, checked ([`Txn::check`]) before it was proposed.
     Txn(Txn),
+    /// Grants lease `id` for `ttl` seconds; the proposing member chose the id.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Revokes lease `id`, deleting every key attached to it at one revision.
+    LeaseRevoke { id: i64 },
 }
 
 impl Write {
@@ -57,6 +62,7 @@ impl Write {
             Write::Put { key, value, .. } => key.len() + value.len(),
             Write::Delete { key, .. } => key.len(),
             Write::Txn(txn) => txn.size(),
+            Write::LeaseGrant { .. } | Write::LeaseRevoke { .. } => 16,
         }
     }
 
@@ -65,12 +71,16 @@ impl Write {
         matches!(self, Write::Txn(txn) if txn.scans())
     }
 
-    /// Applies the write to `space`, a store at `revision`, and answers what it did; the
-    /// answer's revision is the store's afterwards.
-    pub fn apply<S: KeySpace>(self, space: &mut S, revision: u64) -> Result<WriteResult, S::Error> {
+    /// Applies the write to `space`, a store at `revision`, and answers what it did (the
+    /// answer's revision is the store's afterwards), or why nothing of it could apply.
+    pub fn apply<S: KeySpace>(
+        self,
+        space: &mut S,
+        revision: u64,
+    ) -> Result<Result<WriteResult, WriteError>, S::Error> {
         let answer =
-            |revision, succeeded, prev| WriteResult { revision, succeeded, prev, responses: Vec::new() };
-        match self {
+            |revision, succeeded, prev| Ok(WriteResult { revision, succeeded, prev, responses: Vec::new() });
+        Ok(match self {
             Write::Put { key, value, precondition } => {
                 let current = space.get(&key)?;
                 if !precondition.is_none_or(|p| p.holds(current.as_ref())) {
@@ -84,8 +94,8 @@ impl Write {
                     lease: 0,
                     value,
                 };
-                space.change(key, Some(record), revision, 0);
-                Ok(answer(revision, true, current))
+                set_key(space, key, current.as_ref(), Some(record), revision, 0);
+                answer(revision, true, current)
             }
             Write::Delete { key, precondition } => {
                 let current = space.get(&key)?;
@@ -95,19 +105,42 @@ impl Write {
                 if current.is_none() {
                     return Ok(answer(revision, true, None));
                 }
-                space.change(key, None, revision + 1, 0);
-                Ok(answer(revision + 1, true, current))
+                set_key(space, key, current.as_ref(), None, revision + 1, 0);
+                answer(revision + 1, true, current)
             }
-            Write::Txn(txn) => {
-                let (result, revision) = execute(txn, space, revision)?;
-                Ok(WriteResult {
-                    revision,
-                    succeeded: result.succeeded,
-                    prev: None,
-                    responses: result.responses,
-                })
+            Write::Txn(txn) => execute(txn, space, revision)?.map(|(result, revision)| WriteResult {
+                revision,
+                succeeded: result.succeeded,
+                prev: None,
+                responses: result.responses,
+            }),
+            Write::LeaseGrant { id, ttl } => {
+                if space.lease(id)?.is_some() {
+                    return Ok(Err(WriteError::LeaseExists(id)));
+                }
+                space.set_lease(id, Some(LeaseRecord { ttl }));
+                answer(revision, true, None)
             }
-        }
+            Write::LeaseRevoke { id } => {
+                if space.lease(id)?.is_none() {
+                    return Ok(Err(WriteError::LeaseNotFound(id)));
+                }
+                let mut sub = 0;
+                for key in space.attached(id)? {
+                    let current = space.get(&key)?;
+                    match current {
+                        Some(record) if record.lease == id => {
+                            set_key(space, key, Some(&record), None, revision + 1, sub);
+                            sub += 1;
+                        }
+                        // Attached no more (never so, if the records agree): only the mark goes.
+                        _ => space.attach(id, &key, false),
+                    }
+                }
+                space.set_lease(id, None);
+                answer(if sub > 0 { revision + 1 } else { revision }, true, None)
+            }
+        })
     }
 }
 
@@ -120,6 +153,8 @@ impl fmt::Display for Write {
             }
             Write::Delete { key, .. } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
             Write::Txn(txn) => write!(f, "{txn}"),
+            Write::LeaseGrant { id, ttl } => write!(f, "grant lease {id} for {ttl} s"),
+            Write::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
         }
     }
 }
@@ -156,7 +191,7 @@ mod tests {
         if let Some(current) = current {
             space.keys.insert(b"k".to_vec(), current.clone());
         }
-        let result = write.apply(&mut space, revision).expect("apply");
+        let result = write.apply(&mut space, revision).expect("apply").expect("applies");
         let change = (!space.changes.is_empty()).then(|| space.keys.get(&b"k"[..]).cloned());
         (result, change)
     }

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{RevisionError, Write, WriteResult};
+use crate::engine::{RevisionError, Write, WriteError, WriteResult};
 use crate::types::{Member, MembershipChange, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 /// Largest peer request or answer body. Larger log batches are split (only the part that fits
@@ -132,6 +132,9 @@ pub enum ForwardError {
     /// must never be retried on the client's behalf.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The write was applied and took no effect, for this reason.
+    #[error("{0}")]
+    Write(WriteError),
 }
 
 #[cfg(test)]

@@ -97,8 +97,8 @@ async fn propose(id: NodeId, raft: Raft, batch: Vec<Pending>, _slot: OwnedSemaph
     match raft.client_write(command).await {
         Ok(response) => match response.data {
             Applied::Writes(answers) if answers.len() == writes => {
-                for (reply, result) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(result));
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer.map_err(ForwardError::Write));
                 }
             }
             // The state machine answers every write of an entry; anything else is a bug, and

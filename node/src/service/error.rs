@@ -1,6 +1,6 @@
 //! Why the service could not do what a front end asked.
 
-use crate::engine::TxnError;
+use crate::engine::{TxnError, WriteError};
 use crate::network::wire::ForwardError;
 use crate::storage::{self, RevisionError};
 
@@ -24,6 +24,9 @@ pub enum ServiceError {
     /// A transaction refused before it was proposed (etcd's rules).
     #[error(transparent)]
     Txn(TxnError),
+    /// A write applied without effect: it named a lease that does not exist, say.
+    #[error(transparent)]
+    Write(WriteError),
     /// A read asked for a revision this member cannot serve.
     #[error(transparent)]
     Revision(RevisionError),
@@ -48,6 +51,7 @@ impl From<ForwardError> for ServiceError {
             ForwardError::Rejected(m) => ServiceError::Invalid(m),
             ForwardError::Conflict(m) => ServiceError::Conflict(m),
             ForwardError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),
+            ForwardError::Write(e) => ServiceError::Write(e),
         }
     }
 }
@@ -62,6 +66,7 @@ impl ServiceError {
             ServiceError::Conflict(m) => ServiceError::Conflict(m.clone()),
             ServiceError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m.clone()),
             ServiceError::Txn(e) => ServiceError::Txn(e.clone()),
+            ServiceError::Write(e) => ServiceError::Write(e.clone()),
             ServiceError::Revision(e) => ServiceError::Revision(e.clone()),
             ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
         }

@@ -3,24 +3,29 @@
 //! (`history`: its record, or an empty tombstone for a deletion) and the change itself
 //! (`changes`, by revision and sub-revision: what a watch replays).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use rocksdb::{ColumnFamily, WriteBatch, DB};
 
 use super::codec::{self, decode_record, encode_record};
-use super::{cf, StoreError, CF_CHANGES, CF_HISTORY, CF_KV};
-use crate::engine::{KeyRecord, KeySpace};
+use super::{cf, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS};
+use crate::engine::{KeyRecord, KeySpace, LeaseRecord};
 
 pub(super) struct Applier<'db> {
     db: &'db DB,
     kv: &'db ColumnFamily,
     history: &'db ColumnFamily,
     changes: &'db ColumnFamily,
+    leases: &'db ColumnFamily,
+    lease_keys: &'db ColumnFamily,
     batch: WriteBatch,
     /// The keys this batch changes, as it leaves them (None: deleted): reads in later writes
     /// must see them, and the database does not hold them until the batch is written.
     pending: BTreeMap<Vec<u8>, Option<KeyRecord>>,
+    /// Likewise the leases it grants or revokes, and the attachments it makes or undoes.
+    pending_leases: HashMap<i64, Option<LeaseRecord>>,
+    pending_attached: BTreeMap<(i64, Vec<u8>), bool>,
 }
 
 impl<'db> Applier<'db> {
@@ -30,8 +35,12 @@ impl<'db> Applier<'db> {
             kv: cf(db, CF_KV)?,
             history: cf(db, CF_HISTORY)?,
             changes: cf(db, CF_CHANGES)?,
+            leases: cf(db, CF_LEASES)?,
+            lease_keys: cf(db, CF_LEASE_KEYS)?,
             batch: WriteBatch::default(),
             pending: BTreeMap::new(),
+            pending_leases: HashMap::new(),
+            pending_attached: BTreeMap::new(),
         })
     }
 
@@ -109,5 +118,57 @@ impl KeySpace for Applier<'_> {
         }
         self.batch.put_cf(self.changes, codec::change_key(revision, sub), &key);
         self.pending.insert(key, state);
+    }
+
+    fn lease(&mut self, id: i64) -> Result<Option<LeaseRecord>, StoreError> {
+        match self.pending_leases.get(&id) {
+            Some(lease) => Ok(*lease),
+            None => self
+                .db
+                .get_pinned_cf(self.leases, codec::lease_key(id))?
+                .map(|b| codec::decode_lease(&b))
+                .transpose(),
+        }
+    }
+
+    fn set_lease(&mut self, id: i64, lease: Option<LeaseRecord>) {
+        match &lease {
+            Some(lease) => self.batch.put_cf(self.leases, codec::lease_key(id), codec::encode_lease(lease)),
+            None => self.batch.delete_cf(self.leases, codec::lease_key(id)),
+        }
+        self.pending_leases.insert(id, lease);
+    }
+
+    fn attach(&mut self, id: i64, key: &[u8], attached: bool) {
+        let at = codec::attachment_key(id, key);
+        if attached {
+            self.batch.put_cf(self.lease_keys, at, []);
+        } else {
+            self.batch.delete_cf(self.lease_keys, at);
+        }
+        self.pending_attached.insert((id, key.to_vec()), attached);
+    }
+
+    fn attached(&mut self, id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = codec::lease_key(id);
+        let mut keys = BTreeSet::new();
+        let mut stored = self.db.raw_iterator_cf(self.lease_keys);
+        stored.seek(prefix);
+        while let Some(at) = stored.key().filter(|k| k.starts_with(&prefix)) {
+            keys.insert(codec::decode_attachment_key(at)?.1.to_vec());
+            stored.next();
+        }
+        stored.status()?;
+        for ((lease, key), attached) in self.pending_attached.range((id, Vec::new())..) {
+            if *lease != id {
+                break;
+            }
+            if *attached {
+                keys.insert(key.clone());
+            } else {
+                keys.remove(key);
+            }
+        }
+        Ok(keys.into_iter().collect())
     }
 }

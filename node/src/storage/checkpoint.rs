@@ -26,7 +26,7 @@ use rocksdb::{IteratorMode, Options, ReadOptions, DB};
 
 use super::codec::{self, decode, encode};
 use super::snapshot::{SnapshotHeader, SnapshotWriter};
-use super::{cf, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_LOG, CF_RAFT, CF_SM};
+use super::{cf, Family, StoreError, CF_LOG, CF_RAFT, CF_SM};
 use crate::metrics;
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
 
@@ -65,7 +65,8 @@ impl Checkpoint {
     ) -> Result<(), StoreError> {
         let db = open_read_only(&self.dir.join(DB_DIR))?;
         for family in Family::ALL {
-            for item in db.iterator_cf(cf(&db, family.name())?, IteratorMode::Start) {
+            let Some(handle) = db.cf_handle(family.name()) else { continue };
+            for item in db.iterator_cf(handle, IteratorMode::Start) {
                 let (key, record) = item?;
                 f(family, &key, &record)?;
             }
@@ -245,16 +246,14 @@ fn read_header(dir: &Path) -> Result<Option<SnapshotHeader>, StoreError> {
     }
 }
 
+/// Opens a checkpoint with the column families it has: one taken by an earlier version may
+/// lack families added since, which then hold nothing.
 fn open_read_only(path: &Path) -> Result<DB, StoreError> {
     let mut opts = Options::default();
     // A checkpoint is read once, front to back: keep table readers out of memory until needed.
     opts.set_max_open_files(64);
-    Ok(DB::open_cf_for_read_only(
-        &opts,
-        path,
-        [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_SM],
-        false,
-    )?)
+    let families = DB::list_cf(&opts, path)?;
+    Ok(DB::open_cf_for_read_only(&opts, path, families, false)?)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -267,6 +266,7 @@ mod tests {
     use crate::engine::KeyRecord;
     use crate::storage::codec::encode_record;
     use crate::storage::snapshot::SnapshotReader;
+    use crate::storage::CF_KV;
 
     fn log_id(index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)

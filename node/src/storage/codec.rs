@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::StoreError;
-use crate::engine::KeyRecord;
+use crate::engine::{KeyRecord, LeaseRecord};
 
 pub(crate) const VOTE: &[u8] = b"vote";
 pub(crate) const COMMITTED: &[u8] = b"committed";
@@ -84,6 +84,40 @@ pub(crate) fn decode_change_key(bytes: &[u8]) -> Result<(u64, u32), StoreError> 
     let mut sub = [0u8; 4];
     sub.copy_from_slice(&bytes[8..]);
     Ok((decode_u64(&bytes[..8], "change revision")?, u32::from_be_bytes(sub)))
+}
+
+/// A lease's key in `leases`: its id, big-endian (ids are positive, so byte order is id order).
+pub(crate) fn lease_key(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub(crate) fn decode_lease_key(bytes: &[u8]) -> Result<i64, StoreError> {
+    decode_u64(bytes, "lease id").map(|id| id as i64)
+}
+
+/// A lease as stored: the TTL it was granted, big-endian.
+pub(crate) fn encode_lease(lease: &LeaseRecord) -> [u8; 8] {
+    lease.ttl.to_be_bytes()
+}
+
+pub(crate) fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
+    Ok(LeaseRecord { ttl: decode_u64(bytes, "lease TTL")? as i64 })
+}
+
+/// A key's attachment to a lease in `lease_keys`: the lease's id, then the key; the value is
+/// empty. A lease's keys are one prefix, in key order.
+pub(crate) fn attachment_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&lease_key(id));
+    out.extend_from_slice(key);
+    out
+}
+
+pub(crate) fn decode_attachment_key(bytes: &[u8]) -> Result<(i64, &[u8]), StoreError> {
+    if bytes.len() < 9 {
+        return Err(StoreError::Corrupt(format!("lease attachment key of {} bytes", bytes.len())));
+    }
+    Ok((decode_lease_key(&bytes[..8])?, &bytes[8..]))
 }
 
 /// A history entry: the key's record as of that revision, or nothing for a deletion (a

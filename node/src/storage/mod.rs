@@ -8,6 +8,8 @@
 //! | `kv` | user key (any bytes) | [`codec::encode_record`]: the key as of now |
 //! | `history` | [`codec::history_key`] (key, revision) | the key's record as of that revision, or empty for its deletion |
 //! | `changes` | [`codec::change_key`] (revision, sub) | the user key that changed |
+//! | `leases` | [`codec::lease_key`] (lease id) | [`codec::encode_lease`]: its granted TTL |
+//! | `lease_keys` | [`codec::attachment_key`] (lease id, user key) | empty: the key is attached |
 //! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `compacted`, `format` (u64) |
 //!
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
@@ -51,6 +53,8 @@ pub(crate) const CF_RAFT: &str = "raft_meta";
 pub(crate) const CF_KV: &str = "kv";
 pub(crate) const CF_HISTORY: &str = "history";
 pub(crate) const CF_CHANGES: &str = "changes";
+pub(crate) const CF_LEASES: &str = "leases";
+pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
 pub(crate) const CF_SM: &str = "sm_meta";
 
 /// The column families of the key-value data: what a snapshot carries besides its header.
@@ -59,16 +63,21 @@ pub(crate) enum Family {
     Kv,
     History,
     Changes,
+    Leases,
+    LeaseKeys,
 }
 
 impl Family {
-    pub(crate) const ALL: [Family; 3] = [Family::Kv, Family::History, Family::Changes];
+    pub(crate) const ALL: [Family; 5] =
+        [Family::Kv, Family::History, Family::Changes, Family::Leases, Family::LeaseKeys];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Family::Kv => CF_KV,
             Family::History => CF_HISTORY,
             Family::Changes => CF_CHANGES,
+            Family::Leases => CF_LEASES,
+            Family::LeaseKeys => CF_LEASE_KEYS,
         }
     }
 
@@ -78,6 +87,8 @@ impl Family {
             Family::Kv => 1,
             Family::History => 2,
             Family::Changes => 3,
+            Family::Leases => 4,
+            Family::LeaseKeys => 5,
         }
     }
 
@@ -94,6 +105,11 @@ impl Family {
                 codec::decode_history_entry(value).map(drop)
             }
             Family::Changes => codec::decode_change_key(key).map(drop),
+            Family::Leases => {
+                codec::decode_lease_key(key)?;
+                codec::decode_lease(value).map(drop)
+            }
+            Family::LeaseKeys => codec::decode_attachment_key(key).map(drop),
         }
     }
 }
@@ -216,7 +232,7 @@ pub(crate) fn open_db(path: &Path) -> Result<DB, StoreError> {
     // hundreds of MB to replay, and a restart took seconds.
     opts.set_max_total_wal_size(MAX_WAL_BYTES);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_SM].map(|name| {
+    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_LEASES, CF_LEASE_KEYS, CF_SM].map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(name, cf_opts)

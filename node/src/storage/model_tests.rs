@@ -15,6 +15,7 @@ use proptest::prelude::*;
 use super::changes::ChangesBudget;
 use super::state_machine::apply_entries;
 use super::{compactor, KvReader, StoreError};
+use crate::engine::WriteError;
 use crate::engine::{
     Compare, CompareResult, CompareTarget, KeyRange, KeyRecord, Op, OpResponse, Precondition, RevisionError,
     Txn, Write, WriteResult,
@@ -29,6 +30,8 @@ struct Model {
     versions: Vec<(u64, Vec<u8>, Option<KeyRecord>)>,
     revision: u64,
     compacted: u64,
+    /// Granted leases and their TTLs.
+    leases: BTreeMap<i64, i64>,
 }
 
 impl Model {
@@ -72,7 +75,7 @@ impl Model {
         })
     }
 
-    fn apply(&mut self, write: &Write) -> WriteResult {
+    fn apply(&mut self, write: &Write) -> Result<WriteResult, WriteError> {
         let mut state = self.current();
         let next = self.revision + 1;
         let mut changed = Vec::new();
@@ -98,9 +101,32 @@ impl Model {
                     answer(next, true, current)
                 }
             }
+            Write::LeaseGrant { id, ttl } => {
+                if self.leases.contains_key(id) {
+                    return Err(WriteError::LeaseExists(*id));
+                }
+                self.leases.insert(*id, *ttl);
+                answer(self.revision, true, None)
+            }
+            Write::LeaseRevoke { id } => {
+                if self.leases.remove(id).is_none() {
+                    return Err(WriteError::LeaseNotFound(*id));
+                }
+                for (key, _) in state.iter().filter(|(_, r)| r.lease == *id) {
+                    changed.push((key.clone(), None));
+                }
+                answer(if changed.is_empty() { self.revision } else { next }, true, None)
+            }
             Write::Txn(txn) => {
                 let succeeded = txn.compares.iter().all(|c| Self::holds(&state, c));
                 let ops = if succeeded { &txn.success } else { &txn.failure };
+                let missing = ops.iter().find_map(|op| match op {
+                    Op::Put { lease, .. } if *lease != 0 && !self.leases.contains_key(lease) => Some(*lease),
+                    _ => None,
+                });
+                if let Some(id) = missing {
+                    return Err(WriteError::LeaseNotFound(id));
+                }
                 let mut responses = Vec::new();
                 for op in ops {
                     responses.push(match op {
@@ -108,9 +134,10 @@ impl Model {
                             let kvs = Self::keys_in(&state, key, range_end);
                             OpResponse::Range { count: kvs.len() as u64, kvs, more: false }
                         }
-                        Op::Put { key, value, prev_kv, .. } => {
+                        Op::Put { key, value, prev_kv, lease } => {
                             let current = state.get(key).cloned();
-                            let record = put_record(current.as_ref(), value, next);
+                            let record =
+                                KeyRecord { lease: *lease, ..put_record(current.as_ref(), value, next) };
                             state.insert(key.clone(), record.clone());
                             changed.push((key.clone(), Some(record)));
                             OpResponse::Put { prev: current.filter(|_| *prev_kv).map(|r| (key.clone(), r)) }
@@ -135,7 +162,7 @@ impl Model {
             self.versions.push((next, key, record));
         }
         self.revision = result.revision;
-        result
+        Ok(result)
     }
 }
 
@@ -263,6 +290,8 @@ fn write() -> impl Strategy<Value = Write> {
     prop_oneof![
         3 => (key(), value(), precondition.clone()).prop_map(|(key, value, precondition)| Write::Put { key, value, precondition }),
         1 => (key(), precondition).prop_map(|(key, precondition)| Write::Delete { key, precondition }),
+        1 => (1i64..3).prop_map(|id| Write::LeaseGrant { id, ttl: 10 }),
+        1 => (1i64..3).prop_map(|id| Write::LeaseRevoke { id }),
         3 => (prop::collection::vec(compare(), 0..3), prop::collection::vec(op(), 0..4), prop::collection::vec(op(), 0..3))
             .prop_map(|(compares, success, failure)| Write::Txn(Txn { compares, success, failure }))
             // The service refuses what the check refuses; only checked transactions reach apply.

@@ -23,7 +23,7 @@ use super::apply::Applier;
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, encode};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
-use super::{cf, run_blocking, run_write, Family, StoreError, CF_CHANGES, CF_HISTORY, CF_KV, CF_SM};
+use super::{cf, run_blocking, run_write, Family, StoreError, CF_SM};
 use crate::engine::{self, Write};
 use crate::metrics;
 use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -124,9 +124,11 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>
             EntryPayload::Normal(Command::Writes(writes)) => {
                 let mut answers = Vec::with_capacity(writes.len());
                 for write in writes {
-                    let result = write.apply(&mut keys, revision)?;
-                    revision = result.revision;
-                    answers.push(result);
+                    let answer = write.apply(&mut keys, revision)?;
+                    if let Ok(result) = &answer {
+                        revision = result.revision;
+                    }
+                    answers.push(answer);
                 }
                 results.push(Applied::Writes(answers));
             }
@@ -182,24 +184,25 @@ fn load_snapshot(
         &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<SnapshotHeader, StoreError>,
 ) -> Result<(), StoreError> {
-    let (kv, history, changes) = (cf(db, CF_KV)?, cf(db, CF_HISTORY)?, cf(db, CF_CHANGES)?);
+    let mut handles = Vec::with_capacity(Family::ALL.len());
+    for family in Family::ALL {
+        handles.push((family, cf(db, family.name())?));
+    }
     let mut batch = WriteBatch::default();
-    for handle in [kv, history, changes] {
+    for (_, handle) in &handles {
         // Keys are any bytes, so no fixed bound covers them all: clear up to just past the last.
         if let Some(item) = db.iterator_cf(handle, IteratorMode::End).next() {
             let (last, _) = item?;
             let mut end = last.into_vec();
             end.push(0);
-            batch.delete_range_cf(handle, &b""[..], &end);
+            batch.delete_range_cf(*handle, &b""[..], &end);
         }
     }
     let header = fill(&mut |family, key, record| {
-        let handle = match family {
-            Family::Kv => kv,
-            Family::History => history,
-            Family::Changes => changes,
-        };
-        batch.put_cf(handle, key, record);
+        let (_, handle) = handles.iter().find(|(f, _)| *f == family).ok_or_else(|| {
+            StoreError::Corrupt(format!("a snapshot record of family {family:?}, which this store lacks"))
+        })?;
+        batch.put_cf(*handle, key, record);
         Ok(())
     })?;
     let sm = cf(db, CF_SM)?;
@@ -380,6 +383,7 @@ pub(super) mod tests {
     use crate::storage::codec::{decode_record, encode_record};
     use crate::storage::snapshot::SnapshotWriter;
     use crate::storage::RevisionError;
+    use crate::storage::{CF_CHANGES, CF_HISTORY, CF_KV};
 
     fn log_id(index: u64) -> LogId {
         LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
@@ -395,6 +399,14 @@ pub(super) mod tests {
             read_sm_meta(db, &ReadOptions::default(), codec::LAST_APPLIED).expect("read").flatten();
         let index = applied.map_or(1, |id| id.index + 1);
         apply_entries(db, vec![entry(index, writes)]).expect("apply")
+    }
+
+    /// The answers of an entry of writes, every one of which applied.
+    pub(crate) fn written(applied: &Applied) -> Vec<&crate::engine::WriteResult> {
+        match applied {
+            Applied::Writes(answers) => answers.iter().map(|a| a.as_ref().expect("applied")).collect(),
+            other => panic!("not writes: {other:?}"),
+        }
     }
 
     fn entry(index: u64, writes: Vec<Write>) -> Entry {
@@ -535,7 +547,7 @@ pub(super) mod tests {
         let answers =
             apply_entries(&db, vec![entry(2, vec![delete(b"k/a")]), entry(3, vec![Write::Txn(txn)])])
                 .expect("apply");
-        let Applied::Writes(txn_answers) = &answers[1] else { panic!("{answers:?}") };
+        let txn_answers = written(&answers[1]);
         let OpResponse::Range { kvs, count, .. } = &txn_answers[0].responses[2] else {
             panic!("{txn_answers:?}")
         };
@@ -573,7 +585,7 @@ pub(super) mod tests {
         };
         let answers = apply_entries(&db, vec![entry(1, vec![put(b"a", "1", None), Write::Txn(backwards)])])
             .expect("apply");
-        let Applied::Writes(writes) = &answers[0] else { panic!("{answers:?}") };
+        let writes = written(&answers[0]);
         assert_eq!(writes[1].responses[1], OpResponse::DeleteRange { deleted: 0, prev: vec![] });
         assert!(stored(&db, b"a").is_some() && stored(&db, b"m").is_some());
     }
@@ -610,7 +622,7 @@ pub(super) mod tests {
         let answers =
             apply_entries(&db, vec![entry(4, vec![put(b"b", "0", None)]), entry(5, batch)]).expect("apply");
         assert_eq!(answers.len(), 2, "one answer per entry");
-        let Applied::Writes(batch_answers) = &answers[1] else { panic!("{:?}", answers[1]) };
+        let batch_answers = written(&answers[1]);
         let results: Vec<(u64, bool)> = batch_answers.iter().map(|r| (r.revision, r.succeeded)).collect();
         assert_eq!(
             results,
@@ -623,7 +635,7 @@ pub(super) mod tests {
         assert_eq!(revision(&db), 4);
         // The next entry carries on from the stored revision.
         let next = apply_entries(&db, vec![entry(6, vec![put(b"z", "9", None)])]).expect("apply");
-        assert!(matches!(&next[0], Applied::Writes(w) if w[0].revision == 5), "{next:?}");
+        assert_eq!(written(&next[0])[0].revision, 5);
     }
 
     fn compact(index: u64, revision: u64) -> Entry {
@@ -712,6 +724,63 @@ pub(super) mod tests {
         let mut file = tempfile::tempfile().expect("temp file");
         std::io::Write::write_all(&mut file, &bytes).expect("write");
         (meta, tokio::fs::File::from_std(file))
+    }
+
+    fn leased_put(key: &[u8], lease: i64) -> Write {
+        let put = crate::engine::Op::Put { key: key.to_vec(), value: b"v".to_vec(), lease, prev_kv: false };
+        Write::Txn(crate::engine::Txn { success: vec![put], ..Default::default() })
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_at_one_revision_and_a_put_naming_none_fails_whole() {
+        use crate::engine::WriteError;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_test_db(dir.path());
+        apply_writes(&db, vec![Write::LeaseGrant { id: 7, ttl: 10 }]);
+        // Granted, attached and re-attached within one batch: the batch's own state counts.
+        apply_writes(
+            &db,
+            vec![leased_put(b"a", 7), leased_put(b"b", 7), put(b"c", "plain", None), leased_put(b"c", 7)],
+        );
+        apply_writes(&db, vec![put(b"b", "detached", None)]);
+        let answers = apply_writes(&db, vec![leased_put(b"d", 8), Write::LeaseGrant { id: 7, ttl: 5 }]);
+        let Applied::Writes(refused) = &answers[0] else { panic!("{answers:?}") };
+        assert_eq!(refused[0], Err(WriteError::LeaseNotFound(8)));
+        assert_eq!(refused[1], Err(WriteError::LeaseExists(7)));
+        assert_eq!(stored(&db, b"d"), None, "nothing of a refused write applied");
+        let before = revision(&db);
+
+        let answers = apply_writes(&db, vec![Write::LeaseRevoke { id: 7 }, Write::LeaseRevoke { id: 7 }]);
+        let Applied::Writes(revoked) = &answers[0] else { panic!("{answers:?}") };
+        assert_eq!(revoked[0].as_ref().map(|r| r.revision), Ok(before + 1), "a and c go at one revision");
+        assert_eq!(revoked[1], Err(WriteError::LeaseNotFound(7)), "revoked once");
+        assert_eq!((stored(&db, b"a"), stored(&db, b"c")), (None, None));
+        assert_eq!(
+            stored(&db, b"b").map(|r| r.value),
+            Some(b"detached".to_vec()),
+            "a put without the lease took b off it"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_snapshot_carries_leases_and_the_keys_attached_to_them() {
+        let (from, to) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+        let source = Arc::new(open_test_db(from.path()));
+        apply_writes(&source, vec![Write::LeaseGrant { id: 3, ttl: 60 }, leased_put(b"k", 3)]);
+        let announcer = crate::storage::KvReader::new(source.clone()).announcer();
+        let mut sm =
+            StateMachine::new(source.clone(), from.path().join("snapshots"), announcer).await.expect("open");
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+
+        let target = Arc::new(open_test_db(to.path()));
+        let announcer = crate::storage::KvReader::new(target.clone()).announcer();
+        let mut installed =
+            StateMachine::new(target.clone(), to.path().join("snapshots"), announcer).await.expect("open");
+        installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(stored(&target, b"k").map(|r| r.lease), Some(3));
+        let answers = apply_writes(&target, vec![Write::LeaseRevoke { id: 3 }]);
+        assert!(matches!(&answers[0], Applied::Writes(w) if w[0].is_ok()), "{answers:?}");
+        assert_eq!(stored(&target, b"k"), None, "the lease and its key came with the snapshot");
     }
 
     #[tokio::test(flavor = "multi_thread")]
