@@ -5,6 +5,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ClientError};
+use crate::lease::*;
 use crate::txn::{TxnRequest, TxnResponse};
 use crate::types::*;
 use crate::ErrorCode;
@@ -217,6 +218,58 @@ impl Client {
     pub async fn txn(&self, txn: &TxnRequest) -> Result<TxnResponse, ClientError> {
         let url = format!("{}/v1/txn", self.base);
         let req = self.http.post(&url).json(txn);
+        self.send_json(&url, req).await
+    }
+
+    /// Writes one key attached to lease `lease`: it goes when the lease does. Fails with 404
+    /// `lease_not_found` when there is no such lease.
+    pub async fn put_leased(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> Result<PutResponse, ClientError> {
+        let url = self.key_url(key.as_ref());
+        let req = self.http.put(&url).query(&[("lease", lease)]).body(value.into());
+        self.send_json(&url, req).await
+    }
+
+    /// Grants a lease of `ttl` seconds, its id chosen by the node.
+    pub async fn lease_grant(&self, ttl: i64) -> Result<LeaseGrantResponse, ClientError> {
+        let url = format!("{}/v1/lease", self.base);
+        let req = self.http.post(&url).json(&LeaseGrantRequest { ttl, id: 0 });
+        self.send_json(&url, req).await
+    }
+
+    /// Revokes a lease, deleting its keys.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
+        let url = format!("{}/v1/lease/{id}", self.base);
+        let req = self.http.delete(&url);
+        self.send_json(&url, req).await
+    }
+
+    /// Starts a lease's TTL again: call it well within the TTL to keep the lease.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, ClientError> {
+        let url = format!("{}/v1/lease/{id}/keepalive", self.base);
+        let req = self.http.post(&url);
+        self.send_json(&url, req).await
+    }
+
+    /// A lease's time left and, with `keys`, the keys attached to it.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse, ClientError> {
+        let url = format!("{}/v1/lease/{id}?keys={keys}", self.base);
+        let req = self.http.get(&url);
+        self.send_json(&url, req).await
+    }
+
+    /// Every lease.
+    pub async fn leases(&self) -> Result<LeaseListResponse, ClientError> {
+        let url = format!("{}/v1/lease", self.base);
+        let req = self.http.get(&url);
         self.send_json(&url, req).await
     }
 

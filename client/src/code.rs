@@ -68,6 +68,8 @@ error_codes! {
     InvalidConsistency = "invalid_consistency", 400;
     InvalidJson = "invalid_json", 400;
     InvalidKey = "invalid_key", 400;
+    /// A lease id that is not a positive number, or a TTL out of range.
+    InvalidLease = "invalid_lease", 400;
     InvalidLimit = "invalid_limit", 400;
     InvalidMember = "invalid_member", 400;
     InvalidPrecondition = "invalid_precondition", 400;

@@ -6,6 +6,7 @@
 mod client;
 mod code;
 mod error;
+pub mod lease;
 pub mod quorum;
 pub mod txn;
 pub mod types;
@@ -14,6 +15,7 @@ pub mod watch;
 pub use client::{Client, Consistency, Precondition, RangeRequest};
 pub use code::ErrorCode;
 pub use error::{ApiError, ClientError};
+pub use lease::*;
 pub use txn::*;
 pub use types::*;
 pub use watch::{EventKind, Watch, WatchEvent, WatchRequest, WatchResponse};

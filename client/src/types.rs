@@ -190,6 +190,27 @@ pub mod base64_bytes {
     }
 }
 
+/// Serde adapter: `Vec<Vec<u8>>` as a list of standard base64 strings.
+pub mod base64_list {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(list.len()))?;
+        for bytes in list {
+            seq.serialize_element(&STANDARD.encode(bytes))?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts.iter().map(|t| STANDARD.decode(t.as_bytes()).map_err(serde::de::Error::custom)).collect()
+    }
+}
+
 /// Serde adapter: `Option<Vec<u8>>` as a standard base64 string or null.
 pub mod base64_opt_bytes {
     use base64::engine::general_purpose::STANDARD;

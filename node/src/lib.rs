@@ -5,6 +5,7 @@
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
 //! - [`raft`]: the member's openraft instance, its configuration and duties around it.
 //! - [`network`]: peer traffic (raft RPCs, forwarding to the leader) on the peer listener.
+//! - [`lessor`]: when leases expire, as the leader keeps time (no raft, no HTTP).
 //! - [`watch`]: watches, replayed from history then live, on any member (no raft, no HTTP).
 //! - [`service`]: the store as clients see it on any member: forwarding to the leader, group
 //!   commit, linearizable reads, membership rules, bootstrap. Front ends go through it.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod lessor;
 pub mod listener;
 pub mod metrics;
 pub mod network;

@@ -135,6 +135,7 @@ pub async fn run(
         Some(policy) => tokio::spawn(crate::service::auto_compaction::run(service.clone(), policy)),
         None => tokio::spawn(async {}),
     };
+    let lessor = tokio::spawn(crate::service::leases::run(service.clone()));
     let publisher = service.clone();
     let publisher = tokio::spawn(async move { publisher.publish_identity().await });
     tracing::info!(
@@ -157,7 +158,7 @@ pub async fn run(
     let _ = client_server.await;
     compactor.stop().await;
     // Release every handle on the store before returning, so that it closes now.
-    for task in [change_logger, publisher, directory, auto_compaction] {
+    for task in [change_logger, publisher, directory, auto_compaction, lessor] {
         task.abort();
         let _ = task.await;
     }

@@ -16,7 +16,7 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::input::{body, consistency, key_from_path, precondition, read_revision, show_key};
 use super::query::{params, Query};
-use crate::engine::{KeyRecord, Write, WriteResult};
+use crate::engine::{KeyRecord, Op, OpResponse, Precondition, Txn, Write, WriteResult};
 use crate::service::Service;
 
 const DEFAULT_RANGE_LIMIT: usize = 1_000;
@@ -34,7 +34,7 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
         .then(|tail: Tail, q, s| async move { respond(get_key(tail.as_str(), q, s).await) });
     let put = warp::put()
         .and(key)
-        .and(params(&["if_absent", "if_mod_revision"]))
+        .and(params(&["if_absent", "if_mod_revision", "lease"]))
         .and(body())
         .and(svc.clone())
         .then(|tail: Tail, q, body: Result<Bytes, ApiError>, s| async move {
@@ -126,13 +126,55 @@ async fn put_key(
     service: Service,
 ) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
-    let precondition = precondition(&q?)?;
+    let q = q?;
+    let precondition = precondition(&q)?;
     let value = body?.to_vec();
+    if let Some(lease) = lease(&q)? {
+        return put_leased(key, value, lease, precondition, service).await;
+    }
     let result = service.write(Write::Put { key: key.clone(), value, precondition }).await?;
     if !result.succeeded {
         return Err(compare_failed(&key, &result));
     }
     let prev_kv = result.prev.map(|r| key_value(key, r));
+    Ok(json_at(&PutResponse { revision: result.revision, prev_kv }, result.revision))
+}
+
+/// `lease=ID` on a put: the lease to attach the key to.
+fn lease(q: &Query) -> Result<Option<i64>, ApiError> {
+    match q.text("lease")? {
+        None | Some("") | Some("0") => Ok(None),
+        Some(text) => text.parse::<i64>().ok().filter(|id| *id > 0).map(Some).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidLease, format!("lease must be a positive lease id, not {text:?}"))
+        }),
+    }
+}
+
+/// A put attached to a lease: a one-put transaction, since only transactions carry leases,
+/// its compare the precondition, its failure list a read of the key (for the 409).
+async fn put_leased(
+    key: Vec<u8>,
+    value: Vec<u8>,
+    lease: i64,
+    precondition: Option<Precondition>,
+    service: Service,
+) -> Result<Response, ApiError> {
+    let compares = precondition.map(|p| p.compare(&key)).into_iter().collect();
+    let put = Op::Put { key: key.clone(), value, lease, prev_kv: true };
+    let read =
+        Op::Range { key: key.clone(), range_end: Vec::new(), limit: 1, keys_only: false, count_only: false };
+    let result = service.txn(Txn { compares, success: vec![put], failure: vec![read] }).await?;
+    let prev = match result.responses.into_iter().next() {
+        Some(OpResponse::Put { prev }) => prev.map(|(_, record)| record),
+        Some(OpResponse::Range { kvs, .. }) => kvs.into_iter().next().map(|(_, record)| record),
+        _ => None,
+    };
+    if !result.succeeded {
+        let refused =
+            WriteResult { revision: result.revision, succeeded: false, prev, responses: Vec::new() };
+        return Err(compare_failed(&key, &refused));
+    }
+    let prev_kv = prev.map(|r| key_value(key, r));
     Ok(json_at(&PutResponse { revision: result.revision, prev_kv }, result.revision))
 }
 

@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod input;
 mod kv;
+mod lease;
 mod query;
 mod raw;
 mod txn;
@@ -44,6 +45,8 @@ pub fn routes(
         .unify()
         .or(watch::routes(service.clone()).boxed())
         .unify()
+        .or(lease::routes(service.clone()).boxed())
+        .unify()
         .or(raw::routes(service).boxed())
         .unify()
         .recover(rejection)
@@ -76,6 +79,7 @@ fn route_label(path: &str) -> &'static str {
         "/v1/txn" => "txn",
         "/v1/watch" => "watch",
         p if p.starts_with("/v1/kv/") => "kv",
+        p if p.starts_with("/v1/lease") => "lease",
         p if p.starts_with("/v1/cluster") => "cluster",
         _ => "raw",
     }

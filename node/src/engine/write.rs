@@ -19,6 +19,15 @@ pub enum Precondition {
 }
 
 impl Precondition {
+    /// The same condition as a transaction's compare on `key`.
+    pub fn compare(self, key: &[u8]) -> super::Compare {
+        let (result, target) = match self {
+            Precondition::Absent => (CompareResult::Equal, CompareTarget::Version(0)),
+            Precondition::ModRevision(rev) => (CompareResult::Equal, CompareTarget::ModRevision(rev)),
+        };
+        super::Compare { key: key.to_vec(), range_end: Vec::new(), result, target }
+    }
+
     /// Whether the key's `current` state (None: missing) meets the condition: a transaction's
     /// compare, in short.
     pub fn holds(self, current: Option<&KeyRecord>) -> bool {

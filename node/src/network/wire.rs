@@ -104,6 +104,10 @@ pub enum ForwardRequest {
     ChangeMembership(MembershipChange),
     /// Compact history to this revision.
     Compact(u64),
+    /// Start a lease's TTL again, on the leader, which keeps time.
+    LeaseKeepAlive(i64),
+    /// A lease's granted TTL and the time it has left, as the leader counts it.
+    LeaseTimeToLive(i64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +119,10 @@ pub enum ForwardResponse {
     MembershipChanged(u64),
     /// The compaction revision now in effect, or why the compaction was refused.
     Compacted(Result<u64, RevisionError>),
+    /// The lease's granted TTL, now started again; `None`: no such lease.
+    LeaseKept(Option<i64>),
+    /// The lease's granted TTL and the milliseconds it has left; `None`: no such lease.
+    LeaseRemaining(Option<(i64, u64)>),
 }
 
 /// Why the leader could not do forwarded work.

@@ -109,9 +109,12 @@ impl Service {
         left: Duration,
     ) -> Result<ForwardResponse, ForwardError> {
         let deadline = Instant::now() + left;
-        // A lost answer to a read is just a failure: reads change nothing.
+        // A lost answer to a read is just a failure: reads change nothing (nor does a
+        // keep-alive sent twice).
         let lost_answer = |message: String| match request {
-            ForwardRequest::ReadIndex => ForwardError::Unavailable(message),
+            ForwardRequest::ReadIndex
+            | ForwardRequest::LeaseKeepAlive(_)
+            | ForwardRequest::LeaseTimeToLive(_) => ForwardError::Unavailable(message),
             _ => ForwardError::OutcomeUnknown(message),
         };
         if leader == self.id() {
@@ -136,7 +139,9 @@ impl Service {
             // known. A read simply goes to the new one (reads change nothing); anything else
             // may have been handed to raft already.
             () = self.leader_replaced(leader, deadline) => match request {
-                ForwardRequest::ReadIndex => Err(ForwardError::NotLeader { leader: None }),
+                ForwardRequest::ReadIndex | ForwardRequest::LeaseKeepAlive(_) | ForwardRequest::LeaseTimeToLive(_) => {
+                    Err(ForwardError::NotLeader { leader: None })
+                }
                 _ => Err(lost_answer(format!("leader {leader} was replaced while the request was in flight"))),
             },
         }
@@ -237,6 +242,8 @@ fn route_of(request: &ForwardRequest) -> &'static str {
         ForwardRequest::ReadIndex => "read_index",
         ForwardRequest::ChangeMembership(_) => "membership",
         ForwardRequest::Compact(_) => "compact",
+        ForwardRequest::LeaseKeepAlive(_) => "lease_keep_alive",
+        ForwardRequest::LeaseTimeToLive(_) => "lease_time_to_live",
     }
 }
 

@@ -13,6 +13,7 @@ mod batcher;
 mod bootstrap;
 mod error;
 mod forward;
+pub mod leases;
 mod membership;
 mod proposal;
 mod reads;
@@ -66,6 +67,8 @@ struct Shared {
     reads: mpsc::Sender<ReadIndexWaiter>,
     /// Writes waiting to be sent to the leader (see [`forward::forward_writes`]).
     writes: mpsc::Sender<WriteWaiter>,
+    /// When leases expire, while this member leads (see [`leases`]).
+    lessor: std::sync::Mutex<crate::lessor::Lessor>,
 }
 
 impl Service {
@@ -85,8 +88,19 @@ impl Service {
         let (reads, waiting_reads) = mpsc::channel(QUEUE);
         let (writes, waiting_writes) = mpsc::channel(QUEUE);
         let watches = Watches::new(reader.clone());
-        let shared =
-            Shared { id, member, raft, reader, watches, peers, batcher, confirmation, reads, writes };
+        let shared = Shared {
+            id,
+            member,
+            raft,
+            reader,
+            watches,
+            peers,
+            batcher,
+            confirmation,
+            reads,
+            writes,
+            lessor: Default::default(),
+        };
         let service = Self { inner: Arc::new(shared) };
         tokio::spawn(reads::share_read_index(service.clone(), waiting_reads));
         tokio::spawn(forward::forward_writes(service.clone(), waiting_writes));
@@ -219,6 +233,13 @@ impl Service {
             ForwardRequest::ReadIndex => self.read_index().await.map(ForwardResponse::ReadIndex),
             ForwardRequest::ChangeMembership(change) => self.apply_membership_change(change).await,
             ForwardRequest::Compact(revision) => self.propose_compaction(revision).await,
+            ForwardRequest::LeaseKeepAlive(id) => {
+                self.keep_alive_here(id).await.map(ForwardResponse::LeaseKept)
+            }
+            ForwardRequest::LeaseTimeToLive(id) => self
+                .time_to_live_here(id)
+                .await
+                .map(|left| ForwardResponse::LeaseRemaining(left.map(|(g, l)| (g, l.as_millis() as u64)))),
         }
     }
 

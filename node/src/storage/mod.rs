@@ -20,6 +20,7 @@ mod changes;
 mod checkpoint;
 mod codec;
 mod compactor;
+mod leases;
 mod log_store;
 #[cfg(test)]
 mod model_tests;

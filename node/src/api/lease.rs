@@ -1,0 +1,107 @@
+//! `/v1/lease`: granting, revoking, keeping alive and inspecting leases
+//! (`metastore_client::lease`).
+
+use bytes::Bytes;
+use metastore_client::{self as wire, ErrorCode};
+use warp::reply::{Reply, Response};
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::input::body;
+use super::query::{params, Query};
+use crate::service::Service;
+
+pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let svc = warp::any().map(move || service.clone());
+    let grant =
+        warp::post().and(warp::path!("v1" / "lease")).and(params(&[])).and(body()).and(svc.clone()).then(
+            |q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, s| async move {
+                respond(grant(q, body, s).await)
+            },
+        );
+    let list = warp::get()
+        .and(warp::path!("v1" / "lease"))
+        .and(params(&[]))
+        .and(svc.clone())
+        .then(|q, s| async move { respond(list(q, s).await) });
+    let revoke = warp::delete()
+        .and(warp::path!("v1" / "lease" / String))
+        .and(params(&[]))
+        .and(svc.clone())
+        .then(|id: String, q, s| async move { respond(revoke(&id, q, s).await) });
+    let keep_alive = warp::post()
+        .and(warp::path!("v1" / "lease" / String / "keepalive"))
+        .and(params(&[]))
+        .and(svc.clone())
+        .then(|id: String, q, s| async move { respond(keep_alive(&id, q, s).await) });
+    let time_to_live = warp::get()
+        .and(warp::path!("v1" / "lease" / String))
+        .and(params(&["keys"]))
+        .and(svc)
+        .then(|id: String, q, s| async move { respond(time_to_live(&id, q, s).await) });
+    grant.or(list).unify().or(revoke).unify().or(keep_alive).unify().or(time_to_live).unify()
+}
+
+fn lease_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::new(ErrorCode::InvalidLease, format!("a lease id is a positive number, not {text:?}"))
+    })
+}
+
+async fn grant(
+    q: Result<Query, ApiError>,
+    body: Result<Bytes, ApiError>,
+    service: Service,
+) -> Result<Response, ApiError> {
+    q?;
+    let request: wire::LeaseGrantRequest = serde_json::from_slice(&body?)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
+    if request.id < 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidLease,
+            format!("a lease id is positive, not {}", request.id),
+        ));
+    }
+    let (id, ttl, revision) = service.lease_grant(request.id, request.ttl).await?;
+    Ok(warp::reply::json(&wire::LeaseGrantResponse { id, ttl, revision }).into_response())
+}
+
+async fn list(q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+    q?;
+    let leases = service.leases().await?.into_iter().map(|(id, _)| wire::LeaseListed { id }).collect();
+    Ok(warp::reply::json(&wire::LeaseListResponse { leases }).into_response())
+}
+
+async fn revoke(id: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+    q?;
+    let revision = service.lease_revoke(lease_id(id)?).await?;
+    Ok(warp::reply::json(&wire::LeaseRevokeResponse { revision }).into_response())
+}
+
+async fn keep_alive(id: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+    q?;
+    let id = lease_id(id)?;
+    let ttl = service.lease_keep_alive(id).await?;
+    Ok(warp::reply::json(&wire::LeaseKeepAliveResponse { id, ttl }).into_response())
+}
+
+async fn time_to_live(id: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+    let keys = match q?.text("keys")? {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("keys must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    let status = service.lease_time_to_live(lease_id(id)?, keys).await?;
+    let answer = wire::LeaseTimeToLiveResponse {
+        id: status.id,
+        ttl: status.ttl,
+        granted_ttl: status.granted_ttl,
+        keys: status.keys,
+    };
+    Ok(warp::reply::json(&answer).into_response())
+}

@@ -1,0 +1,166 @@
+//! Leases as clients use them, on any member: grant and revoke are writes through raft;
+//! keep-alive and time-to-live go to the leader, which alone keeps time ([`crate::lessor`]);
+//! and the leader revokes what expired ([`run`]).
+
+use std::time::{Duration, Instant};
+
+use super::{forward, Service, ServiceError};
+use crate::engine::{LeaseRecord, Write, WriteError, MAX_LEASE_TTL};
+use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
+
+/// Shortest TTL a lease is granted: shorter ones are raised to it (etcd does the same), so a
+/// lease outlives an election.
+pub const MIN_LEASE_TTL: i64 = 2;
+/// How often the leader looks for expired leases.
+const TICK: Duration = Duration::from_millis(250);
+/// Expired leases revoked per tick, at most: a burst of expiries never crowds out writes.
+const REVOKES_PER_TICK: usize = 64;
+
+/// A lease as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub id: i64,
+    pub granted_ttl: i64,
+    /// Seconds left, as the leader counts them.
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl Service {
+    /// Grants a lease of `ttl` seconds (at least [`MIN_LEASE_TTL`]) with id `id`, or one
+    /// chosen here when `id` is 0. Answers the id, the TTL granted and the store's revision.
+    #[tracing::instrument(skip(self), fields(member = self.id()))]
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, u64), ServiceError> {
+        if id < 0 {
+            return Err(ServiceError::Invalid(format!("a lease id is positive, not {id}")));
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(ServiceError::Invalid(format!(
+                "too large lease TTL: {ttl} s, the most is {MAX_LEASE_TTL}"
+            )));
+        }
+        let ttl = ttl.max(MIN_LEASE_TTL);
+        // Random ids: members choose them without asking one another, and a collision is
+        // refused (lease_exists) rather than merged.
+        let id = if id == 0 { (rand::random::<u64>() >> 1).max(1) as i64 } else { id };
+        let written = self.write(Write::LeaseGrant { id, ttl }).await?;
+        Ok((id, ttl, written.revision))
+    }
+
+    /// Revokes lease `id`, deleting its keys at one revision; answers the store's revision.
+    #[tracing::instrument(skip(self), fields(member = self.id()))]
+    pub async fn lease_revoke(&self, id: i64) -> Result<u64, ServiceError> {
+        Ok(self.write(Write::LeaseRevoke { id }).await?.revision)
+    }
+
+    /// Starts lease `id`'s TTL again; answers its granted TTL.
+    #[tracing::instrument(level = "debug", skip(self), fields(member = self.id()))]
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, ServiceError> {
+        match self.execute(ForwardRequest::LeaseKeepAlive(id)).await? {
+            ForwardResponse::LeaseKept(Some(granted)) => Ok(granted),
+            ForwardResponse::LeaseKept(None) => Err(ServiceError::Write(WriteError::LeaseNotFound(id))),
+            other => Err(forward::unexpected(other)),
+        }
+    }
+
+    /// Lease `id` as the leader counts it, with its keys when `keys` asks for them.
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseStatus, ServiceError> {
+        let (granted_ttl, left) = match self.execute(ForwardRequest::LeaseTimeToLive(id)).await? {
+            ForwardResponse::LeaseRemaining(Some(remaining)) => remaining,
+            ForwardResponse::LeaseRemaining(None) => {
+                return Err(ServiceError::Write(WriteError::LeaseNotFound(id)))
+            }
+            other => return Err(forward::unexpected(other)),
+        };
+        let keys = if keys { self.reader().lease_keys(id).await? } else { Vec::new() };
+        // Rounded up, as etcd reports it: a lease with time left never reads as 0.
+        let ttl = left.div_ceil(1000) as i64;
+        Ok(LeaseStatus { id, granted_ttl, ttl, keys })
+    }
+
+    /// Every lease, as this member's store holds them.
+    pub async fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, ServiceError> {
+        Ok(self.reader().leases().await?)
+    }
+
+    /// A keep-alive here, as the leader.
+    pub(super) async fn keep_alive_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
+        let stored = self.stored_lease_here(id).await?;
+        let mut lessor = self.lessor()?;
+        if stored.is_none() {
+            lessor.forget(id);
+            return Ok(None);
+        }
+        Ok(lessor.keep_alive(id, stored, Instant::now()))
+    }
+
+    /// A lease's time left here, as the leader.
+    pub(super) async fn time_to_live_here(&self, id: i64) -> Result<Option<(i64, Duration)>, ForwardError> {
+        let stored = self.stored_lease_here(id).await?;
+        Ok(stored.and_then(|granted| self.lessor().ok()?.remaining(id, Some(granted), Instant::now())))
+    }
+
+    /// Lease `id`'s granted TTL as this member, the leader, has applied it: a revoke or grant
+    /// answered to a client is in it, while the lessor may learn of it only at its next tick.
+    async fn stored_lease_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
+        if !self.leads() || !self.lessor_leads() {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        let stored = self.reader().lease(id).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+        Ok(stored.map(|lease| lease.ttl))
+    }
+
+    fn lessor(&self) -> Result<std::sync::MutexGuard<'_, crate::lessor::Lessor>, ForwardError> {
+        self.inner.lessor.lock().map_err(|_| ForwardError::Unavailable("the lessor failed".into()))
+    }
+
+    /// Whether the lessor keeps time here yet: a new leader's does from its first tick.
+    fn lessor_leads(&self) -> bool {
+        self.inner.lessor.lock().map(|l| l.leads()).unwrap_or(false)
+    }
+
+    /// One tick: as the leader, bring the lessor up to date with the store and the term and
+    /// revoke what expired; otherwise keep no time.
+    async fn tick(&self) {
+        let leading = self.leads().then(|| self.metrics().current_term);
+        let Some(term) = leading else {
+            if let Ok(mut lessor) = self.inner.lessor.lock() {
+                lessor.follow();
+            }
+            return;
+        };
+        let stored = match self.reader().leases().await {
+            Ok(leases) => leases.into_iter().map(|(id, lease)| (id, lease.ttl)).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the leases");
+                return;
+            }
+        };
+        let expired = match self.inner.lessor.lock() {
+            Ok(mut lessor) => {
+                let now = Instant::now();
+                lessor.lead(term, &stored, now);
+                lessor.expired(now)
+            }
+            Err(_) => return,
+        };
+        for id in expired.into_iter().take(REVOKES_PER_TICK) {
+            match self.write(Write::LeaseRevoke { id }).await {
+                Ok(_) => tracing::info!(lease = id, "lease expired: revoked"),
+                // Revoked meanwhile by a client: nothing left to do.
+                Err(ServiceError::Write(WriteError::LeaseNotFound(_))) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "could not revoke an expired lease"),
+            }
+        }
+    }
+}
+
+/// Keeps the leases' time while this member leads, until the service is dropped.
+pub async fn run(service: Service) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        service.tick().await;
+    }
+}
