@@ -3,12 +3,14 @@
 //! linearizability checker judges the history, and the healed cluster must still hold every
 //! acknowledged write. Beside them a bank ([`bank`]) moves money with multi-key transactions
 //! while an auditor checks that no read, at any revision, finds money made or lost, and
-//! watchers ([`watchers`]) check that their streams are the committed history.
+//! watchers ([`watchers`]) check that their streams are the committed history, and lease
+//! holders ([`leases`]) that no key goes before its lease's time.
 
 pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod leases;
 pub mod nemesis;
 pub mod network;
 pub mod run;

@@ -13,6 +13,7 @@ use crate::bank::{Bank, BankReport};
 use crate::checker::{self, Verdict};
 use crate::cluster::Cluster;
 use crate::history::{Operation, Outcome};
+use crate::leases::{Holder, LeaseReport};
 use crate::nemesis::{self, Fault, Nemesis, Schedule};
 use crate::watchers::{WatchReport, Watcher};
 use crate::workload::{ClientTask, Recorder, Workload};
@@ -58,6 +59,8 @@ pub struct Report {
     pub bank: BankReport,
     /// Watch streams under the same faults, and whether any strayed from the history.
     pub watch: WatchReport,
+    /// Leases under the same faults, and whether any key went before its time.
+    pub leases: LeaseReport,
     pub seconds: f64,
 }
 
@@ -67,6 +70,7 @@ impl Report {
             && self.lost_writes.is_empty()
             && self.bank.violations.is_empty()
             && self.watch.violations.is_empty()
+            && self.leases.violations.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -98,8 +102,17 @@ impl Report {
             watch.violations.len(),
             watch.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
         );
+        let leases = &self.leases;
+        let leases = format!(
+            "leases: {} granted, {} keep-alives, {} expired, {} violations{}",
+            leases.leases,
+            leases.keep_alives,
+            leases.expired,
+            leases.violations.len(),
+            leases.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
+        );
         format!(
-            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}; {watch}",
+            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}; {watch}; {leases}",
             self.nemesis,
             self.seed,
             self.operations,
@@ -147,6 +160,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             Arc::new(Watcher::new(through, watch_report.clone()))
         })
         .collect();
+    let lease_report = Arc::new(Mutex::new(LeaseReport::default()));
+    for id in 0..HOLDERS {
+        let holder = Holder { id, members: members.clone(), seed: config.seed, report: lease_report.clone() };
+        clients.push(tokio::spawn(holder.run(stopped.clone())));
+    }
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
     let watcher_tasks: Vec<_> = watchers
         .iter()
@@ -215,6 +233,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         task.await.context("watcher task")?;
     }
     let watch = watch_report.lock().map(|r| r.clone()).unwrap_or_default();
+    let leases = lease_report.lock().map(|r| r.clone()).unwrap_or_default();
     let bank = match bank {
         Some(bank) => {
             bank.final_audit(&cluster.client(leader)).await;
@@ -238,6 +257,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         lost_writes,
         bank,
         watch,
+        leases,
         seconds: started.elapsed().as_secs_f64(),
     };
     if !report.passed() {
@@ -248,6 +268,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
 
 /// Watchers of every key, each through all members.
 const WATCHERS: usize = 2;
+/// Clients holding leases, one after another.
+const HOLDERS: usize = 2;
 
 /// A listing of at most one key: what the store's revision is read with.
 pub(crate) fn one_key() -> metastore_client::RangeRequest {

@@ -37,6 +37,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
     assert!(report.ok > 100, "the clients made progress: {}", report.summary());
     assert!(report.bank.transfers > 0 && report.bank.audits > 0, "the bank worked: {}", report.summary());
     assert!(report.watch.events > report.ok / 2, "the watchers followed: {}", report.summary());
+    assert!(report.leases.leases > 0, "leases were held: {}", report.summary());
     if matches!(nemesis, Nemesis::KillLeader | Nemesis::PauseLeader | Nemesis::PartitionLeader) {
         assert!(report.elections > 0, "taking the leader away forced elections: {}", report.summary());
     }

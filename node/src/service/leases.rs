@@ -83,9 +83,12 @@ impl Service {
         Ok(self.reader().leases().await?)
     }
 
-    /// A keep-alive here, as the leader.
+    /// A keep-alive here, as the leader. Leadership is confirmed first, as for a linearizable
+    /// read: a leader cut off from the others, and already replaced, must not acknowledge a
+    /// keep-alive the new leader never hears of.
     pub(super) async fn keep_alive_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
         let stored = self.stored_lease_here(id).await?;
+        self.read_index().await?;
         let mut lessor = self.lessor()?;
         if stored.is_none() {
             lessor.forget(id);

@@ -1,0 +1,118 @@
+//! Leases under faults. Holders each grant a short lease, attach a key to it, keep it alive
+//! for a while through any member, then let it go and watch the key. The key must not vanish
+//! before the lease's TTL has passed since the last keep-alive the holder sent and saw
+//! acknowledged (or since it asked for the grant, before any), whatever the nemesis does to
+//! the leader; and once let go, it must vanish. (That it vanishes exactly once, with every
+//! member agreeing, the watchers check: their streams are the committed history.)
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metastore_client::{Client, Consistency};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// Each lease's TTL, in seconds: short, so that many expire in a run.
+const TTL: i64 = 3;
+/// How long a let-go key may take to vanish beyond its TTL, faults and elections included.
+const GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LeaseReport {
+    pub leases: usize,
+    pub keep_alives: usize,
+    /// Let go and seen gone.
+    pub expired: usize,
+    pub violations: Vec<String>,
+}
+
+pub struct Holder {
+    pub id: usize,
+    pub members: Vec<Client>,
+    pub seed: u64,
+    pub report: Arc<Mutex<LeaseReport>>,
+}
+
+impl Holder {
+    fn note(&self, change: impl FnOnce(&mut LeaseReport)) {
+        if let Ok(mut report) = self.report.lock() {
+            change(&mut report);
+        }
+    }
+
+    fn member(&self, rng: &mut StdRng) -> &Client {
+        &self.members[rng.random_range(0..self.members.len())]
+    }
+
+    /// Holds leases one after another until `stop` says so.
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(self.id as u64 * 104_729));
+        let mut round = 0u64;
+        while !*stop.borrow() {
+            round += 1;
+            let asked = Instant::now();
+            let Ok(lease) = self.member(&mut rng).lease_grant(TTL).await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            self.note(|r| r.leases += 1);
+            let key = format!("lease/{}-{round}", self.id);
+            if self.member(&mut rng).put_leased(&key, b"held".to_vec(), lease.id).await.is_err() {
+                // Perhaps written, perhaps not: it is left to expire, unjudged.
+                continue;
+            }
+            // The lease's time counts from no earlier than each acknowledged keep-alive's sending.
+            let mut since = asked;
+            let hold = Duration::from_millis(rng.random_range(0..6_000));
+            let held = Instant::now();
+            while held.elapsed() < hold && !*stop.borrow() {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let sent = Instant::now();
+                if self.member(&mut rng).lease_keep_alive(lease.id).await.is_ok() {
+                    since = sent;
+                    self.note(|r| r.keep_alives += 1);
+                }
+            }
+            self.let_go(&key, since, &stop, &mut rng).await;
+        }
+    }
+
+    /// Reads `key` until it is gone, judging when it went.
+    async fn let_go(
+        &self,
+        key: &str,
+        since: Instant,
+        stop: &tokio::sync::watch::Receiver<bool>,
+        rng: &mut StdRng,
+    ) {
+        let earliest = since + Duration::from_secs(TTL as u64);
+        loop {
+            let read = self.member(rng).get(key, Consistency::Linearizable).await;
+            let answered = Instant::now();
+            if let Ok(None) = read {
+                if answered < earliest {
+                    let early = earliest - answered;
+                    self.note(|r| {
+                        r.violations
+                            .push(format!("{key} was gone {early:?} before its lease's TTL had passed"))
+                    });
+                } else {
+                    self.note(|r| r.expired += 1);
+                }
+                return;
+            }
+            if answered > earliest + GRACE {
+                if !*stop.borrow() {
+                    self.note(|r| r.violations.push(format!("{key} outlived its lease by {GRACE:?}")));
+                }
+                return;
+            }
+            if *stop.borrow() && answered > earliest {
+                // The run is over: the healed cluster's expiry is not waited for.
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
