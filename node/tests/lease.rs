@@ -66,6 +66,7 @@ async fn a_put_naming_no_lease_fails_whole_and_ids_are_not_granted_twice() {
     assert_eq!(grant(r#"{"ttl": 30, "id": 77}"#).await.expect("answered").status().as_u16(), 200);
     assert_eq!(grant(r#"{"ttl": 30, "id": 77}"#).await.expect("answered").status().as_u16(), 409);
     assert_eq!(grant(r#"{"ttl": 30, "id": -1}"#).await.expect("answered").status().as_u16(), 400);
+    assert_eq!(grant(r#"{"ttl": 9000000001}"#).await.expect("answered").status().as_u16(), 400);
     let short = client.lease_grant(1).await.expect("grant");
     assert_eq!(short.ttl, 2, "raised to the minimum, so a lease outlives an election");
     let bad = reqwest::get(format!("{url}/abc")).await.expect("answered");

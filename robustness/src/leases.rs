@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metastore_client::{Client, Consistency};
+use metastore_client::{Client, ClientError, Consistency, ErrorCode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -69,9 +69,23 @@ impl Holder {
             while held.elapsed() < hold && !*stop.borrow() {
                 tokio::time::sleep(Duration::from_millis(700)).await;
                 let sent = Instant::now();
-                if self.member(&mut rng).lease_keep_alive(lease.id).await.is_ok() {
-                    since = sent;
-                    self.note(|r| r.keep_alives += 1);
+                match self.member(&mut rng).lease_keep_alive(lease.id).await {
+                    Ok(_) => {
+                        since = sent;
+                        self.note(|r| r.keep_alives += 1);
+                    }
+                    // The lease is gone while the holder still had time on it.
+                    Err(ClientError::Api(e))
+                        if *e.code() == ErrorCode::LeaseNotFound
+                            && sent < since + Duration::from_secs(TTL as u64) =>
+                    {
+                        let left = since + Duration::from_secs(TTL as u64) - sent;
+                        self.note(|r| {
+                            r.violations.push(format!("{key}'s lease was gone with {left:?} of its TTL left"))
+                        });
+                        break;
+                    }
+                    Err(_) => {}
                 }
             }
             self.let_go(&key, since, &stop, &mut rng).await;

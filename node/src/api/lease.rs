@@ -9,6 +9,7 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::input::body;
 use super::query::{params, Query};
+use crate::engine::MAX_LEASE_TTL;
 use crate::service::Service;
 
 pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
@@ -61,6 +62,10 @@ async fn grant(
             ErrorCode::InvalidLease,
             format!("a lease id is positive, not {}", request.id),
         ));
+    }
+    if request.ttl > MAX_LEASE_TTL {
+        let message = format!("too large lease TTL: {} s, the most is {MAX_LEASE_TTL}", request.ttl);
+        return Err(ApiError::new(ErrorCode::InvalidLease, message));
     }
     let (id, ttl, revision) = service.lease_grant(request.id, request.ttl).await?;
     Ok(warp::reply::json(&wire::LeaseGrantResponse { id, ttl, revision }).into_response())

@@ -13,6 +13,9 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 pub struct LeaseRecord {
     /// The time to live it was granted, in seconds.
     pub ttl: i64,
+    /// Tells this grant of the id from any other (an id may be granted again once revoked):
+    /// chosen with the grant, so the leader's expiry of one never revokes the next.
+    pub grant: u64,
 }
 
 /// Why a write could not apply: decided the same on every member, and nothing of the write

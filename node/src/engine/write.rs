@@ -58,10 +58,12 @@ pub enum Write {
     },
     /// A transaction, checked ([`Txn::check`]) before it was proposed.
     Txn(Txn),
-    /// Grants lease `id` for `ttl` seconds; the proposing member chose the id.
-    LeaseGrant { id: i64, ttl: i64 },
+    /// Grants lease `id` for `ttl` seconds; the proposing member chose the id and `grant`.
+    LeaseGrant { id: i64, ttl: i64, grant: u64 },
     /// Revokes lease `id`, deleting every key attached to it at one revision.
     LeaseRevoke { id: i64 },
+    /// Revokes lease `id` as the leader found it expired: only the grant it counted time for.
+    LeaseExpire { id: i64, grant: u64 },
 }
 
 impl Write {
@@ -71,13 +73,18 @@ impl Write {
             Write::Put { key, value, .. } => key.len() + value.len(),
             Write::Delete { key, .. } => key.len(),
             Write::Txn(txn) => txn.size(),
-            Write::LeaseGrant { .. } | Write::LeaseRevoke { .. } => 16,
+            Write::LeaseGrant { .. } | Write::LeaseRevoke { .. } | Write::LeaseExpire { .. } => 16,
         }
     }
 
     /// Whether applying it reads ranges of keys: work that grows with the store.
     pub fn scans(&self) -> bool {
-        matches!(self, Write::Txn(txn) if txn.scans())
+        match self {
+            Write::Txn(txn) => txn.scans(),
+            // However many keys the lease has.
+            Write::LeaseRevoke { .. } | Write::LeaseExpire { .. } => true,
+            Write::Put { .. } | Write::Delete { .. } | Write::LeaseGrant { .. } => false,
+        }
     }
 
     /// Applies the write to `space`, a store at `revision`, and answers what it did (the
@@ -123,34 +130,45 @@ impl Write {
                 prev: None,
                 responses: result.responses,
             }),
-            Write::LeaseGrant { id, ttl } => {
+            Write::LeaseGrant { id, ttl, grant } => {
                 if space.lease(id)?.is_some() {
                     return Ok(Err(WriteError::LeaseExists(id)));
                 }
-                space.set_lease(id, Some(LeaseRecord { ttl }));
+                space.set_lease(id, Some(LeaseRecord { ttl, grant }));
                 answer(revision, true, None)
             }
-            Write::LeaseRevoke { id } => {
-                if space.lease(id)?.is_none() {
-                    return Ok(Err(WriteError::LeaseNotFound(id)));
-                }
-                let mut sub = 0;
-                for key in space.attached(id)? {
-                    let current = space.get(&key)?;
-                    match current {
-                        Some(record) if record.lease == id => {
-                            set_key(space, key, Some(&record), None, revision + 1, sub);
-                            sub += 1;
-                        }
-                        // Attached no more (never so, if the records agree): only the mark goes.
-                        _ => space.attach(id, &key, false),
-                    }
-                }
-                space.set_lease(id, None);
-                answer(if sub > 0 { revision + 1 } else { revision }, true, None)
-            }
+            Write::LeaseRevoke { id } => revoke(space, id, None, revision)?,
+            Write::LeaseExpire { id, grant } => revoke(space, id, Some(grant), revision)?,
         })
     }
+}
+
+/// Revokes lease `id` (only if it is still the grant `grant`, when given), deleting its keys at
+/// one revision.
+fn revoke<S: KeySpace>(
+    space: &mut S,
+    id: i64,
+    grant: Option<u64>,
+    revision: u64,
+) -> Result<Result<WriteResult, WriteError>, S::Error> {
+    match space.lease(id)? {
+        Some(lease) if grant.is_none_or(|grant| grant == lease.grant) => {}
+        _ => return Ok(Err(WriteError::LeaseNotFound(id))),
+    }
+    let mut sub = 0;
+    for key in space.attached(id)? {
+        match space.get(&key)? {
+            Some(record) if record.lease == id => {
+                set_key(space, key, Some(&record), None, revision + 1, sub);
+                sub += 1;
+            }
+            // Attached no more (never so, if the records agree): only the mark goes.
+            _ => space.attach(id, &key, false),
+        }
+    }
+    space.set_lease(id, None);
+    let revision = if sub > 0 { revision + 1 } else { revision };
+    Ok(Ok(WriteResult { revision, succeeded: true, prev: None, responses: Vec::new() }))
 }
 
 /// How logs name a write: what it does, never the value.
@@ -162,8 +180,9 @@ impl fmt::Display for Write {
             }
             Write::Delete { key, .. } => write!(f, "delete {:?}", String::from_utf8_lossy(key)),
             Write::Txn(txn) => write!(f, "{txn}"),
-            Write::LeaseGrant { id, ttl } => write!(f, "grant lease {id} for {ttl} s"),
+            Write::LeaseGrant { id, ttl, .. } => write!(f, "grant lease {id} for {ttl} s"),
             Write::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
+            Write::LeaseExpire { id, .. } => write!(f, "expire lease {id}"),
         }
     }
 }

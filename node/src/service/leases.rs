@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{forward, Service, ServiceError};
+use super::{forward, ReadConsistency, Service, ServiceError};
 use crate::engine::{LeaseRecord, Write, WriteError, MAX_LEASE_TTL};
+use crate::lessor::Stored;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 
 /// Shortest TTL a lease is granted: shorter ones are raised to it (etcd does the same), so a
@@ -40,11 +41,18 @@ impl Service {
             )));
         }
         let ttl = ttl.max(MIN_LEASE_TTL);
-        // Random ids: members choose them without asking one another, and a collision is
-        // refused (lease_exists) rather than merged.
-        let id = if id == 0 { (rand::random::<u64>() >> 1).max(1) as i64 } else { id };
-        let written = self.write(Write::LeaseGrant { id, ttl }).await?;
-        Ok((id, ttl, written.revision))
+        // Random ids: members choose them without asking one another. One taken by chance is
+        // chosen again; one the client chose is its to see refused.
+        let mut attempts = if id == 0 { 3 } else { 1 };
+        loop {
+            let chosen = if id == 0 { (rand::random::<u64>() >> 1).max(1) as i64 } else { id };
+            let grant = rand::random::<u64>();
+            match self.write(Write::LeaseGrant { id: chosen, ttl, grant }).await {
+                Ok(written) => return Ok((chosen, ttl, written.revision)),
+                Err(ServiceError::Write(WriteError::LeaseExists(_))) if attempts > 1 => attempts -= 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Revokes lease `id`, deleting its keys at one revision; answers the store's revision.
@@ -72,7 +80,13 @@ impl Service {
             }
             other => return Err(forward::unexpected(other)),
         };
-        let keys = if keys { self.reader().lease_keys(id).await? } else { Vec::new() };
+        let keys = if keys {
+            // As of the leader's answer at least: not keys a revoke already took away.
+            self.await_freshness(ReadConsistency::Linearizable).await?;
+            self.reader().lease_keys(id).await?
+        } else {
+            Vec::new()
+        };
         // Rounded up, as etcd reports it: a lease with time left never reads as 0.
         let ttl = left.div_ceil(1000) as i64;
         Ok(LeaseStatus { id, granted_ttl, ttl, keys })
@@ -83,43 +97,40 @@ impl Service {
         Ok(self.reader().leases().await?)
     }
 
-    /// A keep-alive here, as the leader. Leadership is confirmed first, as for a linearizable
-    /// read: a leader cut off from the others, and already replaced, must not acknowledge a
-    /// keep-alive the new leader never hears of.
+    /// A keep-alive here, as the leader. Leadership is confirmed and everything committed
+    /// applied first, as for a linearizable read: a leader cut off and already replaced must
+    /// not acknowledge a keep-alive the new leader never hears of, and a new leader must not
+    /// call a lease it has yet to apply unknown.
     pub(super) async fn keep_alive_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
         let stored = self.stored_lease_here(id).await?;
-        self.read_index().await?;
-        let mut lessor = self.lessor()?;
-        if stored.is_none() {
-            lessor.forget(id);
-            return Ok(None);
-        }
-        Ok(lessor.keep_alive(id, stored, Instant::now()))
+        let Some(stored) = stored else { return Ok(None) };
+        Ok(self.lessor()?.keep_alive(stored, Instant::now()))
     }
 
-    /// A lease's time left here, as the leader.
+    /// A lease's granted TTL and time left here, as the leader.
     pub(super) async fn time_to_live_here(&self, id: i64) -> Result<Option<(i64, Duration)>, ForwardError> {
         let stored = self.stored_lease_here(id).await?;
-        Ok(stored.and_then(|granted| self.lessor().ok()?.remaining(id, Some(granted), Instant::now())))
+        let Some(stored) = stored else { return Ok(None) };
+        Ok(Some((stored.ttl, self.lessor()?.remaining(stored, Instant::now()))))
     }
 
-    /// Lease `id`'s granted TTL as this member, the leader, has applied it: a revoke or grant
-    /// answered to a client is in it, while the lessor may learn of it only at its next tick.
-    async fn stored_lease_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
-        if !self.leads() || !self.lessor_leads() {
+    /// Lease `id` as this member, the leader, has applied everything committed: a revoke or a
+    /// grant answered to a client is in it, while the lessor may learn of it only at its next
+    /// tick.
+    async fn stored_lease_here(&self, id: i64) -> Result<Option<Stored>, ForwardError> {
+        if !self.leads() || self.lessor()?.term().is_none() {
             return Err(ForwardError::NotLeader { leader: None });
         }
+        self.await_freshness(ReadConsistency::Linearizable).await.map_err(|e| match e {
+            ServiceError::NoLeader => ForwardError::NotLeader { leader: None },
+            other => ForwardError::Unavailable(other.to_string()),
+        })?;
         let stored = self.reader().lease(id).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        Ok(stored.map(|lease| lease.ttl))
+        Ok(stored.map(|lease| Stored { id, grant: lease.grant, ttl: lease.ttl }))
     }
 
     fn lessor(&self) -> Result<std::sync::MutexGuard<'_, crate::lessor::Lessor>, ForwardError> {
         self.inner.lessor.lock().map_err(|_| ForwardError::Unavailable("the lessor failed".into()))
-    }
-
-    /// Whether the lessor keeps time here yet: a new leader's does from its first tick.
-    fn lessor_leads(&self) -> bool {
-        self.inner.lessor.lock().map(|l| l.leads()).unwrap_or(false)
     }
 
     /// One tick: as the leader, bring the lessor up to date with the store and the term and
@@ -133,7 +144,10 @@ impl Service {
             return;
         };
         let stored = match self.reader().leases().await {
-            Ok(leases) => leases.into_iter().map(|(id, lease)| (id, lease.ttl)).collect::<Vec<_>>(),
+            Ok(leases) => leases
+                .into_iter()
+                .map(|(id, lease)| Stored { id, grant: lease.grant, ttl: lease.ttl })
+                .collect::<Vec<_>>(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the leases");
                 return;
@@ -147,11 +161,22 @@ impl Service {
             }
             Err(_) => return,
         };
-        for id in expired.into_iter().take(REVOKES_PER_TICK) {
-            match self.write(Write::LeaseRevoke { id }).await {
+        for (id, grant) in expired.into_iter().take(REVOKES_PER_TICK) {
+            // Still leading in the term that counted the time, and the lease still expired
+            // (not kept alive meanwhile, nor granted anew)?
+            let still = self.inner.lessor.lock().is_ok_and(|lessor| {
+                lessor.term() == Some(term) && lessor.is_expired(id, grant, Instant::now())
+            });
+            if !still {
+                continue;
+            }
+            // Proposed here and never forwarded: time counted by a member that no longer
+            // leads must not revoke anything through the member that does.
+            match self.inner.batcher.write(Write::LeaseExpire { id, grant }).await {
                 Ok(_) => tracing::info!(lease = id, "lease expired: revoked"),
-                // Revoked meanwhile by a client: nothing left to do.
-                Err(ServiceError::Write(WriteError::LeaseNotFound(_))) => {}
+                // Revoked meanwhile, by a client: nothing left to do.
+                Err(ForwardError::Write(WriteError::LeaseNotFound(_))) => {}
+                Err(ForwardError::NotLeader { .. }) => return,
                 Err(e) => tracing::warn!(lease = id, error = %e, "could not revoke an expired lease"),
             }
         }

@@ -95,13 +95,22 @@ pub(crate) fn decode_lease_key(bytes: &[u8]) -> Result<i64, StoreError> {
     decode_u64(bytes, "lease id").map(|id| id as i64)
 }
 
-/// A lease as stored: the TTL it was granted, big-endian.
-pub(crate) fn encode_lease(lease: &LeaseRecord) -> [u8; 8] {
-    lease.ttl.to_be_bytes()
+/// A lease as stored: the TTL it was granted, then its grant, both big-endian.
+pub(crate) fn encode_lease(lease: &LeaseRecord) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lease.ttl.to_be_bytes());
+    out[8..].copy_from_slice(&lease.grant.to_be_bytes());
+    out
 }
 
 pub(crate) fn decode_lease(bytes: &[u8]) -> Result<LeaseRecord, StoreError> {
-    Ok(LeaseRecord { ttl: decode_u64(bytes, "lease TTL")? as i64 })
+    if bytes.len() != 16 {
+        return Err(StoreError::Corrupt(format!("lease record of {} bytes", bytes.len())));
+    }
+    Ok(LeaseRecord {
+        ttl: decode_u64(&bytes[..8], "lease TTL")? as i64,
+        grant: decode_u64(&bytes[8..], "lease grant")?,
+    })
 }
 
 /// A key's attachment to a lease in `lease_keys`: the lease's id, then the key; the value is

@@ -101,13 +101,14 @@ impl Model {
                     answer(next, true, current)
                 }
             }
-            Write::LeaseGrant { id, ttl } => {
+            Write::LeaseGrant { id, ttl, .. } => {
                 if self.leases.contains_key(id) {
                     return Err(WriteError::LeaseExists(*id));
                 }
                 self.leases.insert(*id, *ttl);
                 answer(self.revision, true, None)
             }
+            Write::LeaseExpire { .. } => unreachable!("the generator makes no expiries"),
             Write::LeaseRevoke { id } => {
                 if self.leases.remove(id).is_none() {
                     return Err(WriteError::LeaseNotFound(*id));
@@ -290,7 +291,7 @@ fn write() -> impl Strategy<Value = Write> {
     prop_oneof![
         3 => (key(), value(), precondition.clone()).prop_map(|(key, value, precondition)| Write::Put { key, value, precondition }),
         1 => (key(), precondition).prop_map(|(key, precondition)| Write::Delete { key, precondition }),
-        1 => (1i64..3).prop_map(|id| Write::LeaseGrant { id, ttl: 10 }),
+        1 => (1i64..3).prop_map(|id| Write::LeaseGrant { id, ttl: 10, grant: id as u64 }),
         1 => (1i64..3).prop_map(|id| Write::LeaseRevoke { id }),
         3 => (prop::collection::vec(compare(), 0..3), prop::collection::vec(op(), 0..4), prop::collection::vec(op(), 0..3))
             .prop_map(|(compares, success, failure)| Write::Txn(Txn { compares, success, failure }))
@@ -387,6 +388,13 @@ async fn check_reads(reader: &KvReader, model: &Model) -> Result<(), TestCaseErr
         let below = reader.get(b"a".to_vec(), Some(model.compacted - 1)).await;
         let gone = matches!(below, Err(StoreError::Revision(RevisionError::Compacted { .. })));
         prop_assert!(gone, "below the compaction revision: {:?}", below);
+    }
+    // Which keys each lease holds, by its index, is what the keys' records say.
+    for id in 1..3i64 {
+        let attached = reader.lease_keys(id).await.map_err(fail)?;
+        let expected: Vec<Vec<u8>> =
+            model.current().into_iter().filter(|(_, r)| r.lease == id).map(|(k, _)| k).collect();
+        prop_assert_eq!(attached, expected, "the keys of lease {}", id);
     }
     // What a watch of every key from the compaction revision on replays.
     let from = model.compacted.max(1);

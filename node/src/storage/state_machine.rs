@@ -736,21 +736,29 @@ pub(super) mod tests {
         use crate::engine::WriteError;
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_test_db(dir.path());
-        apply_writes(&db, vec![Write::LeaseGrant { id: 7, ttl: 10 }]);
+        apply_writes(&db, vec![Write::LeaseGrant { id: 7, ttl: 10, grant: 1 }]);
         // Granted, attached and re-attached within one batch: the batch's own state counts.
         apply_writes(
             &db,
             vec![leased_put(b"a", 7), leased_put(b"b", 7), put(b"c", "plain", None), leased_put(b"c", 7)],
         );
         apply_writes(&db, vec![put(b"b", "detached", None)]);
-        let answers = apply_writes(&db, vec![leased_put(b"d", 8), Write::LeaseGrant { id: 7, ttl: 5 }]);
+        let answers =
+            apply_writes(&db, vec![leased_put(b"d", 8), Write::LeaseGrant { id: 7, ttl: 5, grant: 2 }]);
         let Applied::Writes(refused) = &answers[0] else { panic!("{answers:?}") };
         assert_eq!(refused[0], Err(WriteError::LeaseNotFound(8)));
         assert_eq!(refused[1], Err(WriteError::LeaseExists(7)));
         assert_eq!(stored(&db, b"d"), None, "nothing of a refused write applied");
         let before = revision(&db);
 
-        let answers = apply_writes(&db, vec![Write::LeaseRevoke { id: 7 }, Write::LeaseRevoke { id: 7 }]);
+        let stale = apply_writes(&db, vec![Write::LeaseExpire { id: 7, grant: 2 }]);
+        assert!(
+            matches!(&stale[0], Applied::Writes(w) if w[0] == Err(WriteError::LeaseNotFound(7))),
+            "another grant"
+        );
+        assert_eq!(revision(&db), before, "an expiry of a grant that is not the lease's does nothing");
+        let answers =
+            apply_writes(&db, vec![Write::LeaseExpire { id: 7, grant: 1 }, Write::LeaseRevoke { id: 7 }]);
         let Applied::Writes(revoked) = &answers[0] else { panic!("{answers:?}") };
         assert_eq!(revoked[0].as_ref().map(|r| r.revision), Ok(before + 1), "a and c go at one revision");
         assert_eq!(revoked[1], Err(WriteError::LeaseNotFound(7)), "revoked once");
@@ -766,7 +774,7 @@ pub(super) mod tests {
     async fn a_snapshot_carries_leases_and_the_keys_attached_to_them() {
         let (from, to) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
         let source = Arc::new(open_test_db(from.path()));
-        apply_writes(&source, vec![Write::LeaseGrant { id: 3, ttl: 60 }, leased_put(b"k", 3)]);
+        apply_writes(&source, vec![Write::LeaseGrant { id: 3, ttl: 60, grant: 1 }, leased_put(b"k", 3)]);
         let announcer = crate::storage::KvReader::new(source.clone()).announcer();
         let mut sm =
             StateMachine::new(source.clone(), from.path().join("snapshots"), announcer).await.expect("open");
