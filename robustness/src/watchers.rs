@@ -14,6 +14,9 @@ use metastore_client::{
 };
 use serde::Serialize;
 
+/// How long a watcher may make no progress on the healed cluster before it counts as stuck.
+const STUCK: Duration = Duration::from_secs(30);
+
 /// A stream being checked: the keys as its events have left them.
 #[derive(Debug, Default)]
 pub struct StreamCheck {
@@ -227,11 +230,16 @@ impl Watcher {
     /// On the healed cluster: once the watcher has reached revision `through`, the keys its
     /// stream built must be the cluster's keys at the revision it reached.
     pub async fn final_check(&self, member: &Client, through: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A watcher slowed by a busy machine may take long; one that stops moving is stuck.
+        let mut deadline = Instant::now() + STUCK;
+        let mut last = 0;
         let reached = loop {
             let next = self.check.lock().map(|c| c.next_revision()).unwrap_or_default();
             if next > through {
                 break next - 1;
+            }
+            if next != last {
+                (last, deadline) = (next, Instant::now() + STUCK);
             }
             if Instant::now() > deadline {
                 let serving = self.serving.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
