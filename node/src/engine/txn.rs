@@ -416,10 +416,7 @@ impl<S: KeySpace> Execution<'_, S> {
         let mut nested = path.nested.into_iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            responses.push(match op {
-                Op::Txn(inner) => OpResponse::Txn(self.run(inner, nested.next().unwrap_or_default())?),
-                op => self.op(op)?,
-            });
+            responses.push(self.op(op, &mut nested)?);
         }
         Ok(TxnResult { succeeded: path.succeeded, responses })
     }
@@ -436,7 +433,8 @@ impl<S: KeySpace> Execution<'_, S> {
         Ok(if seen { all } else { compare.target.holds(compare.result, None) })
     }
 
-    fn op(&mut self, op: Op) -> Result<OpResponse, S::Error> {
+    /// Applies one operation; `nested` holds the decided paths of the list's transactions.
+    fn op(&mut self, op: Op, nested: &mut impl Iterator<Item = Path>) -> Result<OpResponse, S::Error> {
         match op {
             Op::Range { key, range_end, limit, keys_only, count_only } => {
                 let limit =
@@ -506,11 +504,8 @@ impl<S: KeySpace> Execution<'_, S> {
                 }
                 Ok(OpResponse::DeleteRange { deleted, prev })
             }
-            // Only reached outside `run`; decided on the spot, against the keys as they are.
-            Op::Txn(nested) => {
-                let path = self.decide(&nested)?;
-                Ok(OpResponse::Txn(self.run(nested, path)?))
-            }
+            // `decide` made one path per nested transaction, in this order.
+            Op::Txn(inner) => Ok(OpResponse::Txn(self.run(inner, nested.next().unwrap_or_default())?)),
         }
     }
 
