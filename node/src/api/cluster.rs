@@ -12,13 +12,12 @@ use metastore_client::{
     AddMemberRequest, ClusterStatus, InitRequest, MemberRole, MemberStatus, MembershipResponse,
     ReplicationStatus,
 };
-use serde::de::DeserializeOwned;
 use warp::http::header::{HeaderMap, AUTHORIZATION};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::body;
+use super::input::{body, parse_json};
 use super::query::{params, Query};
 use crate::network::PeerToken;
 use crate::service::{MemberView, Role, Service};
@@ -126,11 +125,6 @@ pub fn status(service: &Service) -> ClusterStatus {
         }),
         members: view.members.into_iter().map(member_status).collect(),
     }
-}
-
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), ApiError> {

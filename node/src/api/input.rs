@@ -87,6 +87,23 @@ where
     Ok(body.freeze())
 }
 
+/// A JSON request body as `T`; anything else is 400 `invalid_json`.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
+}
+
+/// A `name=true|false` query flag (a bare `name` is true); absent is false.
+pub fn flag(query: &Query, name: &str) -> Result<bool, ApiError> {
+    match query.text(name)? {
+        None | Some("false") => Ok(false),
+        Some("true") | Some("") => Ok(true),
+        Some(other) => {
+            Err(ApiError::new(ErrorCode::BadRequest, format!("{name} must be true or false, not {other:?}")))
+        }
+    }
+}
+
 pub fn consistency(query: &Query) -> Result<ReadConsistency, ApiError> {
     match query.text("consistency")? {
         None | Some("linearizable") | Some("") => Ok(ReadConsistency::Linearizable),

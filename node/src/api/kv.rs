@@ -14,7 +14,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::{body, consistency, key_from_path, precondition, read_revision, show_key};
+use super::input::{body, consistency, key_from_path, parse_json, precondition, read_revision, show_key};
 use super::query::{params, Query};
 use crate::engine::{KeyRecord, Op, OpResponse, Precondition, Txn, Write, WriteResult};
 use crate::service::Service;
@@ -64,8 +64,7 @@ async fn compact(
     service: Service,
 ) -> Result<Response, ApiError> {
     q?;
-    let request: CompactRequest = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
+    let request: CompactRequest = parse_json(&body?)?;
     let compacted = service.compact(request.revision).await?;
     Ok(warp::reply::json(&CompactResponse { compacted }).into_response())
 }

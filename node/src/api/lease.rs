@@ -7,7 +7,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::body;
+use super::input::{body, flag, parse_json};
 use super::query::{params, Query};
 use crate::engine::MAX_LEASE_TTL;
 use crate::service::Service;
@@ -55,8 +55,7 @@ async fn grant(
     service: Service,
 ) -> Result<Response, ApiError> {
     q?;
-    let request: wire::LeaseGrantRequest = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
+    let request: wire::LeaseGrantRequest = parse_json(&body?)?;
     if request.id < 0 {
         return Err(ApiError::new(
             ErrorCode::InvalidLease,
@@ -91,16 +90,7 @@ async fn keep_alive(id: &str, q: Result<Query, ApiError>, service: Service) -> R
 }
 
 async fn time_to_live(id: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
-    let keys = match q?.text("keys")? {
-        None | Some("false") => false,
-        Some("true") | Some("") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::BadRequest,
-                format!("keys must be true or false, not {other:?}"),
-            ))
-        }
-    };
+    let keys = flag(&q?, "keys")?;
     let status = service.lease_time_to_live(lease_id(id)?, keys).await?;
     let answer = wire::LeaseTimeToLiveResponse {
         id: status.id,

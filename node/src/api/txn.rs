@@ -8,7 +8,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::{body_up_to, check_key};
+use super::input::{body_up_to, check_key, parse_json};
 use super::kv::{json_at, key_value};
 use super::query::{params, Query};
 use crate::engine::{Compare, CompareResult, CompareTarget, KeyRecord, Op, OpResponse, Txn, TxnResult};
@@ -31,8 +31,7 @@ async fn txn(
     service: Service,
 ) -> Result<Response, ApiError> {
     q?;
-    let request: wire::TxnRequest = serde_json::from_slice(&body?)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))?;
+    let request: wire::TxnRequest = parse_json(&body?)?;
     let result = service.txn(engine_txn(request)?).await?;
     let answer = wire_response(
         TxnResult { succeeded: result.succeeded, responses: result.responses },

@@ -13,7 +13,7 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::input::check_key;
+use super::input::{check_key, flag};
 use super::kv::key_value;
 use super::query::{params, Query};
 use crate::engine::KeyRange;
@@ -84,16 +84,6 @@ fn request(q: &Query) -> Result<WatchRequest, ApiError> {
         no_delete: flag(q, "no_delete")?,
         progress_every: flag(q, "progress_notify")?.then_some(PROGRESS_EVERY),
     })
-}
-
-fn flag(q: &Query, name: &str) -> Result<bool, ApiError> {
-    match q.text(name)? {
-        None | Some("false") => Ok(false),
-        Some("true") | Some("") => Ok(true),
-        Some(other) => {
-            Err(ApiError::new(ErrorCode::BadRequest, format!("{name} must be true or false, not {other:?}")))
-        }
-    }
 }
 
 /// The watcher's messages as lines of JSON; ends when the watcher does.
