@@ -6,6 +6,7 @@
 #
 #   bench/compare-etcd.sh                 # C = 1 16 64 256, 3 rounds of 10 s per row
 #   DURATION=30 ROUNDS=1 CLIENTS="64 256" bench/compare-etcd.sh
+#   WORKLOADS="txn past-get" bench/compare-etcd.sh   # also: mixed cas create (see --help)
 #
 # C = 1 has two rows per workload, one client on the leader and one on a follower of each
 # system (a single client's figures are those of the member it talks to); larger C spread

@@ -26,6 +26,10 @@ pub enum Workload {
     Cas,
     /// Puts of keys never written before: the store grows with every request.
     Create,
+    /// Transactions of two compares and two puts, on two random keys.
+    Txn,
+    /// Reads of random keys as of one past revision (a preloaded key's), from the history.
+    PastGet,
 }
 
 /// How requests choose among the keys.
@@ -147,6 +151,7 @@ async fn operate(
     rng: &mut StdRng,
     keys: KeySpace,
     value: &[u8],
+    past: u64,
 ) -> bool {
     let key = match workload {
         // From the thread's own generator, seeded anew by each process: a key no run wrote.
@@ -164,6 +169,13 @@ async fn operate(
             Ok(revision) => endpoint.cas(&key, revision, value).await.map(|_| ()),
             Err(e) => Err(e),
         },
+        Workload::Txn => {
+            // Two different keys: one key written twice in a transaction is refused.
+            let other =
+                (0..8).map(|_| keys.pick(rng)).find(|k| *k != key).unwrap_or_else(|| format!("{key}/2"));
+            endpoint.txn(&key, &other, value).await
+        }
+        Workload::PastGet => endpoint.get_at(&key, past).await,
     };
     result.is_ok()
 }
@@ -182,6 +194,11 @@ fn cpu_time() -> Option<Duration> {
 pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome> {
     anyhow::ensure!(!endpoints.is_empty(), "no endpoints");
     let value: Arc<[u8]> = vec![b'v'; plan.value_size].into();
+    // The past revision: the one the middle preloaded key was last written at.
+    let past = match plan.workload {
+        Workload::PastGet => endpoints[0].get(&key_name(plan.keys.count() / 2), false).await?.unwrap_or(1),
+        _ => 0,
+    };
     let started = Instant::now();
     let cpu_before = cpu_time();
     let deadline = started + plan.duration;
@@ -196,7 +213,7 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
                     let (mut latencies, mut errors) = (histogram(), 0u64);
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        if !operate(&endpoint, workload, &mut rng, keys, &value).await {
+                        if !operate(&endpoint, workload, &mut rng, keys, &value, past).await {
                             errors += 1;
                         }
                         latencies.saturating_record(sent.elapsed().as_micros().max(1) as u64);
@@ -223,7 +240,7 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
                         let mut request_rng = StdRng::seed_from_u64(rng.random());
                         let scheduled = due;
                         in_flight.push(tokio::spawn(async move {
-                            let ok = operate(&endpoint, workload, &mut request_rng, keys, &value).await;
+                            let ok = operate(&endpoint, workload, &mut request_rng, keys, &value, past).await;
                             (ok, scheduled.elapsed())
                         }));
                         due += interval;

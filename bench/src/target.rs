@@ -127,6 +127,54 @@ impl Endpoint {
         }
     }
 
+    /// A read of `key` as of the past revision `at` (absent then is no error).
+    pub async fn get_at(&self, key: &str, at: u64) -> anyhow::Result<()> {
+        match self.system {
+            System::Metastore => {
+                let path = format!("{}?revision={at}", metastore_path(key));
+                let (status, body) = self.send(Method::GET, path, Vec::new()).await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Ok(());
+                }
+                expect_success(status, &body)
+            }
+            System::Etcd => {
+                self.etcd("/v3/kv/range", json!({"key": B64.encode(key), "revision": at})).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A transaction of two compares that hold (each key created before revision 2^62) and
+    /// two puts, the shape of a small multi-key update.
+    pub async fn txn(&self, a: &str, b: &str, value: &[u8]) -> anyhow::Result<()> {
+        const ALWAYS: u64 = 1 << 62;
+        let answer = match self.system {
+            System::Metastore => {
+                let compare =
+                    |k: &str| json!({"key": B64.encode(k), "result": "less", "create_revision": ALWAYS});
+                let put = |k: &str| json!({"put": {"key": B64.encode(k), "value": B64.encode(value)}});
+                let txn = json!({"compare": [compare(a), compare(b)], "success": [put(a), put(b)]});
+                let (status, body) =
+                    self.send(Method::POST, "/v1/txn".to_string(), serde_json::to_vec(&txn)?).await?;
+                expect_success(status, &body)?;
+                serde_json::from_slice::<Value>(&body)?
+            }
+            System::Etcd => {
+                let compare = |k: &str| json!({"key": B64.encode(k), "target": "CREATE", "result": "LESS", "create_revision": ALWAYS});
+                let put =
+                    |k: &str| json!({"request_put": {"key": B64.encode(k), "value": B64.encode(value)}});
+                let txn = json!({"compare": [compare(a), compare(b)], "success": [put(a), put(b)]});
+                self.etcd("/v3/kv/txn", txn).await?
+            }
+        };
+        anyhow::ensure!(
+            answer["succeeded"].as_bool() == Some(true),
+            "the transaction's compares failed: {answer}"
+        );
+        Ok(())
+    }
+
     /// This member's role in its cluster.
     pub async fn role(&self) -> anyhow::Result<Role> {
         match self.system {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_metastore-bench");
 
-const WORKLOADS: [&str; 6] = ["put", "get", "stale-get", "mixed", "cas", "create"];
+const WORKLOADS: [&str; 8] = ["put", "get", "stale-get", "mixed", "cas", "create", "txn", "past-get"];
 
 /// Runs the generator with `args`; its JSON outcome.
 fn bench(system: &str, endpoint: &str, args: &[&str]) -> Value {
