@@ -15,6 +15,9 @@
 # A row runs ROUNDS rounds, each metaStore then etcd, and shows each system's median round (by
 # throughput): on a shared machine a neighbour's burst then spoils one round, not the row.
 #
+# Then watch fan-out (FANOUT_WATCHERS watchers of one prefix, 1 000 by default, while
+# FANOUT_RATE writes a second go in; FANOUT_WATCHERS=0 skips it): delivery latency and CPU.
+#
 # Then, for each system: start to first write, resident memory idle and under load, disk and
 # restart-to-ready with BIG_KEYS keys (1 000 000 by default), and failover (kill -9 of the
 # leader to the next successful write).
@@ -39,6 +42,8 @@ PROFILE="${PROFILE:-release}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
 GROWTH_KEYS="${GROWTH_KEYS:-1000000}"
 GROWTH_STEP="${GROWTH_STEP:-250000}"
+FANOUT_WATCHERS="${FANOUT_WATCHERS:-1000}"
+FANOUT_RATE="${FANOUT_RATE:-1000}"
 
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 2; }
 if [[ "$PROFILE" == release ]]; then
@@ -160,6 +165,34 @@ PY
     done
   done
 done
+
+# Watch fan-out: FANOUT_WATCHERS watchers of one prefix over all members while FANOUT_RATE
+# writes a second go in; each change's delivery time to each watcher, and the members' CPU.
+if (( FANOUT_WATCHERS > 0 )); then
+  echo
+  printf '%-28s | %10s %8s %8s %9s | %10s %8s %8s %9s\n' \
+    "watch fan-out" "ms deliv/s" "ms p50" "ms p99" "ms cpu" "etcd del/s" "etcd p50" "etcd p99" "etcd cpu"
+  cpu_ticks() { # pids... -> user + system clock ticks so far
+    local total=0 pid
+    for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+    echo "$total"
+  }
+  fanout() { # system endpoints pids...
+    local system=$1 endpoints=$2; shift 2
+    local before after began ended out
+    before=$(cpu_ticks "$@"); began=$(now)
+    out=$("$bin/metastore-bench" --system "$system" --endpoints "$endpoints" --workload watch-fanout \
+      --clients "$FANOUT_WATCHERS" --rate "$FANOUT_RATE" --duration "$DURATION" --json | tail -1)
+    after=$(cpu_ticks "$@"); ended=$(now)
+    # Members' CPU over the whole run (watchers' setup and the last deliveries included).
+    echo "$out" | python3 -c "import json,sys; r=json.load(sys.stdin); t=$((after - before))/$(getconf CLK_TCK)/($ended-$began); print(f\"{r['throughput']:.0f} {r['p50_ms']:.2f} {r['p99_ms']:.2f} {t:.2f} {r['errors']}\")"
+  }
+  read -r mt mp50 mp99 mcpu merr <<<"$(fanout metastore "$ms_endpoints" "${ms_pids[@]}")"
+  read -r et ep50 ep99 ecpu eerr <<<"$(fanout etcd "$etcd_endpoints" "${etcd_pids[@]}")"
+  printf '%-28s | %10s %8s %8s %9s | %10s %8s %8s %9s\n' \
+    "$FANOUT_WATCHERS watchers, $FANOUT_RATE writes/s" "$mt" "$mp50" "$mp99" "${mcpu} cores" "$et" "$ep50" "$ep99" "${ecpu} cores"
+  (( merr + eerr == 0 )) || echo "missing deliveries: metaStore $merr, etcd $eerr"
+fi
 
 # Resident memory under load: the peak while 64 clients write.
 peak_under_load() { # system endpoints pids...

@@ -30,6 +30,9 @@ pub enum Workload {
     Txn,
     /// Reads of random keys as of one past revision (a preloaded key's), from the history.
     PastGet,
+    /// `--clients` watchers of one prefix while `--rate` writes a second go in: latencies are
+    /// each change's delivery to each watcher.
+    WatchFanout,
 }
 
 /// How requests choose among the keys.
@@ -123,7 +126,7 @@ pub struct Outcome {
     pub generator_cores: f64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to 60 s, three significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
 }
@@ -176,12 +179,14 @@ async fn operate(
             endpoint.txn(&key, &other, value).await
         }
         Workload::PastGet => endpoint.get_at(&key, past).await,
+        // Run by `fanout::run`, never request by request.
+        Workload::WatchFanout => Err(anyhow::anyhow!("watch-fanout is not a request workload")),
     };
     result.is_ok()
 }
 
 /// CPU time this process used so far (user + system), from /proc.
-fn cpu_time() -> Option<Duration> {
+pub(crate) fn cpu_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
@@ -271,28 +276,40 @@ pub async fn run(plan: &Plan, endpoints: &[Endpoint]) -> anyhow::Result<Outcome>
         (Some(before), Some(after)) => (after - before).as_secs_f64() / seconds,
         _ => f64::NAN,
     };
-    let ms = |micros: u64| micros as f64 / 1000.0;
-    let operations = latencies.len();
-    Ok(Outcome {
-        system: plan.system,
-        workload: plan.workload,
-        clients: plan.clients,
-        endpoints: endpoints.iter().map(Endpoint::url).collect(),
-        keys: plan.keys.count,
-        distribution: plan.keys.distribution(),
-        operations,
-        errors,
-        seconds,
-        throughput: operations.saturating_sub(errors) as f64 / seconds,
-        p50_ms: ms(latencies.value_at_quantile(0.5)),
-        p99_ms: ms(latencies.value_at_quantile(0.99)),
-        p999_ms: ms(latencies.value_at_quantile(0.999)),
-        max_ms: ms(latencies.max()),
-        generator_cores,
-    })
+    Ok(Outcome::from_latencies(plan, endpoints, &latencies, errors, seconds, generator_cores))
 }
 
 impl Outcome {
+    /// The outcome of `plan`: `latencies` of every operation, `errors` of them failed.
+    pub fn from_latencies(
+        plan: &Plan,
+        endpoints: &[Endpoint],
+        latencies: &Histogram<u64>,
+        errors: u64,
+        seconds: f64,
+        generator_cores: f64,
+    ) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let operations = latencies.len();
+        Outcome {
+            system: plan.system,
+            workload: plan.workload,
+            clients: plan.clients,
+            endpoints: endpoints.iter().map(Endpoint::url).collect(),
+            keys: plan.keys.count,
+            distribution: plan.keys.distribution(),
+            operations,
+            errors,
+            seconds,
+            throughput: operations.saturating_sub(errors) as f64 / seconds,
+            p50_ms: ms(latencies.value_at_quantile(0.5)),
+            p99_ms: ms(latencies.value_at_quantile(0.99)),
+            p999_ms: ms(latencies.value_at_quantile(0.999)),
+            max_ms: ms(latencies.max()),
+            generator_cores,
+        }
+    }
+
     pub const HEADER: &'static str =
         "system     workload   clients    ops/s    p50 ms   p99 ms  p99.9 ms   max ms  errors  gen cores";
 

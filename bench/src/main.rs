@@ -4,6 +4,7 @@
 //!   metastore-bench --system metastore --endpoints http://127.0.0.1:12380 --workload put --clients 64
 //!   metastore-bench --system etcd --endpoints http://127.0.0.1:2379 --workload get --clients 64
 
+mod fanout;
 mod load;
 mod target;
 
@@ -111,7 +112,10 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         duration: Duration::from_secs(cli.duration),
         rate: cli.rate,
     };
-    let outcome = load::run(&plan, &endpoints).await?;
+    let outcome = match plan.workload {
+        Workload::WatchFanout => fanout::run(&plan, &endpoints).await?,
+        _ => load::run(&plan, &endpoints).await?,
+    };
     if cli.header {
         println!("{}", load::Outcome::HEADER);
     }

@@ -62,6 +62,10 @@ impl Endpoint {
         Ok(Self { system, authority: authority.to_string(), idle: Arc::default() })
     }
 
+    pub fn system(&self) -> System {
+        self.system
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.authority)
     }
@@ -175,6 +179,38 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Opens a watch of every key under `prefix`, from now, on a connection of its own; the
+    /// answer's body streams one JSON object per line (either system), the first saying the
+    /// watch was created.
+    pub async fn watch(&self, prefix: &str) -> anyhow::Result<Watching> {
+        let (method, path, body) = match self.system {
+            System::Metastore => {
+                let path = format!("/v1/watch?prefix={}", utf8_percent_encode(prefix, NON_ALPHANUMERIC));
+                (Method::GET, path, Vec::new())
+            }
+            System::Etcd => {
+                let mut end = prefix.as_bytes().to_vec();
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+                let create =
+                    json!({"create_request": {"key": B64.encode(prefix), "range_end": B64.encode(&end)}});
+                (Method::POST, "/v3/watch".to_string(), serde_json::to_vec(&create)?)
+            }
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let mut connection = self.connect().await?;
+        connection.ready().await?;
+        let answer = connection.send_request(request).await?;
+        anyhow::ensure!(answer.status().is_success(), "watch refused: {}", answer.status());
+        Ok(Watching { _connection: connection, body: answer.into_body() })
+    }
+
     /// This member's role in its cluster.
     pub async fn role(&self) -> anyhow::Result<Role> {
         match self.system {
@@ -279,6 +315,12 @@ impl Endpoint {
         });
         Ok(sender)
     }
+}
+
+/// An open watch: its stream, and the connection it keeps open.
+pub struct Watching {
+    _connection: SendRequest<Full<Bytes>>,
+    pub body: hyper::body::Incoming,
 }
 
 fn metastore_path(key: &str) -> String {

@@ -63,6 +63,11 @@ fn every_workload_runs_without_errors(system: &str, endpoint: &str) {
         let args = ["--workload", workload, "--clients", "4", "--duration", "1"];
         assert_clean(&bench(system, endpoint, &args), &format!("{workload} on {system}"));
     }
+    // Ten watchers, 50 writes a second: every change reaches every watcher.
+    let args = ["--workload", "watch-fanout", "--clients", "10", "--rate", "50", "--duration", "1"];
+    let fanout = bench(system, endpoint, &args);
+    assert_clean(&fanout, &format!("watch-fanout on {system}"));
+    assert!(fanout["operations"].as_u64().unwrap_or(0) >= 400, "deliveries counted: {fanout}");
 }
 
 /// Runs the generator with `args` against a fresh, preloaded member; its outcome, which must be
