@@ -233,10 +233,18 @@ impl Watcher {
         // A watcher slowed by a busy machine may take long; one that stops moving is stuck.
         let mut deadline = Instant::now() + STUCK;
         let mut last = 0;
-        let reached = loop {
-            let next = self.check.lock().map(|c| c.next_revision()).unwrap_or_default();
-            if next > through {
-                break next - 1;
+        // The revision reached and the state the stream built by then, taken together: the
+        // leader goes on revoking expired leases, so the stream may move on meanwhile.
+        let (reached, built) = loop {
+            let (next, keys) = match self.check.lock() {
+                Ok(check) if check.next_revision() > through => {
+                    (check.next_revision(), Some(check.keys().clone()))
+                }
+                Ok(check) => (check.next_revision(), None),
+                Err(_) => return,
+            };
+            if let Some(keys) = keys {
+                break (next - 1, keys);
             }
             if next != last {
                 (last, deadline) = (next, Instant::now() + STUCK);
@@ -268,7 +276,6 @@ impl Watcher {
             Ok(page) => {
                 let stored: BTreeMap<Vec<u8>, KeyValue> =
                     page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-                let built = self.check.lock().map(|c| c.keys().clone()).unwrap_or_default();
                 if stored != built {
                     let differ = stored.keys().chain(built.keys()).find(|k| stored.get(*k) != built.get(*k));
                     let key = differ.map(|k| String::from_utf8_lossy(k).into_owned());
