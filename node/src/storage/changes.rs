@@ -3,7 +3,7 @@
 //! it and what it was before. Read from one consistent view, in whole revisions: a
 //! transaction's changes are never split between two reads.
 
-use rocksdb::DB;
+use rocksdb::{ReadTier, DB};
 
 use super::codec::{self, decode_change_key, decode_history_entry};
 use super::reader::view_options;
@@ -57,28 +57,53 @@ impl KvReader {
         prev: bool,
         budget: ChangesBudget,
     ) -> Result<ChangesPage, StoreError> {
+        // A watcher that keeps up reads a few changes just applied, still in memory: read them
+        // here, in a small bite, and go to a blocking thread only when the disk is needed
+        // (thousands of watchers woken by each write would otherwise queue thousands of thread
+        // hand-offs).
+        let bite = ChangesBudget {
+            changes: budget.changes.min(INLINE_CHANGES),
+            bytes: budget.bytes.min(INLINE_BYTES),
+            scanned: budget.scanned.min(INLINE_CHANGES),
+        };
+        match read_changes(&self.db, from, &keys, prev, bite, ReadTier::BlockCache) {
+            Err(StoreError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
+            answered => return answered,
+        }
         let db = self.db.clone();
-        run_blocking(move || read_changes(&db, from, &keys, prev, budget)).await
+        run_blocking(move || read_changes(&db, from, &keys, prev, budget, ReadTier::All)).await
     }
 }
 
+/// At most this many changes are read on the async runtime at once...
+const INLINE_CHANGES: usize = 64;
+/// ...and about this many bytes.
+const INLINE_BYTES: usize = 256 * 1024;
+
+/// The page, reading no deeper than `tier`.
 fn read_changes(
     db: &DB,
     from: u64,
     keys: &KeyRange,
     prev: bool,
     budget: ChangesBudget,
+    tier: ReadTier,
 ) -> Result<ChangesPage, StoreError> {
     let view = db.snapshot();
-    let opts = view_options(&view);
+    let options = || {
+        let mut opts = view_options(&view);
+        opts.set_read_tier(tier);
+        opts
+    };
+    let opts = options();
     let revision = read_revision(db, &opts)?;
     let compacted = read_compacted(db, &opts)?;
     if from < compacted {
         return Err(RevisionError::Compacted { requested: from, compacted }.into());
     }
     let history = cf(db, CF_HISTORY)?;
-    let mut versions = db.raw_iterator_cf_opt(history, view_options(&view));
-    let mut iter = db.raw_iterator_cf_opt(cf(db, CF_CHANGES)?, view_options(&view));
+    let mut versions = db.raw_iterator_cf_opt(history, options());
+    let mut iter = db.raw_iterator_cf_opt(cf(db, CF_CHANGES)?, options());
     iter.seek(codec::change_key(from.max(1), 0));
     let (mut changes, mut bytes, mut scanned) = (Vec::new(), 0usize, 0usize);
     let mut through = revision;
@@ -197,6 +222,25 @@ mod tests {
         assert_eq!((page.through, page.revision), (1, 2));
         let rest = reader.changes(page.through + 1, KeyRange::prefix(b"t/"), false, one).await.expect("read");
         assert_eq!(summary(&rest)[0].1, "t/c");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn changes_only_on_disk_are_read_from_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let db = open_test_db(dir.path());
+            apply_writes(&db, vec![put("d/a", "1"), put("d/a", "2")]);
+            for family in
+                [super::super::CF_CHANGES, super::super::CF_HISTORY, super::super::CF_SM, super::super::CF_KV]
+            {
+                db.flush_cf(cf(&db, family).expect("cf")).expect("flush to a table file");
+            }
+        }
+        // Reopened, nothing is in memory: the in-memory attempt is incomplete and must fall back.
+        let reader = KvReader::new(Arc::new(open_test_db(dir.path())));
+        let page = reader.changes(1, KeyRange::prefix(b"d/"), true, ALL).await.expect("read");
+        assert_eq!(summary(&page).len(), 2);
+        assert_eq!(summary(&page)[1].3.as_deref(), Some("1"), "the previous value, from disk too");
     }
 
     #[tokio::test(flavor = "multi_thread")]
