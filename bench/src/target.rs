@@ -198,12 +198,7 @@ impl Endpoint {
                 (Method::POST, "/v3/watch".to_string(), serde_json::to_vec(&create)?)
             }
         };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, &self.authority)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+        let request = self.request(method, path, body)?;
         let mut connection = self.connect().await?;
         connection.ready().await?;
         let answer = connection.send_request(request).await?;
@@ -248,15 +243,19 @@ impl Endpoint {
     /// Sends one request on an idle connection, or a new one, and reads the whole answer; all
     /// within [`REQUEST_TIMEOUT`], connecting included (a member cut off drops the SYN).
     async fn send(&self, method: Method, path: String, body: Vec<u8>) -> anyhow::Result<(StatusCode, Bytes)> {
-        let request = Request::builder()
+        let request = self.request(method, path, body)?;
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.authority))?
+    }
+
+    fn request(&self, method: Method, path: String, body: Vec<u8>) -> anyhow::Result<Request<Full<Bytes>>> {
+        Ok(Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, &self.authority)
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(request))
-            .await
-            .map_err(|_| anyhow::anyhow!("no answer from {} within {REQUEST_TIMEOUT:?}", self.authority))?
+            .body(Full::new(Bytes::from(body)))?)
     }
 
     async fn exchange(&self, mut request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {

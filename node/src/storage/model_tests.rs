@@ -13,7 +13,7 @@ use openraft::EntryPayload;
 use proptest::prelude::*;
 
 use super::changes::ChangesBudget;
-use super::state_machine::apply_entries;
+use super::state_machine::tests::answers_of;
 use super::{compactor, KvReader, StoreError};
 use crate::engine::WriteError;
 use crate::engine::{
@@ -336,7 +336,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         payload: EntryPayload::Normal(Command::Writes(writes)),
                     });
                 }
-                let answers = apply_entries(&db, batch).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let answers = answers_of(&db, batch).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(answers, expected);
             }
             Step::Compact(back) => {
@@ -350,8 +350,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     log_id: log_id(index),
                     payload: EntryPayload::Normal(Command::Compact { revision: to }),
                 };
-                let answers =
-                    apply_entries(&db, vec![entry]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let answers = answers_of(&db, vec![entry]).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert_eq!(answers, vec![Applied::Compaction(outcome)]);
                 while compactor::step(&db).map_err(|e| TestCaseError::fail(e.to_string()))? > 0 {}
             }

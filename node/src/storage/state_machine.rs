@@ -104,7 +104,8 @@ fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<u6
     }
 }
 
-pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
+/// Applies `entries` in one write; what each answers, and the store's revision afterwards.
+pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied>, u64), StoreError> {
     let mut keys = Applier::new(db)?;
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
@@ -172,7 +173,7 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     db.write_opt(batch, &opts)?;
-    Ok(results)
+    Ok((results, revision))
 }
 
 /// Replaces the whole state machine with a snapshot's: `fill` adds its records to the batch
@@ -270,11 +271,7 @@ impl StateMachine {
         let started = std::time::Instant::now();
         let count = chunk.len();
         let bytes = chunk.iter().map(entry_size).fold(0, usize::saturating_add);
-        let (results, revision) = run_write(bytes, move || {
-            let results = apply_entries(&db, chunk)?;
-            Ok((results, read_revision(&db, &ReadOptions::default())?))
-        })
-        .await?;
+        let (results, revision) = run_write(bytes, move || apply_entries(&db, chunk)).await?;
         metrics::storage().observe_apply(started.elapsed(), count);
         self.announce(revision);
         for (responder, result) in responders.into_iter().zip(results) {
@@ -393,12 +390,17 @@ pub(super) mod tests {
         super::super::open_db(&dir.join("db")).expect("open")
     }
 
+    /// What applying `entries` in one write answers.
+    pub(crate) fn answers_of(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
+        apply_entries(db, entries).map(|(answers, _)| answers)
+    }
+
     /// Applies `writes` as one entry, the next after those applied so far.
     pub(crate) fn apply_writes(db: &DB, writes: Vec<Write>) -> Vec<Applied> {
         let applied: Option<LogId> =
             read_sm_meta(db, &ReadOptions::default(), codec::LAST_APPLIED).expect("read").flatten();
         let index = applied.map_or(1, |id| id.index + 1);
-        apply_entries(db, vec![entry(index, writes)]).expect("apply")
+        answers_of(db, vec![entry(index, writes)]).expect("apply")
     }
 
     /// The answers of an entry of writes, every one of which applied.
@@ -443,7 +445,7 @@ pub(super) mod tests {
             put(b"\0\0", "zz", None),
         ];
         for (i, write) in writes.into_iter().enumerate() {
-            apply_entries(&db, vec![entry(i as u64 + 1, vec![write])]).expect("apply");
+            answers_of(&db, vec![entry(i as u64 + 1, vec![write])]).expect("apply");
         }
         db
     }
@@ -527,7 +529,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = super::super::open_db(&dir.path().join("db")).expect("open");
         let stored_first = vec![put(b"k/a", "1", None), put(b"k/b", "1", None), put(b"k/c", "1", None)];
-        apply_entries(&db, vec![entry(1, stored_first)]).expect("apply");
+        answers_of(&db, vec![entry(1, stored_first)]).expect("apply");
         let txn = Txn {
             compares: vec![],
             success: vec![
@@ -544,9 +546,8 @@ pub(super) mod tests {
             failure: vec![],
         };
         // One apply batch: a delete in an earlier entry, then the transaction.
-        let answers =
-            apply_entries(&db, vec![entry(2, vec![delete(b"k/a")]), entry(3, vec![Write::Txn(txn)])])
-                .expect("apply");
+        let answers = answers_of(&db, vec![entry(2, vec![delete(b"k/a")]), entry(3, vec![Write::Txn(txn)])])
+            .expect("apply");
         let txn_answers = written(&answers[1]);
         let OpResponse::Range { kvs, count, .. } = &txn_answers[0].responses[2] else {
             panic!("{txn_answers:?}")
@@ -583,7 +584,7 @@ pub(super) mod tests {
             ],
             ..Txn::default()
         };
-        let answers = apply_entries(&db, vec![entry(1, vec![put(b"a", "1", None), Write::Txn(backwards)])])
+        let answers = answers_of(&db, vec![entry(1, vec![put(b"a", "1", None), Write::Txn(backwards)])])
             .expect("apply");
         let writes = written(&answers[0]);
         assert_eq!(writes[1].responses[1], OpResponse::DeleteRange { deleted: 0, prev: vec![] });
@@ -620,7 +621,7 @@ pub(super) mod tests {
             Write::Delete { key: b"b".to_vec(), precondition: None },
         ];
         let answers =
-            apply_entries(&db, vec![entry(4, vec![put(b"b", "0", None)]), entry(5, batch)]).expect("apply");
+            answers_of(&db, vec![entry(4, vec![put(b"b", "0", None)]), entry(5, batch)]).expect("apply");
         assert_eq!(answers.len(), 2, "one answer per entry");
         let batch_answers = written(&answers[1]);
         let results: Vec<(u64, bool)> = batch_answers.iter().map(|r| (r.revision, r.succeeded)).collect();
@@ -634,7 +635,7 @@ pub(super) mod tests {
         assert_eq!(stored(&db, b"c"), None);
         assert_eq!(revision(&db), 4);
         // The next entry carries on from the stored revision.
-        let next = apply_entries(&db, vec![entry(6, vec![put(b"z", "9", None)])]).expect("apply");
+        let next = answers_of(&db, vec![entry(6, vec![put(b"z", "9", None)])]).expect("apply");
         assert_eq!(written(&next[0])[0].revision, 5);
     }
 
@@ -655,7 +656,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         // a: 1, 3, deleted at 4, 5; b: 2; "\0": 6; "\0\0": 7.
         let db = store_with_history(dir.path());
-        let answers = apply_entries(&db, vec![compact(8, 9), compact(9, 4), compact(10, 4)]).expect("apply");
+        let answers = answers_of(&db, vec![compact(8, 9), compact(9, 4), compact(10, 4)]).expect("apply");
         assert_eq!(
             answers,
             [
@@ -684,20 +685,17 @@ pub(super) mod tests {
         assert_eq!(changes, [4, 5, 6, 7], "changes below the compaction are gone, from it on kept");
 
         // Compacting past the deletion removes it too: nothing older is left for it to hide.
-        apply_entries(&db, vec![compact(11, 6)]).expect("apply");
+        answers_of(&db, vec![compact(11, 6)]).expect("apply");
         while super::super::compactor::step(&db).expect("step") > 0 {}
         assert_eq!(history_of(&db, b"a"), [5]);
         assert_eq!(value(&reader.get(b"a".to_vec(), Some(6)).await.expect("read")).as_deref(), Some("3"));
 
         // A version kept by one compaction (b's at 2, the latest then) goes at a later one,
         // once something newer below it supersedes it: nothing is left behind for good.
-        apply_entries(
-            &db,
-            vec![entry(12, vec![put(b"b", "2", None)]), entry(13, vec![put(b"z", "1", None)])],
-        )
-        .expect("apply");
+        answers_of(&db, vec![entry(12, vec![put(b"b", "2", None)]), entry(13, vec![put(b"z", "1", None)])])
+            .expect("apply");
         assert_eq!(history_of(&db, b"b"), [2, 8]);
-        apply_entries(&db, vec![compact(14, 9)]).expect("apply");
+        answers_of(&db, vec![compact(14, 9)]).expect("apply");
         while super::super::compactor::step(&db).expect("step") > 0 {}
         assert_eq!(history_of(&db, b"b"), [8]);
     }
@@ -708,7 +706,7 @@ pub(super) mod tests {
         let db = super::super::open_db(&dir.path().join("db")).expect("open");
         let put = Command::FormatOneDelete { key: b"k".to_vec(), precondition: None };
         let old = Entry { log_id: log_id(3), payload: EntryPayload::Normal(put) };
-        assert!(apply_entries(&db, vec![old]).is_err());
+        assert!(answers_of(&db, vec![old]).is_err());
     }
 
     /// A snapshot at `index` holding `keys`, as a peer would send it.
@@ -795,7 +793,7 @@ pub(super) mod tests {
     async fn installing_a_snapshot_replaces_every_key_and_becomes_the_current_snapshot() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
-        apply_entries(&db, vec![entry(1, vec![put(b"old", "x", None), put(b"\xff\xffold", "y", None)])])
+        answers_of(&db, vec![entry(1, vec![put(b"old", "x", None), put(b"\xff\xffold", "y", None)])])
             .expect("apply");
         let announcer = crate::storage::KvReader::new(db.clone()).announcer();
         let mut sm =
