@@ -104,7 +104,15 @@ impl Service {
     pub(super) async fn keep_alive_here(&self, id: i64) -> Result<Option<i64>, ForwardError> {
         let stored = self.stored_lease_here(id).await?;
         let Some(stored) = stored else { return Ok(None) };
-        Ok(self.lessor()?.keep_alive(stored, Instant::now()))
+        let kept = self.lessor()?.keep_alive(stored, Instant::now());
+        if kept.is_none() {
+            // Expired by this member's count, which holds only if it still leads: one paused
+            // after confirming its leadership wakes to deadlines long past while another has
+            // taken over and kept time. Confirmed again, the answer stands; otherwise the
+            // keep-alive goes to the leader there is.
+            self.confirm_leadership().await?;
+        }
+        Ok(kept)
     }
 
     /// A lease's granted TTL and time left here, as the leader.
@@ -121,12 +129,23 @@ impl Service {
         if !self.leads() || self.lessor()?.term().is_none() {
             return Err(ForwardError::NotLeader { leader: None });
         }
-        self.await_freshness(ReadConsistency::Linearizable).await.map_err(|e| match e {
-            ServiceError::NoLeader => ForwardError::NotLeader { leader: None },
-            other => ForwardError::Unavailable(other.to_string()),
-        })?;
+        self.confirm_leadership().await?;
         let stored = self.reader().lease(id).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         Ok(stored.map(|lease| Stored { id, grant: lease.grant, ttl: lease.ttl }))
+    }
+
+    /// Confirms this member itself still leads (never through another: a follower's
+    /// linearizable read asks the leader) and has applied everything committed then.
+    async fn confirm_leadership(&self) -> Result<(), ForwardError> {
+        let index = self.read_index().await?;
+        self.raft()
+            .wait(Some(forward::REQUEST_DEADLINE))
+            .applied_index_at_least(Some(index), "lease")
+            .await
+            .map(drop)
+            .map_err(|e| {
+                ForwardError::Unavailable(format!("this member did not catch up to index {index}: {e}"))
+            })
     }
 
     fn lessor(&self) -> Result<std::sync::MutexGuard<'_, crate::lessor::Lessor>, ForwardError> {
