@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Cluster};
-use metastore_client::{Client, ClientError, Consistency, ErrorCode, WatchRequest};
+use metastore_client::{
+    Client, ClientError, Consistency, ErrorCode, TxnOp, TxnPut, TxnRequest, WatchRequest,
+};
 
 async fn started(members: usize) -> (Cluster, Client) {
     let cluster = Cluster::start(members, &[]);
@@ -71,6 +73,23 @@ async fn a_put_naming_no_lease_fails_whole_and_ids_are_not_granted_twice() {
     assert_eq!(short.ttl, 2, "raised to the minimum, so a lease outlives an election");
     let bad = reqwest::get(format!("{url}/abc")).await.expect("answered");
     assert_eq!(bad.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_inside_a_transaction_attaches_its_key_to_a_lease() {
+    let (_cluster, client) = started(1).await;
+    let lease = client.lease_grant(60).await.expect("grant");
+    let put = |key: &str, lease: i64| {
+        TxnOp::Put(TxnPut { key: key.into(), value: b"v".to_vec(), lease, prev_kv: false })
+    };
+    let txn = TxnRequest { success: vec![put("t/leased", lease.id)], ..TxnRequest::default() };
+    assert!(client.txn(&txn).await.expect("txn").succeeded);
+    let status = client.lease_time_to_live(lease.id, true).await.expect("ttl");
+    assert_eq!(status.keys, vec![b"t/leased".to_vec()]);
+    let missing = TxnRequest { success: vec![put("t/orphan", 999_999)], ..TxnRequest::default() };
+    assert_eq!(code(client.txn(&missing).await.expect_err("no such lease")), ErrorCode::LeaseNotFound);
+    client.lease_revoke(lease.id).await.expect("revoke");
+    assert!(!exists(&client, "t/leased").await && !exists(&client, "t/orphan").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 //! `POST /v1/txn`: etcd's transactions over JSON. This module translates between the wire
 //! types (`metastore_client::txn`) and the engine's, and checks what the engine cannot: key
-//! and value sizes, and leases.
+//! and value sizes. A put naming a lease that does not exist fails the whole transaction in
+//! the engine, as etcd's does.
 
 use bytes::Bytes;
 use metastore_client::{self as wire, ErrorCode, MAX_KEY_BYTES, MAX_TXN_BODY_BYTES, MAX_VALUE_BYTES};
@@ -80,13 +81,6 @@ fn engine_op(op: wire::TxnOp) -> Result<Op, ApiError> {
                 return Err(ApiError::new(
                     ErrorCode::ValueTooLarge,
                     format!("the value is {} bytes; the limit is {MAX_VALUE_BYTES}", p.value.len()),
-                ));
-            }
-            // No lease exists until leases do: every lease a put names is unknown.
-            if p.lease != 0 {
-                return Err(ApiError::new(
-                    ErrorCode::LeaseNotFound,
-                    format!("lease {} does not exist", p.lease),
                 ));
             }
             Op::Put { key: p.key, value: p.value, lease: p.lease, prev_kv: p.prev_kv }
