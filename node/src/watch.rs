@@ -67,9 +67,24 @@ impl Watches {
     /// Starts a watcher; its messages arrive on the receiver, and it stops when the receiver is
     /// dropped or the member stops.
     pub fn start(&self, request: WatchRequest) -> mpsc::Receiver<WatchMessage> {
+        self.start_with_progress(request).0
+    }
+
+    /// [`Watches::start`], and a handle to ask the watcher for a progress message whenever
+    /// wanted.
+    pub fn start_with_progress(
+        &self,
+        request: WatchRequest,
+    ) -> (mpsc::Receiver<WatchMessage>, ProgressRequests) {
         let (messages, receiver) = mpsc::channel(BUFFERED);
-        tokio::spawn(run(self.reader.clone(), request, messages, self.stop.subscribe()));
-        receiver
+        let (requests, requested) = watch::channel(());
+        tokio::spawn(run(self.reader.clone(), request, messages, requested, self.stop.subscribe()));
+        (receiver, ProgressRequests(requests))
+    }
+
+    /// Turns true when the member stops: what other long-lived streams end on too.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Ends every watcher, each with a last message saying why.
@@ -78,14 +93,27 @@ impl Watches {
     }
 }
 
+/// Asks a watcher for a [`WatchMessage::Progress`]: it answers once it has sent every change
+/// stored so far, so the answer never overtakes changes still on their way. Requests made
+/// before it answers share one answer.
+pub struct ProgressRequests(watch::Sender<()>);
+
+impl ProgressRequests {
+    pub fn request(&self) {
+        self.0.send_replace(());
+    }
+}
+
 #[tracing::instrument(level = "debug", skip_all, fields(start = request.start_revision))]
 async fn run(
     reader: KvReader,
     request: WatchRequest,
     messages: mpsc::Sender<WatchMessage>,
+    progress_requested: watch::Receiver<()>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut applied = reader.applied();
+    let mut progress_requested = Some(progress_requested);
     let revision = match reader.revisions().await {
         Ok((revision, _)) => revision,
         Err(e) => {
@@ -132,7 +160,12 @@ async fn run(
             }
             () = async { let _ = stopping.wait_for(|stop| *stop).await; } => return stopped(&messages).await,
             () = messages.closed() => return,
-            () = tick(&mut progress) => {
+            () = async {
+                tokio::select! {
+                    () = tick(&mut progress) => {}
+                    () = requested(&mut progress_requested) => {}
+                }
+            } => {
                 // Synced to the store's revision, never beyond: a watch from a future revision
                 // has nothing to wait for below it, but the store is not there yet.
                 let synced = (next - 1).min(*applied.borrow());
@@ -148,6 +181,17 @@ async fn run(
 async fn stopped(messages: &mpsc::Sender<WatchMessage>) {
     let reason = "this member is shutting down".to_string();
     let _ = messages.send(WatchMessage::Canceled { compact_revision: 0, reason }).await;
+}
+
+/// The next progress request; never, once nobody can ask any more.
+async fn requested(requests: &mut Option<watch::Receiver<()>>) {
+    if let Some(receiver) = requests {
+        if receiver.changed().await.is_ok() {
+            return;
+        }
+        *requests = None;
+    }
+    std::future::pending().await
 }
 
 /// The next progress tick; never, for a watch that asked for none.
@@ -270,6 +314,21 @@ mod tests {
         let mut messages = watches.start(progress);
         assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 });
         assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 1 });
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn progress_on_request_comes_after_every_change_stored_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(open_test_db(dir.path()));
+        apply_writes(&db, vec![put("w/a", "1"), put("w/b", "1")]);
+        let watches = Watches::new(KvReader::new(db.clone()));
+        let (mut messages, progress) = watches.start_with_progress(request(1));
+        progress.request();
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 2 });
+        assert_eq!(revisions(&next(&mut messages).await), [1, 2], "the changes first");
+        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 2 });
+        progress.request();
+        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 2 }, "and again on request");
     }
 
     #[tokio::test(flavor = "multi_thread")]

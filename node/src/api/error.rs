@@ -67,6 +67,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Write(WriteError::LeaseExists(_)) => ErrorCode::LeaseExists,
             ServiceError::Revision(RevisionError::Future { .. }) => ErrorCode::FutureRevision,
             ServiceError::Revision(RevisionError::Compacted { .. }) => ErrorCode::Compacted,
+            ServiceError::TooLarge(_) => ErrorCode::InvalidRequest,
             ServiceError::Storage(_) => ErrorCode::Internal,
         };
         Self::new(code, message)

@@ -19,6 +19,7 @@ mod lease;
 #[cfg(test)]
 mod memory;
 mod revision;
+mod select;
 mod span;
 mod txn;
 mod write;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lease::{LeaseRecord, WriteError, MAX_LEASE_TTL};
 pub use revision::{compaction, RevisionError};
+pub use select::{Selected, Selection, SortOrder, SortTarget, TooLarge};
 pub use span::KeyRange;
 pub use txn::{
     execute, Compare, CompareResult, CompareTarget, KeySpace, Op, OpResponse, Txn, TxnError, TxnResult,

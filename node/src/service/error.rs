@@ -1,6 +1,6 @@
 //! Why the service could not do what a front end asked.
 
-use crate::engine::{TxnError, WriteError};
+use crate::engine::{TooLarge, TxnError, WriteError};
 use crate::network::wire::ForwardError;
 use crate::storage::{self, RevisionError};
 
@@ -30,6 +30,9 @@ pub enum ServiceError {
     /// A read asked for a revision this member cannot serve.
     #[error(transparent)]
     Revision(RevisionError),
+    /// A read whose answer would be larger than an answer may be.
+    #[error(transparent)]
+    TooLarge(TooLarge),
     #[error("local storage failed: {0}")]
     Storage(storage::StoreError),
 }
@@ -38,6 +41,7 @@ impl From<storage::StoreError> for ServiceError {
     fn from(e: storage::StoreError) -> Self {
         match e {
             storage::StoreError::Revision(e) => ServiceError::Revision(e),
+            storage::StoreError::TooLarge(e) => ServiceError::TooLarge(e),
             e => ServiceError::Storage(e),
         }
     }
@@ -68,6 +72,7 @@ impl ServiceError {
             ServiceError::Txn(e) => ServiceError::Txn(e.clone()),
             ServiceError::Write(e) => ServiceError::Write(e.clone()),
             ServiceError::Revision(e) => ServiceError::Revision(e.clone()),
+            ServiceError::TooLarge(e) => ServiceError::TooLarge(*e),
             ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
         }
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Txn, Write, WriteResult};
+use crate::engine::{Selected, Selection, Txn, Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 use crate::network::PeerClient;
 use crate::raft::Raft;
@@ -169,6 +169,19 @@ impl Service {
         self.inner.watches.start(request)
     }
 
+    /// [`Service::watch`], and a handle to ask the watcher for its progress at any time.
+    pub fn watch_with_progress(
+        &self,
+        request: WatchRequest,
+    ) -> (mpsc::Receiver<WatchMessage>, crate::watch::ProgressRequests) {
+        self.inner.watches.start_with_progress(request)
+    }
+
+    /// Turns true when this member stops: long-lived client streams end on it.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.watches.stopping()
+    }
+
     /// Ends every watch on this member: it is stopping.
     pub fn stop_watches(&self) {
         self.inner.watches.stop();
@@ -197,6 +210,23 @@ impl Service {
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
         Ok(self.reader().range(start, end, limit, metastore_client::MAX_RANGE_BYTES, at).await?)
+    }
+
+    /// etcd's range read (see [`crate::engine::Selection`]): the keys in `[start, end)` as of
+    /// revision `at`, as fresh as `consistency` asks; with the store's revision. An answer
+    /// larger than `max_bytes` is refused.
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), ?consistency, ?at))]
+    pub async fn select(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        at: Option<u64>,
+        selection: Selection,
+        consistency: ReadConsistency,
+        max_bytes: usize,
+    ) -> Result<(Selected, u64), ServiceError> {
+        self.await_freshness(consistency).await?;
+        Ok(self.reader().select(start, end, at, selection, max_bytes).await?)
     }
 
     /// The last committed log index as this member knows it.

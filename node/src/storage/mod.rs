@@ -142,6 +142,9 @@ pub enum StoreError {
     /// A read asked for a revision the store cannot serve: not a failure of the store.
     #[error(transparent)]
     Revision(#[from] RevisionError),
+    /// A read's answer would be larger than an answer may be.
+    #[error(transparent)]
+    TooLarge(#[from] crate::engine::TooLarge),
 }
 
 impl StoreError {

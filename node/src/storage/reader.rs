@@ -3,6 +3,7 @@
 //! revision comes from the keys as they are (`kv`); one at a past revision from their history,
 //! which holds every version down to the compaction revision.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -12,7 +13,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThread
 use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
 use super::state_machine::{read_compacted, read_revision, read_sm_meta};
 use super::{cf, run_blocking, StoreError, CF_HISTORY, CF_KV};
-use crate::engine::{KeyRecord, RevisionError};
+use crate::engine::{KeyRecord, RevisionError, Selected, Selection};
 use crate::types::LogId;
 
 /// One key as of a revision.
@@ -83,25 +84,38 @@ impl KvReader {
     ) -> Result<RangePage, StoreError> {
         let db = self.db.clone();
         run_blocking(move || {
-            let view = db.snapshot();
-            let opts = view_options(&view);
-            let revision = read_revision(&db, &opts)?;
             let mut page = Page { entries: Vec::new(), bytes: 0, limit, max_bytes, next_key: None };
-            match past(&db, &opts, revision, at)? {
-                None => {
-                    let iter =
-                        view.iterator_cf(cf(&db, CF_KV)?, IteratorMode::From(&start, Direction::Forward));
-                    for item in iter {
-                        let (key, record) = item?;
-                        if end.as_ref().is_some_and(|end| *key >= **end) || !page.room_for(&key, &record) {
-                            break;
-                        }
-                        page.push(key.into_vec(), decode_record(&record)?, record.len());
-                    }
+            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, record, encoded_len| {
+                if !page.room_for(key, encoded_len) {
+                    return Ok(ControlFlow::Break(()));
                 }
-                Some(at) => range_history(&db, &view, &start, end.as_deref(), at, &mut page)?,
-            }
+                page.push(key.to_vec(), record, encoded_len);
+                Ok(ControlFlow::Continue(()))
+            })?;
             Ok(RangePage { entries: page.entries, next_key: page.next_key, revision })
+        })
+        .await
+    }
+
+    /// etcd's range read: the keys in `[start, end)` (no upper bound when `end` is `None`) as
+    /// of revision `at` (the current one when `None`) through `selection` (filters, sort,
+    /// limit, count), from one consistent view; with the store's revision.
+    pub async fn select(
+        &self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        at: Option<u64>,
+        selection: Selection,
+        max_bytes: usize,
+    ) -> Result<(Selected, u64), StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut selector = selection.selector(max_bytes);
+            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, record, _| {
+                selector.offer(key, record)?;
+                Ok(ControlFlow::Continue(()))
+            })?;
+            Ok((selector.finish(), revision))
         })
         .await
     }
@@ -122,6 +136,43 @@ impl KvReader {
         let db = self.db.clone();
         run_blocking(move || {
             Ok(read_sm_meta::<Option<LogId>>(&db, &ReadOptions::default(), codec::LAST_APPLIED)?.flatten())
+        })
+        .await
+    }
+
+    /// A checksum of every key as of revision `at` (the current one when `None`): equal on
+    /// every member at one revision, unless a member's copy differs. With the revision hashed
+    /// at and the compaction revision.
+    pub async fn hash(&self, at: Option<u64>) -> Result<(u32, u64, u64), StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut hash = Fnv32::default();
+            let revision = scan(&db, &[], None, at, &mut |key, record, _| {
+                for part in [&(key.len() as u64).to_be_bytes()[..], key] {
+                    hash.write(part);
+                }
+                for n in [record.create_revision, record.mod_revision, record.version, record.lease as u64] {
+                    hash.write(&n.to_be_bytes());
+                }
+                hash.write(&(record.value.len() as u64).to_be_bytes());
+                hash.write(&record.value);
+                Ok(ControlFlow::Continue(()))
+            })?;
+            let compacted = read_compacted(&db, &ReadOptions::default())?;
+            Ok((hash.0, at.filter(|at| *at != 0).unwrap_or(revision), compacted))
+        })
+        .await
+    }
+
+    /// Rewrites the store's files without the space deleted data left behind (etcd's
+    /// defragmentation): RocksDB's full compaction of every column family.
+    pub async fn compact_files(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            for name in [CF_KV, CF_HISTORY, super::CF_CHANGES, super::CF_LEASES, super::CF_LEASE_KEYS] {
+                db.compact_range_cf(cf(&db, name)?, None::<&[u8]>, None::<&[u8]>);
+            }
+            Ok(())
         })
         .await
     }
@@ -152,6 +203,23 @@ fn read_key(db: &DB, key: &[u8], at: Option<u64>, tier: ReadTier) -> Result<KeyR
         }
     };
     Ok(KeyRead { record, revision })
+}
+
+/// FNV-1a, 32 bits: a checksum every member computes alike, whatever its build.
+struct Fnv32(u32);
+
+impl Default for Fnv32 {
+    fn default() -> Self {
+        Self(0x811c_9dc5)
+    }
+}
+
+impl Fnv32 {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+    }
 }
 
 /// Options reading from `view`.
@@ -186,9 +254,9 @@ struct Page {
 
 impl Page {
     /// Whether `key` fits; if not, it is where the next page starts.
-    fn room_for(&mut self, key: &[u8], record: &[u8]) -> bool {
+    fn room_for(&mut self, key: &[u8], encoded_len: usize) -> bool {
         let full = self.entries.len() == self.limit
-            || (!self.entries.is_empty() && self.bytes + key.len() + record.len() > self.max_bytes);
+            || (!self.entries.is_empty() && self.bytes + key.len() + encoded_len > self.max_bytes);
         if full {
             self.next_key = Some(key.to_vec());
         }
@@ -201,16 +269,49 @@ impl Page {
     }
 }
 
-/// Fills `page` with the keys in `[start, end)` as of revision `at`, from their history: each
-/// key's newest version at or before `at`, unless that is its deletion. Two seeks per key in
-/// the range, however many versions it has.
-fn range_history(
+/// What [`scan`] does with each key: its record and the record's encoded length.
+type Visit<'a> = dyn FnMut(&[u8], KeyRecord, usize) -> Result<ControlFlow<()>, StoreError> + 'a;
+
+/// Hands `visit` the keys in `[start, end)` as of revision `at` (the current one when `None`),
+/// in key order, until it breaks; from one consistent view, whose revision it answers.
+fn scan(
+    db: &DB,
+    start: &[u8],
+    end: Option<&[u8]>,
+    at: Option<u64>,
+    visit: &mut Visit<'_>,
+) -> Result<u64, StoreError> {
+    let view = db.snapshot();
+    let opts = view_options(&view);
+    let revision = read_revision(db, &opts)?;
+    match past(db, &opts, revision, at)? {
+        None => {
+            let iter = view.iterator_cf(cf(db, CF_KV)?, IteratorMode::From(start, Direction::Forward));
+            for item in iter {
+                let (key, record) = item?;
+                if end.is_some_and(|end| *key >= *end) {
+                    break;
+                }
+                if visit(&key, decode_record(&record)?, record.len())?.is_break() {
+                    break;
+                }
+            }
+        }
+        Some(at) => scan_history(db, &view, start, end, at, visit)?,
+    }
+    Ok(revision)
+}
+
+/// [`scan`] as of a past revision `at`, from the keys' history: each key's newest version at
+/// or before `at`, unless that is its deletion. Two seeks per key in the range, however many
+/// versions it has.
+fn scan_history(
     db: &DB,
     view: &SnapshotWithThreadMode<'_, DB>,
     start: &[u8],
     end: Option<&[u8]>,
     at: u64,
-    page: &mut Page,
+    visit: &mut Visit<'_>,
 ) -> Result<(), StoreError> {
     let mut iter = db.raw_iterator_cf_opt(cf(db, CF_HISTORY)?, view_options(view));
     iter.seek(codec::history_prefix(start));
@@ -234,10 +335,9 @@ fn range_history(
         };
         if let Some(version) = version {
             if let Some(record) = decode_history_entry(&version)? {
-                if !page.room_for(&key, &version) {
+                if visit(&key, record, version.len())?.is_break() {
                     return Ok(());
                 }
-                page.push(key, record, version.len());
             }
         }
         // Past every version of this key: nine 0xff bytes sort after any eight-byte revision,
