@@ -1,4 +1,5 @@
-//! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP.
+//! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP and
+//! etcd's v3 gRPC API.
 //!
 //! - [`engine`]: the key-value engine's rules: records, writes, transactions, revisions (no
 //!   raft, no RocksDB, no HTTP).
@@ -10,12 +11,17 @@
 //! - [`service`]: the store as clients see it on any member: forwarding to the leader, group
 //!   commit, linearizable reads, membership rules, bootstrap. Front ends go through it.
 //! - [`api`]: the client HTTP API.
-//! - [`listener`]: serving HTTP within connection and header-time limits.
+//! - [`grpc`]: etcd's v3 gRPC API, beside the HTTP API on the client port.
+//! - [`listener`]: serving HTTP/1.1 and HTTP/2 within connection and header-time limits.
 //! - [`server`]: starting, bootstrapping and stopping a member.
+
+// The etcd API's membership calls nest the service layer's futures deeply.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod grpc;
 pub mod lessor;
 pub mod listener;
 pub mod metrics;

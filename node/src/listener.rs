@@ -6,6 +6,12 @@
 //! answered within `request_timeout` (a body sent a byte at a time, say) has its connection
 //! closed. At shutdown, connections still open after the drain are closed.
 //!
+//! Connections speak HTTP/1.1 or HTTP/2 (told apart by the HTTP/2 preface), as etcd serves its
+//! JSON and gRPC APIs on one port. An HTTP/2 connection between requests is left open (a gRPC
+//! client keeps one for its lifetime), as long as it answers this member's pings; one that
+//! has not begun a single request within `header_timeout` of connecting is closed, whatever it
+//! speaks.
+//!
 //! warp's own server has neither limit and cannot be given them, so the filter is served here
 //! with hyper directly. A request may upgrade its connection (see [`Upgrade`]); the upgraded
 //! connection is the route's to bound from then on, and no longer counts here.
@@ -14,12 +20,18 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_io_timeout::TimeoutStream;
+
+/// How often an HTTP/2 connection is pinged, and how long its answer may take.
+const H2_PING: Duration = Duration::from_secs(30);
 
 /// How long in-flight requests get to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -85,17 +97,35 @@ pub async fn serve<S, B>(
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.header_timeout));
-        let service = Upgradable(Deadline { inner: service.clone(), limit: limits.request_timeout });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(service))
-            .with_upgrades();
+        let begun = Arc::new(AtomicBool::new(false));
+        let service = Upgradable {
+            inner: Deadline { inner: service.clone(), limit: limits.request_timeout },
+            begun: begun.clone(),
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+        // A gRPC client keeps its connection for its lifetime, idle between requests: pings
+        // tell one that is gone (no FIN: a host that died) from one that is only quiet.
+        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_PING).keep_alive_timeout(H2_PING);
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(service))
+            .into_owned();
         let (mut closing, mut drained) = (closing_rx.clone(), drained.clone());
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
+            let first_request_overdue = async {
+                tokio::time::sleep(header_timeout).await;
+                if begun.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
             let ended = tokio::select! {
                 ended = connection.as_mut() => Some(ended),
+                () = first_request_overdue => {
+                    tracing::debug!("connection closed: no request began within {header_timeout:?}");
+                    None
+                }
                 () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
                     connection.as_mut().graceful_shutdown();
                     tokio::select! {
@@ -108,7 +138,7 @@ pub async fn serve<S, B>(
                 // A client that hung up or timed out: its business, not this member's.
                 Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
                 Some(Ok(())) => {}
-                None => tracing::debug!("connection closed at the end of the drain"),
+                None => tracing::debug!("connection closed by this member"),
             }
             drop(place);
         });
@@ -137,9 +167,13 @@ impl Upgrade {
     }
 }
 
-/// Offers each request's upgrade, if it asks for one, as an [`Upgrade`].
+/// Offers each request's upgrade, if it asks for one, as an [`Upgrade`]; and notes that the
+/// connection has begun a request.
 #[derive(Clone)]
-struct Upgradable<S>(S);
+struct Upgradable<S> {
+    inner: S,
+    begun: Arc<AtomicBool>,
+}
 
 impl<S> tower_service::Service<http::Request<hyper::body::Incoming>> for Upgradable<S>
 where
@@ -150,14 +184,15 @@ where
     type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.begun.store(true, Ordering::Relaxed);
         if let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() {
             request.extensions_mut().insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
         }
-        self.0.call(request)
+        self.inner.call(request)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Starting and stopping a member: storage, raft, the two listeners, bootstrap.
+//! Starting and stopping a member: storage, raft, the two listeners (the client one serving
+//! the HTTP API and etcd's gRPC API side by side), bootstrap.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use crate::network::{self, PeerClient, PeerNetwork, RaftRpcs, SnapshotReceiver};
 use crate::raft::{self, Raft};
 use crate::service::{Service, ServiceError};
 use crate::storage;
-use crate::{api, listener};
+use crate::{api, grpc, listener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -124,8 +125,12 @@ pub async fn run(
         config.limits,
         stopped(stop_rx.clone()),
     ));
+    let client_routes = grpc::Dispatch {
+        http: warp::service(api::routes(service.clone(), config.peer_token.clone())),
+        grpc: grpc::routes(service.clone(), config.peer_token.clone()),
+    };
     let client_server = tokio::spawn(listener::serve(
-        warp::service(api::routes(service.clone(), config.peer_token.clone())),
+        client_routes,
         client_listener,
         config.limits,
         stopped(stop_rx.clone()),

@@ -1,0 +1,116 @@
+//! The Maintenance service: status, alarms, defragmentation, checksums, leadership transfer.
+
+use std::time::Duration;
+
+use metastore_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
+use metastore_etcd_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{signed, unsigned};
+use super::errors::{status, BAD_LEADER_TRANSFEREE, TIMED_OUT};
+use super::Etcd;
+use crate::service::{Role, ServiceError};
+
+/// The etcd release whose API metaStore serves, as `Status` reports it: clients parse it to
+/// decide what the server can do (Kubernetes does, to turn features on).
+pub const ETCD_VERSION: &str = "3.4.31";
+
+/// How long a leadership transfer may take before it is reported as timed out.
+const TRANSFER_WITHIN: Duration = Duration::from_secs(5);
+
+fn storage(e: crate::storage::StoreError) -> Status {
+    status(ServiceError::from(e))
+}
+
+#[tonic::async_trait]
+impl Maintenance for Etcd {
+    /// No alarms: metaStore sets no space quota yet, so none is ever raised.
+    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.header(self.current_revision())),
+            alarms: vec![],
+        }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(member = self.service.id()))]
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.service.metrics();
+        let size = signed(self.service.reader().disk_size());
+        let learner =
+            self.service.members().iter().any(|v| v.id == self.service.id() && v.role == Role::Learner);
+        Ok(Response::new(StatusResponse {
+            header: Some(self.header(self.current_revision())),
+            version: ETCD_VERSION.to_string(),
+            db_size: size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |id| id.index),
+            errors: vec![],
+            db_size_in_use: size,
+            is_learner: learner,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(member = self.service.id()))]
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.service.reader().compact_files().await.map_err(storage)?;
+        Ok(Response::new(DefragmentResponse { header: Some(self.header(self.current_revision())) }))
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, revision, _) = self.service.reader().hash(None).await.map_err(storage)?;
+        Ok(Response::new(HashResponse { header: Some(self.header(revision)), hash }))
+    }
+
+    /// A checksum of the keys as of the revision: equal on every member at one revision.
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let at = Some(unsigned(request.into_inner().revision)).filter(|at| *at > 0);
+        let (hash, hashed_at, compacted) = self.service.reader().hash(at).await.map_err(storage)?;
+        Ok(Response::new(HashKvResponse {
+            // The revision hashed at, as etcd reports it: hashes compare at one revision.
+            header: Some(self.header(hashed_at)),
+            hash,
+            compact_revision: signed(compacted),
+        }))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "snapshots over the etcd API are not served yet (docs/etcd-compatibility.md)",
+        ))
+    }
+
+    /// Hands leadership to `target_id`; asked of the leader, as etcd asks it.
+    #[tracing::instrument(skip_all, fields(member = self.service.id()))]
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        if self.service.metrics().current_leader != Some(self.service.id()) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        let voter = self.service.members().iter().any(|m| m.id == target && m.role == Role::Voter);
+        if !voter || target == self.service.id() {
+            return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
+        }
+        let raft = self.service.raft();
+        raft.trigger().transfer_leader(target).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        raft.wait(Some(TRANSFER_WITHIN))
+            .current_leader(target, "leadership transfer")
+            .await
+            .map_err(|_| Status::unavailable(TIMED_OUT))?;
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.header(self.current_revision())) }))
+    }
+}

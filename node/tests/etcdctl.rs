@@ -1,0 +1,240 @@
+//! One scripted etcdctl session (`-w json` wherever etcdctl has it) against a real etcd and
+//! against a 3-member metaStore cluster: the outputs must be the same once what differs by
+//! nature is masked (cluster and member ids, raft terms, lease ids) and revisions are counted
+//! from where each store began. etcdctl is etcd's own Go client (clientv3 over grpc-go), so
+//! this is also the HTTP/2 interop test of that stack.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_port, Cluster};
+use metastore_testkit::Process;
+use serde_json::Value;
+
+/// One step of the session: etcdctl's arguments (`{rev+N}` stands for the revision N writes
+/// after the session began, `{lease}` for the lease granted last), and its standard input.
+struct Step {
+    args: &'static str,
+    stdin: &'static str,
+}
+
+const fn step(args: &'static str) -> Step {
+    Step { args, stdin: "" }
+}
+
+const SESSION: &[Step] = &[
+    step("put a 1"),
+    step("put a 2 --prev-kv -w json"),
+    step("put b 3 -w json"),
+    step("put c 4"),
+    step("get a -w json"),
+    step("get a --rev={rev+1} -w json"),
+    step("get a --prefix -w json"),
+    step("get a z -w json"),
+    step("get a z --limit=2 -w json"),
+    step("get a z --sort-by=VALUE --order=DESCEND -w json"),
+    step("get a z --sort-by=MODIFY --order=ASCEND --limit=2 -w json"),
+    step("get a z --keys-only -w json"),
+    step("get a z --count-only -w json"),
+    step("get --from-key b -w json"),
+    step("get a --print-value-only"),
+    step("get missing -w json"),
+    Step { args: "txn -w json", stdin: "mod(\"a\") = \"{rev+2}\"\n\nput a 5\nget b\n\nget a\n\n" },
+    Step {
+        args: "txn -w json",
+        stdin: "value(\"b\") > \"9\"\nversion(\"c\") = \"1\"\n\nput b 6\n\ndel c --prev-kv\nget a\n\n",
+    },
+    Step { args: "txn -w json", stdin: "create(\"nothing\") = \"0\"\n\nput n 1\n\n\n" },
+    step("del b --prev-kv -w json"),
+    step("del a z --prev-kv -w json"),
+    step("get a z -w json"),
+    step("put x/1 one"),
+    step("put x/2 two"),
+    step("watch --rev={rev+1} a -w json"),
+    step("watch --rev={rev+1} --prefix x/ --prev-kv -w json"),
+    step("compact {rev+9}"),
+    step("get a --rev={rev+2}"),
+    step("watch --rev={rev+2} a"),
+    step("lease grant 60 -w json"),
+    step("put l/1 v --lease={lease}"),
+    step("lease timetolive {lease} --keys -w json"),
+    step("lease keep-alive --once {lease} -w json"),
+    step("lease revoke {lease}"),
+    step("get l/1 -w json"),
+    step("lease timetolive {lease} -w json"),
+    step("lock my-lock -- echo inside the lock"),
+    step("get x/ --prefix --keys-only"),
+    step("endpoint health"),
+];
+
+/// What running the session on one system gave: each step's output, masked.
+fn run_session(endpoint: &str) -> Vec<String> {
+    let base = revision(endpoint);
+    let mut lease = String::new();
+    let mut outputs = Vec::new();
+    for step in SESSION {
+        let mut args = step.args.to_string();
+        for n in (0..=20).rev() {
+            args = args.replace(&format!("{{rev+{n}}}"), &(base + n).to_string());
+        }
+        args = args.replace("{lease}", &lease);
+        let stdin = (0..=20)
+            .rev()
+            .fold(step.stdin.to_string(), |s, n| s.replace(&format!("{{rev+{n}}}"), &(base + n).to_string()));
+        let watching = args.starts_with("watch");
+        let output = etcdctl(endpoint, &args, &stdin, watching);
+        if args.starts_with("lease grant") {
+            let granted: Value = serde_json::from_str(&output).expect("lease grant answers JSON");
+            lease = format!("{:x}", granted["ID"].as_i64().expect("an ID"));
+        }
+        outputs.push(format!("$ etcdctl {}\n{}", step.args, mask(&output, base, &lease)));
+    }
+    outputs
+}
+
+/// The store's revision now.
+fn revision(endpoint: &str) -> i64 {
+    let out = etcdctl(endpoint, "get revision-probe -w json", "", false);
+    let answer: Value = serde_json::from_str(&out).expect("JSON");
+    // Absent when 0: etcdctl leaves zero fields out.
+    answer["header"]["revision"].as_i64().unwrap_or(0)
+}
+
+/// etcdctl's output (standard output, then standard error). A watch never ends by itself: it
+/// gets three seconds to print what it replays.
+fn etcdctl(endpoint: &str, args: &str, stdin: &str, watching: bool) -> String {
+    let mut command = Command::new(if watching { "timeout" } else { "etcdctl" });
+    if watching {
+        command.args(["3", "etcdctl"]);
+    }
+    let mut child = command
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--command-timeout=10s"])
+        .args(args.split_whitespace())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl runs");
+    if let Some(mut input) = child.stdin.take() {
+        use std::io::Write;
+        input.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    let out = child.wait_with_output().expect("etcdctl ends");
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Masks what differs by nature: ids, terms, timings, connections; revisions become relative to `base`.
+fn mask(output: &str, base: i64, lease: &str) -> String {
+    output
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(mut json) if json.is_object() => {
+                mask_json(&mut json, base);
+                json.to_string()
+            }
+            _ => mask_text(line, base, lease),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn mask_json(value: &mut Value, base: i64) {
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match key.as_str() {
+                    "cluster_id" | "member_id" | "raft_term" | "ID" | "id" => *field = Value::from("<id>"),
+                    // etcdctl's own log lines: when, and through which connection.
+                    "ts" | "target" => *field = Value::from("<masked>"),
+                    "revision" | "create_revision" | "mod_revision" | "compact_revision" => {
+                        if let Some(n) = field.as_i64().filter(|n| *n > 0) {
+                            *field = Value::from(format!("rev+{}", n - base));
+                        }
+                    }
+                    // Seconds left, which tick while the session runs.
+                    "TTL" | "ttl" => *field = Value::from("<ttl>"),
+                    _ => mask_json(field, base),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| mask_json(item, base)),
+        _ => {}
+    }
+}
+
+fn mask_text(line: &str, base: i64, lease: &str) -> String {
+    let mut line = line.to_string();
+    if let Some(n) = line.strip_prefix("compacted revision ").and_then(|n| n.trim().parse::<i64>().ok()) {
+        line = format!("compacted revision rev+{}", n - base);
+    }
+    if !lease.is_empty() {
+        line = line.replace(lease, "<lease>");
+    }
+    // "... is healthy: successfully committed proposal: took = 2.1ms"
+    if let Some(at) = line.find("took = ") {
+        line.truncate(at + "took = ".len());
+    }
+    if let Some(at) = line.find("http://127.0.0.1:") {
+        let end = line[at..].find([' ', ',']).map_or(line.len(), |e| at + e);
+        line.replace_range(at..end, "<endpoint>");
+    }
+    line
+}
+
+fn start_etcd(dir: &Path) -> (Process, String) {
+    let (peer, client) = (free_port(), free_port());
+    let (peer_url, client_url) = (format!("http://127.0.0.1:{peer}"), format!("http://127.0.0.1:{client}"));
+    let mut command = Command::new("etcd");
+    command.arg("--data-dir").arg(dir.join("etcd"));
+    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
+    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
+    command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
+    let etcd = Process::spawn("etcd", command, &dir.join("etcd.log")).expect("etcd starts");
+    (etcd, client_url)
+}
+
+fn wait_until_serving(endpoint: &str) {
+    for _ in 0..200 {
+        if etcdctl(endpoint, "endpoint health", "", false).contains("is healthy") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{endpoint} never became healthy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcdctl_session_answers_as_etcd_answers() {
+    for (program, package) in [("etcdctl", "etcd-client"), ("etcd", "etcd-server")] {
+        if !metastore_testkit::available(Path::new(program), "--version")
+            && !metastore_testkit::available(Path::new(program), "version")
+        {
+            eprintln!("SKIPPED: {program} is not installed (apt-get install {package})");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_etcd, etcd_url) = start_etcd(dir.path());
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    // Through a follower: every call must work on every member.
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("a follower").client_url();
+    let (etcd_url2, follower2) = (etcd_url.clone(), follower.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_until_serving(&etcd_url2);
+        wait_until_serving(&follower2);
+        let expected = run_session(&etcd_url2);
+        let actual = run_session(&follower2);
+        for (etcd, metastore) in expected.iter().zip(&actual) {
+            assert!(metastore == etcd, "\n--- metaStore ---\n{metastore}\n--- etcd ---\n{etcd}");
+        }
+    })
+    .await
+    .expect("the session ran");
+}
