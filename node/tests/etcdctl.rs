@@ -86,9 +86,10 @@ fn run_session(endpoint: &str) -> Vec<String> {
             .fold(step.stdin.to_string(), |s, n| s.replace(&format!("{{rev+{n}}}"), &(base + n).to_string()));
         let watching = args.starts_with("watch");
         let output = etcdctl(endpoint, &args, &stdin, watching);
+        // etcdctl prints lease ids as 16 hex digits, leading zeros included.
         if args.starts_with("lease grant") {
             let granted: Value = serde_json::from_str(&output).expect("lease grant answers JSON");
-            lease = format!("{:x}", granted["ID"].as_i64().expect("an ID"));
+            lease = format!("{:016x}", granted["ID"].as_i64().expect("an ID"));
         }
         outputs.push(format!("$ etcdctl {}\n{}", step.args, mask(&output, base, &lease)));
     }
