@@ -85,11 +85,11 @@ impl KvReader {
         let db = self.db.clone();
         run_blocking(move || {
             let mut page = Page { entries: Vec::new(), bytes: 0, limit, max_bytes, next_key: None };
-            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, record, encoded_len| {
-                if !page.room_for(key, encoded_len) {
+            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, encoded| {
+                if !page.room_for(key, encoded.len()) {
                     return Ok(ControlFlow::Break(()));
                 }
-                page.push(key.to_vec(), record, encoded_len);
+                page.push(key.to_vec(), decode_record(encoded)?, encoded.len());
                 Ok(ControlFlow::Continue(()))
             })?;
             Ok(RangePage { entries: page.entries, next_key: page.next_key, revision })
@@ -111,8 +111,13 @@ impl KvReader {
         let db = self.db.clone();
         run_blocking(move || {
             let mut selector = selection.selector(max_bytes);
-            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, record, _| {
-                selector.offer(key, record)?;
+            let revision = scan(&db, &start, end.as_deref(), at, &mut |key, encoded| {
+                // Keys only counted (past the limit, or a count) are never decoded.
+                if selector.wants_more() {
+                    selector.offer(key, decode_record(encoded)?)?;
+                } else {
+                    selector.count();
+                }
                 Ok(ControlFlow::Continue(()))
             })?;
             Ok((selector.finish(), revision))
@@ -147,7 +152,8 @@ impl KvReader {
         let db = self.db.clone();
         run_blocking(move || {
             let mut hash = Fnv32::default();
-            let revision = scan(&db, &[], None, at, &mut |key, record, _| {
+            let revision = scan(&db, &[], None, at, &mut |key, encoded| {
+                let record = decode_record(encoded)?;
                 for part in [&(key.len() as u64).to_be_bytes()[..], key] {
                     hash.write(part);
                 }
@@ -269,8 +275,9 @@ impl Page {
     }
 }
 
-/// What [`scan`] does with each key: its record and the record's encoded length.
-type Visit<'a> = dyn FnMut(&[u8], KeyRecord, usize) -> Result<ControlFlow<()>, StoreError> + 'a;
+/// What [`scan`] does with each key: the key and its record, encoded (`decode_record`), so
+/// that a visitor that only counts keys decodes nothing.
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError> + 'a;
 
 /// Hands `visit` the keys in `[start, end)` as of revision `at` (the current one when `None`),
 /// in key order, until it breaks; from one consistent view, whose revision it answers.
@@ -292,7 +299,7 @@ fn scan(
                 if end.is_some_and(|end| *key >= *end) {
                     break;
                 }
-                if visit(&key, decode_record(&record)?, record.len())?.is_break() {
+                if visit(&key, &record)?.is_break() {
                     break;
                 }
             }
@@ -333,11 +340,10 @@ fn scan_history(
             // Created after `at`.
             _ => None,
         };
-        if let Some(version) = version {
-            if let Some(record) = decode_history_entry(&version)? {
-                if visit(&key, record, version.len())?.is_break() {
-                    return Ok(());
-                }
+        // An empty version is the key's deletion.
+        if let Some(version) = version.filter(|v| !v.is_empty()) {
+            if visit(&key, &version)?.is_break() {
+                return Ok(());
             }
         }
         // Past every version of this key: nine 0xff bytes sort after any eight-byte revision,
