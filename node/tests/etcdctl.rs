@@ -239,3 +239,31 @@ async fn an_etcdctl_session_answers_as_etcd_answers() {
     .await
     .expect("the session ran");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_that_needs_a_leader_is_refused_by_a_member_that_has_none() {
+    if !metastore_testkit::available(Path::new("etcdctl"), "version") {
+        eprintln!("SKIPPED: etcdctl is not installed (apt-get install etcd-client)");
+        return;
+    }
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    // The quorum gone, member 1 is left without a leader once its election timeout passes.
+    cluster.kill(2);
+    cluster.kill(3);
+    let lone = cluster.node(1).client_url();
+    tokio::task::spawn_blocking(move || {
+        // Each try runs for at most 3 s.
+        for _ in 0..20 {
+            // etcdctl watches with `hasleader` set, as Kubernetes does.
+            let out = etcdctl(&lone, "watch some-key", "", true);
+            if out.contains("etcdserver: no leader") {
+                return;
+            }
+            assert!(out.trim().is_empty(), "a watch ended for another reason: {out}");
+        }
+        panic!("the watch was never refused for want of a leader");
+    })
+    .await
+    .expect("the watch ran");
+}
