@@ -101,7 +101,7 @@ impl Cluster for Etcd {
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.into_inner().linearizable {
             self.service
-                .get(Vec::new(), crate::service::ReadConsistency::Linearizable, None)
+                .await_freshness(crate::service::ReadConsistency::Linearizable)
                 .await
                 .map_err(status)?;
         }

@@ -26,7 +26,7 @@ pub(super) type ReadIndexWaiter = oneshot::Sender<Result<u64, ServiceError>>;
 
 impl Service {
     /// Returns once this member's copy is fresh enough for a read of `consistency`.
-    pub(super) async fn await_freshness(&self, consistency: ReadConsistency) -> Result<(), ServiceError> {
+    pub async fn await_freshness(&self, consistency: ReadConsistency) -> Result<(), ServiceError> {
         if consistency == ReadConsistency::Stale {
             return Ok(());
         }

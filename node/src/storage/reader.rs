@@ -175,8 +175,8 @@ impl KvReader {
     pub async fn compact_files(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
         run_blocking(move || {
-            for name in [CF_KV, CF_HISTORY, super::CF_CHANGES, super::CF_LEASES, super::CF_LEASE_KEYS] {
-                db.compact_range_cf(cf(&db, name)?, None::<&[u8]>, None::<&[u8]>);
+            for family in super::Family::ALL {
+                db.compact_range_cf(cf(&db, family.name())?, None::<&[u8]>, None::<&[u8]>);
             }
             Ok(())
         })
