@@ -16,6 +16,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::member::{Failure, Member};
+
 const PREFIX: &str = "bank/";
 /// Each account's opening balance.
 const OPENING: u64 = 100;
@@ -113,19 +115,16 @@ impl Bank {
     }
 
     /// Moves money between random accounts until `stop` says so.
-    pub async fn teller(self, members: Vec<Client>, seed: u64, stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn teller(self, members: Vec<Member>, seed: u64, stop: tokio::sync::watch::Receiver<bool>) {
         let mut rng = StdRng::seed_from_u64(seed);
+        let (first, end) = (all_accounts().key, all_accounts().range_end);
         while !*stop.borrow() {
             let member = &members[rng.random_range(0..members.len())];
-            let Ok(snapshot) = member
-                .txn(&TxnRequest { success: vec![TxnOp::Range(all_accounts())], ..Default::default() })
-                .await
-            else {
+            let Ok((revision, kvs)) = member.list(&first, &end).await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
-            let Some(kvs) = ranged(&snapshot) else { continue };
-            self.check("a teller's read", snapshot.revision, kvs);
+            self.check("a teller's read", revision, &kvs);
             if kvs.len() < 2 {
                 continue;
             }
@@ -137,28 +136,13 @@ impl Bank {
             }
             let amount = rng.random_range(1..=balance);
             let credited = String::from_utf8_lossy(&to.value).parse::<u64>().unwrap_or(0) + amount;
-            let transfer = TxnRequest {
-                compare: vec![
-                    TxnCompare::key(
-                        from.key.clone(),
-                        CompareResult::Equal,
-                        CompareTarget::ModRevision(from.mod_revision),
-                    ),
-                    TxnCompare::key(
-                        to.key.clone(),
-                        CompareResult::Equal,
-                        CompareTarget::ModRevision(to.mod_revision),
-                    ),
-                ],
-                success: vec![
-                    TxnOp::put(from.key.clone(), (balance - amount).to_string()),
-                    TxnOp::put(to.key.clone(), credited.to_string()),
-                ],
-                failure: vec![],
-            };
-            match member.txn(&transfer).await {
-                Ok(done) if done.succeeded => self.note(|r| r.transfers += 1),
-                Ok(_) => self.note(|r| r.transfers_refused += 1),
+            let transfer = [
+                (from.key.as_slice(), from.mod_revision, (balance - amount).to_string().into_bytes()),
+                (to.key.as_slice(), to.mod_revision, credited.to_string().into_bytes()),
+            ];
+            match member.swap(&transfer).await {
+                Ok(()) => self.note(|r| r.transfers += 1),
+                Err(Failure::Refused) => self.note(|r| r.transfers_refused += 1),
                 Err(_) => {
                     self.note(|r| r.transfers_unknown += 1);
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

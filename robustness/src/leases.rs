@@ -8,10 +8,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metastore_client::{Client, ClientError, Consistency, ErrorCode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+use crate::member::{Failure, Member, Protocol};
 
 /// Each lease's TTL, in seconds: short, so that many expire in a run.
 const TTL: i64 = 3;
@@ -21,6 +22,8 @@ const GRACE: Duration = Duration::from_secs(30);
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct LeaseReport {
     pub leases: usize,
+    /// Of the leases, those held through etcd's gRPC API.
+    pub grpc_leases: usize,
     pub keep_alives: usize,
     /// Let go and seen gone.
     pub expired: usize,
@@ -29,7 +32,8 @@ pub struct LeaseReport {
 
 pub struct Holder {
     pub id: usize,
-    pub members: Vec<Client>,
+    /// The members, all in the protocol this holder speaks.
+    pub members: Vec<Member>,
     pub seed: u64,
     pub report: Arc<Mutex<LeaseReport>>,
 }
@@ -41,7 +45,7 @@ impl Holder {
         }
     }
 
-    fn member(&self, rng: &mut StdRng) -> &Client {
+    fn member(&self, rng: &mut StdRng) -> &Member {
         &self.members[rng.random_range(0..self.members.len())]
     }
 
@@ -56,9 +60,13 @@ impl Holder {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
-            self.note(|r| r.leases += 1);
+            let grpc = self.members.first().map(Member::protocol) == Some(Protocol::Grpc);
+            self.note(|r| {
+                r.leases += 1;
+                r.grpc_leases += usize::from(grpc);
+            });
             let key = format!("lease/{}-{round}", self.id);
-            if self.member(&mut rng).put_leased(&key, b"held".to_vec(), lease.id).await.is_err() {
+            if self.member(&mut rng).put(&key, b"held".to_vec(), lease).await.is_err() {
                 // Perhaps written, perhaps not: it is left to expire, unjudged.
                 continue;
             }
@@ -69,16 +77,13 @@ impl Holder {
             while held.elapsed() < hold && !*stop.borrow() {
                 tokio::time::sleep(Duration::from_millis(700)).await;
                 let sent = Instant::now();
-                match self.member(&mut rng).lease_keep_alive(lease.id).await {
+                match self.member(&mut rng).lease_keep_alive(lease).await {
                     Ok(_) => {
                         since = sent;
                         self.note(|r| r.keep_alives += 1);
                     }
                     // The lease is gone while the holder still had time on it.
-                    Err(ClientError::Api(e))
-                        if *e.code() == ErrorCode::LeaseNotFound
-                            && sent < since + Duration::from_secs(TTL as u64) =>
-                    {
+                    Err(Failure::LeaseNotFound) if sent < since + Duration::from_secs(TTL as u64) => {
                         let left = since + Duration::from_secs(TTL as u64) - sent;
                         self.note(|r| {
                             r.violations.push(format!("{key}'s lease was gone with {left:?} of its TTL left"))
@@ -102,7 +107,7 @@ impl Holder {
     ) {
         let earliest = since + Duration::from_secs(TTL as u64);
         loop {
-            let read = self.member(rng).get(key, Consistency::Linearizable).await;
+            let read = self.member(rng).get(key).await;
             let answered = Instant::now();
             if let Ok(None) = read {
                 if answered < earliest {

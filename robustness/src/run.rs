@@ -14,6 +14,7 @@ use crate::checker::{self, Verdict};
 use crate::cluster::Cluster;
 use crate::history::{Operation, Outcome};
 use crate::leases::{Holder, LeaseReport};
+use crate::member::{Member, Protocol};
 use crate::nemesis::{self, Fault, Nemesis, Schedule};
 use crate::watchers::{WatchReport, Watcher};
 use crate::workload::{ClientTask, Recorder, Workload};
@@ -45,6 +46,8 @@ pub struct Report {
     pub nemesis: Nemesis,
     pub seed: u64,
     pub operations: usize,
+    /// Of the operations, those made through etcd's gRPC API (the rest through HTTP).
+    pub grpc_operations: usize,
     pub ok: usize,
     pub refused: usize,
     pub failed: usize,
@@ -104,18 +107,20 @@ impl Report {
         );
         let leases = &self.leases;
         let leases = format!(
-            "leases: {} granted, {} keep-alives, {} expired, {} violations{}",
+            "leases: {} granted ({} over gRPC), {} keep-alives, {} expired, {} violations{}",
             leases.leases,
+            leases.grpc_leases,
             leases.keep_alives,
             leases.expired,
             leases.violations.len(),
             leases.violations.first().map(|v| format!(": {v}")).unwrap_or_default()
         );
         format!(
-            "nemesis {:?} seed {}: {} ops ({} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}; {watch}; {leases}",
+            "nemesis {:?} seed {}: {} ops ({} over gRPC; {} ok, {} refused, {} failed, {} unknown) in {:.1} s, {} faults, {} elections; {}; {} lost acknowledged writes; {bank}; {watch}; {leases}",
             self.nemesis,
             self.seed,
             self.operations,
+            self.grpc_operations,
             self.ok,
             self.refused,
             self.failed,
@@ -142,6 +147,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let first_term = cluster.client(first_leader).cluster().await?.term;
     let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();
+    // Every kind of client comes in both protocols: even ones speak HTTP, odd ones gRPC.
+    let protocol = |i: usize| if i.is_multiple_of(2) { Protocol::Http } else { Protocol::Grpc };
+    let through = |protocol: Protocol| -> anyhow::Result<Vec<Member>> {
+        members.iter().map(|m| Member::new(protocol, m.clone())).collect()
+    };
     let cluster = tokio::sync::Mutex::new(cluster);
 
     let bank = match config.bank_accounts {
@@ -157,12 +167,13 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             // Each starts on another member, and moves on when its member fails.
             let mut through = members.clone();
             through.rotate_left(i % members.len().max(1));
-            Arc::new(Watcher::new(through, watch_report.clone()))
+            Arc::new(Watcher::new(through, protocol(i), watch_report.clone()))
         })
         .collect();
     let lease_report = Arc::new(Mutex::new(LeaseReport::default()));
     for id in 0..HOLDERS {
-        let holder = Holder { id, members: members.clone(), seed: config.seed, report: lease_report.clone() };
+        let holder =
+            Holder { id, members: through(protocol(id))?, seed: config.seed, report: lease_report.clone() };
         clients.push(tokio::spawn(holder.run(stopped.clone())));
     }
     let (stop_watching, watching) = tokio::sync::watch::channel(false);
@@ -174,9 +185,10 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         })
         .collect();
     if let Some(bank) = &bank {
-        for teller in 0..2u64 {
-            let seed = config.seed.wrapping_mul(31).wrapping_add(teller);
-            clients.push(tokio::spawn(bank.clone().teller(members.clone(), seed, stopped.clone())));
+        for teller in 0..2usize {
+            let seed = config.seed.wrapping_mul(31).wrapping_add(teller as u64);
+            let members = through(protocol(teller))?;
+            clients.push(tokio::spawn(bank.clone().teller(members, seed, stopped.clone())));
         }
         let seed = config.seed.wrapping_mul(37);
         clients.push(tokio::spawn(bank.clone().auditor(members.clone(), seed, stopped.clone())));
@@ -186,7 +198,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             id,
             keys: config.keys,
             workload: config.workload,
-            members: members.clone(),
+            members: through(protocol(id))?,
             recorder: recorder.clone(),
             seed: config.seed,
         };
@@ -243,10 +255,16 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     };
     let lost_writes = checker::lost_writes(&history, &finals);
     let count = |o: Outcome| history.operations.iter().filter(|op| op.outcome == o).count();
+    let grpc_operations = history
+        .operations
+        .iter()
+        .filter(|op| op.client != usize::MAX && protocol(op.client) == Protocol::Grpc)
+        .count();
     let report = Report {
         nemesis: config.nemesis,
         seed: config.seed,
         operations: history.operations.len(),
+        grpc_operations,
         ok: count(Outcome::Ok),
         refused: count(Outcome::Refused),
         failed: count(Outcome::Failed),

@@ -14,8 +14,12 @@ use metastore_client::{
 };
 use serde::Serialize;
 
+use crate::member::{watch_line, Etcd, Protocol};
+
 /// How long a watcher may make no progress on the healed cluster before it counts as stuck.
 const STUCK: Duration = Duration::from_secs(30);
+/// How long a gRPC watcher waits before resuming on the next member.
+const RECONNECT: Duration = Duration::from_millis(200);
 
 /// A stream being checked: the keys as its events have left them.
 #[derive(Debug, Default)]
@@ -123,9 +127,10 @@ pub struct WatchReport {
     pub violations: Vec<String>,
 }
 
-/// One watcher: watches every key through `members`, checking as it goes.
+/// One watcher: watches every key through `members`, in its protocol, checking as it goes.
 pub struct Watcher {
     members: Vec<Client>,
+    protocol: Protocol,
     check: Arc<Mutex<StreamCheck>>,
     report: Arc<Mutex<WatchReport>>,
     /// The member its watch last read from, for a report on a watch that falls behind.
@@ -136,10 +141,19 @@ fn everything() -> WatchRequest {
     WatchRequest { prev_kv: true, ..WatchRequest::prefix(Vec::new()) }
 }
 
+/// What a watcher does after a line of its stream.
+enum Next {
+    Continue,
+    /// The watch was cancelled (compaction overtook it): start over from a listing.
+    Restart,
+    Stop,
+}
+
 impl Watcher {
-    pub fn new(members: Vec<Client>, report: Arc<Mutex<WatchReport>>) -> Self {
+    pub fn new(members: Vec<Client>, protocol: Protocol, report: Arc<Mutex<WatchReport>>) -> Self {
         Self {
             members,
+            protocol,
             check: Arc::new(Mutex::new(StreamCheck::from_start())),
             report,
             serving: Arc::default(),
@@ -153,7 +167,15 @@ impl Watcher {
     }
 
     /// Watches until `stop` says so; a violation ends it.
-    pub async fn run(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        match self.protocol {
+            Protocol::Http => self.run_http(stop).await,
+            Protocol::Grpc => self.run_grpc(stop).await,
+        }
+    }
+
+    /// Through the HTTP API's watch, which resumes across members by itself.
+    async fn run_http(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut watch =
             Watch::across(self.members.clone(), WatchRequest { start_revision: 1, ..everything() });
         loop {
@@ -161,38 +183,86 @@ impl Watcher {
                 line = watch.next() => line,
                 _ = stop.wait_for(|stop| *stop) => return,
             };
-            let line = match line {
-                Some(Ok(line)) => line,
+            let next = match line {
+                Some(Ok(line)) => self.take(&line, watch.member_url()),
                 Some(Err(e)) => {
                     self.note(|r| r.violations.push(format!("the watch failed: {e}")));
-                    return;
+                    Next::Stop
                 }
-                None => {
-                    // Cancelled: compaction overtook it. Start over from a listing, as a client would.
-                    match self.restart().await {
-                        Some(next) => {
-                            watch = Watch::across(
-                                self.members.clone(),
-                                WatchRequest { start_revision: next, ..everything() },
-                            );
-                            continue;
-                        }
-                        None => return,
+                None => Next::Restart,
+            };
+            match next {
+                Next::Continue => {}
+                Next::Restart => match self.restart().await {
+                    Some(next) => {
+                        let request = WatchRequest { start_revision: next, ..everything() };
+                        watch = Watch::across(self.members.clone(), request);
+                    }
+                    None => return,
+                },
+                Next::Stop => return,
+            }
+        }
+    }
+
+    /// Through etcd's gRPC Watch, resumed here as an etcd client resumes it: when the stream
+    /// breaks, on the next member, from the revision after the last one seen.
+    async fn run_grpc(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let members: Vec<Etcd> = match self.members.iter().map(|m| Etcd::new(m.base_url())).collect() {
+            Ok(members) => members,
+            Err(e) => return self.note(|r| r.violations.push(format!("no gRPC channel: {e:#}"))),
+        };
+        for turn in 0.. {
+            let member = &members[turn % members.len()];
+            let from = self.check.lock().map(|c| c.next_revision()).unwrap_or(1);
+            let opened = tokio::select! {
+                opened = member.watch_everything(from) => opened,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            if let Ok(mut answers) = opened {
+                loop {
+                    let answer = tokio::select! {
+                        answer = answers.message() => answer,
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    };
+                    // A stream that breaks or ends resumes elsewhere.
+                    let Ok(Some(answer)) = answer else { break };
+                    let line = watch_line(answer);
+                    let next = match line.canceled {
+                        true if line.compact_revision > 0 => Next::Restart,
+                        // Cancelled for a reason of the member's own (it is stopping).
+                        true => break,
+                        false => self.take(&line, Some(member.url())),
+                    };
+                    match next {
+                        Next::Continue => {}
+                        Next::Restart if self.restart().await.is_some() => break,
+                        Next::Restart | Next::Stop => return,
                     }
                 }
-            };
-            if let Ok(mut serving) = self.serving.lock() {
-                *serving = watch.member_url().map(str::to_string);
             }
-            let checked = self.check.lock().map(|mut check| check.line(&line));
-            match checked {
-                Ok(Ok(())) => self.note(|r| r.events += line.events.len()),
-                Ok(Err(violation)) => {
-                    self.note(|r| r.violations.push(violation));
-                    return;
-                }
-                Err(_) => return,
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+
+    /// Checks one line of the stream, read from `member`.
+    fn take(&self, line: &WatchResponse, member: Option<&str>) -> Next {
+        if line.canceled {
+            return Next::Restart;
+        }
+        if let Ok(mut serving) = self.serving.lock() {
+            *serving = member.map(str::to_string);
+        }
+        match self.check.lock().map(|mut check| check.line(line)) {
+            Ok(Ok(())) => {
+                self.note(|r| r.events += line.events.len());
+                Next::Continue
             }
+            Ok(Err(violation)) => {
+                self.note(|r| r.violations.push(violation));
+                Next::Stop
+            }
+            Err(_) => Next::Stop,
         }
     }
 

@@ -4,11 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use metastore_client::{Client, ClientError, Consistency, Precondition};
+use metastore_client::{Client, ClientError, Consistency};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::history::{History, Op, Operation, Outcome};
+use crate::member::{Failure, Member};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -69,13 +70,13 @@ impl Default for Recorder {
 }
 
 /// A write's outcome from the client's answer: only an answer that says the write was refused
-/// (its precondition did not hold) is a definite failure; anything else may have taken effect.
-fn write_outcome<T>(result: &Result<T, ClientError>) -> Outcome {
+/// (its precondition did not hold) or a request never sent is a definite failure; anything
+/// else may have taken effect.
+fn write_outcome(result: &Result<(), Failure>) -> Outcome {
     match result {
-        Ok(_) => Outcome::Ok,
-        Err(ClientError::Api(e)) if e.status == 409 => Outcome::Refused,
-        // No connection, so no request: the member never saw it.
-        Err(ClientError::Transport { source, .. }) if source.is_connect() => Outcome::Failed,
+        Ok(()) => Outcome::Ok,
+        Err(Failure::Refused) => Outcome::Refused,
+        Err(Failure::NeverSent) => Outcome::Failed,
         Err(_) => Outcome::Unknown,
     }
 }
@@ -84,7 +85,8 @@ pub struct ClientTask {
     pub id: usize,
     pub keys: usize,
     pub workload: Workload,
-    pub members: Vec<Client>,
+    /// The members, all in the protocol this client speaks.
+    pub members: Vec<Member>,
     pub recorder: Recorder,
     pub seed: u64,
 }
@@ -115,9 +117,9 @@ impl ClientTask {
     }
 
     /// A linearizable read; what it saw (value and revision) if it completed.
-    async fn read(&self, member: &Client, key: &str) -> Option<Option<(String, u64)>> {
+    async fn read(&self, member: &Member, key: &str) -> Option<Option<(String, u64)>> {
         let invoked = self.recorder.now();
-        let result = member.get(key, Consistency::Linearizable).await;
+        let result = member.get(key).await;
         let completed = self.recorder.now();
         let seen = match &result {
             Ok(Some(kv)) => Some(Some((String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision))),
@@ -138,19 +140,19 @@ impl ClientTask {
         seen
     }
 
-    async fn write(&self, member: &Client, key: &str, value: String) {
+    async fn write(&self, member: &Member, key: &str, value: String) {
         let invoked = self.recorder.now();
-        let result = member.put(key, value.clone().into_bytes(), None).await;
+        let result = member.put(key, value.clone().into_bytes(), 0).await;
         self.finish(key, Op::Write(value), invoked, write_outcome(&result));
     }
 
-    async fn cas(&self, member: &Client, key: &str, seen: Option<(String, u64)>, value: String) {
-        let (expected, precondition) = match seen {
-            Some((v, revision)) => (Some(v), Precondition::ModRevision(revision)),
-            None => (None, Precondition::Absent),
+    async fn cas(&self, member: &Member, key: &str, seen: Option<(String, u64)>, value: String) {
+        let (expected, revision) = match seen {
+            Some((v, revision)) => (Some(v), Some(revision)),
+            None => (None, None),
         };
         let invoked = self.recorder.now();
-        let result = member.put(key, value.clone().into_bytes(), Some(precondition)).await;
+        let result = member.cas(key, revision, value.clone().into_bytes()).await;
         self.finish(key, Op::Cas { expected, new: value }, invoked, write_outcome(&result));
     }
 

@@ -35,6 +35,7 @@ async fn report_of(nemesis: Nemesis) -> metastore_robustness::run::Report {
     eprintln!("{}", report.summary());
     assert!(report.faults.len() >= 2 || nemesis == Nemesis::None, "the nemesis struck: {:?}", report.faults);
     assert!(report.ok > 100, "the clients made progress: {}", report.summary());
+    assert!(report.grpc_operations > 0, "half the clients spoke gRPC: {}", report.summary());
     assert!(report.bank.transfers > 0 && report.bank.audits > 0, "the bank worked: {}", report.summary());
     assert!(report.watch.events > report.ok / 2, "the watchers followed: {}", report.summary());
     assert!(report.leases.leases > 0, "leases were held: {}", report.summary());
@@ -68,7 +69,10 @@ fn the_leader_deaf_to_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_faults() {
-    survives(Nemesis::None).await;
+    let report = report_of(Nemesis::None).await;
+    let half = report.operations / 4..=report.operations * 3 / 4;
+    assert!(half.contains(&report.grpc_operations), "both protocols carried load: {}", report.summary());
+    assert!(report.leases.grpc_leases > 0, "a lease was held through gRPC: {}", report.summary());
 }
 
 #[tokio::test(flavor = "multi_thread")]
