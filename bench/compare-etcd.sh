@@ -7,6 +7,11 @@
 #   bench/compare-etcd.sh                 # C = 1 16 64 256, 3 rounds of 10 s per row
 #   DURATION=30 ROUNDS=1 CLIENTS="64 256" bench/compare-etcd.sh
 #   WORKLOADS="txn past-get" bench/compare-etcd.sh   # also: mixed cas create (see --help)
+#   PROTOCOLS=grpc CHECK_PERF="s m l xl" bench/compare-etcd.sh
+#
+# Every workload runs over each of PROTOCOLS ("grpc http" by default): etcd's v3 gRPC API,
+# which both systems serve, so both are driven by the same requests encoded by the same code;
+# and each system's HTTP/1.1 JSON API (metaStore's /v1, etcd's v3 gateway).
 #
 # C = 1 has two rows per workload, one client on the leader and one on a follower of each
 # system (a single client's figures are those of the member it talks to); larger C spread
@@ -17,6 +22,10 @@
 #
 # Then watch fan-out (FANOUT_WATCHERS watchers of one prefix, 1 000 by default, while
 # FANOUT_RATE writes a second go in; FANOUT_WATCHERS=0 skips it): delivery latency and CPU.
+#
+# Then `etcdctl check perf` (etcd's own pass/fail test of a cluster's write throughput and
+# latency, 60 s per load) against each system at each load of CHECK_PERF ("s m l" by default;
+# CHECK_PERF="" skips it; needs etcdctl: apt-get install etcd-client).
 #
 # Then, for each system: start to first write, resident memory idle and under load, disk and
 # restart-to-ready with BIG_KEYS keys (1 000 000 by default), and failover (kill -9 of the
@@ -36,7 +45,9 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
 CLIENTS="${CLIENTS:-1 16 64 256}"
-WORKLOADS="${WORKLOADS:-put get stale-get}"
+WORKLOADS="${WORKLOADS:-put get stale-get txn}"
+PROTOCOLS="${PROTOCOLS:-grpc http}"
+CHECK_PERF="${CHECK_PERF-s m l}"
 KEYS="${KEYS:-10000}"
 PROFILE="${PROFILE:-release}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
@@ -119,11 +130,11 @@ t=$(now); start_metastore; ms_first=$(first_write metastore http://127.0.0.1:248
 sleep 2
 etcd_idle=$(rss_mib "${etcd_pids[@]}"); ms_idle=$(rss_mib "${ms_pids[@]}")
 
-bench() { # system endpoints workload clients target
+bench() { # system endpoints workload clients target [protocol]
   # Finding a leader or follower fails while a cluster elects: try again.
   for _ in 1 2 3; do
     "$bin/metastore-bench" --system "$1" --endpoints "$2" --workload "$3" --clients "$4" --target "$5" \
-      --keys "$KEYS" --duration "$DURATION" --json | tail -1 && return
+      --protocol "${6:-http}" --keys "$KEYS" --duration "$DURATION" --json | tail -1 && return
     sleep 1
   done
   return 1
@@ -135,8 +146,9 @@ for system in metastore etcd; do
 done
 
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), median of $ROUNDS rounds of ${DURATION}s per row, 256-byte values, $KEYS keys"
-printf '%-10s %12s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
-  workload clients "ms ops/s" "ms p50" "ms p99" "etcd ops/s" "etcd p50" "etcd p99" "ops x" "p99 x"
+printf '%-5s %-10s %12s | %10s %8s %8s | %10s %8s %8s | %7s %7s\n' \
+  proto workload clients "ms ops/s" "ms p50" "ms p99" "etcd ops/s" "etcd p50" "etcd p99" "ops x" "p99 x"
+for protocol in $PROTOCOLS; do
 for workload in $WORKLOADS; do
   for c in $CLIENTS; do
     # A single client measures the one member it talks to: both roles, each system alike.
@@ -144,26 +156,27 @@ for workload in $WORKLOADS; do
     for target in $targets; do
       m=""; e=""
       for _ in $(seq "$ROUNDS"); do
-        m+="$(bench metastore "$ms_endpoints" "$workload" "$c" "$target")"$'\n'
-        e+="$(bench etcd "$etcd_endpoints" "$workload" "$c" "$target")"$'\n'
+        m+="$(bench metastore "$ms_endpoints" "$workload" "$c" "$target" "$protocol")"$'\n'
+        e+="$(bench etcd "$etcd_endpoints" "$workload" "$c" "$target" "$protocol")"$'\n'
       done
       row=$([[ $target == all ]] && echo "$c" || echo "$c $target")
-      python3 - "$workload" "$row" "$m" "$e" <<'PY'
+      python3 - "$protocol" "$workload" "$row" "$m" "$e" <<'PY'
 import json, sys
 
 def median_round(lines):
     rounds = sorted((json.loads(l) for l in lines.splitlines() if l.strip()), key=lambda r: r["throughput"])
     return rounds[len(rounds) // 2]
 
-workload, c = sys.argv[1], sys.argv[2]
-m, e = median_round(sys.argv[3]), median_round(sys.argv[4])
+protocol, workload, c = sys.argv[1], sys.argv[2], sys.argv[3]
+m, e = median_round(sys.argv[4]), median_round(sys.argv[5])
 ratio = lambda a, b: a / b if b else float("nan")
-print(f"{workload:<10} {c:>12} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} | "
+print(f"{protocol:<5} {workload:<10} {c:>12} | {m['throughput']:>10.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} | "
       f"{e['throughput']:>10.0f} {e['p50_ms']:>8.2f} {e['p99_ms']:>8.2f} | "
       f"{ratio(m['throughput'], e['throughput']):>7.2f} {ratio(m['p99_ms'], e['p99_ms']):>7.2f}")
 PY
     done
   done
+done
 done
 
 # Watch fan-out: FANOUT_WATCHERS watchers of one prefix over all members while FANOUT_RATE
@@ -177,21 +190,49 @@ if (( FANOUT_WATCHERS > 0 )); then
     for pid in "$@"; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
     echo "$total"
   }
-  fanout() { # system endpoints pids...
-    local system=$1 endpoints=$2; shift 2
+  fanout() { # protocol system endpoints pids...
+    local protocol=$1 system=$2 endpoints=$3; shift 3
     local before after began ended out
     before=$(cpu_ticks "$@"); began=$(now)
     out=$("$bin/metastore-bench" --system "$system" --endpoints "$endpoints" --workload watch-fanout \
+      --protocol "$protocol" \
       --clients "$FANOUT_WATCHERS" --rate "$FANOUT_RATE" --duration "$DURATION" --json | tail -1)
     after=$(cpu_ticks "$@"); ended=$(now)
     # Members' CPU over the whole run (watchers' setup and the last deliveries included).
     echo "$out" | python3 -c "import json,sys; r=json.load(sys.stdin); t=$((after - before))/$(getconf CLK_TCK)/($ended-$began); print(f\"{r['throughput']:.0f} {r['p50_ms']:.2f} {r['p99_ms']:.2f} {t:.2f} {r['errors']}\")"
   }
-  read -r mt mp50 mp99 mcpu merr <<<"$(fanout metastore "$ms_endpoints" "${ms_pids[@]}")"
-  read -r et ep50 ep99 ecpu eerr <<<"$(fanout etcd "$etcd_endpoints" "${etcd_pids[@]}")"
-  printf '%-28s | %10s %8s %8s %9s | %10s %8s %8s %9s\n' \
-    "$FANOUT_WATCHERS watchers, $FANOUT_RATE writes/s" "$mt" "$mp50" "$mp99" "${mcpu} cores" "$et" "$ep50" "$ep99" "${ecpu} cores"
-  (( merr + eerr == 0 )) || echo "missing deliveries: metaStore $merr, etcd $eerr"
+  for protocol in $PROTOCOLS; do
+    read -r mt mp50 mp99 mcpu merr <<<"$(fanout "$protocol" metastore "$ms_endpoints" "${ms_pids[@]}")"
+    read -r et ep50 ep99 ecpu eerr <<<"$(fanout "$protocol" etcd "$etcd_endpoints" "${etcd_pids[@]}")"
+    printf '%-28s | %10s %8s %8s %9s | %10s %8s %8s %9s\n' \
+      "$protocol: $FANOUT_WATCHERS watchers, $FANOUT_RATE w/s" "$mt" "$mp50" "$mp99" "${mcpu} cores" "$et" "$ep50" "$ep99" "${ecpu} cores"
+    (( merr + eerr == 0 )) || echo "missing deliveries: metaStore $merr, etcd $eerr"
+  done
+fi
+
+# etcdctl check perf: etcd's verdict on each system at each load, with the figures it judged.
+if [[ -n "$CHECK_PERF" ]]; then
+  if command -v etcdctl >/dev/null; then
+    echo
+    printf '%-6s | %-44s | %-44s\n' "check perf" "metaStore" "etcd"
+    check_perf() { # endpoints load -> "PASS|FAIL: throughput, slowest, stddev"
+      local out
+      out=$(ETCDCTL_API=3 etcdctl --endpoints "$1" check perf --load "$2" 2>&1 | tr -d '\r') || true
+      python3 - "$out" <<'PY'
+import re, sys
+out = sys.argv[1]
+verdict = "PASS" if re.search(r"^PASS$", out, re.M) else "FAIL"
+found = lambda pattern: (re.search(pattern, out) or [None, "?"])[1]
+print(f"{verdict}: {found(r'Throughput is (\d+)')} w/s, slowest {found(r'Slowest request took ([\d.]+)')} s, "
+      f"stddev {found(r'Stddev is ([\d.]+)')} s")
+PY
+    }
+    for load in $CHECK_PERF; do
+      printf '%-10s | %-44s | %-44s\n' "$load" "$(check_perf "$ms_endpoints" "$load")" "$(check_perf "$etcd_endpoints" "$load")"
+    done
+  else
+    echo "SKIPPED: etcdctl check perf (apt-get install etcd-client)"
+  fi
 fi
 
 # Resident memory under load: the peak while 64 clients write.

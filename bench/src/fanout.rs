@@ -1,19 +1,15 @@
 //! Watch fan-out: W watchers of one prefix, spread over the members, while writes go in at a
 //! fixed rate; each write's value is the time it was sent, so every watcher measures how long
-//! each change took to reach it. The same for either system (etcd through its JSON gateway).
+//! each change took to reach it. The same for either system and either protocol.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use hdrhistogram::Histogram;
-use http_body_util::BodyExt;
-use serde_json::Value;
 
 use crate::load::{cpu_time, histogram, Outcome, Plan};
-use crate::target::{Endpoint, System};
+use crate::target::Endpoint;
 
 const PREFIX: &str = "fan/";
 /// Keys the writes cycle through.
@@ -21,21 +17,6 @@ const KEYS: u64 = 100;
 
 fn now_nanos() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
-}
-
-/// The values of the put events in one line of either system's watch stream.
-fn put_values(system: System, line: &Value) -> Vec<Vec<u8>> {
-    let events = match system {
-        System::Metastore => &line["events"],
-        System::Etcd => &line["result"]["events"],
-    };
-    let Some(events) = events.as_array() else { return Vec::new() };
-    events
-        .iter()
-        // etcd leaves a put's type out (it is the default); a delete says so.
-        .filter(|e| e["type"].as_str().is_none_or(|t| t.eq_ignore_ascii_case("put")))
-        .filter_map(|e| e["kv"]["value"].as_str().and_then(|v| B64.decode(v).ok()))
-        .collect()
 }
 
 /// One watcher: counts what it is sent until told to stop, recording each change's delivery
@@ -46,38 +27,30 @@ async fn watch(
     ready: tokio::sync::mpsc::Sender<()>,
     delivered_all: Arc<AtomicU64>,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let system = endpoint.system();
     let mut watching = endpoint.watch(PREFIX).await?;
     let (mut latencies, mut delivered) = (histogram(), 0u64);
-    let mut buffer = Vec::new();
     let mut created = false;
     loop {
-        let frame = tokio::select! {
-            frame = watching.body.frame() => match frame {
-                Some(frame) => frame?,
+        let values = tokio::select! {
+            values = watching.next() => match values? {
+                Some(values) => values,
                 None => break,
             },
             _ = stop.wait_for(|stop| *stop) => break,
         };
-        let Ok(data) = frame.into_data() else { continue };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            let Ok(line) = serde_json::from_slice::<Value>(&line) else { continue };
-            if !created {
-                created = true;
-                let _ = ready.send(()).await;
-            }
-            let arrived = now_nanos();
-            for value in put_values(system, &line) {
-                let Some(sent) = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u128>().ok()) else {
-                    continue;
-                };
-                let micros = (arrived.saturating_sub(sent) / 1_000).max(1);
-                latencies.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
-                delivered += 1;
-                delivered_all.fetch_add(1, Ordering::Relaxed);
-            }
+        if !created {
+            created = true;
+            let _ = ready.send(()).await;
+        }
+        let arrived = now_nanos();
+        for value in values {
+            let Some(sent) = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u128>().ok()) else {
+                continue;
+            };
+            let micros = (arrived.saturating_sub(sent) / 1_000).max(1);
+            latencies.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+            delivered += 1;
+            delivered_all.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok((latencies, delivered))

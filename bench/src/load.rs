@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::Zipf;
 use serde::Serialize;
 
-use crate::target::{Endpoint, System};
+use crate::target::{Endpoint, Protocol, System};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum Workload {
@@ -95,6 +95,7 @@ impl KeySpace {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub system: System,
+    pub protocol: Protocol,
     pub workload: Workload,
     pub clients: usize,
     pub keys: KeySpace,
@@ -107,6 +108,7 @@ pub struct Plan {
 #[derive(Debug, Serialize)]
 pub struct Outcome {
     pub system: System,
+    pub protocol: Protocol,
     pub workload: Workload,
     pub clients: usize,
     /// Where the load went.
@@ -293,6 +295,7 @@ impl Outcome {
         let operations = latencies.len();
         Outcome {
             system: plan.system,
+            protocol: plan.protocol,
             workload: plan.workload,
             clients: plan.clients,
             endpoints: endpoints.iter().map(Endpoint::url).collect(),
@@ -311,12 +314,13 @@ impl Outcome {
     }
 
     pub const HEADER: &'static str =
-        "system     workload   clients    ops/s    p50 ms   p99 ms  p99.9 ms   max ms  errors  gen cores";
+        "system     protocol workload   clients    ops/s    p50 ms   p99 ms  p99.9 ms   max ms  errors  gen cores";
 
     pub fn row(&self) -> String {
         format!(
-            "{:<10} {:<10} {:>7} {:>8.0} {:>9.2} {:>8.2} {:>9.2} {:>8.2} {:>7} {:>10.2}",
+            "{:<10} {:<8} {:<10} {:>7} {:>8.0} {:>9.2} {:>8.2} {:>9.2} {:>8.2} {:>7} {:>10.2}",
             format!("{:?}", self.system).to_lowercase(),
+            format!("{:?}", self.protocol).to_lowercase(),
             format!("{:?}", self.workload).to_lowercase(),
             self.clients,
             self.throughput,

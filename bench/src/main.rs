@@ -3,8 +3,10 @@
 //!
 //!   metastore-bench --system metastore --endpoints http://127.0.0.1:12380 --workload put --clients 64
 //!   metastore-bench --system etcd --endpoints http://127.0.0.1:2379 --workload get --clients 64
+//!   metastore-bench --system metastore --protocol grpc --workload txn --clients 256
 
 mod fanout;
+mod grpc;
 mod load;
 mod target;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::load::{Distribution, KeySpace, Plan, Workload};
-use crate::target::{Endpoint, Role, System};
+use crate::target::{Endpoint, Protocol, Role, System};
 
 /// Which of the endpoints the load goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,8 +34,15 @@ enum Target {
 struct Cli {
     #[arg(long, value_enum, default_value_t = System::Metastore)]
     system: System,
+    /// How requests go: each system's HTTP/1.1 JSON API (etcd's v3 gateway), or etcd's v3
+    /// gRPC API, which both serve on the same port.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+    /// gRPC: HTTP/2 connections to each member, requests taking them in turn.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    connections: u32,
     /// Client URLs of the members to send to, comma separated (metaStore: the client port;
-    /// etcd: its client URL, which serves the v3 JSON gateway). Clients spread over them.
+    /// etcd: its client URL). Clients spread over them.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:12380")]
     endpoints: Vec<String>,
     /// Which endpoints to send to; each is asked whether it leads before the load.
@@ -91,7 +100,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut endpoints = cli
         .endpoints
         .iter()
-        .map(|url| Endpoint::new(cli.system, url))
+        .map(|url| Endpoint::new(cli.system, cli.protocol, url, cli.connections as usize))
         .collect::<anyhow::Result<Vec<Endpoint>>>()?;
     let keys = KeySpace::new(cli.keys as usize, cli.distribution, cli.zipf_exponent)?;
     let value = vec![b'v'; cli.value_size];
@@ -105,6 +114,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let plan = Plan {
         system: cli.system,
+        protocol: cli.protocol,
         workload: cli.workload,
         clients: cli.clients as usize,
         keys,

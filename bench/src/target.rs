@@ -1,5 +1,6 @@
-//! The systems under test, behind one set of operations: metaStore's `/v1/kv` API, and etcd's
-//! v3 JSON gateway (`/v3/kv/...`, keys and values base64), both spoken in plain HTTP/1.1.
+//! The systems under test, behind one set of operations, in either of two protocols: HTTP/1.1
+//! (metaStore's `/v1/kv` API; etcd's v3 JSON gateway, `/v3/kv/...` with keys and values in
+//! base64) or etcd's v3 gRPC API, which both serve ([`crate::grpc`]).
 //!
 //! Requests go out on hyper's connection-level client, a connection per request in flight,
 //! kept for the next request. A general-purpose client (URL parsing, a shared pool, redirect
@@ -21,6 +22,8 @@ use metastore_client::{ClusterStatus, KeyValue};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
+use crate::grpc::{self, Grpc};
+
 /// A request not answered in this long counts as an error, and its connection is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,13 +33,24 @@ pub enum System {
     Etcd,
 }
 
-/// One member, and the connections to it that are idle. Cheap to clone; clones share them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Protocol {
+    /// Each system's HTTP/1.1 JSON API.
+    Http,
+    /// etcd's v3 gRPC API, the same for both.
+    Grpc,
+}
+
+/// One member, and the connections to it that are idle (HTTP), or its HTTP/2 connections
+/// (gRPC). Cheap to clone; clones share them.
 #[derive(Clone)]
 pub struct Endpoint {
     system: System,
     /// `host:port`, to connect to and to name in the `Host` header.
     authority: String,
     idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
+    /// Set when requests go over gRPC.
+    grpc: Option<Grpc>,
 }
 
 /// What a read returned: the value's revision, for a compare-and-swap that follows.
@@ -52,18 +66,19 @@ pub enum Role {
 }
 
 impl Endpoint {
-    /// `url` is a member's client URL: `http://host:port`.
-    pub fn new(system: System, url: &str) -> anyhow::Result<Self> {
+    /// `url` is a member's client URL: `http://host:port`; gRPC spreads requests over
+    /// `connections` connections.
+    pub fn new(system: System, protocol: Protocol, url: &str, connections: usize) -> anyhow::Result<Self> {
         let authority = url
             .trim_end_matches('/')
             .strip_prefix("http://")
             .filter(|a| !a.is_empty() && !a.contains('/'))
             .ok_or_else(|| anyhow::anyhow!("endpoint {url:?} is not http://host:port"))?;
-        Ok(Self { system, authority: authority.to_string(), idle: Arc::default() })
-    }
-
-    pub fn system(&self) -> System {
-        self.system
+        let grpc = match protocol {
+            Protocol::Http => None,
+            Protocol::Grpc => Some(Grpc::new(&format!("http://{authority}"), connections)?),
+        };
+        Ok(Self { system, authority: authority.to_string(), idle: Arc::default(), grpc })
     }
 
     pub fn url(&self) -> String {
@@ -71,6 +86,9 @@ impl Endpoint {
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        if let Some(grpc) = &self.grpc {
+            return grpc.put(key, value).await;
+        }
         match self.system {
             System::Metastore => {
                 let (status, body) = self.send(Method::PUT, metastore_path(key), value.to_vec()).await?;
@@ -85,6 +103,9 @@ impl Endpoint {
 
     /// A read, linearizable or (`stale`) served from the member's own state.
     pub async fn get(&self, key: &str, stale: bool) -> anyhow::Result<Revision> {
+        if let Some(grpc) = &self.grpc {
+            return grpc.get(key, stale).await;
+        }
         match self.system {
             System::Metastore => {
                 let consistency = if stale { "stale" } else { "linearizable" };
@@ -107,6 +128,9 @@ impl Endpoint {
 
     /// Writes `value` if the key is still at `revision` (absent when `None`); whether it did.
     pub async fn cas(&self, key: &str, revision: Revision, value: &[u8]) -> anyhow::Result<bool> {
+        if let Some(grpc) = &self.grpc {
+            return grpc.cas(key, revision, value).await;
+        }
         match self.system {
             System::Metastore => {
                 let condition = match revision {
@@ -133,6 +157,9 @@ impl Endpoint {
 
     /// A read of `key` as of the past revision `at` (absent then is no error).
     pub async fn get_at(&self, key: &str, at: u64) -> anyhow::Result<()> {
+        if let Some(grpc) = &self.grpc {
+            return grpc.get_at(key, at).await;
+        }
         match self.system {
             System::Metastore => {
                 let path = format!("{}?revision={at}", metastore_path(key));
@@ -153,6 +180,10 @@ impl Endpoint {
     /// two puts, the shape of a small multi-key update.
     pub async fn txn(&self, a: &str, b: &str, value: &[u8]) -> anyhow::Result<()> {
         const ALWAYS: u64 = 1 << 62;
+        if let Some(grpc) = &self.grpc {
+            anyhow::ensure!(grpc.txn(a, b, value, ALWAYS).await?, "the transaction's compares failed");
+            return Ok(());
+        }
         let answer = match self.system {
             System::Metastore => {
                 let compare =
@@ -179,10 +210,12 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Opens a watch of every key under `prefix`, from now, on a connection of its own; the
-    /// answer's body streams one JSON object per line (either system), the first saying the
-    /// watch was created.
+    /// Opens a watch of every key under `prefix`, from now: over HTTP on a connection of its
+    /// own, over gRPC on a stream of its own.
     pub async fn watch(&self, prefix: &str) -> anyhow::Result<Watching> {
+        if let Some(grpc) = &self.grpc {
+            return Ok(Watching::Grpc(grpc.watch(prefix).await?));
+        }
         let (method, path, body) = match self.system {
             System::Metastore => {
                 let path = format!("/v1/watch?prefix={}", utf8_percent_encode(prefix, NON_ALPHANUMERIC));
@@ -203,11 +236,19 @@ impl Endpoint {
         connection.ready().await?;
         let answer = connection.send_request(request).await?;
         anyhow::ensure!(answer.status().is_success(), "watch refused: {}", answer.status());
-        Ok(Watching { _connection: connection, body: answer.into_body() })
+        Ok(Watching::Http {
+            system: self.system,
+            _connection: connection,
+            body: answer.into_body(),
+            buffer: Vec::new(),
+        })
     }
 
     /// This member's role in its cluster.
     pub async fn role(&self) -> anyhow::Result<Role> {
+        if let Some(grpc) = &self.grpc {
+            return grpc.role().await;
+        }
         match self.system {
             System::Metastore => {
                 let (status, body) = self.send(Method::GET, "/v1/cluster".to_string(), Vec::new()).await?;
@@ -316,10 +357,56 @@ impl Endpoint {
     }
 }
 
-/// An open watch: its stream, and the connection it keeps open.
-pub struct Watching {
-    _connection: SendRequest<Full<Bytes>>,
-    pub body: hyper::body::Incoming,
+/// An open watch: over HTTP its streamed body (one JSON object per line, either system) and
+/// the connection it keeps open; over gRPC its stream of answers.
+pub enum Watching {
+    Http {
+        system: System,
+        _connection: SendRequest<Full<Bytes>>,
+        body: hyper::body::Incoming,
+        buffer: Vec<u8>,
+    },
+    Grpc(tonic::Streaming<metastore_etcd_proto::etcdserverpb::WatchResponse>),
+}
+
+impl Watching {
+    /// The values of the puts in the next answer (none in the first, which says the watch was
+    /// created); `None` once the watch has ended.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+        match self {
+            Watching::Grpc(answers) => Ok(answers.message().await?.map(grpc::put_values)),
+            Watching::Http { system, body, buffer, .. } => loop {
+                if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let line = serde_json::from_slice::<Value>(&line)?;
+                    return Ok(Some(put_values(*system, &line)));
+                }
+                match body.frame().await {
+                    Some(frame) => {
+                        if let Ok(data) = frame?.into_data() {
+                            buffer.extend_from_slice(&data);
+                        }
+                    }
+                    None => return Ok(None),
+                }
+            },
+        }
+    }
+}
+
+/// The values of the put events in one line of either system's HTTP watch stream.
+fn put_values(system: System, line: &Value) -> Vec<Vec<u8>> {
+    let events = match system {
+        System::Metastore => &line["events"],
+        System::Etcd => &line["result"]["events"],
+    };
+    let Some(events) = events.as_array() else { return Vec::new() };
+    events
+        .iter()
+        // etcd leaves a put's type out (it is the default); a delete says so.
+        .filter(|e| e["type"].as_str().is_none_or(|t| t.eq_ignore_ascii_case("put")))
+        .filter_map(|e| e["kv"]["value"].as_str().and_then(|v| B64.decode(v).ok()))
+        .collect()
 }
 
 fn metastore_path(key: &str) -> String {

@@ -1,5 +1,6 @@
 //! The load generator against real stores: every workload runs without errors against a
-//! metaStore member and, where etcd is installed, against etcd's JSON gateway; open loop sends
+//! metaStore member and, where etcd is installed, against etcd, over each system's HTTP API
+//! and over etcd's gRPC API; open loop sends
 //! the requests its rate schedules; a bad endpoint is refused with a clear error.
 
 use std::path::Path;
@@ -59,15 +60,31 @@ fn preload(system: &str, endpoint: &str) {
 
 fn every_workload_runs_without_errors(system: &str, endpoint: &str) {
     preload(system, endpoint);
-    for workload in WORKLOADS {
-        let args = ["--workload", workload, "--clients", "4", "--duration", "1"];
-        assert_clean(&bench(system, endpoint, &args), &format!("{workload} on {system}"));
+    for protocol in ["http", "grpc"] {
+        for workload in WORKLOADS {
+            let args = ["--protocol", protocol, "--workload", workload, "--clients", "4", "--duration", "1"];
+            let outcome = bench(system, endpoint, &args);
+            assert_clean(&outcome, &format!("{workload} on {system} over {protocol}"));
+            let spoken = outcome["protocol"].as_str().map(str::to_lowercase);
+            assert_eq!(spoken.as_deref(), Some(protocol), "{outcome}");
+        }
+        // Ten watchers, 50 writes a second: every change reaches every watcher.
+        let args = [
+            "--protocol",
+            protocol,
+            "--workload",
+            "watch-fanout",
+            "--clients",
+            "10",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ];
+        let fanout = bench(system, endpoint, &args);
+        assert_clean(&fanout, &format!("watch-fanout on {system} over {protocol}"));
+        assert!(fanout["operations"].as_u64().unwrap_or(0) >= 400, "deliveries counted: {fanout}");
     }
-    // Ten watchers, 50 writes a second: every change reaches every watcher.
-    let args = ["--workload", "watch-fanout", "--clients", "10", "--rate", "50", "--duration", "1"];
-    let fanout = bench(system, endpoint, &args);
-    assert_clean(&fanout, &format!("watch-fanout on {system}"));
-    assert!(fanout["operations"].as_u64().unwrap_or(0) >= 400, "deliveries counted: {fanout}");
 }
 
 /// Runs the generator with `args` against a fresh, preloaded member; its outcome, which must be
@@ -134,10 +151,24 @@ fn the_leader_and_follower_targets_send_to_one_member_of_that_role() {
     let (_members, endpoints) = start_metastore_cluster(dir.path(), 3);
     preload("metastore", &endpoints);
     let (_, elected) = state_of(endpoints.split(',').next().expect("an endpoint"));
-    for target in ["leader", "follower"] {
-        let args = ["--target", target, "--workload", "put", "--clients", "4", "--duration", "1"];
+    // Over gRPC a member's role comes from etcd's Status (the leader it names is itself).
+    for (target, protocol) in
+        [("leader", "http"), ("follower", "http"), ("leader", "grpc"), ("follower", "grpc")]
+    {
+        let args = [
+            "--protocol",
+            protocol,
+            "--target",
+            target,
+            "--workload",
+            "put",
+            "--clients",
+            "4",
+            "--duration",
+            "1",
+        ];
         let outcome = bench("metastore", &endpoints, &args);
-        assert_clean(&outcome, &format!("put on the {target}"));
+        assert_clean(&outcome, &format!("put on the {target} over {protocol}"));
         let used = outcome["endpoints"].as_array().expect("endpoints listed");
         assert_eq!(used.len(), 1, "{outcome}");
         let url = used[0].as_str().expect("a URL");
