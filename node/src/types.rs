@@ -61,6 +61,9 @@ pub enum MembershipChange {
     /// way (a member reachable at two addresses could count twice towards a quorum), nor does a
     /// recorded incarnation (that is how a member that lost its data is kept out).
     Describe { id: NodeId, client_url: String, incarnation: String },
+    /// Add a learner that may not be running yet, without waiting for it (etcd's MemberAdd,
+    /// which comes before the member is started).
+    AddLearnerToStart { id: NodeId, member: Member },
 }
 
 /// The payload of a normal raft log entry, as the log keeps it and peers send it. The variant

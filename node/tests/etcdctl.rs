@@ -267,3 +267,101 @@ async fn a_watch_that_needs_a_leader_is_refused_by_a_member_that_has_none() {
     .await
     .expect("the watch ran");
 }
+
+/// The added member's entry in `member add -w json`'s answer, its id masked.
+fn added_member(output: &str) -> (u64, Value) {
+    let answer: Value = serde_json::from_str(output).unwrap_or_else(|e| panic!("{e}: {output}"));
+    let mut member = answer["member"].clone();
+    let id = member["ID"].as_u64().unwrap_or_else(|| panic!("an ID: {output}"));
+    member["ID"] = Value::from("<id>");
+    (id, member)
+}
+
+/// The member `id` in `member list -w json`'s answer.
+fn listed(endpoint: &str, id: u64) -> Option<Value> {
+    let out = etcdctl(endpoint, "member list -w json", "", false);
+    let list: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    list["members"].as_array()?.iter().find(|m| m["ID"].as_u64() == Some(id)).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_added_updated_and_removed_as_etcdctl_does_it() {
+    for (program, package) in [("etcdctl", "etcd-client"), ("etcd", "etcd-server")] {
+        if !metastore_testkit::available(Path::new(program), "--version")
+            && !metastore_testkit::available(Path::new(program), "version")
+        {
+            eprintln!("SKIPPED: {program} is not installed (apt-get install {package})");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_etcd, etcd_url) = start_etcd(dir.path());
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("a follower").client_url();
+    let (peer, client) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer}");
+
+    // A learner that is not running yet: added as etcd adds it, listed unstarted (no name).
+    let learner_url = format!("http://127.0.0.1:{}", free_port());
+    let add_learner = format!("member add learner --peer-urls={learner_url} --learner -w json");
+    let (etcd_follower, etcd_add) = (follower.clone(), add_learner.clone());
+    let (learner, ours, theirs) = tokio::task::spawn_blocking(move || {
+        wait_until_serving(&etcd_url);
+        wait_until_serving(&etcd_follower);
+        let (_, theirs) = added_member(&etcdctl(&etcd_url, &etcd_add, "", false));
+        let (learner, ours) = added_member(&etcdctl(&etcd_follower, &etcd_add, "", false));
+        (learner, ours, theirs)
+    })
+    .await
+    .expect("added");
+    assert_eq!(ours, theirs, "the added learner as etcd describes it");
+    let endpoint = follower.clone();
+    let (member, refused) = tokio::task::spawn_blocking(move || {
+        let listed_learner = listed(&endpoint, learner).expect("the learner is listed");
+        assert_eq!(listed_learner["isLearner"], true, "{listed_learner}");
+        assert!(listed_learner.get("name").is_none(), "unstarted: no name yet: {listed_learner}");
+        let removed = etcdctl(&endpoint, &format!("member remove {learner:x}"), "", false);
+        assert!(removed.contains("removed from cluster"), "{removed}");
+        assert!(listed(&endpoint, learner).is_none(), "the learner is gone");
+
+        // A voter: added as a learner, promoted once it has started and caught up.
+        let add = format!("member add new --peer-urls={peer_url} -w json");
+        let (member, _) = added_member(&etcdctl(&endpoint, &add, "", false));
+        let again = etcdctl(&endpoint, &add, "", false);
+        assert!(again.contains("etcdserver: Peer URLs already exists"), "{again}");
+        let update = etcdctl(
+            &endpoint,
+            &format!("member update {member:x} --peer-urls=http://127.0.0.1:1"),
+            "",
+            false,
+        );
+        (member, update)
+    })
+    .await
+    .expect("changed");
+    assert!(refused.contains("never changes"), "a peer URL cannot move: {refused}");
+    let args = ["--join", "--member-id", &member.to_string(), "--advertise-peer-url"];
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.extend([format!("http://127.0.0.1:{peer}"), "--port".into(), client.to_string()]);
+    cluster.add(member, peer, client, args);
+    let endpoint = follower.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let entry = listed(&endpoint, member).expect("the new member is listed");
+            // A voter, started (named, its client URL recorded).
+            if entry.get("isLearner").is_none() && entry["name"] == format!("member-{member}") {
+                assert_eq!(entry["clientURLs"][0], format!("http://127.0.0.1:{client}"), "{entry}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never promoted: {entry}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let removed = etcdctl(&endpoint, &format!("member remove {member:x}"), "", false);
+        assert!(removed.contains("removed from cluster"), "{removed}");
+        assert!(listed(&endpoint, member).is_none(), "the member is gone");
+    })
+    .await
+    .expect("joined and left");
+}

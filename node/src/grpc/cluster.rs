@@ -11,15 +11,20 @@ use metastore_etcd_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+use std::time::Duration;
+
 use super::errors::{status, MEMBER_NOT_FOUND};
 use super::Etcd;
-use crate::service::{MemberView, Role};
+use crate::service::{MemberView, Role, Service, ServiceError, PEER_URL_EXISTS};
 use crate::types::MembershipChange;
 
+/// A member as etcd lists it. One that has not started yet (added, but never recorded its
+/// client URL) has no name, which is how etcdctl tells it is "unstarted".
 fn member(view: MemberView) -> Member {
+    let started = !view.member.client_url.is_empty();
     Member {
         id: view.id,
-        name: format!("member-{}", view.id),
+        name: if started { format!("member-{}", view.id) } else { String::new() },
         peer_ur_ls: vec![view.member.peer_url],
         client_ur_ls: if view.member.client_url.is_empty() { vec![] } else { vec![view.member.client_url] },
         is_learner: view.role == Role::Learner,
@@ -49,25 +54,91 @@ impl Etcd {
             MembershipChange::Promote { id } | MembershipChange::Remove { id } => *id,
             _ => 0,
         };
-        if !self.service.members().iter().any(|m| m.id == id) {
+        if !self.knows(id).await {
             return Err(Status::not_found(MEMBER_NOT_FOUND));
         }
-        self.service.change_membership(change).await.map_err(status)?;
+        let index = self.service.change_membership(change).await.map_err(status)?;
+        self.sees_membership_of(index).await;
         Ok(self.members())
+    }
+
+    /// Whether member `id` is in the membership; a member this one has not heard of yet may
+    /// have been added through another, so it asks the leader before it says no.
+    async fn knows(&self, id: u64) -> bool {
+        let known = |etcd: &Self| etcd.service.members().iter().any(|m| m.id == id);
+        if known(self) {
+            return true;
+        }
+        let fresh = self.service.await_freshness(crate::service::ReadConsistency::Linearizable).await;
+        fresh.is_ok() && known(self)
+    }
+
+    /// Waits (briefly) until this member's own view of the membership holds the change the
+    /// leader committed at `index`, so that an answer lists the membership as changed.
+    async fn sees_membership_of(&self, index: u64) {
+        let seen = self
+            .service
+            .raft()
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(
+                |m| m.membership_config.log_id().map_or(0, |l| l.index) >= index,
+                "membership change seen",
+            )
+            .await;
+        if seen.is_err() {
+            tracing::debug!(index, "answering before this member saw the membership change");
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for Etcd {
+    /// etcd's order: the member is added first, then started (`metastore --join --member-id
+    /// <ID>`, the id this answers with). A learner stays one until promoted; a voter is added as
+    /// a learner too and promoted once it has started and caught up, so that a member that never
+    /// starts cannot cost the cluster its quorum as it would cost etcd's.
+    #[tracing::instrument(skip_all, fields(member = self.service.id()))]
     async fn member_add(
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented(
-            "metaStore adds a member that is already running, under the id it was started with: \
-             use POST /v1/cluster/members (docs/api.md)",
-        ))
+        let r = request.into_inner();
+        let [peer_url] = r.peer_ur_ls.as_slice() else {
+            return Err(Status::invalid_argument("a metaStore member has exactly one peer URL"));
+        };
+        crate::config::parse_url(peer_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let peer_url = peer_url.trim_end_matches('/').to_string();
+        let known = self.service.members();
+        if known.iter().any(|m| m.member.peer_url == peer_url) {
+            return Err(Status::failed_precondition(PEER_URL_EXISTS));
+        }
+        // Ids are small and never reused while the member they named is known.
+        let id = known.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let member = crate::types::Member { peer_url, client_url: String::new(), incarnation: String::new() };
+        let index = self
+            .service
+            .change_membership(MembershipChange::AddLearnerToStart { id, member })
+            .await
+            .map_err(status)?;
+        self.sees_membership_of(index).await;
+        if !r.is_learner {
+            tokio::spawn(promote_when_ready(self.service.clone(), id));
+        }
+        let members = self.members();
+        // Listed once this member has seen the change; as it was added, in any case.
+        let added = members.iter().find(|m| m.id == id).cloned().or(Some(Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls.clone(),
+            client_ur_ls: Vec::new(),
+            is_learner: true,
+        }));
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.header(self.current_revision())),
+            member: added,
+            members,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(member = self.service.id()))]
@@ -83,15 +154,30 @@ impl Cluster for Etcd {
         }))
     }
 
+    /// A member's peer URL never changes in metaStore (a member reachable at two addresses
+    /// could count twice towards a quorum): an update to the URL it has is answered, any other
+    /// refused.
     async fn member_update(
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         self.admit(&request)?;
-        Err(Status::unimplemented(
-            "a member's peer URL never changes in metaStore: a member reachable at two addresses \
-             could count twice towards a quorum; remove it and add it anew",
-        ))
+        let r = request.into_inner();
+        let Some(current) = self.service.members().into_iter().find(|m| m.id == r.id) else {
+            return Err(Status::not_found(MEMBER_NOT_FOUND));
+        };
+        let asked: Vec<&str> = r.peer_ur_ls.iter().map(|u| u.trim_end_matches('/')).collect();
+        if asked != [current.member.peer_url.as_str()] {
+            return Err(Status::failed_precondition(format!(
+                "member {:x} stays at {}: a member's peer URL never changes in metaStore; \
+                 remove it and add it anew at the new URL",
+                r.id, current.member.peer_url
+            )));
+        }
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.header(self.current_revision())),
+            members: self.members(),
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.service.id()))]
@@ -123,4 +209,31 @@ impl Cluster for Etcd {
             members,
         }))
     }
+}
+
+/// How long a member added as a voter may take to start and catch up before it is left a
+/// learner (`etcdctl member promote` then finishes the job).
+const PROMOTE_WITHIN: Duration = Duration::from_secs(30 * 60);
+
+/// Promotes learner `id` once the leader finds it caught up; gives up when it is removed, or
+/// after [`PROMOTE_WITHIN`].
+async fn promote_when_ready(service: Service, id: u64) {
+    let deadline = tokio::time::Instant::now() + PROMOTE_WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match service.change_membership(MembershipChange::Promote { id }).await {
+            Ok(_) => {
+                tracing::info!(member = id, "added member caught up: now a voter");
+                return;
+            }
+            // Not a learner any more: removed meanwhile.
+            Err(ServiceError::Invalid(reason)) => {
+                tracing::info!(member = id, %reason, "added member not promoted");
+                return;
+            }
+            // Not caught up yet (or not started), no leader, another change in progress.
+            Err(_) => {}
+        }
+    }
+    tracing::warn!(member = id, "added member did not catch up in time: left a learner");
 }

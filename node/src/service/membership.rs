@@ -17,6 +17,8 @@ use crate::types::{Member, MembershipChange, NodeId, RaftMetrics};
 
 /// How long adding a learner waits for it to catch up before answering anyway.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
+/// etcd's words for a member added at another member's peer URL, which its clients match.
+pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 
 impl Service {
     /// Carries out a membership change on the leader; returns the log index it committed at.
@@ -97,8 +99,11 @@ impl Service {
             metrics.membership_config.log_id().map_or(0, |id| id.index),
         ));
         let raft = self.raft();
+        // etcd's MemberAdd comes before the member is started: nothing to wait for.
+        let await_catch_up = matches!(change, MembershipChange::AddLearner { .. });
         let result = match change {
-            MembershipChange::AddLearner { id, member } => {
+            MembershipChange::AddLearner { id, member }
+            | MembershipChange::AddLearnerToStart { id, member } => {
                 if voters.contains(&id) {
                     return Err(ForwardError::Conflict(format!("member {id} is already a voter")));
                 }
@@ -107,10 +112,19 @@ impl Service {
                         "member {id} is already known as {existing}; remove it before adding it anew"
                     )));
                 }
+                // Two members at one address would be one process counted twice.
+                if let Some((other, _)) =
+                    membership.nodes().find(|(other, m)| **other != id && m.peer_url == member.peer_url)
+                {
+                    return Err(ForwardError::Conflict(format!(
+                        "{}: member {other} is at {}",
+                        PEER_URL_EXISTS, member.peer_url
+                    )));
+                }
                 tracing::info!(member = id, peer_url = %member.peer_url, "adding learner");
                 // Not openraft's blocking add, which waits without a bound; the wait below is bounded.
                 let added = raft.add_learner(id, member, false).await;
-                if added.is_ok() {
+                if added.is_ok() && await_catch_up {
                     self.await_caught_up(id).await;
                 }
                 added

@@ -37,6 +37,7 @@ use forward::{WriteWaiter, REQUEST_DEADLINE};
 use reads::{ReadConfirmation, ReadIndexWaiter};
 
 pub use error::ServiceError;
+pub use membership::PEER_URL_EXISTS;
 pub use reads::ReadConsistency;
 pub use status::{ClusterView, MemberView, Role, State};
 
