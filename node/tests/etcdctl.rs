@@ -210,15 +210,23 @@ fn wait_until_serving(endpoint: &str) {
     panic!("{endpoint} never became healthy");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_etcdctl_session_answers_as_etcd_answers() {
+/// Whether etcd and etcdctl are both here; says which is missing if not.
+fn etcd_installed() -> bool {
     for (program, package) in [("etcdctl", "etcd-client"), ("etcd", "etcd-server")] {
         if !metastore_testkit::available(Path::new(program), "--version")
             && !metastore_testkit::available(Path::new(program), "version")
         {
             eprintln!("SKIPPED: {program} is not installed (apt-get install {package})");
-            return;
+            return false;
         }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcdctl_session_answers_as_etcd_answers() {
+    if !etcd_installed() {
+        return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let (_etcd, etcd_url) = start_etcd(dir.path());
@@ -286,13 +294,8 @@ fn listed(endpoint: &str, id: u64) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn members_are_added_updated_and_removed_as_etcdctl_does_it() {
-    for (program, package) in [("etcdctl", "etcd-client"), ("etcd", "etcd-server")] {
-        if !metastore_testkit::available(Path::new(program), "--version")
-            && !metastore_testkit::available(Path::new(program), "version")
-        {
-            eprintln!("SKIPPED: {program} is not installed (apt-get install {package})");
-            return;
-        }
+    if !etcd_installed() {
+        return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let (_etcd, etcd_url) = start_etcd(dir.path());
