@@ -108,6 +108,16 @@ impl KvReader {
         selection: Selection,
         max_bytes: usize,
     ) -> Result<(Selected, u64), StoreError> {
+        // One key (etcd's get) is answered like `get`: from memory on this task when it can be.
+        if end
+            .as_deref()
+            .is_some_and(|end| end.len() == start.len() + 1 && end.starts_with(&start) && end.ends_with(&[0]))
+        {
+            match read_key(&self.db, &start, at, ReadTier::BlockCache) {
+                Err(StoreError::Rocks(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {}
+                read => return select_one(selection, max_bytes, &start, read?),
+            }
+        }
         let db = self.db.clone();
         run_blocking(move || {
             let mut selector = selection.selector(max_bytes);
@@ -209,6 +219,24 @@ fn read_key(db: &DB, key: &[u8], at: Option<u64>, tier: ReadTier) -> Result<KeyR
         }
     };
     Ok(KeyRead { record, revision })
+}
+
+/// [`KvReader::select`] of the one key `read` read.
+fn select_one(
+    selection: Selection,
+    max_bytes: usize,
+    key: &[u8],
+    read: KeyRead,
+) -> Result<(Selected, u64), StoreError> {
+    let mut selector = selection.selector(max_bytes);
+    if let Some(record) = read.record {
+        if selector.wants_more() {
+            selector.offer(key, record)?;
+        } else {
+            selector.count();
+        }
+    }
+    Ok((selector.finish(), read.revision))
 }
 
 /// FNV-1a, 32 bits: a checksum every member computes alike, whatever its build.
@@ -360,7 +388,7 @@ mod tests {
     use crate::storage::codec::encode_record;
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_key_only_on_disk_is_read_from_disk() {
+    async fn a_key_only_on_disk_is_read_from_disk_by_get_and_by_select() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("db");
         let record =
@@ -378,11 +406,26 @@ mod tests {
         let reader = KvReader::new(Arc::new(super::super::open_db(&path).expect("reopen")));
         assert_eq!(
             reader.get(b"\xff".to_vec(), None).await.expect("read"),
-            KeyRead { record: Some(record), revision: 1 }
+            KeyRead { record: Some(record.clone()), revision: 1 }
         );
         assert_eq!(
             reader.get(b"absent".to_vec(), None).await.expect("read"),
             KeyRead { record: None, revision: 1 }
         );
+        // So is a select of that one key (etcd's get), which tries memory first too.
+        let one = |key: &[u8], selection| {
+            let end = [key, &[0]].concat();
+            reader.select(key.to_vec(), Some(end), None, selection, usize::MAX)
+        };
+        let (selected, revision) = one(b"\xff", Selection::default()).await.expect("select");
+        assert_eq!(
+            (selected.kvs, selected.count, selected.more, revision),
+            (vec![(b"\xff".to_vec(), record)], 1, false, 1)
+        );
+        let counted = Selection { count_only: true, ..Selection::default() };
+        let (selected, _) = one(b"\xff", counted).await.expect("count");
+        assert_eq!((selected.kvs.len(), selected.count), (0, 1));
+        let (selected, _) = one(b"absent", Selection::default()).await.expect("select");
+        assert_eq!((selected.kvs.len(), selected.count), (0, 0));
     }
 }
