@@ -264,3 +264,43 @@ async fn maintenance_and_members_look_like_etcd_and_agree_across_members() {
     clients[0].put("h/c", "3", None).await.expect("put");
     assert_ne!(clients[0].hash_kv(0).await.expect("hash").hash(), hashes[0], "and a change changes it");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_streams_the_store_as_of_the_request_from_any_member() {
+    let (_cluster, mut clients) = started(3).await;
+    // Over a megabyte: the snapshot comes in several messages, each under gRPC's 4 MiB default.
+    let value = "v".repeat(4096);
+    for i in 0..300 {
+        clients[0].put(format!("snap/{i:03}"), value.as_str(), None).await.expect("put");
+    }
+    let last = clients[0].put("snap/last", "the last write", None).await.expect("put");
+    let written = last.header().expect("header").revision();
+    // A follower has applied the last write once it reads it serializably.
+    let mut follower = clients[1].clone();
+    eventually(Duration::from_secs(10), || {
+        let mut c = follower.clone();
+        async move {
+            let read = c.get("snap/last", Some(GetOptions::new().with_serializable())).await?;
+            if read.kvs().is_empty() {
+                Err(Error::InvalidArgs("not applied yet".into()))
+            } else {
+                Ok(())
+            }
+        }
+    })
+    .await;
+    let mut stream = follower.snapshot().await.expect("a snapshot stream");
+    let (mut bytes, mut messages, mut remaining) = (Vec::new(), 0, u64::MAX);
+    while let Some(answer) = stream.message().await.expect("a piece") {
+        assert!(answer.header().is_some_and(|h| h.revision() >= written), "as of the request or later");
+        bytes.extend_from_slice(answer.blob());
+        remaining = answer.remaining_bytes();
+        messages += 1;
+    }
+    assert!(messages > 1, "{} bytes in {messages} message(s)", bytes.len());
+    assert_eq!(remaining, 0, "the last message says nothing remains");
+    assert!(bytes.starts_with(b"MSSNAP03"), "metaStore's snapshot format");
+    assert!(metastore_node::storage::seal::is_sealed(&bytes), "sealed as a file, by its SHA-256");
+    let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(b"snap/last") && holds(b"the last write"), "the write made just before is in it");
+}

@@ -10,8 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Cluster};
-use metastore_testkit::Process;
+use common::{free_port, start_etcd, Cluster};
 use serde_json::Value;
 
 /// One step of the session: etcdctl's arguments (`{rev+N}` stands for the revision N writes
@@ -188,18 +187,6 @@ fn mask_text(line: &str, base: i64, lease: &str) -> String {
     line
 }
 
-fn start_etcd(dir: &Path) -> (Process, String) {
-    let (peer, client) = (free_port(), free_port());
-    let (peer_url, client_url) = (format!("http://127.0.0.1:{peer}"), format!("http://127.0.0.1:{client}"));
-    let mut command = Command::new("etcd");
-    command.arg("--data-dir").arg(dir.join("etcd"));
-    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
-    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
-    command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
-    let etcd = Process::spawn("etcd", command, &dir.join("etcd.log")).expect("etcd starts");
-    (etcd, client_url)
-}
-
 fn wait_until_serving(endpoint: &str) {
     for _ in 0..200 {
         if etcdctl(endpoint, "endpoint health", "", false).contains("is healthy") {
@@ -367,4 +354,28 @@ async fn members_are_added_updated_and_removed_as_etcdctl_does_it() {
     })
     .await
     .expect("joined and left");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_saves_a_snapshot_of_any_member_to_a_file() {
+    if !etcd_installed() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("a follower").client_url();
+    let file = cluster.path().join("backup.snap");
+    tokio::task::spawn_blocking(move || {
+        wait_until_serving(&follower);
+        let put = etcdctl(&follower, "put saved-key saved-value", "", false);
+        assert_eq!(put.trim(), "OK");
+        let saved = etcdctl(&follower, &format!("snapshot save {}", file.display()), "", false);
+        assert!(saved.contains(&format!("Snapshot saved at {}", file.display())), "{saved}");
+        let bytes = std::fs::read(&file).expect("the snapshot file");
+        assert!(bytes.starts_with(b"MSSNAP03"), "metaStore's snapshot format");
+        assert!(bytes.windows(9).any(|w| w == b"saved-key"), "the key written before is in it");
+        assert!(metastore_node::storage::seal::is_sealed(&bytes), "sealed by its SHA-256");
+    })
+    .await
+    .expect("saved");
 }

@@ -1,4 +1,5 @@
-//! The Maintenance service: status, alarms, defragmentation, checksums, leadership transfer.
+//! The Maintenance service: status, alarms, defragmentation, checksums, snapshots, leadership
+//! transfer.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use metastore_etcd_proto::etcdserverpb::{
     HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
     StatusRequest, StatusResponse,
 };
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -15,10 +17,14 @@ use super::convert::{signed, unsigned};
 use super::errors::{status, BAD_LEADER_TRANSFEREE, TIMED_OUT};
 use super::Etcd;
 use crate::service::{Role, ServiceError};
+use crate::storage::seal::Seal;
 
 /// The etcd release whose API metaStore serves, as `Status` reports it: clients parse it to
 /// decide what the server can do (Kubernetes does, to turn features on).
 pub const ETCD_VERSION: &str = "3.4.31";
+
+/// Snapshot bytes per message: well under the 4 MiB that gRPC clients accept by default.
+const SNAPSHOT_PIECE_BYTES: usize = 256 * 1024;
 
 /// How long a leadership transfer may take before it is reported as timed out.
 const TRANSFER_WITHIN: Duration = Duration::from_secs(5);
@@ -85,10 +91,41 @@ impl Maintenance for Etcd {
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
+    /// This member's store as of now, streamed in metaStore's snapshot format and sealed as a
+    /// file ([`Seal`]): what `etcdctl snapshot save` writes (not etcd's bolt database).
+    #[tracing::instrument(skip_all, fields(member = self.service.id()))]
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented(
-            "snapshots over the etcd API are not served yet (docs/etcd-compatibility.md)",
-        ))
+        let (data, revision) = self.service.fresh_snapshot().await.map_err(status)?;
+        let mut pieces = data.pieces(SNAPSHOT_PIECE_BYTES).await;
+        let header = self.header(revision);
+        let (answers, stream) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut seal = Seal::default();
+            while let Some(piece) = pieces.recv().await {
+                let (answer, last) = match piece {
+                    // The total is known only at the end: until then, at least one more piece.
+                    Ok(mut piece) => {
+                        seal.add(&piece.data);
+                        if piece.last {
+                            piece.data.extend(std::mem::take(&mut seal).finish());
+                        }
+                        let remaining = if piece.last { 0 } else { SNAPSHOT_PIECE_BYTES as u64 };
+                        let answer = SnapshotResponse {
+                            header: Some(header),
+                            remaining_bytes: remaining,
+                            blob: piece.data,
+                        };
+                        (Ok(answer), piece.last)
+                    }
+                    Err(e) => (Err(storage(e)), true),
+                };
+                // A client that went away wants no more.
+                if answers.send(answer).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     /// Hands leadership to `target_id`; asked of the leader, as etcd asks it.

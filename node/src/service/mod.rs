@@ -9,6 +9,7 @@
 //! member reports of the cluster ([`status`]).
 
 pub mod auto_compaction;
+mod backup;
 mod batcher;
 mod bootstrap;
 mod error;

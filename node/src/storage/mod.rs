@@ -25,6 +25,7 @@ mod log_store;
 #[cfg(test)]
 mod model_tests;
 mod reader;
+pub mod seal;
 mod snapshot;
 mod state_machine;
 mod wal_sync;

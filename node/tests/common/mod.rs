@@ -261,3 +261,16 @@ where
         }
     }
 }
+
+/// A one-member etcd (Debian's `etcd-server`) with its data in `dir`; its client URL.
+pub fn start_etcd(dir: &Path) -> (Process, String) {
+    let (peer, client) = (free_port(), free_port());
+    let (peer_url, client_url) = (format!("http://127.0.0.1:{peer}"), format!("http://127.0.0.1:{client}"));
+    let mut command = Command::new("etcd");
+    command.arg("--data-dir").arg(dir.join("etcd"));
+    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
+    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
+    command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
+    let etcd = Process::spawn("etcd", command, &dir.join("etcd.log")).expect("etcd starts");
+    (etcd, client_url)
+}

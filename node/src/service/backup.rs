@@ -1,0 +1,53 @@
+//! Snapshots taken on request, for backups (etcd's Maintenance.Snapshot): this member's raft
+//! snapshot, made fresh so that it holds everything the member had applied when asked. It is
+//! the snapshot a lagging member would be sent (`storage/snapshot.rs`'s format, a RocksDB
+//! checkpoint streamed record by record), so it carries raft's description with it: the last
+//! log entry it covers and the membership.
+
+use std::time::{Duration, Instant};
+
+use super::{Service, ServiceError};
+use crate::storage::SnapshotData;
+
+/// How long taking a snapshot may take: flushing the memtables, then linking the table files.
+const SNAPSHOT_WITHIN: Duration = Duration::from_secs(60);
+/// How often the snapshot is asked for again while none covers what was applied.
+const RETRIGGER_AFTER: Duration = Duration::from_secs(2);
+
+impl Service {
+    /// A snapshot of this member's store covering at least everything it had applied when
+    /// asked, and the store's revision in it.
+    #[tracing::instrument(skip_all, fields(member = self.id()))]
+    pub async fn fresh_snapshot(&self) -> Result<(SnapshotData, u64), ServiceError> {
+        let applied = self.metrics().last_applied.map(|id| id.index);
+        let raft = self.raft();
+        let deadline = Instant::now() + SNAPSHOT_WITHIN;
+        loop {
+            // Ignored while a snapshot is being built; that one may end short of `applied`,
+            // so the request is made again until one covers it.
+            raft.trigger().snapshot().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            let taken = raft
+                .wait(Some(RETRIGGER_AFTER))
+                .metrics(|m| m.snapshot.map(|id| id.index) >= applied, "snapshot taken")
+                .await;
+            if taken.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ServiceError::Unavailable(format!(
+                    "no snapshot covering log index {applied:?} was taken within {SNAPSHOT_WITHIN:?}"
+                )));
+            }
+        }
+        let snapshot = raft.get_snapshot().await.map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let Some(snapshot) = snapshot else {
+            return Err(ServiceError::Unavailable("the member has no snapshot yet".into()));
+        };
+        let revision = match &snapshot.snapshot {
+            SnapshotData::Checkpoint(checkpoint) => checkpoint.header().revision,
+            // Never so: a member checkpoints a snapshot it installs, and hands out checkpoints.
+            SnapshotData::Received(_) => *self.reader().applied().borrow(),
+        };
+        Ok((snapshot.snapshot, revision))
+    }
+}

@@ -1,0 +1,75 @@
+//! A snapshot as a file of its own (a backup): the snapshot's bytes, zeros up to a multiple of
+//! 512 bytes, then the SHA-256 of everything before it. That is the shape of etcd's snapshot
+//! files (a database of whole pages, then its SHA-256), which etcdctl checks before it keeps
+//! one; and it lets a restore tell a whole file from a damaged or truncated one.
+
+use sha2::{Digest, Sha256};
+
+/// The sealed file's length is a multiple of this, plus the checksum.
+const SECTOR: u64 = 512;
+const CHECKSUM: usize = 32;
+
+/// Seals a snapshot streamed through it.
+#[derive(Default)]
+pub struct Seal {
+    hasher: Sha256,
+    length: u64,
+}
+
+impl Seal {
+    /// Counts the next bytes of the snapshot in.
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.length += bytes.len() as u64;
+    }
+
+    /// What closes the file after the last bytes: the padding, then the checksum.
+    pub fn finish(mut self) -> Vec<u8> {
+        let padding = (SECTOR - self.length % SECTOR) % SECTOR;
+        let mut tail = vec![0; padding as usize];
+        self.hasher.update(&tail);
+        tail.extend_from_slice(&self.hasher.finalize());
+        tail
+    }
+}
+
+/// Whether `file` is a sealed snapshot whose checksum holds.
+pub fn is_sealed(file: &[u8]) -> bool {
+    let Some(body) = file.len().checked_sub(CHECKSUM).map(|end| &file[..end]) else { return false };
+    (body.len() as u64).is_multiple_of(SECTOR) && Sha256::digest(body).as_slice() == &file[body.len()..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut seal = Seal::default();
+        let mut file = Vec::new();
+        for piece in pieces {
+            seal.add(piece);
+            file.extend_from_slice(piece);
+        }
+        file.extend(seal.finish());
+        file
+    }
+
+    #[test]
+    fn a_sealed_file_is_whole_sectors_then_its_checksum_as_etcdctl_expects() {
+        for pieces in [&[][..], &[&b"MSSNAP03"[..]][..], &[&[7u8; 512][..], &[1u8; 3][..]][..]] {
+            let file = sealed(pieces);
+            assert_eq!(file.len() % 512, 32, "{} bytes", file.len());
+            assert!(is_sealed(&file));
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_file_is_not_sealed() {
+        let file = sealed(&[b"some snapshot bytes"]);
+        let mut damaged = file.clone();
+        damaged[3] ^= 1;
+        assert!(!is_sealed(&damaged));
+        assert!(!is_sealed(&file[..file.len() - 1]));
+        assert!(!is_sealed(&file[..10]));
+    }
+}
