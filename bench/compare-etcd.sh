@@ -226,7 +226,7 @@ import re, sys
 out = sys.argv[1]
 verdict = "PASS" if re.search(r"^PASS$", out, re.M) else "FAIL"
 found = lambda pattern: (re.search(pattern, out) or [None, "?"])[1]
-throughput = found(r"Throughput is (\d+)")
+throughput = found(r"Throughput (?:is|too low:) (\d+)")
 slowest = found(r"Slowest request took ([\d.]+)")
 stddev = found(r"Stddev is ([\d.]+)")
 print(f"{verdict}: {throughput} w/s, slowest {slowest} s, stddev {stddev} s")

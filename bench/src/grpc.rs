@@ -28,6 +28,8 @@ use crate::target::{Revision, Role};
 
 /// A request not answered in this long counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each stream's flow-control window; a connection's is four times as large.
+const WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 /// One member's connections. Cheap to clone; clones share them.
 #[derive(Clone)]
@@ -39,9 +41,14 @@ pub struct Grpc {
 impl Grpc {
     /// `connections` HTTP/2 connections to `url` (`http://host:port`), opened on first use.
     pub fn new(url: &str, connections: usize) -> anyhow::Result<Self> {
+        // Windows as large as grpc-go's grow to: h2 closes a connection whose unread small
+        // frames cost more than half its window, and a watch fan-out (a thousand streams of
+        // small events, read by a generator that falls behind) reaches that with small ones.
         let endpoint = Endpoint::from_shared(url.to_string())?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(REQUEST_TIMEOUT)
+            .initial_connection_window_size(WINDOW_BYTES * 4)
+            .initial_stream_window_size(WINDOW_BYTES)
             .tcp_nodelay(true);
         let channels = (0..connections.max(1)).map(|_| endpoint.connect_lazy()).collect();
         Ok(Self { channels, next: Arc::default() })

@@ -216,7 +216,7 @@ async fn an_etcdctl_session_answers_as_etcd_answers() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_etcd, etcd_url) = start_etcd(dir.path());
+    let (_etcd, etcd_url) = start_etcd(dir.path()).await;
     let cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     // Through a follower: every call must work on every member.
@@ -285,7 +285,7 @@ async fn members_are_added_updated_and_removed_as_etcdctl_does_it() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_etcd, etcd_url) = start_etcd(dir.path());
+    let (_etcd, etcd_url) = start_etcd(dir.path()).await;
     let mut cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("a follower").client_url();

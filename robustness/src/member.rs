@@ -201,7 +201,12 @@ impl Member {
                 let requests = open(LeaseKeepAliveRequest { id });
                 let mut answers =
                     etcd.lease().lease_keep_alive(requests).await.map_err(grpc_failure)?.into_inner();
-                match answers.message().await.map_err(grpc_failure)? {
+                // The channel's timeout covers the answer's headers only, which come at once.
+                let answer =
+                    tokio::time::timeout(REQUEST_TIMEOUT, answers.message()).await.map_err(|_| {
+                        Failure::Other(format!("no keep-alive answer within {REQUEST_TIMEOUT:?}"))
+                    })?;
+                match answer.map_err(grpc_failure)? {
                     Some(answer) if answer.ttl > 0 => Ok(()),
                     // etcd answers a lease it does not have with a TTL of 0.
                     Some(_) => Err(Failure::LeaseNotFound),

@@ -54,7 +54,7 @@ impl Etcd {
             MembershipChange::Promote { id } | MembershipChange::Remove { id } => *id,
             _ => 0,
         };
-        if !self.knows(id).await {
+        if !self.knows(id).await? {
             return Err(Status::not_found(MEMBER_NOT_FOUND));
         }
         let index = self.service.change_membership(change).await.map_err(status)?;
@@ -64,13 +64,18 @@ impl Etcd {
 
     /// Whether member `id` is in the membership; a member this one has not heard of yet may
     /// have been added through another, so it asks the leader before it says no.
-    async fn knows(&self, id: u64) -> bool {
-        let known = |etcd: &Self| etcd.service.members().iter().any(|m| m.id == id);
-        if known(self) {
-            return true;
+    async fn knows(&self, id: u64) -> Result<bool, Status> {
+        if self.service.members().iter().any(|m| m.id == id) {
+            return Ok(true);
         }
-        let fresh = self.service.await_freshness(crate::service::ReadConsistency::Linearizable).await;
-        fresh.is_ok() && known(self)
+        self.fresh().await?;
+        Ok(self.service.members().iter().any(|m| m.id == id))
+    }
+
+    /// Waits until this member has applied everything committed when asked, membership
+    /// changes made through other members included.
+    async fn fresh(&self) -> Result<(), Status> {
+        self.service.await_freshness(crate::service::ReadConsistency::Linearizable).await.map_err(status)
     }
 
     /// Waits (briefly) until this member's own view of the membership holds the change the
@@ -109,21 +114,30 @@ impl Cluster for Etcd {
         };
         crate::config::parse_url(peer_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let peer_url = peer_url.trim_end_matches('/').to_string();
+        // The id comes from the membership as the leader has it, not as this member last saw it.
+        self.fresh().await?;
         let known = self.service.members();
         if known.iter().any(|m| m.member.peer_url == peer_url) {
             return Err(Status::failed_precondition(PEER_URL_EXISTS));
         }
         // Ids are small and never reused while the member they named is known.
         let id = known.iter().map(|m| m.id).max().unwrap_or(0) + 1;
-        let member = crate::types::Member { peer_url, client_url: String::new(), incarnation: String::new() };
-        let index = self
-            .service
-            .change_membership(MembershipChange::AddLearnerToStart { id, member })
-            .await
-            .map_err(status)?;
+        let member = crate::types::Member {
+            peer_url: peer_url.clone(),
+            client_url: String::new(),
+            incarnation: String::new(),
+        };
+        let added = self.service.change_membership(MembershipChange::AddLearnerToStart { id, member }).await;
+        let index = match added {
+            // The leader's words carry which member has the URL; etcd's clients match etcd's.
+            Err(ServiceError::Conflict(m)) if m.starts_with(PEER_URL_EXISTS) => {
+                return Err(Status::failed_precondition(PEER_URL_EXISTS))
+            }
+            added => added.map_err(status)?,
+        };
         self.sees_membership_of(index).await;
         if !r.is_learner {
-            tokio::spawn(promote_when_ready(self.service.clone(), id));
+            tokio::spawn(promote_when_ready(self.service.clone(), id, peer_url));
         }
         let members = self.members();
         // Listed once this member has seen the change; as it was added, in any case.
@@ -163,6 +177,9 @@ impl Cluster for Etcd {
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         self.admit(&request)?;
         let r = request.into_inner();
+        if !self.knows(r.id).await? {
+            return Err(Status::not_found(MEMBER_NOT_FOUND));
+        }
         let Some(current) = self.service.members().into_iter().find(|m| m.id == r.id) else {
             return Err(Status::not_found(MEMBER_NOT_FOUND));
         };
@@ -212,15 +229,28 @@ impl Cluster for Etcd {
 }
 
 /// How long a member added as a voter may take to start and catch up before it is left a
-/// learner (`etcdctl member promote` then finishes the job).
+/// learner (`etcdctl member promote` then finishes the job, as it does if the member that took
+/// the request restarts meanwhile).
 const PROMOTE_WITHIN: Duration = Duration::from_secs(30 * 60);
 
-/// Promotes learner `id` once the leader finds it caught up; gives up when it is removed, or
-/// after [`PROMOTE_WITHIN`].
-async fn promote_when_ready(service: Service, id: u64) {
+/// Promotes learner `id`, added at `peer_url`, once the leader finds it caught up; gives up
+/// when it is removed (or replaced by another member under its id), or after
+/// [`PROMOTE_WITHIN`].
+async fn promote_when_ready(service: Service, id: u64, peer_url: String) {
     let deadline = tokio::time::Instant::now() + PROMOTE_WITHIN;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Ids are reused once their member is gone: this is still the member added only while
+        // its id names a learner at its URL (a promote of anything else is never sent).
+        let still_ours = service.members().into_iter().find(|m| m.id == id);
+        match still_ours {
+            Some(m) if m.member.peer_url == peer_url && m.role == Role::Learner => {}
+            Some(m) if m.member.peer_url == peer_url => return,
+            _ => {
+                tracing::info!(member = id, "added member removed before it was promoted");
+                return;
+            }
+        }
         match service.change_membership(MembershipChange::Promote { id }).await {
             Ok(_) => {
                 tracing::info!(member = id, "added member caught up: now a voter");

@@ -1,5 +1,5 @@
 //! Snapshots taken on request, for backups (etcd's Maintenance.Snapshot): this member's raft
-//! snapshot, made fresh so that it holds everything the member had applied when asked. It is
+//! snapshot, made fresh so that it holds every write acknowledged before it was asked. It is
 //! the snapshot a lagging member would be sent (`storage/snapshot.rs`'s format, a RocksDB
 //! checkpoint streamed record by record), so it carries raft's description with it: the last
 //! log entry it covers and the membership.
@@ -15,10 +15,14 @@ const SNAPSHOT_WITHIN: Duration = Duration::from_secs(60);
 const RETRIGGER_AFTER: Duration = Duration::from_secs(2);
 
 impl Service {
-    /// A snapshot of this member's store covering at least everything it had applied when
-    /// asked, and the store's revision in it.
+    /// A snapshot of this member's store covering at least every write acknowledged before it
+    /// was asked (through any member, as a linearizable read would see them), and the store's
+    /// revision in it.
     #[tracing::instrument(skip_all, fields(member = self.id()))]
     pub async fn fresh_snapshot(&self) -> Result<(SnapshotData, u64), ServiceError> {
+        // A write forwarded through this member is acknowledged once the leader applied it,
+        // perhaps before this member did: catch up with the leader first.
+        self.await_freshness(super::ReadConsistency::Linearizable).await?;
         let applied = self.metrics().last_applied.map(|id| id.index);
         let raft = self.raft();
         let deadline = Instant::now() + SNAPSHOT_WITHIN;

@@ -262,8 +262,9 @@ where
     }
 }
 
-/// A one-member etcd (Debian's `etcd-server`) with its data in `dir`; its client URL.
-pub fn start_etcd(dir: &Path) -> (Process, String) {
+/// A one-member etcd (Debian's `etcd-server`) with its data in `dir`, once it says it is
+/// healthy; its client URL.
+pub async fn start_etcd(dir: &Path) -> (Process, String) {
     let (peer, client) = (free_port(), free_port());
     let (peer_url, client_url) = (format!("http://127.0.0.1:{peer}"), format!("http://127.0.0.1:{client}"));
     let mut command = Command::new("etcd");
@@ -272,5 +273,16 @@ pub fn start_etcd(dir: &Path) -> (Process, String) {
     command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
     command.args(["--initial-cluster", &format!("default={peer_url}"), "--log-level", "error"]);
     let etcd = Process::spawn("etcd", command, &dir.join("etcd.log")).expect("etcd starts");
+    let health = format!("{client_url}/health");
+    eventually(Duration::from_secs(30), || async {
+        let answer = reqwest::get(&health).await.map_err(|e| e.to_string())?;
+        let text = answer.text().await.map_err(|e| e.to_string())?;
+        if text.contains("\"health\":\"true\"") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
     (etcd, client_url)
 }

@@ -14,21 +14,36 @@ const client = new Etcd3({ hosts });
 const prefix = `etcd3-js/${process.pid}/`;
 const key = (name) => prefix + name;
 
-/** Waits for `count` events of a watcher, or fails after `ms`. */
-function events(watcher, count, ms = 10000) {
-  return new Promise((resolve, reject) => {
-    const seen = [];
+/**
+ * A watcher of `builder`'s keys, listened to from before it connects (a replay may follow its
+ * creation at once), once it is connected; `events(n)` resolves with its first n events.
+ */
+async function connected(builder) {
+  const watcher = builder.watcher();
+  const seen = [];
+  const waiting = [];
+  const take = (kind) => (kv, previous) => {
+    seen.push({ kind, key: kv.key.toString(), value: kv.value.toString(), previous: previous ? previous.value.toString() : null });
+    waiting.forEach((check) => check());
+  };
+  watcher.on('put', take('put'));
+  watcher.on('delete', take('delete'));
+  watcher.events = (count, ms = 10000) => new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`saw ${seen.length} of ${count} events`)), ms);
-    const take = (kind) => (kv, previous) => {
-      seen.push({ kind, key: kv.key.toString(), value: kv.value.toString(), previous: previous ? previous.value.toString() : null });
-      if (seen.length === count) {
+    const check = () => {
+      if (seen.length >= count) {
         clearTimeout(timer);
-        resolve(seen);
+        resolve(seen.slice(0, count));
       }
     };
-    watcher.on('put', take('put'));
-    watcher.on('delete', take('delete'));
+    waiting.push(check);
+    check();
   });
+  await new Promise((resolve, reject) => {
+    watcher.once('connected', resolve);
+    watcher.once('error', reject);
+  });
+  return watcher;
 }
 
 const steps = [
@@ -59,8 +74,8 @@ const steps = [
     assert.equal(deleted[0].value.toString(), '2');
   }],
   ['watch with previous values', async () => {
-    const watcher = await client.watch().key(key('w')).withPreviousKV().create();
-    const seen = events(watcher, 3);
+    const watcher = await connected(client.watch().key(key('w')).withPreviousKV());
+    const seen = watcher.events(3);
     await client.put(key('w')).value('x');
     await client.put(key('w')).value('y');
     await client.delete().key(key('w'));
@@ -72,8 +87,8 @@ const steps = [
   ['watch replays history from a revision', async () => {
     const from = (await client.put(key('h')).value('1')).header.revision;
     await client.put(key('h')).value('2');
-    const watcher = await client.watch().key(key('h')).startRevision(from).create();
-    assert.deepEqual((await events(watcher, 2)).map((e) => e.value), ['1', '2']);
+    const watcher = await connected(client.watch().key(key('h')).startRevision(from));
+    assert.deepEqual((await watcher.events(2)).map((e) => e.value), ['1', '2']);
     await watcher.cancel();
   }],
   ['leases: grant, attach, keep alive, revoke', async () => {
