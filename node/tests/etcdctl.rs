@@ -65,6 +65,9 @@ const SESSION: &[Step] = &[
     step("get l/1 -w json"),
     step("lease timetolive {lease} -w json"),
     step("lock my-lock -- echo inside the lock"),
+    // A campaign never ends by itself: it has three seconds to win and say so (stopped, it
+    // resigns).
+    step("elect my-election candidate-1"),
     step("get x/ --prefix --keys-only"),
     step("endpoint health"),
 ];
@@ -83,7 +86,7 @@ fn run_session(endpoint: &str) -> Vec<String> {
         let stdin = (0..=20)
             .rev()
             .fold(step.stdin.to_string(), |s, n| s.replace(&format!("{{rev+{n}}}"), &(base + n).to_string()));
-        let watching = args.starts_with("watch");
+        let watching = args.starts_with("watch") || args.starts_with("elect");
         let output = etcdctl(endpoint, &args, &stdin, watching);
         // etcdctl prints lease ids as 16 hex digits, leading zeros included.
         if args.starts_with("lease grant") {
@@ -103,8 +106,8 @@ fn revision(endpoint: &str) -> i64 {
     answer["header"]["revision"].as_i64().unwrap_or(0)
 }
 
-/// etcdctl's output (standard output, then standard error). A watch never ends by itself: it
-/// gets three seconds to print what it replays.
+/// etcdctl's output (standard output, then standard error). A watch or an election never ends
+/// by itself: it gets three seconds to print what it has.
 fn etcdctl(endpoint: &str, args: &str, stdin: &str, watching: bool) -> String {
     let mut command = Command::new(if watching { "timeout" } else { "etcdctl" });
     if watching {
@@ -176,6 +179,12 @@ fn mask_text(line: &str, base: i64, lease: &str) -> String {
     if !lease.is_empty() {
         line = line.replace(lease, "<lease>");
     }
+    // An election's key ends in its campaign's lease id, in hex without leading zeros.
+    if let Some(id) = line.strip_prefix("my-election/") {
+        if !id.is_empty() && id.len() <= 16 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            line = "my-election/<lease>".to_string();
+        }
+    }
     // "... is healthy: successfully committed proposal: took = 2.1ms"
     if let Some(at) = line.find("took = ") {
         line.truncate(at + "took = ".len());
@@ -230,6 +239,9 @@ async fn an_etcdctl_session_answers_as_etcd_answers() {
         for (etcd, metastore) in expected.iter().zip(&actual) {
             assert!(metastore == etcd, "\n--- metaStore ---\n{metastore}\n--- etcd ---\n{etcd}");
         }
+        // Alike, and not alike in failing: the campaign won.
+        let won = "$ etcdctl elect my-election candidate-1\nmy-election/<lease>\ncandidate-1";
+        assert!(actual.iter().any(|o| o.starts_with(won)), "the election: {actual:#?}");
     })
     .await
     .expect("the session ran");
