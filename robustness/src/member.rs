@@ -54,7 +54,7 @@ pub enum Member {
 }
 
 impl Member {
-    /// The member at `url`, through `protocol`.
+    /// The member `client` reaches, spoken to through `protocol` (gRPC on the same URL).
     pub fn new(protocol: Protocol, client: Client) -> anyhow::Result<Self> {
         Ok(match protocol {
             Protocol::Http => Member::Http(client),

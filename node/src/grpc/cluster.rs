@@ -54,22 +54,21 @@ impl Etcd {
             MembershipChange::Promote { id } | MembershipChange::Remove { id } => *id,
             _ => 0,
         };
-        if !self.knows(id).await? {
-            return Err(Status::not_found(MEMBER_NOT_FOUND));
-        }
+        self.known(id).await?;
         let index = self.service.change_membership(change).await.map_err(status)?;
         self.sees_membership_of(index).await;
         Ok(self.members())
     }
 
-    /// Whether member `id` is in the membership; a member this one has not heard of yet may
-    /// have been added through another, so it asks the leader before it says no.
-    async fn knows(&self, id: u64) -> Result<bool, Status> {
-        if self.service.members().iter().any(|m| m.id == id) {
-            return Ok(true);
+    /// Member `id` as the membership has it; a member this one has not heard of yet may have
+    /// been added through another, so it asks the leader before it says "not found".
+    async fn known(&self, id: u64) -> Result<MemberView, Status> {
+        let find = || self.service.members().into_iter().find(|m| m.id == id);
+        if let Some(member) = find() {
+            return Ok(member);
         }
         self.fresh().await?;
-        Ok(self.service.members().iter().any(|m| m.id == id))
+        find().ok_or_else(|| Status::not_found(MEMBER_NOT_FOUND))
     }
 
     /// Waits until this member has applied everything committed when asked, membership
@@ -177,12 +176,7 @@ impl Cluster for Etcd {
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         self.admit(&request)?;
         let r = request.into_inner();
-        if !self.knows(r.id).await? {
-            return Err(Status::not_found(MEMBER_NOT_FOUND));
-        }
-        let Some(current) = self.service.members().into_iter().find(|m| m.id == r.id) else {
-            return Err(Status::not_found(MEMBER_NOT_FOUND));
-        };
+        let current = self.known(r.id).await?;
         let asked: Vec<&str> = r.peer_ur_ls.iter().map(|u| u.trim_end_matches('/')).collect();
         if asked != [current.member.peer_url.as_str()] {
             return Err(Status::failed_precondition(format!(
