@@ -261,16 +261,16 @@ mod tests {
         apply_writes(&db, vec![put("w/a", "1"), put("x", "1"), put("w/b", "1")]);
         let reader = KvReader::new(db.clone());
         let watches = Watches::new(reader.clone());
-        let mut messages = watches.start(request(2));
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 3 });
-        assert_eq!(revisions(&next(&mut messages).await), [3], "from revision 2: x is not watched");
+        let mut messages = watches.start(request(3));
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 4 });
+        assert_eq!(revisions(&next(&mut messages).await), [4], "from revision 3: x is not watched");
 
         apply_writes(&db, vec![put("w/c", "1"), Write::Delete { key: b"w/a".to_vec(), precondition: None }]);
-        reader.announcer().send_replace(5);
+        reader.announcer().send_replace(6);
         let live = next(&mut messages).await;
-        assert_eq!(revisions(&live), [4, 5]);
+        assert_eq!(revisions(&live), [5, 6]);
         let WatchMessage::Changes { changes, through } = live else { unreachable!() };
-        assert_eq!((changes[1].record.clone(), through), (None, 5), "a delete, and synced to 5");
+        assert_eq!((changes[1].record.clone(), through), (None, 6), "a delete, and synced to 6");
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -281,13 +281,13 @@ mod tests {
         let reader = KvReader::new(db.clone());
         let watches = Watches::new(reader.clone());
         let mut messages = watches.start(WatchRequest { no_put: true, ..request(0) });
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 });
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 2 });
         apply_writes(
             &db,
             vec![put("w/new", "1"), Write::Delete { key: b"w/old".to_vec(), precondition: None }],
         );
-        reader.announcer().send_replace(3);
-        assert_eq!(revisions(&next(&mut messages).await), [3], "the put is filtered out");
+        reader.announcer().send_replace(4);
+        assert_eq!(revisions(&next(&mut messages).await), [4], "the put is filtered out");
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -296,12 +296,12 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("w/a", "1"), put("w/a", "2"), put("w/a", "3")]);
         let sm = db.cf_handle("sm_meta").expect("cf");
-        db.put_cf(sm, b"compacted", 2u64.to_be_bytes()).expect("put");
+        db.put_cf(sm, b"compacted", 3u64.to_be_bytes()).expect("put");
         let watches = Watches::new(KvReader::new(db.clone()));
-        let mut messages = watches.start(request(1));
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 3 });
+        let mut messages = watches.start(request(2));
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 4 });
         let WatchMessage::Canceled { compact_revision, .. } = next(&mut messages).await else { panic!() };
-        assert_eq!(compact_revision, 2);
+        assert_eq!(compact_revision, 3);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -312,8 +312,8 @@ mod tests {
         let progress = WatchRequest { progress_every: Some(Duration::from_millis(50)), ..request(0) };
         let watches = Watches::new(KvReader::new(db.clone()));
         let mut messages = watches.start(progress);
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 });
-        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 1 });
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 2 });
+        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 2 });
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -322,13 +322,13 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("w/a", "1"), put("w/b", "1")]);
         let watches = Watches::new(KvReader::new(db.clone()));
-        let (mut messages, progress) = watches.start_with_progress(request(1));
+        let (mut messages, progress) = watches.start_with_progress(request(2));
         progress.request();
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 2 });
-        assert_eq!(revisions(&next(&mut messages).await), [1, 2], "the changes first");
-        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 2 });
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 3 });
+        assert_eq!(revisions(&next(&mut messages).await), [2, 3], "the changes first");
+        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 3 });
         progress.request();
-        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 2 }, "and again on request");
+        assert_eq!(next(&mut messages).await, WatchMessage::Progress { revision: 3 }, "and again on request");
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -337,7 +337,7 @@ mod tests {
         let db = Arc::new(open_test_db(dir.path()));
         let watches = Watches::new(KvReader::new(db.clone()));
         let mut messages = watches.start(request(0));
-        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 0 });
+        assert_eq!(next(&mut messages).await, WatchMessage::Created { revision: 1 }, "an empty store's");
         watches.stop();
         assert!(matches!(next(&mut messages).await, WatchMessage::Canceled { compact_revision: 0, .. }));
         assert_eq!(messages.recv().await, None, "and the watcher is gone");

@@ -189,18 +189,18 @@ mod tests {
         assert_eq!(
             summary(&page),
             [
-                (1, "w/a".into(), some("1"), None),
-                (3, "w/a".into(), some("2"), some("1")),
-                (4, "w/a".into(), None, some("2")),
+                (2, "w/a".into(), some("1"), None),
+                (4, "w/a".into(), some("2"), some("1")),
+                (5, "w/a".into(), None, some("2")),
             ]
         );
-        assert_eq!((page.through, page.revision), (4, 4));
-        let later = reader.changes(3, KeyRange::prefix(b"w/"), false, ALL).await.expect("read");
-        assert_eq!(later.changes.len(), 2, "from revision 3 on");
+        assert_eq!((page.through, page.revision), (5, 5));
+        let later = reader.changes(4, KeyRange::prefix(b"w/"), false, ALL).await.expect("read");
+        assert_eq!(later.changes.len(), 2, "from revision 4 on");
         assert_eq!(later.changes[0].prev, None, "previous states only when asked for");
         let future = reader.changes(9, KeyRange::prefix(b"w/"), false, ALL).await.expect("read");
         assert!(future.changes.is_empty());
-        assert_eq!(future.through, 4);
+        assert_eq!(future.through, 5);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -218,8 +218,8 @@ mod tests {
         let reader = KvReader::new(db.clone());
         let one = ChangesBudget { changes: 1, bytes: usize::MAX, scanned: usize::MAX };
         let page = reader.changes(1, KeyRange::prefix(b"t/"), false, one).await.expect("read");
-        assert_eq!(page.changes.len(), 2, "both changes of revision 1, though the budget is one");
-        assert_eq!((page.through, page.revision), (1, 2));
+        assert_eq!(page.changes.len(), 2, "both changes of revision 2, though the budget is one");
+        assert_eq!((page.through, page.revision), (2, 3));
         let rest = reader.changes(page.through + 1, KeyRange::prefix(b"t/"), false, one).await.expect("read");
         assert_eq!(summary(&rest)[0].1, "t/c");
     }
@@ -248,16 +248,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Arc::new(open_test_db(dir.path()));
         apply_writes(&db, vec![put("a", "1"), put("a", "2"), put("a", "3")]);
-        db.put_cf(cf(&db, super::super::CF_SM).expect("cf"), codec::COMPACTED, codec::encode_u64(2))
+        db.put_cf(cf(&db, super::super::CF_SM).expect("cf"), codec::COMPACTED, codec::encode_u64(3))
             .expect("put");
         let reader = KvReader::new(db.clone());
-        let refused = reader.changes(1, KeyRange::prefix(b""), false, ALL).await.expect_err("compacted");
+        let refused = reader.changes(2, KeyRange::prefix(b""), false, ALL).await.expect_err("compacted");
         assert!(matches!(
             refused,
-            StoreError::Revision(RevisionError::Compacted { requested: 1, compacted: 2 })
+            StoreError::Revision(RevisionError::Compacted { requested: 2, compacted: 3 })
         ));
         assert_eq!(
-            reader.changes(2, KeyRange::prefix(b""), false, ALL).await.expect("read").changes.len(),
+            reader.changes(3, KeyRange::prefix(b""), false, ALL).await.expect("read").changes.len(),
             2
         );
     }

@@ -26,6 +26,7 @@ use rocksdb::{IteratorMode, Options, ReadOptions, DB};
 
 use super::codec::{self, decode, encode};
 use super::snapshot::{SnapshotHeader, SnapshotWriter};
+use super::state_machine::{read_compacted, read_revision};
 use super::{cf, Family, StoreError, CF_LOG, CF_RAFT, CF_SM};
 use crate::metrics;
 use crate::types::{LogId, SnapshotMeta, StoredMembership};
@@ -218,13 +219,10 @@ fn write_checkpoint(db: &DB, dir: &Path) -> Result<SnapshotHeader, StoreError> {
             read(codec::LAST_APPLIED)?.map(|b| decode(&b)).transpose()?.flatten();
         let last_membership: StoredMembership =
             read(codec::LAST_MEMBERSHIP)?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
-        let number = |key: &[u8], what: &str| -> Result<u64, StoreError> {
-            Ok(read(key)?.map(|b| codec::decode_u64(&b, what)).transpose()?.unwrap_or(0))
-        };
         SnapshotHeader {
             meta: SnapshotMeta { last_log_id, last_membership },
-            revision: number(codec::REVISION, "revision")?,
-            compacted: number(codec::COMPACTED, "compaction revision")?,
+            revision: read_revision(&view, &ReadOptions::default())?,
+            compacted: read_compacted(&view, &ReadOptions::default())?,
         }
     };
     let path = dir.join(HEADER);

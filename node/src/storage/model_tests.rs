@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::changes::ChangesBudget;
 use super::state_machine::tests::answers_of;
-use super::{compactor, KvReader, StoreError};
+use super::{codec, compactor, KvReader, StoreError};
 use crate::engine::WriteError;
 use crate::engine::{
     Compare, CompareResult, CompareTarget, KeyRange, KeyRecord, Op, OpResponse, Precondition, RevisionError,
@@ -321,7 +321,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut model = Model::default();
+    let mut model = Model { revision: codec::EMPTY_STORE_REVISION, ..Model::default() };
     let mut index = 0;
     for step in steps {
         match step {

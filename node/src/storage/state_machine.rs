@@ -87,21 +87,19 @@ fn entry_size(entry: &Entry) -> usize {
     }
 }
 
-/// The store's revision as `opts` sees it; 0 before the first write.
+/// The store's revision as `opts` sees it; [`codec::EMPTY_STORE_REVISION`] before the first
+/// write.
 pub(crate) fn read_revision(db: &DB, opts: &ReadOptions) -> Result<u64, StoreError> {
-    read_number(db, opts, codec::REVISION, "revision")
+    Ok(read_number(db, opts, codec::REVISION, "revision")?.unwrap_or(codec::EMPTY_STORE_REVISION))
 }
 
 /// The compaction revision as `opts` sees it: history below it is gone; 0 before any.
 pub(crate) fn read_compacted(db: &DB, opts: &ReadOptions) -> Result<u64, StoreError> {
-    read_number(db, opts, codec::COMPACTED, "compaction revision")
+    Ok(read_number(db, opts, codec::COMPACTED, "compaction revision")?.unwrap_or(0))
 }
 
-fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<u64, StoreError> {
-    match db.get_pinned_cf_opt(cf(db, CF_SM)?, key, opts)? {
-        Some(bytes) => codec::decode_u64(&bytes, what),
-        None => Ok(0),
-    }
+fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<Option<u64>, StoreError> {
+    db.get_pinned_cf_opt(cf(db, CF_SM)?, key, opts)?.map(|bytes| codec::decode_u64(&bytes, what)).transpose()
 }
 
 /// Applies `entries` in one write; what each answers, and the store's revision afterwards.
@@ -431,8 +429,9 @@ pub(super) mod tests {
         Write::Delete { key: key.to_vec(), precondition: None }
     }
 
-    /// Applies, one entry each: a=1 (rev 1), b=1 (2), a=2 (3), delete a (4), a=3 (5), and
-    /// "\0" and "\0\0" (6, 7), keys whose escaped history must not mix with others.
+    /// Applies, one entry each to a store at revision 1 (an empty one's): a=1 (rev 2), b=1 (3),
+    /// a=2 (4), delete a (5), a=3 (6), and "\0" and "\0\0" (7, 8), keys whose escaped history
+    /// must not mix with others.
     fn store_with_history(dir: &std::path::Path) -> Arc<DB> {
         let db = Arc::new(super::super::open_db(&dir.join("db")).expect("open"));
         let writes = [
@@ -462,21 +461,22 @@ pub(super) mod tests {
             let reader = reader.clone();
             async move { reader.get(b"a".to_vec(), Some(rev)).await.expect("read") }
         };
-        assert_eq!(value(&a_at(1).await).as_deref(), Some("1"));
-        assert_eq!(value(&a_at(2).await).as_deref(), Some("1"), "b's write left a as it was");
-        let second = a_at(3).await;
+        assert_eq!(a_at(1).await.record, None, "the empty store, before any write");
+        assert_eq!(value(&a_at(2).await).as_deref(), Some("1"));
+        assert_eq!(value(&a_at(3).await).as_deref(), Some("1"), "b's write left a as it was");
+        let second = a_at(4).await;
         assert_eq!(value(&second).as_deref(), Some("2"));
-        let record = second.record.expect("a at 3");
-        assert_eq!((record.create_revision, record.mod_revision, record.version), (1, 3, 2));
-        assert_eq!(a_at(4).await.record, None, "deleted at 4");
-        let recreated = a_at(5).await.record.expect("a at 5");
-        assert_eq!((recreated.create_revision, recreated.version), (5, 1), "a new life after the delete");
-        assert_eq!(a_at(4).await.revision, 7, "the answer names the store's revision");
-        let before = reader.get(b"b".to_vec(), Some(1)).await.expect("read");
+        let record = second.record.expect("a at 4");
+        assert_eq!((record.create_revision, record.mod_revision, record.version), (2, 4, 2));
+        assert_eq!(a_at(5).await.record, None, "deleted at 5");
+        let recreated = a_at(6).await.record.expect("a at 6");
+        assert_eq!((recreated.create_revision, recreated.version), (6, 1), "a new life after the delete");
+        assert_eq!(a_at(5).await.revision, 8, "the answer names the store's revision");
+        let before = reader.get(b"b".to_vec(), Some(2)).await.expect("read");
         assert_eq!(before.record, None, "b did not exist yet");
-        let nul = reader.get(b"\0".to_vec(), Some(6)).await.expect("read");
+        let nul = reader.get(b"\0".to_vec(), Some(7)).await.expect("read");
         assert_eq!(value(&nul).as_deref(), Some("z"));
-        assert_eq!(reader.get(b"\0\0".to_vec(), Some(6)).await.expect("read").record, None);
+        assert_eq!(reader.get(b"\0\0".to_vec(), Some(7)).await.expect("read").record, None);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -498,12 +498,12 @@ pub(super) mod tests {
         let owned = |pairs: &[(&[u8], &str)]| -> Vec<(Vec<u8>, String)> {
             pairs.iter().map(|(k, v)| (k.to_vec(), v.to_string())).collect()
         };
-        assert_eq!(listed(1, 10).await, (owned(&[(b"a", "1")]), None));
-        assert_eq!(listed(3, 10).await, (owned(&[(b"a", "2"), (b"b", "1")]), None));
-        assert_eq!(listed(4, 10).await, (owned(&[(b"b", "1")]), None), "a was deleted");
-        assert_eq!(listed(6, 10).await, (owned(&[(b"\0", "z"), (b"a", "3"), (b"b", "1")]), None));
-        assert_eq!(listed(6, 2).await, (owned(&[(b"\0", "z"), (b"a", "3")]), Some(b"b".to_vec())));
-        let from_a = reader.range(b"a".to_vec(), Some(b"b".to_vec()), 10, usize::MAX, Some(3)).await;
+        assert_eq!(listed(2, 10).await, (owned(&[(b"a", "1")]), None));
+        assert_eq!(listed(4, 10).await, (owned(&[(b"a", "2"), (b"b", "1")]), None));
+        assert_eq!(listed(5, 10).await, (owned(&[(b"b", "1")]), None), "a was deleted");
+        assert_eq!(listed(7, 10).await, (owned(&[(b"\0", "z"), (b"a", "3"), (b"b", "1")]), None));
+        assert_eq!(listed(7, 2).await, (owned(&[(b"\0", "z"), (b"a", "3")]), Some(b"b".to_vec())));
+        let from_a = reader.range(b"a".to_vec(), Some(b"b".to_vec()), 10, usize::MAX, Some(4)).await;
         let from_a: Vec<Vec<u8>> = from_a.expect("range").entries.into_iter().map(|(k, _)| k).collect();
         assert_eq!(from_a, [b"a".to_vec()], "[a, b) holds only a");
     }
@@ -513,14 +513,14 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = store_with_history(dir.path());
         let reader = crate::storage::KvReader::new(db.clone());
-        let future = reader.get(b"a".to_vec(), Some(8)).await.expect_err("future");
-        assert!(matches!(future, StoreError::Revision(RevisionError::Future { requested: 8, current: 7 })));
-        assert!(future.to_string().contains('8') && future.to_string().contains('7'), "{future}");
-        db.put_cf(cf(&db, CF_SM).expect("cf"), codec::COMPACTED, codec::encode_u64(3)).expect("put");
-        let compacted = reader.range(Vec::new(), None, 10, usize::MAX, Some(2)).await.expect_err("gone");
-        let expected = RevisionError::Compacted { requested: 2, compacted: 3 };
+        let future = reader.get(b"a".to_vec(), Some(9)).await.expect_err("future");
+        assert!(matches!(future, StoreError::Revision(RevisionError::Future { requested: 9, current: 8 })));
+        assert!(future.to_string().contains('9') && future.to_string().contains('8'), "{future}");
+        db.put_cf(cf(&db, CF_SM).expect("cf"), codec::COMPACTED, codec::encode_u64(4)).expect("put");
+        let compacted = reader.range(Vec::new(), None, 10, usize::MAX, Some(3)).await.expect_err("gone");
+        let expected = RevisionError::Compacted { requested: 3, compacted: 4 };
         assert!(matches!(compacted, StoreError::Revision(ref e) if *e == expected), "{compacted}");
-        assert!(reader.get(b"a".to_vec(), Some(3)).await.is_ok(), "the compaction revision itself is kept");
+        assert!(reader.get(b"a".to_vec(), Some(4)).await.is_ok(), "the compaction revision itself is kept");
     }
 
     #[test]
@@ -559,8 +559,8 @@ pub(super) mod tests {
             "k/a deleted by the entry before, k/c by the txn, k/d put by it"
         );
         assert_eq!(*count, 2);
-        assert_eq!(txn_answers[0].revision, 5, "the transaction's two changes share revision 5");
-        assert_eq!(stored(&db, b"k/d").map(|r| r.mod_revision), Some(5));
+        assert_eq!(txn_answers[0].revision, 6, "the transaction's two changes share revision 6");
+        assert_eq!(stored(&db, b"k/d").map(|r| r.mod_revision), Some(6));
         let changes: Vec<((u64, u32), Vec<u8>)> = db
             .iterator_cf(cf(&db, CF_CHANGES).expect("cf"), IteratorMode::Start)
             .map(|item| {
@@ -569,7 +569,7 @@ pub(super) mod tests {
             })
             .skip(4)
             .collect();
-        assert_eq!(changes, [((5, 0), b"k/c".to_vec()), ((5, 1), b"k/d".to_vec())]);
+        assert_eq!(changes, [((6, 0), b"k/c".to_vec()), ((6, 1), b"k/d".to_vec())]);
     }
 
     #[test]
@@ -604,7 +604,7 @@ pub(super) mod tests {
             .collect();
         let keys: Vec<&[u8]> = vec![b"a", b"b", b"a", b"a", b"a", b"\0", b"\0\0"];
         let expected: Vec<(u64, Vec<u8>)> =
-            keys.into_iter().enumerate().map(|(i, k)| (i as u64 + 1, k.to_vec())).collect();
+            keys.into_iter().enumerate().map(|(i, k)| (i as u64 + 2, k.to_vec())).collect();
         assert_eq!(changes, expected);
     }
 
@@ -627,16 +627,16 @@ pub(super) mod tests {
         let results: Vec<(u64, bool)> = batch_answers.iter().map(|r| (r.revision, r.succeeded)).collect();
         assert_eq!(
             results,
-            [(2, true), (2, false), (2, false), (3, true), (3, true), (4, true)],
+            [(3, true), (3, false), (3, false), (4, true), (4, true), (5, true)],
             "each write answered in order, at the revision it made or found"
         );
-        assert_eq!(stored(&db, b"a"), Some(KeyRecord::at(2, 3, 2, "again")), "one key twice in one entry");
+        assert_eq!(stored(&db, b"a"), Some(KeyRecord::at(3, 4, 2, "again")), "one key twice in one entry");
         assert_eq!(stored(&db, b"b"), None);
         assert_eq!(stored(&db, b"c"), None);
-        assert_eq!(revision(&db), 4);
+        assert_eq!(revision(&db), 5);
         // The next entry carries on from the stored revision.
         let next = answers_of(&db, vec![entry(6, vec![put(b"z", "9", None)])]).expect("apply");
-        assert_eq!(written(&next[0])[0].revision, 5);
+        assert_eq!(written(&next[0])[0].revision, 6);
     }
 
     fn compact(index: u64, revision: u64) -> Entry {
@@ -654,50 +654,50 @@ pub(super) mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_compaction_refuses_reads_below_it_and_deletes_only_what_no_read_can_reach() {
         let dir = tempfile::tempdir().expect("temp dir");
-        // a: 1, 3, deleted at 4, 5; b: 2; "\0": 6; "\0\0": 7.
+        // a: 2, 4, deleted at 5, 6; b: 3; "\0": 7; "\0\0": 8.
         let db = store_with_history(dir.path());
-        let answers = answers_of(&db, vec![compact(8, 9), compact(9, 4), compact(10, 4)]).expect("apply");
+        let answers = answers_of(&db, vec![compact(8, 10), compact(9, 5), compact(10, 5)]).expect("apply");
         assert_eq!(
             answers,
             [
-                Applied::Compaction(Err(RevisionError::Future { requested: 9, current: 7 })),
-                Applied::Compaction(Ok(4)),
-                Applied::Compaction(Err(RevisionError::Compacted { requested: 4, compacted: 4 })),
+                Applied::Compaction(Err(RevisionError::Future { requested: 10, current: 8 })),
+                Applied::Compaction(Ok(5)),
+                Applied::Compaction(Err(RevisionError::Compacted { requested: 5, compacted: 5 })),
             ]
         );
         let reader = crate::storage::KvReader::new(db.clone());
-        assert!(reader.get(b"a".to_vec(), Some(3)).await.is_err(), "below the compaction");
+        assert!(reader.get(b"a".to_vec(), Some(4)).await.is_err(), "below the compaction");
         while super::super::compactor::step(&db).expect("step") > 0 {}
-        // a's version at 1 is superseded by 3; 3 stays (the state at 3 is what the deletion at
-        // 4 replaced, and a watch from 4 reports it), and so does the deletion (a read at 4
-        // sees it, a watch from 4 replays it); b's only version stays.
-        assert_eq!(history_of(&db, b"a"), [3, 4, 5]);
-        assert_eq!(history_of(&db, b"b"), [2]);
-        assert_eq!(reader.get(b"a".to_vec(), Some(4)).await.expect("read").record, None);
-        assert_eq!(value(&reader.get(b"b".to_vec(), Some(4)).await.expect("read")).as_deref(), Some("1"));
-        let listed = reader.range(Vec::new(), None, 10, usize::MAX, Some(5)).await.expect("range");
+        // a's version at 2 is superseded by 4; 4 stays (the state at 4 is what the deletion at
+        // 5 replaced, and a watch from 5 reports it), and so does the deletion (a read at 5
+        // sees it, a watch from 5 replays it); b's only version stays.
+        assert_eq!(history_of(&db, b"a"), [4, 5, 6]);
+        assert_eq!(history_of(&db, b"b"), [3]);
+        assert_eq!(reader.get(b"a".to_vec(), Some(5)).await.expect("read").record, None);
+        assert_eq!(value(&reader.get(b"b".to_vec(), Some(5)).await.expect("read")).as_deref(), Some("1"));
+        let listed = reader.range(Vec::new(), None, 10, usize::MAX, Some(6)).await.expect("range");
         let keys: Vec<Vec<u8>> = listed.entries.into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()], "the state at 5 is whole");
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec()], "the state at 6 is whole");
         let changes: Vec<u64> = db
             .iterator_cf(cf(&db, CF_CHANGES).expect("cf"), IteratorMode::Start)
             .map(|item| codec::decode_change_key(&item.expect("change").0).expect("key").0)
             .collect();
-        assert_eq!(changes, [4, 5, 6, 7], "changes below the compaction are gone, from it on kept");
+        assert_eq!(changes, [5, 6, 7, 8], "changes below the compaction are gone, from it on kept");
 
         // Compacting past the deletion removes it too: nothing older is left for it to hide.
-        answers_of(&db, vec![compact(11, 6)]).expect("apply");
+        answers_of(&db, vec![compact(11, 7)]).expect("apply");
         while super::super::compactor::step(&db).expect("step") > 0 {}
-        assert_eq!(history_of(&db, b"a"), [5]);
-        assert_eq!(value(&reader.get(b"a".to_vec(), Some(6)).await.expect("read")).as_deref(), Some("3"));
+        assert_eq!(history_of(&db, b"a"), [6]);
+        assert_eq!(value(&reader.get(b"a".to_vec(), Some(7)).await.expect("read")).as_deref(), Some("3"));
 
-        // A version kept by one compaction (b's at 2, the latest then) goes at a later one,
+        // A version kept by one compaction (b's at 3, the latest then) goes at a later one,
         // once something newer below it supersedes it: nothing is left behind for good.
         answers_of(&db, vec![entry(12, vec![put(b"b", "2", None)]), entry(13, vec![put(b"z", "1", None)])])
             .expect("apply");
-        assert_eq!(history_of(&db, b"b"), [2, 8]);
-        answers_of(&db, vec![compact(14, 9)]).expect("apply");
+        assert_eq!(history_of(&db, b"b"), [3, 9]);
+        answers_of(&db, vec![compact(14, 10)]).expect("apply");
         while super::super::compactor::step(&db).expect("step") > 0 {}
-        assert_eq!(history_of(&db, b"b"), [8]);
+        assert_eq!(history_of(&db, b"b"), [9]);
     }
 
     #[test]
