@@ -1,6 +1,7 @@
-//! A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and
-//! kube-controller-manager (v1.20, built by `e2e/local/control-plane.sh`), with throwaway TLS
-//! material and a static admin token. There is no scheduler and no kubelet: see `kubelet`.
+//! A real Kubernetes control plane on 127.0.0.1: its store (etcd or a metaStore cluster, see
+//! `store`), kube-apiserver and kube-controller-manager (v1.20, built by
+//! `e2e/local/control-plane.sh`), with throwaway TLS material and a static admin token. There is
+//! no scheduler and no kubelet: see `kubelet`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 
+use crate::store::{Store, StoreKind};
 use metastore_testkit::{free_port, Process};
 
 /// Where `e2e/local/control-plane.sh` caches the binaries unless told otherwise.
@@ -27,12 +29,24 @@ pub fn binaries() -> Result<PathBuf, String> {
             ));
         }
     }
-    for (program, arg) in [("etcd", "--version"), ("openssl", "version")] {
-        if !metastore_testkit::available(Path::new(program), arg) {
-            return Err(format!("`{program}` not found (apt-get install etcd-server openssl)"));
-        }
+    if !metastore_testkit::available(Path::new("openssl"), "version") {
+        return Err("`openssl` not found (apt-get install openssl)".into());
     }
     Ok(dir)
+}
+
+/// How to run a control plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub store: StoreKind,
+    /// Appended to the apiserver's own flags; a flag given twice takes the last value.
+    pub apiserver_flags: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { store: StoreKind::Etcd, apiserver_flags: Vec::new() }
+    }
 }
 
 pub struct ControlPlane {
@@ -42,7 +56,7 @@ pub struct ControlPlane {
     // Dropped (killed) in reverse order of start.
     controller_manager: Option<Process>,
     apiserver: Option<Process>,
-    etcd: Option<Process>,
+    store: Store,
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -125,9 +139,9 @@ pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String
 }
 
 impl ControlPlane {
-    /// Starts etcd, the API server and the controller manager in `dir`; returns once the API
-    /// server is ready.
-    pub async fn start(bin: &Path, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts the store, the API server and the controller manager in `dir`; returns once the
+    /// API server is ready.
+    pub async fn start(bin: &Path, dir: &Path, options: &Options) -> anyhow::Result<Self> {
         let dir = dir.to_path_buf();
         make_pki(&dir)?;
         let admin_token = format!("admin-{}", std::process::id());
@@ -136,22 +150,15 @@ impl ControlPlane {
             format!("{admin_token},{ADMIN_TOKEN_USER},1,\"system:masters\"\n"),
         )?;
 
-        let (etcd_port, etcd_peer_port, api_port) = (free_port(), free_port(), free_port());
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let etcd_peer = format!("http://127.0.0.1:{etcd_peer_port}");
-        let mut etcd = Command::new("etcd");
-        etcd.args(["--name", "e2e", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &etcd_peer, "--initial-advertise-peer-urls", &etcd_peer])
-            .args(["--initial-cluster", &format!("e2e={etcd_peer}")]);
-        let etcd = Process::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+        let mut store = Store::start(options.store, &dir)?;
+        store.wait_ready().await?;
 
+        let api_port = free_port();
         let server = format!("https://127.0.0.1:{api_port}");
         let mut apiserver = Command::new(bin.join("kube-apiserver"));
         apiserver
             .current_dir(&dir)
-            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!("--etcd-servers={}", store.client_urls().join(",")))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--insecure-port=0"])
             .arg(format!("--secure-port={api_port}"))
             .args(["--tls-cert-file=apiserver.crt", "--tls-private-key-file=apiserver.key"])
@@ -163,18 +170,13 @@ impl ControlPlane {
             ])
             .arg("--service-account-signing-key-file=sa.key")
             .args(["--service-cluster-ip-range=10.96.0.0/16", "--endpoint-reconciler-type=none"])
-            .arg("--profiling=false");
+            .arg("--profiling=false")
+            .args(&options.apiserver_flags);
         let apiserver = Process::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
 
         let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
-        let mut plane = Self {
-            server,
-            ca_pem,
-            admin_token,
-            controller_manager: None,
-            apiserver: Some(apiserver),
-            etcd: Some(etcd),
-        };
+        let mut plane =
+            Self { server, ca_pem, admin_token, controller_manager: None, apiserver: Some(apiserver), store };
         plane.wait_ready().await?;
 
         std::fs::write(dir.join("admin.kubeconfig"), plane.admin_kubeconfig())?;
@@ -211,11 +213,7 @@ impl ControlPlane {
                 }
                 _ => {}
             }
-            for process in [&mut self.etcd, &mut self.apiserver].into_iter().flatten() {
-                if let Some(status) = process.exited() {
-                    bail!("{} exited ({status}):\n{}", process.name(), process.tail(30));
-                }
-            }
+            self.check_alive()?;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -233,11 +231,15 @@ impl ControlPlane {
         client_from_kubeconfig(&self.admin_kubeconfig()).await
     }
 
+    /// The store the control plane keeps its state in.
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
     /// Fails with the component's log if any part of the control plane died.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for process in
-            [&mut self.etcd, &mut self.apiserver, &mut self.controller_manager].into_iter().flatten()
-        {
+        self.store.check_alive()?;
+        for process in [&mut self.apiserver, &mut self.controller_manager].into_iter().flatten() {
             if let Some(status) = process.exited() {
                 bail!("{} exited ({status}):\n{}", process.name(), process.tail(30));
             }
@@ -254,12 +256,13 @@ pub async fn client_from_kubeconfig(yaml: &str) -> anyhow::Result<kube::Client> 
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        // The controller manager first, etcd last, so no component logs a storm of errors about
-        // the one below it going away.
-        for process in [&mut self.controller_manager, &mut self.apiserver, &mut self.etcd] {
+        // The controller manager first, the store last, so no component logs a storm of errors
+        // about the one below it going away.
+        for process in [&mut self.controller_manager, &mut self.apiserver] {
             if let Some(mut p) = process.take() {
                 p.stop(Duration::from_secs(5));
             }
         }
+        self.store.stop();
     }
 }

@@ -1,7 +1,8 @@
 //! The end-to-end suite: the same scenarios (`scenarios`) on two cluster providers.
 //!
 //! - `local`: a real kube-apiserver and kube-controller-manager built from source and run on
-//!   127.0.0.1, the chart installed with helm, the operator as a process with the chart's RBAC
+//!   127.0.0.1 (their state in etcd, or in a 3-member metaStore cluster: `store`), the chart
+//!   installed with helm, the operator as a process with the chart's RBAC
 //!   identity, and a stand-in kubelet (`kubelet`) running the member pods as processes.
 //!   `cargo test -p metastore-e2e --test local`; it runs in `.ci/run`.
 //! - `kind`: a kind cluster with the image built and loaded (`e2e/kind/run.sh`).
@@ -14,3 +15,4 @@ pub mod kubelet;
 pub mod local;
 pub mod sandbox;
 pub mod scenarios;
+pub mod store;

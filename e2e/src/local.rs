@@ -1,7 +1,7 @@
-//! The local provider: a real kube-apiserver and kube-controller-manager on 127.0.0.1, the
-//! chart installed by the real `helm`, the operator running as a process with the
-//! ServiceAccount identity (and so exactly the RBAC) the chart grants it, and a stand-in
-//! kubelet running the members' pods as local `metastore` processes.
+//! The local provider: a real kube-apiserver and kube-controller-manager on 127.0.0.1, their
+//! state in etcd or in a metaStore cluster, the chart installed by the real `helm`, the operator
+//! running as a process with the ServiceAccount identity (and so exactly the RBAC) the chart
+//! grants it, and a stand-in kubelet running the members' pods as local `metastore` processes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,10 +16,11 @@ use kube::api::{ListParams, PostParams};
 use kube::Api;
 use tokio::sync::Mutex;
 
-use crate::control_plane::{self, ControlPlane};
+use crate::control_plane::{self, ControlPlane, Options};
 use crate::kubelet::{Kubelet, Pods};
 use crate::sandbox::{self, HostsFile};
 use crate::scenarios::{eventually, Provider};
+use crate::store::StoreKind;
 use metastore_testkit::{free_port, workspace_binary, Process};
 
 const OPERATOR_NAMESPACE: &str = "metastore-system";
@@ -34,14 +35,18 @@ pub struct Prerequisites {
     helm: PathBuf,
     metastore: PathBuf,
     operator: PathBuf,
+    store: StoreKind,
 }
 
 impl Prerequisites {
-    /// What is here, or what is missing and how to get it.
-    pub fn check() -> Result<Self, String> {
+    /// What is here for a control plane on `store`, or what is missing and how to get it.
+    pub fn check(store: StoreKind) -> Result<Self, String> {
         metastore_testkit::sandbox::can_isolate(&[])
             .map_err(|missing| format!("{missing} (the pods' network and DNS names live in a sandbox)"))?;
         let k8s_bin = control_plane::binaries()?;
+        if let Some(missing) = store.missing() {
+            return Err(missing);
+        }
         let helm = std::env::var_os("METASTORE_HELM")
             .map(PathBuf::from)
             .unwrap_or_else(|| "/var/cache/metastore/tools/helm".into());
@@ -50,7 +55,7 @@ impl Prerequisites {
         }
         let metastore = workspace_binary("metastore")?;
         let operator = workspace_binary("metastore-operator")?;
-        Ok(Self { k8s_bin, helm, metastore, operator })
+        Ok(Self { k8s_bin, helm, metastore, operator, store })
     }
 }
 
@@ -79,9 +84,10 @@ impl Local {
         eprintln!("e2e: local provider in {}", dir.path().display());
         sandbox::set_up_network()?;
         let hosts = HostsFile::take_over(dir.path())?;
-        let plane = ControlPlane::start(&prerequisites.k8s_bin, dir.path()).await?;
+        let options = Options { store: prerequisites.store, ..Options::default() };
+        let plane = ControlPlane::start(&prerequisites.k8s_bin, dir.path(), &options).await?;
         let admin = plane.admin_client().await?;
-        eprintln!("e2e: kube-apiserver ready at {}", plane.server);
+        eprintln!("e2e: kube-apiserver ready at {} on {:?}", plane.server, prerequisites.store);
 
         let namespaces: Api<Namespace> = Api::all(admin.clone());
         let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": CLUSTER_NAMESPACE}}))?;
@@ -275,10 +281,11 @@ impl Provider for Local {
     }
 }
 
-/// The whole suite on a local control plane: re-runs `test_name` inside the sandbox and runs
-/// the scenarios there. Prints why and returns when the machine cannot.
-pub fn run_suite(test_name: &str) {
-    let prerequisites = match Prerequisites::check() {
+/// The whole suite on a local control plane whose state is in `store`: re-runs `test_name`
+/// inside the sandbox and runs the scenarios there. Prints why and returns when the machine
+/// cannot.
+pub fn run_suite(test_name: &str, store: StoreKind) {
+    let prerequisites = match Prerequisites::check(store) {
         Ok(p) => p,
         Err(why) => {
             eprintln!("SKIPPED: the local end-to-end suite needs {why}");

@@ -1,0 +1,245 @@
+//! The store a local control plane keeps Kubernetes' state in: one etcd, or a metaStore cluster
+//! of real `metastore` processes that kube-apiserver reaches through etcd's v3 API, every
+//! member's URL in `--etcd-servers` as a production apiserver would have them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use metastore_testkit::{free_port, workspace_binary, Process};
+
+/// Which store backs the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// etcd 3.4, as Kubernetes ships with.
+    Etcd,
+    /// A 3-member metaStore cluster.
+    MetaStore,
+}
+
+impl StoreKind {
+    /// What the machine lacks to run this store, if anything.
+    pub fn missing(self) -> Option<String> {
+        match self {
+            Self::Etcd if !metastore_testkit::available(Path::new("etcd"), "--version") => {
+                Some("`etcd` (apt-get install etcd-server)".into())
+            }
+            Self::MetaStore => workspace_binary("metastore").err(),
+            _ => None,
+        }
+    }
+}
+
+const METASTORE_MEMBERS: usize = 3;
+
+/// One member: how to start it again after a crash, and the running process.
+struct Member {
+    name: String,
+    client_url: String,
+    command: fn() -> Command,
+    args: Vec<String>,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Member {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let mut command = (self.command)();
+        command.args(&self.args);
+        self.process = Some(Process::spawn(&self.name, command, &self.log)?);
+        Ok(())
+    }
+}
+
+pub struct Store {
+    kind: StoreKind,
+    members: Vec<Member>,
+}
+
+fn etcd_command() -> Command {
+    Command::new("etcd")
+}
+
+fn metastore_command() -> Command {
+    // `StoreKind::missing` was asked first; a missing binary fails the spawn with its path.
+    let binary = workspace_binary("metastore").unwrap_or_else(|_| PathBuf::from("metastore"));
+    let mut command = Command::new(binary);
+    command.env("RUST_LOG", "info");
+    command
+}
+
+impl Store {
+    /// Starts the store's processes in `dir`; [`Store::wait_ready`] waits for them to serve.
+    pub fn start(kind: StoreKind, dir: &Path) -> anyhow::Result<Self> {
+        let mut members = match kind {
+            StoreKind::Etcd => {
+                let (port, peer_port) = (free_port(), free_port());
+                let client_url = format!("http://127.0.0.1:{port}");
+                let peer_url = format!("http://127.0.0.1:{peer_port}");
+                let data = dir.join("etcd");
+                let args = [
+                    "--name",
+                    "e2e",
+                    "--data-dir",
+                    &data.to_string_lossy(),
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                    "--initial-cluster",
+                    &format!("e2e={peer_url}"),
+                ];
+                vec![Member {
+                    name: "etcd".into(),
+                    client_url: client_url.clone(),
+                    command: etcd_command,
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    log: dir.join("etcd.log"),
+                    process: None,
+                }]
+            }
+            StoreKind::MetaStore => {
+                let ports: Vec<(u16, u16)> =
+                    (0..METASTORE_MEMBERS).map(|_| (free_port(), free_port())).collect();
+                let cluster: Vec<String> =
+                    ports.iter().map(|(_, peer)| format!("http://127.0.0.1:{peer}")).collect();
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (port, _))| {
+                        let id = i + 1;
+                        let data = dir.join(format!("metastore-{id}"));
+                        Member {
+                            name: format!("metastore-{id}"),
+                            client_url: format!("http://127.0.0.1:{port}"),
+                            command: metastore_command,
+                            args: vec![
+                                format!("--member-id={id}"),
+                                format!("--cluster={}", cluster.join(",")),
+                                format!("--port={port}"),
+                                format!("--data-dir={}", data.display()),
+                            ],
+                            log: dir.join(format!("metastore-{id}.log")),
+                            process: None,
+                        }
+                    })
+                    .collect()
+            }
+        };
+        for member in &mut members {
+            member.start()?;
+        }
+        Ok(Self { kind, members })
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// Every member's client URL: the apiserver's `--etcd-servers`.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Until every running member says it serves with a leader elected: etcd's `/health`,
+    /// metaStore's `/readyz`.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..self.members.len() {
+            if self.members[i].process.is_none() {
+                continue;
+            }
+            let path = match self.kind {
+                StoreKind::Etcd => "health",
+                StoreKind::MetaStore => "readyz",
+            };
+            let url = format!("{}/{path}", self.members[i].client_url);
+            loop {
+                let healthy = match http.get(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let body: serde_json::Value = response.json().await.unwrap_or_default();
+                        body["health"] == "true" || body["ready"] == true
+                    }
+                    _ => false,
+                };
+                if healthy {
+                    break;
+                }
+                self.check_alive()?;
+                if Instant::now() > deadline {
+                    bail!("{} not healthy after 60 s:\n{}", self.members[i].name, self.log_tail(i, 30));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self, member: usize, lines: usize) -> String {
+        metastore_testkit::tail(&self.members[member].log, lines)
+    }
+
+    /// The index (0-based) of the member that leads, as the members themselves say.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        anyhow::ensure!(self.kind == StoreKind::MetaStore, "only a metaStore cluster has members to ask");
+        for member in self.members.iter().filter(|m| m.process.is_some()) {
+            let client = metastore_client::Client::new(member.client_url.clone());
+            if let Ok(status) = client.cluster().await {
+                if let Some(leader) = status.leader_id {
+                    return usize::try_from(leader - 1).context("member id");
+                }
+            }
+        }
+        bail!("no member names a leader")
+    }
+
+    /// SIGKILL to one member: a crash, mid-write.
+    pub fn kill(&mut self, member: usize) {
+        if let Some(mut process) = self.members[member].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts a killed or stopped member again on its data.
+    pub fn restart(&mut self, member: usize) -> anyhow::Result<()> {
+        self.kill(member);
+        self.members[member].start()
+    }
+
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Fails with its log if a member that should run has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for member in &mut self.members {
+            if let Some(process) = member.process.as_mut() {
+                if let Some(status) = process.exited() {
+                    bail!("{} exited ({status}):\n{}", process.name(), process.tail(30));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every member, gracefully.
+    pub fn stop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut process) = member.process.take() {
+                process.stop(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
