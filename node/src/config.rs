@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use reqwest::Url;
@@ -116,6 +117,52 @@ pub struct Args {
     /// 0 (the default) keeps everything.
     #[arg(long, env = "METASTORE_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+
+    /// How often a watch that asked for progress notifications gets one: a duration like 10m
+    /// or 1s (etcd's --experimental-watch-progress-notify-interval, also accepted).
+    #[arg(
+        long,
+        env = "METASTORE_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        alias = "experimental-watch-progress-notify-interval",
+        default_value = "10m",
+        value_parser = positive_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+}
+
+/// A duration as Go writes one, which is what etcd's flags take: `10m`, `1h30m`, `10m0s`,
+/// `1.5s`, `500ms`; `None` for anything else.
+pub fn go_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "h" => 3_600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok().filter(|_| !text.is_empty())
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match go_duration(text) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{text:?} is not a positive duration like 10m, 30s or 500ms")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,7 +175,7 @@ pub enum AutoCompactionMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutoCompaction {
     /// History of at least this long ago is forgotten.
-    Periodic(std::time::Duration),
+    Periodic(Duration),
     /// All but this many most recent revisions are forgotten.
     Revisions(u64),
 }
@@ -139,16 +186,11 @@ fn auto_compaction(mode: AutoCompactionMode, retention: &str) -> Result<Option<A
     let invalid = || ConfigError::AutoCompaction(retention.to_string());
     let policy = match mode {
         AutoCompactionMode::Revision => AutoCompaction::Revisions(retention.parse().map_err(|_| invalid())?),
-        AutoCompactionMode::Periodic => {
-            let (number, unit) = match retention.char_indices().last() {
-                Some((i, 'h')) => (&retention[..i], 3_600),
-                Some((i, 'm')) => (&retention[..i], 60),
-                Some((i, 's')) => (&retention[..i], 1),
-                _ => (retention, 3_600),
-            };
-            let seconds: u64 = number.parse().map_err(|_| invalid())?;
-            AutoCompaction::Periodic(std::time::Duration::from_secs(seconds.saturating_mul(unit)))
-        }
+        // As etcd reads it: a bare number is hours, anything else a Go duration.
+        AutoCompactionMode::Periodic => AutoCompaction::Periodic(match retention.parse::<u64>() {
+            Ok(hours) => Duration::from_secs(hours.saturating_mul(3_600)),
+            Err(_) => go_duration(retention).ok_or_else(invalid)?,
+        }),
     };
     Ok(match policy {
         AutoCompaction::Revisions(0) => None,
@@ -195,9 +237,9 @@ pub struct RaftTuning {
 impl RaftTuning {
     /// The leader's read lease per leadership confirmation: the shortest election timeout,
     /// two thirds of the lease openraft's followers grant (`election_timeout_max`).
-    pub fn read_lease(&self) -> Option<std::time::Duration> {
+    pub fn read_lease(&self) -> Option<Duration> {
         (self.linearizable_reads == LinearizableReads::Lease)
-            .then(|| std::time::Duration::from_millis(self.election_timeout_ms))
+            .then(|| Duration::from_millis(self.election_timeout_ms))
     }
 }
 
@@ -217,6 +259,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Automatic compaction, if any.
     pub auto_compaction: Option<AutoCompaction>,
+    /// How often a watch that asked for progress notifications gets one.
+    pub watch_progress_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -382,8 +426,8 @@ impl Args {
             log_format: self.log_format,
             limits: Limits {
                 max_connections: self.max_connections.max(1),
-                header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(100)),
-                request_timeout: std::time::Duration::from_millis(self.request_timeout_ms.max(100)),
+                header_timeout: Duration::from_millis(self.header_timeout_ms.max(100)),
+                request_timeout: Duration::from_millis(self.request_timeout_ms.max(100)),
             },
             peer_token: match (&self.peer_token, &self.peer_token_file) {
                 (Some(token), _) => Some(PeerToken::new(token)?),
@@ -391,6 +435,7 @@ impl Args {
                 (None, None) => None,
             },
             auto_compaction: auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?,
+            watch_progress_every: self.watch_progress_notify_interval,
         })
     }
 }
@@ -483,16 +528,39 @@ mod tests {
     #[test]
     fn auto_compaction_reads_etcds_retentions() {
         let periodic = |r: &str| auto_compaction(AutoCompactionMode::Periodic, r);
-        let hour = std::time::Duration::from_secs(3_600);
+        let hour = Duration::from_secs(3_600);
         assert_eq!(periodic("0"), Ok(None), "the default keeps everything");
         assert_eq!(periodic("1"), Ok(Some(AutoCompaction::Periodic(hour))), "a bare number is hours");
         assert_eq!(periodic("30m"), Ok(Some(AutoCompaction::Periodic(hour / 2))));
-        assert_eq!(periodic("90s"), Ok(Some(AutoCompaction::Periodic(std::time::Duration::from_secs(90)))));
+        assert_eq!(periodic("90s"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(90)))));
+        assert_eq!(periodic("1h30m"), Ok(Some(AutoCompaction::Periodic(hour + hour / 2))), "Go's form too");
         assert_eq!(periodic("soon"), Err(ConfigError::AutoCompaction("soon".into())));
         let revision = |r: &str| auto_compaction(AutoCompactionMode::Revision, r);
         assert_eq!(revision("1000"), Ok(Some(AutoCompaction::Revisions(1_000))));
         assert_eq!(revision("0"), Ok(None));
         assert!(revision("1h").is_err());
+    }
+
+    #[test]
+    fn durations_are_read_as_go_writes_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration("10m"), Some(ms(600_000)));
+        assert_eq!(go_duration("10m0s"), Some(ms(600_000)), "as Go prints one");
+        assert_eq!(go_duration("1h30m"), Some(ms(5_400_000)));
+        assert_eq!(go_duration("1.5s"), Some(ms(1_500)));
+        assert_eq!(go_duration("500ms"), Some(ms(500)));
+        assert_eq!(go_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "10", "m", "1x", "-1s", "1s-"] {
+            assert_eq!(go_duration(bad), None, "{bad:?}");
+        }
+        let interval =
+            |v: &str| resolve(&["--watch-progress-notify-interval", v]).map(|c| c.watch_progress_every);
+        assert_eq!(resolve(&[]).expect("resolves").watch_progress_every, ms(600_000), "etcd's default");
+        assert_eq!(interval("1s"), Ok(ms(1_000)));
+        let etcds =
+            Args::try_parse_from(["metastore", "--experimental-watch-progress-notify-interval", "2s"]);
+        assert_eq!(etcds.expect("etcd's name").watch_progress_notify_interval, ms(2_000));
+        assert!(Args::try_parse_from(["metastore", "--watch-progress-notify-interval", "0s"]).is_err());
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub async fn run(
     ));
     let client_routes = grpc::Dispatch {
         http: warp::service(api::routes(service.clone(), config.peer_token.clone())),
-        grpc: grpc::routes(service.clone(), config.peer_token.clone()),
+        grpc: grpc::routes(service.clone(), config.peer_token.clone(), config.watch_progress_every),
     };
     let client_server = tokio::spawn(listener::serve(
         client_routes,

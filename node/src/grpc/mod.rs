@@ -54,6 +54,8 @@ pub struct Etcd {
     service: Service,
     /// Membership changes must present it, where the cluster has one.
     token: Option<PeerToken>,
+    /// How often a watch that asked for progress notifications gets one.
+    progress_every: std::time::Duration,
 }
 
 impl Etcd {
@@ -81,8 +83,8 @@ impl Etcd {
 }
 
 /// The etcd v3 services, ready to be served.
-pub fn routes(service: Service, token: Option<PeerToken>) -> Routes {
-    let etcd = Etcd { service, token };
+pub fn routes(service: Service, token: Option<PeerToken>, progress_every: std::time::Duration) -> Routes {
+    let etcd = Etcd { service, token, progress_every };
     Routes::new(
         KvServer::new(etcd.clone())
             .max_decoding_message_size(MAX_DECODING_BYTES)

@@ -31,8 +31,6 @@ use crate::engine::KeyRange;
 use crate::storage::Change;
 use crate::watch::{ProgressRequests, WatchMessage, WatchRequest};
 
-/// How often a watch that asked for progress notifications gets one (etcd's default).
-const PROGRESS_EVERY: Duration = Duration::from_secs(600);
 /// How long a stream that asked for a leader stays open while the member knows none.
 const LEADERLESS_FOR: Duration = Duration::from_secs(3);
 /// Responses queued for the client before the session waits for it.
@@ -197,7 +195,7 @@ impl Session {
             prev_kv: create.prev_kv,
             no_put: create.filters.contains(&(FilterType::Noput as i32)),
             no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
-            progress_every: create.progress_notify.then_some(PROGRESS_EVERY),
+            progress_every: create.progress_notify.then_some(self.etcd.progress_every),
         };
         let (mut messages, progress) = self.etcd.service.watch_with_progress(request);
         // The watcher's first word says it is running: answer the create with it now, so that
