@@ -118,8 +118,8 @@ pub struct Args {
     #[arg(long, env = "METASTORE_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
-    /// How often a watch that asked for progress notifications gets one: a duration like 10m
-    /// or 1s (etcd's --experimental-watch-progress-notify-interval, also accepted).
+    /// How often a gRPC watch that asked for progress notifications gets one: a duration like
+    /// 10m or 1s (etcd's --experimental-watch-progress-notify-interval, also accepted).
     #[arg(
         long,
         env = "METASTORE_WATCH_PROGRESS_NOTIFY_INTERVAL",
@@ -148,20 +148,25 @@ pub fn go_duration(text: &str) -> Option<Duration> {
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
+            // Go accepts both micro signs: U+00B5 and U+03BC.
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
             "ns" => 1e-9,
             _ => return None,
         };
         rest = &rest[unit_end..];
         total += number * seconds;
     }
-    Duration::try_from_secs_f64(total).ok().filter(|_| !text.is_empty())
+    // Go's durations end at 2^63 - 1 nanoseconds (about 292 years), and so do etcd's flags.
+    let longest = Duration::from_nanos(i64::MAX as u64);
+    Duration::try_from_secs_f64(total).ok().filter(|d| !text.is_empty() && *d <= longest)
 }
 
+/// A progress interval: a Go duration from a millisecond up (shorter would keep a watch
+/// sending nothing but progress).
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match go_duration(text) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(format!("{text:?} is not a positive duration like 10m, 30s or 500ms")),
+        Some(d) if d >= Duration::from_millis(1) => Ok(d),
+        _ => Err(format!("{text:?} is not a duration of 1ms or more, like 10m, 30s or 500ms")),
     }
 }
 
@@ -550,7 +555,10 @@ mod tests {
         assert_eq!(go_duration("1.5s"), Some(ms(1_500)));
         assert_eq!(go_duration("500ms"), Some(ms(500)));
         assert_eq!(go_duration("0"), Some(Duration::ZERO));
-        for bad in ["", "10", "m", "1x", "-1s", "1s-"] {
+        assert_eq!(go_duration("3\u{b5}s"), Some(Duration::from_micros(3)));
+        assert_eq!(go_duration("3\u{3bc}s"), Some(Duration::from_micros(3)), "the Greek mu too");
+        assert_eq!(go_duration("2562047h"), Some(Duration::from_secs(2_562_047 * 3_600)), "Go's longest");
+        for bad in ["", "10", "m", "1x", "-1s", "1s-", "1.5.2s", "2562048h", "3000000000000000h"] {
             assert_eq!(go_duration(bad), None, "{bad:?}");
         }
         let interval =
@@ -560,7 +568,10 @@ mod tests {
         let etcds =
             Args::try_parse_from(["metastore", "--experimental-watch-progress-notify-interval", "2s"]);
         assert_eq!(etcds.expect("etcd's name").watch_progress_notify_interval, ms(2_000));
-        assert!(Args::try_parse_from(["metastore", "--watch-progress-notify-interval", "0s"]).is_err());
+        for refused in ["0s", "1ns", "3000000000000000h"] {
+            let args = Args::try_parse_from(["metastore", "--watch-progress-notify-interval", refused]);
+            assert!(args.is_err(), "{refused}");
+        }
     }
 
     #[test]

@@ -44,7 +44,10 @@ pub struct KvReader {
 impl KvReader {
     pub(crate) fn new(db: Arc<DB>) -> Self {
         // Only a start value: a waiter reads the store itself before waiting for more.
-        let revision = read_revision(&db, &ReadOptions::default()).unwrap_or_default();
+        let revision = read_revision(&db, &ReadOptions::default()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the store's revision; watches start from an empty store's");
+            codec::EMPTY_STORE_REVISION
+        });
         Self { db, applied: Arc::new(watch::channel(revision).0) }
     }
 

@@ -207,7 +207,10 @@ fn load_snapshot(
     let sm = cf(db, CF_SM)?;
     batch.put_cf(sm, codec::LAST_APPLIED, encode(&header.meta.last_log_id)?);
     batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&header.meta.last_membership)?);
-    batch.put_cf(sm, codec::REVISION, codec::encode_u64(header.revision));
+    // A checkpoint an older build took of a never-written store says 0; the sender reads that
+    // store as at EMPTY_STORE_REVISION now, and so must the receiver.
+    let revision = header.revision.max(codec::EMPTY_STORE_REVISION);
+    batch.put_cf(sm, codec::REVISION, codec::encode_u64(revision));
     batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(header.compacted));
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -711,9 +714,14 @@ pub(super) mod tests {
 
     /// A snapshot at `index` holding `keys`, as a peer would send it.
     fn received_snapshot(index: u64, keys: &[&[u8]]) -> (SnapshotMeta, tokio::fs::File) {
+        received_snapshot_at(index, keys, 77)
+    }
+
+    /// A snapshot at `index` holding `keys` at store revision `revision`.
+    fn received_snapshot_at(index: u64, keys: &[&[u8]], revision: u64) -> (SnapshotMeta, tokio::fs::File) {
         let meta =
             SnapshotMeta { last_log_id: Some(log_id(index)), last_membership: StoredMembership::default() };
-        let header = SnapshotHeader { meta: meta.clone(), revision: 77, compacted: 0 };
+        let header = SnapshotHeader { meta: meta.clone(), revision, compacted: 0 };
         let mut writer = SnapshotWriter::new(Vec::new(), &header).expect("header");
         for key in keys {
             writer.record(Family::Kv, key, &encode_record(&KeyRecord::at(1, 1, 1, "v"))).expect("record");
@@ -810,6 +818,24 @@ pub(super) mod tests {
         assert_eq!(applied, Some(log_id(10)));
         let current = sm.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta, meta);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_snapshot_of_a_never_written_store_installs_at_an_empty_stores_revision() {
+        // A checkpoint taken by an older build of a store never written to says revision 0; the
+        // member that sends it reads that store as at revision 1 now, and so must the receiver.
+        for sent in [0, codec::EMPTY_STORE_REVISION] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
+            let announcer = crate::storage::KvReader::new(db.clone()).announcer();
+            let mut sm =
+                StateMachine::new(db.clone(), dir.path().join("snapshots"), announcer).await.expect("open");
+            let (meta, file) = received_snapshot_at(10, &[], sent);
+            sm.install_snapshot(&meta, SnapshotData::Received(file)).await.expect("install");
+            assert_eq!(revision(&db), codec::EMPTY_STORE_REVISION, "a snapshot saying {sent}");
+            let next = answers_of(&db, vec![entry(11, vec![put(b"a", "1", None)])]).expect("apply");
+            assert_eq!(written(&next[0])[0].revision, 2, "the first write is 2, as on the sender");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
