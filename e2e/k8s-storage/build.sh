@@ -24,7 +24,9 @@ PACKAGES=(
 
 log() { echo "k8s-storage: $*" >&2; }
 
-stamp="$(cat "$here/cluster_shim.go" "$0" | sha256sum | cut -d' ' -f1)"
+go=/usr/lib/go-1.19/bin/go
+stamp="$( (cat "$here/cluster_shim.go" "$0" "$here/../local/kubernetes-source.sh"; "$go" version 2>/dev/null) |
+  sha256sum | cut -d' ' -f1)"
 if [[ -f "$OUT/stamp" && "$(cat "$OUT/stamp")" == "$stamp" ]]; then
   echo "$OUT"
   exit 0
@@ -36,15 +38,18 @@ work="$CACHE/storage-tests-build"
 tree="$work/gopath/src/k8s.io/kubernetes"
 "$here/../local/kubernetes-source.sh" "$tree"
 
+# The overlay: the shim in place of cluster.go, every other file of the package gone.
 integration="$tree/vendor/go.etcd.io/etcd/integration"
-python3 - "$integration" "$here/cluster_shim.go" >"$work/overlay.json" <<'PY'
-import json, os, sys
-package, shim = sys.argv[1], sys.argv[2]
-replace = {os.path.join(package, f): "" for f in os.listdir(package) if f.endswith(".go")}
-replace[os.path.join(package, "cluster.go")] = shim
-json.dump({"Replace": replace}, sys.stdout, indent=1)
-PY
+{
+  echo '{"Replace": {'
+  for f in "$integration"/*.go; do
+    [[ "$f" == "$integration/cluster.go" ]] || echo "\"$f\": \"\","
+  done
+  echo "\"$integration/cluster.go\": \"$here/cluster_shim.go\""
+  echo '}}'
+} >"$work/overlay.json"
 
+rm -rf "$OUT.tmp"
 mkdir -p "$OUT.tmp"
 (
   cd "$tree"

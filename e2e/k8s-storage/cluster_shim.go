@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,16 +39,24 @@ type ClusterConfig struct {
 type ClusterV3 struct {
 	dir       string
 	processes []*exec.Cmd
+	logs      []*os.File
 	clients   []*clientv3.Client
 }
 
+var nextPort = uint32(os.Getpid()*7919) % 12000
+
+// freePort is a free port below Linux's ephemeral range (32768 and up), where the tests' own
+// outgoing connections cannot take it between this check and the member's bind.
 func freePort(t testing.TB) int {
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("no free port: %v", err)
+	for tries := 0; tries < 12000; tries++ {
+		port := 20000 + int(atomic.AddUint32(&nextPort, 1)%12000)
+		if listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			listener.Close()
+			return port
+		}
 	}
-	defer listener.Close()
-	return listener.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port between 20000 and 32000")
+	return 0
 }
 
 // NewClusterV3 starts a cluster and returns once every member is ready and reachable.
@@ -73,8 +83,10 @@ func NewClusterV3(t testing.TB, cfg *ClusterConfig) *ClusterV3 {
 	for i := range ports {
 		log, err := os.Create(filepath.Join(dir, fmt.Sprintf("member-%d.log", i+1)))
 		if err != nil {
+			c.Terminate(t)
 			t.Fatal(err)
 		}
+		c.logs = append(c.logs, log)
 		args := []string{
 			"--member-id", strconv.Itoa(i + 1),
 			"--cluster", strings.Join(peers, ","),
@@ -86,7 +98,10 @@ func NewClusterV3(t testing.TB, cfg *ClusterConfig) *ClusterV3 {
 		}
 		cmd := exec.Command(binary, args...)
 		cmd.Stdout, cmd.Stderr = log, log
+		// Killed with the test binary, even when a timeout ends it before Terminate runs.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
+			c.Terminate(t)
 			t.Fatalf("starting %s: %v", binary, err)
 		}
 		c.processes = append(c.processes, cmd)
@@ -112,9 +127,10 @@ func NewClusterV3(t testing.TB, cfg *ClusterConfig) *ClusterV3 {
 // waitReady polls the member's /readyz: ready means it knows a leader and has caught up.
 func waitReady(port int) error {
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", port)
+	client := http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if response, err := http.Get(url); err == nil {
+		if response, err := client.Get(url); err == nil {
 			response.Body.Close()
 			if response.StatusCode == http.StatusOK {
 				return nil
@@ -143,6 +159,9 @@ func (c *ClusterV3) Terminate(t testing.TB) {
 	for _, cmd := range c.processes {
 		cmd.Process.Kill()
 		cmd.Wait()
+	}
+	for _, log := range c.logs {
+		log.Close()
 	}
 	if t.Failed() {
 		t.Logf("metaStore's logs kept in %s", c.dir)

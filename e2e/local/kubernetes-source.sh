@@ -14,7 +14,7 @@ CACHE="${METASTORE_K8S_CACHE:-/var/cache/metastore/kubernetes}"
 VERSION=1.20.5+really1.20.2
 ORIG="kubernetes_${VERSION}.orig.tar.gz"
 ORIG_SHA256=b83c0780efb182d928dc63d46488a847f161f04e40a94b96bf5247dd671ecdfc
-tree="${1:?usage: kubernetes-source.sh DIR}"
+tree="$(realpath -m "${1:?usage: kubernetes-source.sh DIR}")"
 
 log() { echo "kubernetes-source: $*" >&2; }
 
@@ -37,19 +37,23 @@ if ! echo "$ORIG_SHA256  $ORIG" | sha256sum -c --status 2>/dev/null; then
   log "fetching Debian's kubernetes source package"
   apt_dir="$CACHE/apt"
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/sources.list.d"
+  rm -f "$apt_dir"/sources.list.d/*
   for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -e "$f" ]] && sed 's/^Types: deb$/Types: deb-src/' "$f" >"$apt_dir/sources.list.d/$(basename "$f")"
+    if [[ -e "$f" ]]; then
+      sed 's/^Types: deb$/Types: deb-src/' "$f" >"$apt_dir/sources.list.d/$(basename "$f")"
+    fi
   done
-  if [[ -s /etc/apt/sources.list ]]; then
-    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list >"$apt_dir/sources.list"
-  else
-    : >"$apt_dir/sources.list"
-  fi
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    if [[ -e "$f" ]]; then sed -n 's/^deb /deb-src /p' "$f"; fi
+  done >"$apt_dir/sources.list"
   apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
     -o "Dir::State::Lists=$apt_dir/lists")
   apt-get "${apt_opts[@]}" update -qq
-  apt-get "${apt_opts[@]}" source --download-only -qq "kubernetes=1.20.5+really1.20.2-1.1+deb12u1" >/dev/null
-  echo "$ORIG_SHA256  $ORIG" | sha256sum -c --status || { log "checksum mismatch for $ORIG"; exit 1; }
+  # Whichever Debian revision of the package the archive has now: they share this upstream
+  # tarball, which the checksum pins.
+  apt-get "${apt_opts[@]}" source --download-only -qq kubernetes >/dev/null
+  echo "$ORIG_SHA256  $ORIG" | sha256sum -c --status ||
+    { log "no $ORIG with the expected checksum (Debian 12's kubernetes source package)"; exit 1; }
 fi
 
 rm -rf "$tree"

@@ -39,13 +39,15 @@ pub fn binaries() -> Result<PathBuf, String> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub store: StoreKind,
+    /// How many members the store has: etcd 1, metaStore 3 unless told.
+    pub store_members: Option<usize>,
     /// Appended to the apiserver's own flags; a flag given twice takes the last value.
     pub apiserver_flags: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { store: StoreKind::Etcd, apiserver_flags: Vec::new() }
+        Self { store: StoreKind::Etcd, store_members: None, apiserver_flags: Vec::new() }
     }
 }
 
@@ -150,7 +152,7 @@ impl ControlPlane {
             format!("{admin_token},{ADMIN_TOKEN_USER},1,\"system:masters\"\n"),
         )?;
 
-        let mut store = Store::start(options.store, &dir)?;
+        let mut store = Store::start(options.store, options.store_members, &dir)?;
         store.wait_ready().await?;
 
         let api_port = free_port();
@@ -229,6 +231,12 @@ impl ControlPlane {
     /// A client in the `system:masters` group.
     pub async fn admin_client(&self) -> anyhow::Result<kube::Client> {
         client_from_kubeconfig(&self.admin_kubeconfig()).await
+    }
+
+    /// The last lines of the apiserver's and the store's logs, for a failure message.
+    pub fn diagnostics(&self) -> String {
+        let apiserver = self.apiserver.as_ref().map(|p| p.tail(15)).unwrap_or_default();
+        format!("--- kube-apiserver log (last 15 lines)\n{apiserver}\n{}", self.store.diagnostics())
     }
 
     /// The store the control plane keeps its state in.

@@ -181,7 +181,7 @@ impl Local {
 
     /// The logs worth reading when a scenario failed.
     pub fn diagnostics(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.plane.lock().map(|plane| plane.diagnostics()).unwrap_or_default();
         if let Some(operator) = &self.operator {
             out += &format!("--- operator log (last 40 lines)\n{}\n", operator.tail(40));
         }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use metastore_testkit::{free_port, workspace_binary, Process};
 
 /// Which store backs the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoreKind {
     /// etcd 3.4, as Kubernetes ships with.
     Etcd,
@@ -30,8 +30,6 @@ impl StoreKind {
         }
     }
 }
-
-const METASTORE_MEMBERS: usize = 3;
 
 /// One member: how to start it again after a crash, and the running process.
 struct Member {
@@ -70,67 +68,50 @@ fn metastore_command() -> Command {
 }
 
 impl Store {
-    /// Starts the store's processes in `dir`; [`Store::wait_ready`] waits for them to serve.
-    pub fn start(kind: StoreKind, dir: &Path) -> anyhow::Result<Self> {
-        let mut members = match kind {
-            StoreKind::Etcd => {
-                let (port, peer_port) = (free_port(), free_port());
+    /// Starts `members` members (etcd: 1, metaStore: 3 when `None`) in `dir`;
+    /// [`Store::wait_ready`] waits for them to serve.
+    pub fn start(kind: StoreKind, members: Option<usize>, dir: &Path) -> anyhow::Result<Self> {
+        let count = members.unwrap_or(match kind {
+            StoreKind::Etcd => 1,
+            StoreKind::MetaStore => 3,
+        });
+        anyhow::ensure!(count > 0, "a store needs a member");
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[i].1);
+        let mut members: Vec<Member> = (0..count)
+            .map(|i| {
+                let (id, port) = (i + 1, ports[i].0);
                 let client_url = format!("http://127.0.0.1:{port}");
-                let peer_url = format!("http://127.0.0.1:{peer_port}");
-                let data = dir.join("etcd");
-                let args = [
-                    "--name",
-                    "e2e",
-                    "--data-dir",
-                    &data.to_string_lossy(),
-                    "--listen-client-urls",
-                    &client_url,
-                    "--advertise-client-urls",
-                    &client_url,
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                    "--initial-cluster",
-                    &format!("e2e={peer_url}"),
-                ];
-                vec![Member {
-                    name: "etcd".into(),
-                    client_url: client_url.clone(),
-                    command: etcd_command,
-                    args: args.iter().map(|a| a.to_string()).collect(),
-                    log: dir.join("etcd.log"),
-                    process: None,
-                }]
-            }
-            StoreKind::MetaStore => {
-                let ports: Vec<(u16, u16)> =
-                    (0..METASTORE_MEMBERS).map(|_| (free_port(), free_port())).collect();
-                let cluster: Vec<String> =
-                    ports.iter().map(|(_, peer)| format!("http://127.0.0.1:{peer}")).collect();
-                ports
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (port, _))| {
-                        let id = i + 1;
-                        let data = dir.join(format!("metastore-{id}"));
-                        Member {
-                            name: format!("metastore-{id}"),
-                            client_url: format!("http://127.0.0.1:{port}"),
-                            command: metastore_command,
-                            args: vec![
-                                format!("--member-id={id}"),
-                                format!("--cluster={}", cluster.join(",")),
-                                format!("--port={port}"),
-                                format!("--data-dir={}", data.display()),
-                            ],
-                            log: dir.join(format!("metastore-{id}.log")),
-                            process: None,
-                        }
-                    })
-                    .collect()
-            }
-        };
+                let (name, command, args) = match kind {
+                    StoreKind::Etcd => {
+                        let cluster: Vec<String> =
+                            (0..count).map(|j| format!("etcd-{}={}", j + 1, peer_url(j))).collect();
+                        let args = vec![
+                            format!("--name=etcd-{id}"),
+                            format!("--data-dir={}", dir.join(format!("etcd-{id}")).display()),
+                            format!("--listen-client-urls={client_url}"),
+                            format!("--advertise-client-urls={client_url}"),
+                            format!("--listen-peer-urls={}", peer_url(i)),
+                            format!("--initial-advertise-peer-urls={}", peer_url(i)),
+                            format!("--initial-cluster={}", cluster.join(",")),
+                        ];
+                        (format!("etcd-{id}"), etcd_command as fn() -> Command, args)
+                    }
+                    StoreKind::MetaStore => {
+                        let cluster: Vec<String> = (0..count).map(peer_url).collect();
+                        let args = vec![
+                            format!("--member-id={id}"),
+                            format!("--cluster={}", cluster.join(",")),
+                            format!("--port={port}"),
+                            format!("--data-dir={}", dir.join(format!("metastore-{id}")).display()),
+                        ];
+                        (format!("metastore-{id}"), metastore_command as fn() -> Command, args)
+                    }
+                };
+                let log = dir.join(format!("{name}.log"));
+                Member { name, client_url, command, args, log, process: None }
+            })
+            .collect();
         for member in &mut members {
             member.start()?;
         }
@@ -183,6 +164,13 @@ impl Store {
 
     fn log_tail(&self, member: usize, lines: usize) -> String {
         metastore_testkit::tail(&self.members[member].log, lines)
+    }
+
+    /// The last lines of every member's log, for a failure message.
+    pub fn diagnostics(&self) -> String {
+        (0..self.members.len())
+            .map(|i| format!("--- {} log (last 15 lines)\n{}\n", self.members[i].name, self.log_tail(i, 15)))
+            .collect()
     }
 
     /// The index (0-based) of the member that leads, as the members themselves say.

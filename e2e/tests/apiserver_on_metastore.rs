@@ -30,6 +30,8 @@ use metastore_e2e::store::StoreKind;
 /// Where the lease reconciler publishes the apiserver: any address outside the loopback range
 /// (the reconciler refuses those); nothing here connects to it.
 const ADVERTISED: &str = "192.0.2.1";
+/// The ConfigMap kube-controller-manager puts in every namespace.
+const ROOT_CA: &str = "kube-root-ca.crt";
 
 #[test]
 fn kube_apiserver_gets_from_metastore_what_it_relies_on() {
@@ -45,6 +47,7 @@ fn kube_apiserver_gets_from_metastore_what_it_relies_on() {
         let dir = tempfile::Builder::new().prefix("metastore-apiserver-").tempdir().expect("temp dir");
         let options = Options {
             store: StoreKind::MetaStore,
+            store_members: None,
             apiserver_flags: [
                 "--watch-cache=false",
                 "--etcd-compaction-interval=3s",
@@ -58,6 +61,7 @@ fn kube_apiserver_gets_from_metastore_what_it_relies_on() {
         let mut plane = ControlPlane::start(&bin, dir.path(), &options).await.expect("control plane");
         let outcome = checks(&mut plane).await;
         if let Err(e) = &outcome {
+            eprintln!("{}", plane.diagnostics());
             eprintln!("apiserver checks FAILED: {e:#}");
             let dir = dir.keep();
             eprintln!("kept {} for inspection", dir.display());
@@ -71,6 +75,13 @@ async fn checks(plane: &mut ControlPlane) -> anyhow::Result<()> {
     for namespace in ["objects", "pages", "watched", "events", "load"] {
         let namespaces: Api<Namespace> = Api::all(kube.clone());
         namespaces.create(&PostParams::default(), &named(namespace)?).await?;
+        // The controller manager publishes its CA into every namespace; once it has, the
+        // ConfigMaps a check lists are exactly the ones it made and this one.
+        let maps: Api<ConfigMap> = Api::namespaced(kube.clone(), namespace);
+        eventually(&format!("{ROOT_CA} in {namespace}"), Duration::from_secs(60), || async {
+            maps.get_opt(ROOT_CA).await?.map(|_| ()).context("not yet")
+        })
+        .await?;
     }
     the_health_checks_pass(&kube).await?;
     a_stale_resource_version_is_a_conflict(&kube).await?;
@@ -142,6 +153,8 @@ async fn lists_page_and_a_compacted_continue_token_expires(kube: &kube::Client) 
     for name in &names {
         maps.create(&PostParams::default(), &config_map(name, name)?).await?;
     }
+    let expected: Vec<String> =
+        names.iter().cloned().chain([ROOT_CA.to_string()]).collect::<BTreeSet<_>>().into_iter().collect();
     let mut listed = Vec::new();
     let mut token = None;
     let mut first_token = None;
@@ -156,7 +169,7 @@ async fn lists_page_and_a_compacted_continue_token_expires(kube: &kube::Client) 
         match &token {
             Some(_) => {
                 ensure!(
-                    remaining == Some((names.len() - listed.len()) as i64),
+                    remaining == Some((expected.len() - listed.len()) as i64),
                     "remainingItemCount {remaining:?}"
                 );
                 first_token.get_or_insert(token.clone());
@@ -164,10 +177,7 @@ async fn lists_page_and_a_compacted_continue_token_expires(kube: &kube::Client) 
             None => break,
         }
     }
-    ensure!(
-        listed == names.iter().cloned().collect::<Vec<_>>(),
-        "the pages, in order, are the whole list: {listed:?}"
-    );
+    ensure!(listed == expected, "the pages, in order, are the whole list: {listed:?}");
 
     // The token names the revision of the first page; once the apiserver's compactor passes it,
     // continuing is refused with 410 Gone and a fresh list works.
@@ -407,6 +417,15 @@ async fn a_leader_crash_under_a_controller_workload_loses_nothing(
     let leader = plane.store().leader().await?;
     eprintln!("apiserver: kill -9 metaStore member {} (the leader) under load", leader + 1);
     plane.store().kill(leader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let elected = loop {
+        match plane.store().leader().await {
+            Ok(now) if now != leader => break now,
+            _ if std::time::Instant::now() > deadline => bail!("no new leader 60 s after the old one died"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    eprintln!("apiserver: member {} leads now", elected + 1);
     // Work the controllers must do across the failover: every Deployment scaled up while the
     // store elects a new leader.
     for i in 0..DEPLOYMENTS {
