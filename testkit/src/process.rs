@@ -103,11 +103,15 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A binary of this workspace, built next to the test executable (`<target>/debug/deps/..`);
-/// `Err` says how to build it.
+/// A binary of this workspace, built beside the running executable: a test's
+/// (`<target>/debug/deps/..`) or a binary's (`<target>/release/..`); `Err` says how to build it.
 pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = exe.parent().and_then(Path::parent).ok_or("no target directory")?.join(name);
+    let mut dir = exe.parent().ok_or("no target directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().ok_or("no target directory")?;
+    }
+    let bin = dir.join(name);
     if !bin.exists() {
         return Err(format!("{} is missing: `cargo test --workspace` builds it", bin.display()));
     }

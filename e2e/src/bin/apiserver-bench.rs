@@ -1,0 +1,324 @@
+//! The same kube-apiserver workload on a control plane that keeps its state in a 3-member etcd
+//! cluster and on one that keeps it in a 3-member metaStore cluster, one after the other: ConfigMaps
+//! created, listed in pages, patched and deleted by concurrent clients (each with a connection
+//! of its own, as separate controllers have), while a watch started before the creates measures
+//! how long each creation takes to reach a watcher. Prints a Markdown table of throughput and
+//! latency per step, and metaStore's ratio to etcd. Run by `bench/kubernetes.sh`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::{Api, ResourceExt};
+use metastore_e2e::control_plane::{self, client_from_kubeconfig, ControlPlane, Options};
+use metastore_e2e::store::StoreKind;
+
+#[derive(Parser)]
+#[command(about = "kube-apiserver on etcd and on metaStore, side by side")]
+struct Args {
+    /// ConfigMaps created, patched and deleted per run.
+    #[arg(long, default_value_t = 5_000)]
+    objects: usize,
+    /// Concurrent clients, each with its own connection.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Full paged lists (500 per page) per client.
+    #[arg(long, default_value_t = 4)]
+    lists_per_client: usize,
+    /// Members of each store.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Runs per store, alternating which store goes first; the table shows the median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+}
+
+const NAMESPACE: &str = "bench";
+
+/// What one step measured.
+#[derive(Debug, Clone)]
+struct Step {
+    name: &'static str,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn step(name: &'static str, count: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> Step {
+    latencies.sort();
+    Step {
+        name,
+        per_second: count as f64 / elapsed.as_secs_f64(),
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+    }
+}
+
+/// Runs `op(client, i)` for every `i` below `count`, spread over the clients; the latency of
+/// each call and the wall time of the whole. Any failure fails the step: a benchmark with
+/// errors measures something else.
+async fn drive<F, Fut>(
+    clients: &[kube::Client],
+    count: usize,
+    op: F,
+) -> anyhow::Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(kube::Client, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (client, next, op) = (client.clone(), next.clone(), op.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<_, anyhow::Error>(latencies);
+                    }
+                    let sent = Instant::now();
+                    op(client.clone(), i).await.with_context(|| format!("operation {i}"))?;
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    Ok((started.elapsed(), latencies))
+}
+
+fn config_map(name: &str) -> anyhow::Result<ConfigMap> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "bench": "true" } },
+        "data": { "value": format!("{name}-{}", "x".repeat(200)) },
+    }))?)
+}
+
+fn name(i: usize) -> String {
+    format!("cm-{i:06}")
+}
+
+/// One run of the workload on a fresh control plane over `store`.
+async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Result<Vec<Step>> {
+    let dir = tempfile::Builder::new().prefix("apiserver-bench-").tempdir()?;
+    let options = Options { store, store_members: Some(args.members), ..Options::default() };
+    let plane = ControlPlane::start(bin, dir.path(), &options).await?;
+    let admin = plane.admin_client().await?;
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": NAMESPACE } }))?;
+    namespaces.create(&PostParams::default(), &namespace).await?;
+    let mut clients = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        clients.push(client_from_kubeconfig(&plane.admin_kubeconfig()).await?);
+    }
+    let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NAMESPACE);
+
+    // The watcher: when each ConfigMap's ADDED event arrived.
+    // Only the benchmark's own ConfigMaps: the controller manager adds kube-root-ca.crt.
+    let ours = "bench=true";
+    let from = maps
+        .list(&ListParams::default().labels(ours))
+        .await?
+        .metadata
+        .resource_version
+        .context("list version")?;
+    let stream = maps.watch(&WatchParams::default().labels(ours).timeout(1_800), &from).await?;
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watcher = {
+        let seen = seen.clone();
+        let objects = args.objects;
+        tokio::spawn(async move {
+            let mut stream = Box::pin(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(WatchEvent::Added(map)) = event {
+                    let mut seen = seen.lock().expect("watch ledger");
+                    seen.insert(map.name_any(), Instant::now());
+                    if seen.len() == objects {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut steps = Vec::new();
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (elapsed, latencies) = {
+        let sent = sent.clone();
+        drive(&clients, args.objects, move |client, i| {
+            let sent = sent.clone();
+            async move {
+                let maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+                sent.lock().expect("ledger").insert(name(i), Instant::now());
+                maps.create(&PostParams::default(), &config_map(&name(i))?).await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    steps.push(step("create", args.objects, elapsed, latencies));
+
+    tokio::time::timeout(Duration::from_secs(120), watcher).await.context("every creation watched")??;
+    let delays: Vec<Duration> = {
+        let (sent, seen) = (sent.lock().expect("ledger"), seen.lock().expect("watch ledger"));
+        sent.iter()
+            .filter_map(|(name, at)| seen.get(name).map(|s| s.saturating_duration_since(*at)))
+            .collect()
+    };
+    if delays.len() != args.objects {
+        bail!("the watch saw {} of {} creations", delays.len(), args.objects);
+    }
+    // Latency only: the watch's rate is the creates'.
+    steps.push(Step {
+        per_second: f64::NAN,
+        ..step("create → watch event", 1, Duration::from_secs(1), delays)
+    });
+
+    let lists = args.clients * args.lists_per_client;
+    let objects = args.objects;
+    let (elapsed, latencies) = drive(&clients, lists, move |client, _| async move {
+        let maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+        let mut params = ListParams::default().labels("bench=true").limit(500);
+        let mut listed = 0;
+        loop {
+            let page = maps.list(&params).await?;
+            listed += page.items.len();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => break,
+            }
+        }
+        anyhow::ensure!(listed == objects, "a list saw {listed} of {objects}");
+        Ok(())
+    })
+    .await?;
+    steps.push(step("list (paged, 500)", lists, elapsed, latencies));
+
+    let (elapsed, latencies) = drive(&clients, args.objects, |client, i| async move {
+        let maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+        let patch = serde_json::json!({ "data": { "value": "patched" } });
+        maps.patch(&name(i), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    })
+    .await?;
+    steps.push(step("patch", args.objects, elapsed, latencies));
+
+    let (elapsed, latencies) = drive(&clients, args.objects, |client, i| async move {
+        let maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+        maps.delete(&name(i), &DeleteParams::default()).await?;
+        Ok(())
+    })
+    .await?;
+    steps.push(step("delete", args.objects, elapsed, latencies));
+    drop(plane);
+    Ok(steps)
+}
+
+/// The median throughput; of an even count, the higher middle one.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The median latency; of an even count, the lower middle one (the better, as for throughput).
+fn median_duration(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1_000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = control_plane::binaries().map_err(|why| anyhow::anyhow!(why))?;
+    for store in [StoreKind::Etcd, StoreKind::MetaStore] {
+        if let Some(missing) = store.missing() {
+            bail!("{store:?} needs {missing}");
+        }
+    }
+    let mut runs: HashMap<StoreKind, Vec<Vec<Step>>> = HashMap::new();
+    for round in 0..args.rounds {
+        let order = if round % 2 == 0 {
+            [StoreKind::Etcd, StoreKind::MetaStore]
+        } else {
+            [StoreKind::MetaStore, StoreKind::Etcd]
+        };
+        for store in order {
+            eprintln!("round {}: {store:?}", round + 1);
+            let steps =
+                run(&bin, store, &args).await.with_context(|| format!("{store:?}, round {}", round + 1))?;
+            for s in &steps {
+                eprintln!(
+                    "  {:<22} {:>9.0}/s  p50 {:>7} ms  p99 {:>7} ms",
+                    s.name,
+                    s.per_second,
+                    ms(s.p50),
+                    ms(s.p99)
+                );
+            }
+            runs.entry(store).or_default().push(steps);
+        }
+    }
+
+    println!(
+        "\n{} ConfigMaps, {} clients, {} members each, {} round(s); median over rounds\n",
+        args.objects, args.clients, args.members, args.rounds
+    );
+    println!("Ratio: metaStore's throughput over etcd's; for the watch, etcd's p99 over metaStore's. Above 1, metaStore is ahead.\n");
+    println!("| step | etcd /s | metaStore /s | ratio | etcd p50 / p99 (ms) | metaStore p50 / p99 (ms) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let (etcd, metastore) = (&runs[&StoreKind::Etcd], &runs[&StoreKind::MetaStore]);
+    for (i, first) in etcd[0].iter().enumerate() {
+        let summary = |runs: &Vec<Vec<Step>>| {
+            (
+                median(runs.iter().map(|r| r[i].per_second).collect()),
+                median_duration(runs.iter().map(|r| r[i].p50).collect()),
+                median_duration(runs.iter().map(|r| r[i].p99).collect()),
+            )
+        };
+        let (e_rate, e50, e99) = summary(etcd);
+        let (m_rate, m50, m99) = summary(metastore);
+        let rate = |r: f64| if r.is_nan() { "–".to_string() } else { format!("{r:.0}") };
+        let ratio = if e_rate.is_nan() {
+            format!("{:.2} (p99)", e99.as_secs_f64() / m99.as_secs_f64().max(1e-9))
+        } else {
+            format!("{:.2}", m_rate / e_rate)
+        };
+        println!(
+            "| {} | {} | {} | {} | {} / {} | {} / {} |",
+            first.name,
+            rate(e_rate),
+            rate(m_rate),
+            ratio,
+            ms(e50),
+            ms(e99),
+            ms(m50),
+            ms(m99)
+        );
+    }
+    Ok(())
+}
