@@ -239,6 +239,11 @@ impl ControlPlane {
         format!("--- kube-apiserver log (last 15 lines)\n{apiserver}\n{}", self.store.diagnostics())
     }
 
+    /// The apiserver's process id, while it runs.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(Process::id)
+    }
+
     /// The store the control plane keeps its state in.
     pub fn store(&mut self) -> &mut Store {
         &mut self.store

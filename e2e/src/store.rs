@@ -200,6 +200,11 @@ impl Store {
         self.members[member].start()
     }
 
+    /// The process ids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.process.as_ref().map(Process::id)).collect()
+    }
+
     pub fn members(&self) -> usize {
         self.members.len()
     }

@@ -119,11 +119,35 @@ fn name(i: usize) -> String {
     format!("cm-{i:06}")
 }
 
+/// CPU time (user and system) `pids` have used so far, from /proc.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // utime and stime are fields 14 and 15, counted after the parenthesised command name.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some(ticks(11)? + ticks(12)?)
+        })
+        .sum::<f64>()
+        / TICKS_PER_SECOND
+}
+
+/// What one run measured: its steps, and the CPU the store and the apiserver used for them.
+struct Run {
+    steps: Vec<Step>,
+    store_cpu: f64,
+    apiserver_cpu: f64,
+}
+
 /// One run of the workload on a fresh control plane over `store`.
-async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Result<Vec<Step>> {
+async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Result<Run> {
     let dir = tempfile::Builder::new().prefix("apiserver-bench-").tempdir()?;
     let options = Options { store, store_members: Some(args.members), ..Options::default() };
-    let plane = ControlPlane::start(bin, dir.path(), &options).await?;
+    let mut plane = ControlPlane::start(bin, dir.path(), &options).await?;
+    let store_pids = plane.store().pids();
+    let apiserver_pids: Vec<u32> = plane.apiserver_pid().into_iter().collect();
     let admin = plane.admin_client().await?;
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     let namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": NAMESPACE } }))?;
@@ -162,6 +186,7 @@ async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Re
         })
     };
 
+    let cpu_before = (cpu_seconds(&store_pids), cpu_seconds(&apiserver_pids));
     let mut steps = Vec::new();
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let (elapsed, latencies) = {
@@ -231,8 +256,10 @@ async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Re
     })
     .await?;
     steps.push(step("delete", args.objects, elapsed, latencies));
+    let store_cpu = cpu_seconds(&store_pids) - cpu_before.0;
+    let apiserver_cpu = cpu_seconds(&apiserver_pids) - cpu_before.1;
     drop(plane);
-    Ok(steps)
+    Ok(Run { steps, store_cpu, apiserver_cpu })
 }
 
 /// The median throughput; of an even count, the higher middle one.
@@ -254,6 +281,10 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(
+        args.rounds > 0 && args.objects > 0 && args.clients > 0 && args.members > 0,
+        "--rounds, --objects, --clients and --members must be at least 1"
+    );
     let bin = control_plane::binaries().map_err(|why| anyhow::anyhow!(why))?;
     for store in [StoreKind::Etcd, StoreKind::MetaStore] {
         if let Some(missing) = store.missing() {
@@ -261,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let mut runs: HashMap<StoreKind, Vec<Vec<Step>>> = HashMap::new();
+    let mut cpu: HashMap<StoreKind, Vec<(f64, f64)>> = HashMap::new();
     for round in 0..args.rounds {
         let order = if round % 2 == 0 {
             [StoreKind::Etcd, StoreKind::MetaStore]
@@ -269,8 +301,10 @@ async fn main() -> anyhow::Result<()> {
         };
         for store in order {
             eprintln!("round {}: {store:?}", round + 1);
-            let steps =
+            let Run { steps, store_cpu, apiserver_cpu } =
                 run(&bin, store, &args).await.with_context(|| format!("{store:?}, round {}", round + 1))?;
+            eprintln!("  CPU over the workload: store {store_cpu:.1} s, kube-apiserver {apiserver_cpu:.1} s");
+            cpu.entry(store).or_default().push((store_cpu, apiserver_cpu));
             for s in &steps {
                 eprintln!(
                     "  {:<22} {:>9.0}/s  p50 {:>7} ms  p99 {:>7} ms",
@@ -320,5 +354,20 @@ async fn main() -> anyhow::Result<()> {
             ms(m99)
         );
     }
+    // CPU is a cost: of two rounds, the lower (as latencies).
+    let cpu_row = |store: StoreKind| {
+        let runs = &cpu[&store];
+        let lower_median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len().saturating_sub(1) / 2]
+        };
+        (lower_median(runs.iter().map(|r| r.0).collect()), lower_median(runs.iter().map(|r| r.1).collect()))
+    };
+    let ((etcd_store, etcd_api), (ms_store, ms_api)) =
+        (cpu_row(StoreKind::Etcd), cpu_row(StoreKind::MetaStore));
+    println!(
+        "\nCPU over the workload, all members together: etcd {etcd_store:.1} s (its kube-apiserver \
+         {etcd_api:.1} s), metaStore {ms_store:.1} s (its kube-apiserver {ms_api:.1} s)"
+    );
     Ok(())
 }
