@@ -19,3 +19,7 @@ pub use lease::*;
 pub use txn::*;
 pub use types::*;
 pub use watch::{EventKind, Watch, WatchEvent, WatchRequest, WatchResponse};
+
+/// The revision of a store nothing was ever written to: 1, as etcd's, so the first write is
+/// revision 2. Kubernetes depends on it (resourceVersion 0 means "any version" to it).
+pub const EMPTY_STORE_REVISION: u64 = 1;

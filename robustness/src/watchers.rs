@@ -30,9 +30,9 @@ pub struct StreamCheck {
 }
 
 impl StreamCheck {
-    /// A stream from the first revision of an empty store.
+    /// A stream from the first write to an empty store.
     pub fn from_start() -> Self {
-        Self { keys: BTreeMap::new(), next: 1 }
+        Self { keys: BTreeMap::new(), next: metastore_client::EMPTY_STORE_REVISION + 1 }
     }
 
     /// A stream continuing from `listing`, every key as of `revision`.
@@ -390,18 +390,18 @@ mod tests {
         WatchResponse { revision, events, ..WatchResponse::default() }
     }
 
-    /// a=1 (1), b=1 and a=2 in one transaction (2), delete b (3).
+    /// On an empty store (revision 1): a=1 (2), b=1 and a=2 in one transaction (3), delete b (4).
     fn history() -> Vec<WatchResponse> {
         vec![
-            line(1, vec![put(kv("a", "1", 1, 1, 1), None)]),
+            line(2, vec![put(kv("a", "1", 2, 2, 1), None)]),
             line(
-                2,
+                3,
                 vec![
-                    put(kv("b", "1", 2, 2, 1), None),
-                    put(kv("a", "2", 1, 2, 2), Some(kv("a", "1", 1, 1, 1))),
+                    put(kv("b", "1", 3, 3, 1), None),
+                    put(kv("a", "2", 2, 3, 2), Some(kv("a", "1", 2, 2, 1))),
                 ],
             ),
-            line(3, vec![delete("b", 3, Some(kv("b", "1", 2, 2, 1)))]),
+            line(4, vec![delete("b", 4, Some(kv("b", "1", 3, 3, 1)))]),
         ]
     }
 
@@ -417,7 +417,7 @@ mod tests {
     fn a_whole_stream_passes_and_builds_the_final_state() {
         let check = check(&history()).expect("a whole stream");
         assert_eq!(check.keys().len(), 1);
-        assert_eq!(check.next_revision(), 4);
+        assert_eq!(check.next_revision(), 5);
     }
 
     #[test]
@@ -437,7 +437,7 @@ mod tests {
     #[test]
     fn a_wrong_previous_value_is_caught() {
         let mut wrong = history();
-        wrong[1].events[1].prev_kv = Some(kv("a", "0", 1, 1, 1));
+        wrong[1].events[1].prev_kv = Some(kv("a", "0", 2, 2, 1));
         assert!(check(&wrong).is_err());
     }
 
@@ -451,8 +451,8 @@ mod tests {
     #[test]
     fn progress_beyond_the_events_is_caught() {
         let mut ahead = history();
-        ahead.insert(1, WatchResponse { revision: 2, progress: true, ..WatchResponse::default() });
-        assert!(check(&ahead).is_err(), "progress to 2 while events reached 1: the events at 2 were skipped");
+        ahead.insert(1, WatchResponse { revision: 3, progress: true, ..WatchResponse::default() });
+        assert!(check(&ahead).is_err(), "progress to 3 while events reached 2: the events at 3 were skipped");
     }
 
     #[test]

@@ -15,10 +15,9 @@ pub(crate) const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 /// The store's revision (u64, big-endian): the revision of the last write that changed a key.
 /// Absent means [`EMPTY_STORE_REVISION`].
 pub(crate) const REVISION: &[u8] = b"revision";
-/// The revision of a store nothing was ever written to. etcd's empty store is at revision 1,
-/// so its first write is revision 2; Kubernetes depends on it: a list answered at revision 0
-/// is "illegal resource version from storage", since resourceVersion 0 means "any version".
-pub(crate) const EMPTY_STORE_REVISION: u64 = 1;
+/// The revision of a store nothing was ever written to, as the API promises it: a list
+/// answered at revision 0 is "illegal resource version from storage" to kube-apiserver.
+pub(crate) const EMPTY_STORE_REVISION: u64 = metastore_client::EMPTY_STORE_REVISION;
 /// The compaction revision (u64, big-endian): history below it is gone. Absent means 0.
 pub(crate) const COMPACTED: &[u8] = b"compacted";
 /// The layout of everything below, as one number: see [`FORMAT_VERSION`].
