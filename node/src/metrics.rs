@@ -190,7 +190,7 @@ fn metrics() -> &'static Metrics {
         registry.register("raft_learners", "Learners", raft.learners.clone());
         registry.register(
             "rocksdb_sst_bytes",
-            "On-disk size of RocksDB table files",
+            "On-disk size of RocksDB table files, every column family's",
             raft.disk_bytes.clone(),
         );
         Metrics { registry, storage, api, raft }

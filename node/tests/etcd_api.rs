@@ -246,6 +246,8 @@ async fn maintenance_and_members_look_like_etcd_and_agree_across_members() {
         let status = client.status().await.expect("status");
         assert!(status.version().starts_with("3."), "an etcd-shaped version: {}", status.version());
         assert!(status.leader() != 0 && status.raft_term() > 0);
+        // kube-apiserver exports it as etcd_db_total_size_in_bytes; the keys are in it.
+        assert!(status.db_size() > 0, "a store holding keys has a size: {}", status.db_size());
         // Every member at the revision before hashing at it.
         eventually(Duration::from_secs(10), || {
             let mut c = client.clone();

@@ -46,7 +46,7 @@ impl Maintenance for Etcd {
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.service.id()))]
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let m = self.service.metrics();
-        let size = signed(self.service.reader().disk_size());
+        let size = signed(self.service.reader().stored_size());
         let learner =
             self.service.members().iter().any(|v| v.id == self.service.id() && v.role == Role::Learner);
         Ok(Response::new(StatusResponse {

@@ -58,6 +58,9 @@ pub(crate) const CF_CHANGES: &str = "changes";
 pub(crate) const CF_LEASES: &str = "leases";
 pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
 pub(crate) const CF_SM: &str = "sm_meta";
+/// Every column family of a store.
+const COLUMN_FAMILIES: [&str; 8] =
+    [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_LEASES, CF_LEASE_KEYS, CF_SM];
 
 /// The column families of the key-value data: what a snapshot carries besides its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +240,7 @@ pub(crate) fn open_db(path: &Path) -> Result<DB, StoreError> {
     // hundreds of MB to replay, and a restart took seconds.
     opts.set_max_total_wal_size(MAX_WAL_BYTES);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_LEASES, CF_LEASE_KEYS, CF_SM].map(|name| {
+    let cfs = COLUMN_FAMILIES.map(|name| {
         let mut cf_opts = Options::default();
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         ColumnFamilyDescriptor::new(name, cf_opts)
@@ -276,9 +279,25 @@ where
     }
 }
 
-/// Approximate on-disk size of the store's table files.
+/// The sum of a RocksDB property over every column family (the data lives in none of them by
+/// default: a property read without a family reads the empty default one).
+fn sum_over_families(db: &DB, property: &rocksdb::properties::PropName) -> u64 {
+    COLUMN_FAMILIES
+        .iter()
+        .filter_map(|name| db.cf_handle(name))
+        .filter_map(|cf| db.property_int_value_cf(cf, property).ok().flatten())
+        .sum()
+}
+
+/// On-disk size of the store's table files, every column family's.
 pub(crate) fn disk_size(db: &DB) -> u64 {
-    db.property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE).ok().flatten().unwrap_or(0)
+    sum_over_families(db, rocksdb::properties::TOTAL_SST_FILES_SIZE)
+}
+
+/// What the store holds, as etcd reports its database's size: the table files and what the
+/// memtables hold that is not in them yet (it is in the write-ahead log).
+pub(crate) fn stored_size(db: &DB) -> u64 {
+    disk_size(db) + sum_over_families(db, rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
 }
 
 #[cfg(test)]

@@ -200,6 +200,11 @@ impl KvReader {
     pub fn disk_size(&self) -> u64 {
         super::disk_size(&self.db)
     }
+
+    /// What the store holds, table files and memtables: etcd's database size.
+    pub fn stored_size(&self) -> u64 {
+        super::stored_size(&self.db)
+    }
 }
 
 /// The key as of `at` and the store's revision, from one view, reading no deeper than `tier`.
