@@ -294,10 +294,21 @@ pub(crate) fn disk_size(db: &DB) -> u64 {
     sum_over_families(db, rocksdb::properties::TOTAL_SST_FILES_SIZE)
 }
 
-/// What the store holds, as etcd reports its database's size: the table files and what the
-/// memtables hold that is not in them yet (it is in the write-ahead log).
+/// The size of the keys' store, as etcd reports its database's (its log not included): the
+/// state machine's column families, their table files and the memory their memtables use for
+/// what is not in those files yet.
 pub(crate) fn stored_size(db: &DB) -> u64 {
-    disk_size(db) + sum_over_families(db, rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
+    let state = Family::ALL.map(Family::name);
+    state
+        .iter()
+        .chain([&CF_SM])
+        .filter_map(|name| db.cf_handle(name))
+        .map(|cf| {
+            let property = |p| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            property(rocksdb::properties::TOTAL_SST_FILES_SIZE)
+                + property(rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
+        })
+        .sum()
 }
 
 #[cfg(test)]
