@@ -35,7 +35,7 @@ impl StoreKind {
 struct Member {
     name: String,
     client_url: String,
-    command: fn() -> Command,
+    program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     process: Option<Process>,
@@ -43,7 +43,7 @@ struct Member {
 
 impl Member {
     fn start(&mut self) -> anyhow::Result<()> {
-        let mut command = (self.command)();
+        let mut command = Command::new(&self.program);
         command.args(&self.args);
         self.process = Some(Process::spawn(&self.name, command, &self.log)?);
         Ok(())
@@ -53,18 +53,6 @@ impl Member {
 pub struct Store {
     kind: StoreKind,
     members: Vec<Member>,
-}
-
-fn etcd_command() -> Command {
-    Command::new("etcd")
-}
-
-fn metastore_command() -> Command {
-    // `StoreKind::missing` was asked first; a missing binary fails the spawn with its path.
-    let binary = workspace_binary("metastore").unwrap_or_else(|_| PathBuf::from("metastore"));
-    let mut command = Command::new(binary);
-    command.env("RUST_LOG", "info");
-    command
 }
 
 impl Store {
@@ -78,11 +66,15 @@ impl Store {
         anyhow::ensure!(count > 0, "a store needs a member");
         let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
         let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[i].1);
+        let program = match kind {
+            StoreKind::Etcd => PathBuf::from("etcd"),
+            StoreKind::MetaStore => workspace_binary("metastore").map_err(anyhow::Error::msg)?,
+        };
         let mut members: Vec<Member> = (0..count)
             .map(|i| {
                 let (id, port) = (i + 1, ports[i].0);
                 let client_url = format!("http://127.0.0.1:{port}");
-                let (name, command, args) = match kind {
+                let (name, args) = match kind {
                     StoreKind::Etcd => {
                         let cluster: Vec<String> =
                             (0..count).map(|j| format!("etcd-{}={}", j + 1, peer_url(j))).collect();
@@ -95,7 +87,7 @@ impl Store {
                             format!("--initial-advertise-peer-urls={}", peer_url(i)),
                             format!("--initial-cluster={}", cluster.join(",")),
                         ];
-                        (format!("etcd-{id}"), etcd_command as fn() -> Command, args)
+                        (format!("etcd-{id}"), args)
                     }
                     StoreKind::MetaStore => {
                         let cluster: Vec<String> = (0..count).map(peer_url).collect();
@@ -105,21 +97,17 @@ impl Store {
                             format!("--port={port}"),
                             format!("--data-dir={}", dir.join(format!("metastore-{id}")).display()),
                         ];
-                        (format!("metastore-{id}"), metastore_command as fn() -> Command, args)
+                        (format!("metastore-{id}"), args)
                     }
                 };
                 let log = dir.join(format!("{name}.log"));
-                Member { name, client_url, command, args, log, process: None }
+                Member { name, client_url, program: program.clone(), args, log, process: None }
             })
             .collect();
         for member in &mut members {
             member.start()?;
         }
         Ok(Self { kind, members })
-    }
-
-    pub fn kind(&self) -> StoreKind {
-        self.kind
     }
 
     /// Every member's client URL: the apiserver's `--etcd-servers`.
@@ -180,7 +168,8 @@ impl Store {
             let client = metastore_client::Client::new(member.client_url.clone());
             if let Ok(status) = client.cluster().await {
                 if let Some(leader) = status.leader_id {
-                    return usize::try_from(leader - 1).context("member id");
+                    let index = leader.checked_sub(1).context("member ids start at 1")?;
+                    return usize::try_from(index).context("member id");
                 }
             }
         }

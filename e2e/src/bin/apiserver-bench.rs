@@ -41,6 +41,9 @@ struct Args {
 }
 
 const NAMESPACE: &str = "bench";
+/// Selects the benchmark's own ConfigMaps (`config_map` labels them): the controller manager
+/// adds kube-root-ca.crt.
+const OURS: &str = "bench=true";
 
 /// What one step measured.
 #[derive(Debug, Clone)]
@@ -159,15 +162,13 @@ async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Re
     let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), NAMESPACE);
 
     // The watcher: when each ConfigMap's ADDED event arrived.
-    // Only the benchmark's own ConfigMaps: the controller manager adds kube-root-ca.crt.
-    let ours = "bench=true";
     let from = maps
-        .list(&ListParams::default().labels(ours))
+        .list(&ListParams::default().labels(OURS))
         .await?
         .metadata
         .resource_version
         .context("list version")?;
-    let stream = maps.watch(&WatchParams::default().labels(ours).timeout(1_800), &from).await?;
+    let stream = maps.watch(&WatchParams::default().labels(OURS).timeout(1_800), &from).await?;
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watcher = {
         let seen = seen.clone();
@@ -224,7 +225,7 @@ async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Re
     let objects = args.objects;
     let (elapsed, latencies) = drive(&clients, lists, move |client, _| async move {
         let maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
-        let mut params = ListParams::default().labels("bench=true").limit(500);
+        let mut params = ListParams::default().labels(OURS).limit(500);
         let mut listed = 0;
         loop {
             let page = maps.list(&params).await?;
@@ -262,16 +263,16 @@ async fn run(bin: &std::path::Path, store: StoreKind, args: &Args) -> anyhow::Re
     Ok(Run { steps, store_cpu, apiserver_cpu })
 }
 
-/// The median throughput; of an even count, the higher middle one.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+/// The median of the rounds' `values`, sorted best first by `better`; of an even count, the
+/// better of the two middle ones.
+fn median<T: Copy>(mut values: Vec<T>, better: impl FnMut(&T, &T) -> std::cmp::Ordering) -> Option<T> {
+    values.sort_by(better);
+    values.get(values.len().saturating_sub(1) / 2).copied()
 }
 
-/// The median latency; of an even count, the lower middle one (the better, as for throughput).
-fn median_duration(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values.get(values.len().saturating_sub(1) / 2).copied().unwrap_or_default()
+/// Higher throughput first.
+fn faster(a: &f64, b: &f64) -> std::cmp::Ordering {
+    b.total_cmp(a)
 }
 
 fn ms(d: Duration) -> String {
@@ -329,9 +330,9 @@ async fn main() -> anyhow::Result<()> {
     for (i, first) in etcd[0].iter().enumerate() {
         let summary = |runs: &Vec<Vec<Step>>| {
             (
-                median(runs.iter().map(|r| r[i].per_second).collect()),
-                median_duration(runs.iter().map(|r| r[i].p50).collect()),
-                median_duration(runs.iter().map(|r| r[i].p99).collect()),
+                median(runs.iter().map(|r| r[i].per_second).collect(), faster).unwrap_or(f64::NAN),
+                median(runs.iter().map(|r| r[i].p50).collect(), Duration::cmp).unwrap_or_default(),
+                median(runs.iter().map(|r| r[i].p99).collect(), Duration::cmp).unwrap_or_default(),
             )
         };
         let (e_rate, e50, e99) = summary(etcd);
@@ -357,11 +358,8 @@ async fn main() -> anyhow::Result<()> {
     // CPU is a cost: of two rounds, the lower (as latencies).
     let cpu_row = |store: StoreKind| {
         let runs = &cpu[&store];
-        let lower_median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len().saturating_sub(1) / 2]
-        };
-        (lower_median(runs.iter().map(|r| r.0).collect()), lower_median(runs.iter().map(|r| r.1).collect()))
+        let lower = |values: Vec<f64>| median(values, f64::total_cmp).unwrap_or(f64::NAN);
+        (lower(runs.iter().map(|r| r.0).collect()), lower(runs.iter().map(|r| r.1).collect()))
     };
     let ((etcd_store, etcd_api), (ms_store, ms_api)) =
         (cpu_row(StoreKind::Etcd), cpu_row(StoreKind::MetaStore));

@@ -279,36 +279,33 @@ where
     }
 }
 
-/// The sum of a RocksDB property over every column family (the data lives in none of them by
-/// default: a property read without a family reads the empty default one).
-fn sum_over_families(db: &DB, property: &rocksdb::properties::PropName) -> u64 {
-    COLUMN_FAMILIES
-        .iter()
+/// The sum of RocksDB `properties` over the column families `families` (a property read
+/// without a family reads the default one, which holds nothing).
+fn sum_properties<'a>(
+    db: &DB,
+    families: impl IntoIterator<Item = &'a str>,
+    properties: &[&rocksdb::properties::PropName],
+) -> u64 {
+    families
+        .into_iter()
         .filter_map(|name| db.cf_handle(name))
-        .filter_map(|cf| db.property_int_value_cf(cf, property).ok().flatten())
+        .flat_map(|cf| properties.iter().filter_map(move |p| db.property_int_value_cf(cf, *p).ok().flatten()))
         .sum()
 }
 
 /// On-disk size of the store's table files, every column family's.
 pub(crate) fn disk_size(db: &DB) -> u64 {
-    sum_over_families(db, rocksdb::properties::TOTAL_SST_FILES_SIZE)
+    sum_properties(db, COLUMN_FAMILIES, &[rocksdb::properties::TOTAL_SST_FILES_SIZE])
 }
 
 /// The size of the keys' store, as etcd reports its database's (its log not included): the
 /// state machine's column families, their table files and the memory their memtables use for
 /// what is not in those files yet.
 pub(crate) fn stored_size(db: &DB) -> u64 {
-    let state = Family::ALL.map(Family::name);
-    state
-        .iter()
-        .chain([&CF_SM])
-        .filter_map(|name| db.cf_handle(name))
-        .map(|cf| {
-            let property = |p| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
-            property(rocksdb::properties::TOTAL_SST_FILES_SIZE)
-                + property(rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES)
-        })
-        .sum()
+    let state = Family::ALL.map(Family::name).into_iter().chain([CF_SM]);
+    let properties =
+        [rocksdb::properties::TOTAL_SST_FILES_SIZE, rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES];
+    sum_properties(db, state, &properties)
 }
 
 #[cfg(test)]
