@@ -100,15 +100,15 @@ impl Client {
         Self { base, http, token: None }
     }
 
-    /// Presents `token` on membership changes (init, add, promote, remove), which members
-    /// started with a peer token refuse without it.
+    /// Presents `token` on membership changes (init, add, promote, remove) and snapshots,
+    /// which members started with a peer token refuse without it.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
     }
 
     /// A membership request, carrying the token if there is one.
-    fn admin(&self, method: Method, url: &str) -> RequestBuilder {
+    pub(crate) fn admin(&self, method: Method, url: &str) -> RequestBuilder {
         let req = self.http.request(method, url);
         match &self.token {
             Some(token) => req.bearer_auth(token.trim()),
@@ -334,7 +334,7 @@ impl Client {
     }
 }
 
-fn decode_error(status: StatusCode, body: &[u8]) -> ApiError {
+pub(crate) fn decode_error(status: StatusCode, body: &[u8]) -> ApiError {
     let body = serde_json::from_slice::<ErrorBody>(body).unwrap_or_else(|_| ErrorBody {
         // Not one of the node's answers (a proxy's, say): kept as the code nobody sends.
         error: ErrorCode::Other("http_error".into()),

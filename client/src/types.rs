@@ -107,6 +107,10 @@ pub struct MemberStatus {
 /// Answer to `GET /v1/cluster`: what this member knows about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
+    /// The cluster's id, in hexadecimal as etcdctl prints it: the same on every member of one
+    /// cluster, and new for a cluster restored from a backup.
+    #[serde(default)]
+    pub cluster_id: String,
     /// The member answering.
     pub member_id: u64,
     /// The identity of the answering member's storage; changes when its data is lost.

@@ -128,6 +128,14 @@ pub struct Args {
         value_parser = positive_duration
     )]
     pub watch_progress_notify_interval: Duration,
+
+    /// Start a new cluster from a backup: a member whose data dir holds no store yet is seeded
+    /// from this snapshot file (from GET /v1/snapshot or `etcdctl snapshot save`), keeping its
+    /// keys, history and revisions, with --cluster's members and a new cluster id. Give it to
+    /// every member of --cluster, or to the first alone and add the others later. A store that
+    /// already exists is never replaced.
+    #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE", conflicts_with = "join")]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// A duration as Go writes one, which is what etcd's flags take: `10m`, `1h30m`, `10m0s`,
@@ -228,6 +236,9 @@ pub enum Bootstrap {
     Static(BTreeMap<NodeId, Member>),
     /// Wait to be added by a leader (or initialized with `POST /v1/cluster/init`).
     Join,
+    /// Seed the store from a snapshot file, then form a cluster of these members (identical on
+    /// every member restored from the same file).
+    Restore { snapshot: PathBuf, members: BTreeMap<NodeId, Member> },
 }
 
 /// Raft timing and log compaction.
@@ -406,7 +417,10 @@ impl Args {
                 .enumerate()
                 .map(|(i, url)| (i as u64 + 1, Member { peer_url: url.clone(), ..Member::default() }))
                 .collect();
-            Bootstrap::Static(members)
+            match &self.restore_from {
+                Some(snapshot) => Bootstrap::Restore { snapshot: snapshot.clone(), members },
+                None => Bootstrap::Static(members),
+            }
         };
         if self.election_timeout_ms < 3 * self.heartbeat_interval_ms {
             return Err(ConfigError::Timing {
@@ -480,6 +494,18 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("data/1"));
         let Bootstrap::Static(members) = c.bootstrap else { panic!("expected a static bootstrap") };
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_restore_seeds_the_static_membership_and_is_no_way_to_join() {
+        let c =
+            resolve(&["--member-id", "2", "--cluster", SEED_CLUSTER, "--restore-from", "backup.snapshot"])
+                .expect("resolves");
+        let Bootstrap::Restore { snapshot, members } = c.bootstrap else { panic!("expected a restore") };
+        assert_eq!(snapshot, PathBuf::from("backup.snapshot"));
+        assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "every --cluster member");
+        let argv = ["metastore", "--join", "--advertise-peer-url", "http://a:1", "--restore-from", "f"];
+        assert!(Args::try_parse_from(argv).is_err(), "a joining member takes the leader's data");
     }
 
     #[test]

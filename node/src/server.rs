@@ -9,7 +9,7 @@ use openraft::RaftLogReader;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::config::NodeConfig;
+use crate::config::{Bootstrap, NodeConfig};
 use crate::network::{self, PeerClient, PeerNetwork, RaftRpcs, SnapshotReceiver};
 use crate::raft::{self, Raft};
 use crate::service::{Service, ServiceError};
@@ -38,6 +38,8 @@ pub enum StartError {
     PeerClient(#[from] reqwest::Error),
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(#[from] ServiceError),
+    #[error("cannot restore: {0}")]
+    Restore(#[from] storage::restore::RestoreError),
 }
 
 /// Binds a listener with `SO_REUSEADDR`, so that a restarted member can take its ports back
@@ -65,6 +67,25 @@ pub async fn run(
     let pristine = storage::is_pristine(&log_store, &reader)
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+    // Seeded before raft starts, which reads the store's state once, at start.
+    let pristine = match (&config.bootstrap, pristine) {
+        (Bootstrap::Restore { snapshot, members }, true) => {
+            let restored = state_machine.restore(snapshot.clone(), id, members.clone()).await?;
+            tracing::info!(
+                member = id,
+                snapshot = %snapshot.display(),
+                revision = restored.revision,
+                cluster_id = format_args!("{:016x}", restored.cluster_id),
+                "empty store: restored from the snapshot, as a new cluster"
+            );
+            false
+        }
+        (Bootstrap::Restore { snapshot, .. }, false) => {
+            tracing::warn!(member = id, snapshot = %snapshot.display(), "the store exists: not restoring over it");
+            false
+        }
+        (_, pristine) => pristine,
+    };
     let mut member = config.member.clone();
     member.incarnation = log_store
         .incarnation()

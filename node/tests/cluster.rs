@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, Cluster};
+use common::{add_member, eventually, Cluster};
 use metastore_client::{AddMemberRequest, Client, ClientError, Consistency, MemberRole, RangeRequest};
 
 const ELECTION: Duration = Duration::from_secs(30);
@@ -291,16 +291,6 @@ async fn a_member_with_data_never_reinitializes_whatever_its_flags() {
     assert_eq!(value_of(&client, "kept", Consistency::Linearizable).await.as_deref(), Some("yes"));
     let again = client.init(vec![]).await.expect_err("init on a member with data is refused");
     assert_eq!(again.status(), Some(409));
-}
-
-async fn add_member(admin: &Client, cluster: &Cluster, id: u64) {
-    let node = cluster.node(id);
-    let client = node.client();
-    let incarnation = eventually(Duration::from_secs(10), || client.cluster()).await.incarnation;
-    let request =
-        AddMemberRequest { id, peer_url: node.peer_url(), client_url: node.client_url(), incarnation };
-    eventually(Duration::from_secs(30), || admin.add_learner(&request)).await;
-    eventually(Duration::from_secs(30), || admin.promote(id)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

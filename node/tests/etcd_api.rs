@@ -307,3 +307,19 @@ async fn a_snapshot_streams_the_store_as_of_the_request_from_any_member() {
     let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(holds(b"snap/last") && holds(b"the last write"), "the write made just before is in it");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_member_names_its_clusters_id_and_another_cluster_names_another() {
+    let (one, clients) = started(3).await;
+    let (_other, others) = started(1).await;
+    let mut ids = Vec::new();
+    for client in clients.iter().chain(&others) {
+        let mut client = client.clone();
+        let header = client.status().await.expect("status").header().cloned().expect("a header");
+        ids.push(header.cluster_id());
+    }
+    assert!(ids[..3].iter().all(|id| *id == ids[0]), "one id on every member of a cluster: {ids:x?}");
+    assert_ne!(ids[3], ids[0], "two clusters, two ids: {ids:x?}");
+    let http = one.node(2).client().cluster().await.expect("status").cluster_id;
+    assert_eq!(http, format!("{:016x}", ids[0]), "the HTTP API names the same id");
+}

@@ -369,7 +369,7 @@ async fn members_are_added_updated_and_removed_as_etcdctl_does_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn etcdctl_saves_a_snapshot_of_any_member_to_a_file() {
+async fn etcdctl_saves_a_snapshot_of_any_member_that_starts_a_new_cluster() {
     if !etcd_installed() {
         return;
     }
@@ -377,6 +377,7 @@ async fn etcdctl_saves_a_snapshot_of_any_member_to_a_file() {
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let follower = cluster.nodes.iter().find(|n| n.id != leader).expect("a follower").client_url();
     let file = cluster.path().join("backup.snap");
+    let saved_to = file.clone();
     tokio::task::spawn_blocking(move || {
         wait_until_serving(&follower);
         let put = etcdctl(&follower, "put saved-key saved-value", "", false);
@@ -390,4 +391,25 @@ async fn etcdctl_saves_a_snapshot_of_any_member_to_a_file() {
     })
     .await
     .expect("saved");
+
+    let mut restored = Cluster::empty();
+    let (peer, port) = (common::free_port(), common::free_port());
+    let args = [
+        "--cluster".to_string(),
+        format!("http://127.0.0.1:{peer}"),
+        "--port".to_string(),
+        port.to_string(),
+        "--restore-from".to_string(),
+        saved_to.display().to_string(),
+    ];
+    restored.add(1, peer, port, args.to_vec());
+    restored.wait_for_leader(Duration::from_secs(30)).await;
+    let endpoint = restored.node(1).client_url();
+    tokio::task::spawn_blocking(move || {
+        wait_until_serving(&endpoint);
+        let read = etcdctl(&endpoint, "get saved-key --print-value-only", "", false);
+        assert_eq!(read.trim(), "saved-value", "the new cluster holds what the file held");
+    })
+    .await
+    .expect("restored");
 }

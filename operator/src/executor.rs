@@ -190,6 +190,7 @@ mod tests {
 
     fn status(id: u64, leader: Option<u64>, term: u64, voters: &[u64]) -> ClusterStatus {
         ClusterStatus {
+            cluster_id: String::new(),
             member_id: id,
             incarnation: String::new(),
             leader_id: leader,

@@ -171,6 +171,7 @@ mod tests {
 
     fn member_status(id: u64, leader: Option<u64>, applied: u64, committed: u64) -> ClusterStatus {
         ClusterStatus {
+            cluster_id: String::new(),
             member_id: id,
             incarnation: format!("inc-{id}"),
             leader_id: leader,

@@ -1,8 +1,7 @@
 //! Cluster status and membership: `/v1/cluster`, `/v1/cluster/init`, `/v1/cluster/members`.
 //!
 //! Status is open to every client. Changing the membership is not, on a member that has a peer
-//! token: adding a learner makes the leader send it the log and the token, so those requests
-//! must present the token themselves (`Authorization: Bearer`).
+//! token ([`super::admin`]).
 
 use metastore_client::ErrorCode;
 use std::collections::BTreeMap;
@@ -12,11 +11,11 @@ use metastore_client::{
     AddMemberRequest, ClusterStatus, InitRequest, MemberRole, MemberStatus, MembershipResponse,
     ReplicationStatus,
 };
-use warp::http::header::{HeaderMap, AUTHORIZATION};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::error::{respond, ApiError};
+use super::admin::{admission, guarded};
+use super::error::ApiError;
 use super::input::{body, parse_json};
 use super::query::{params, Query};
 use crate::network::PeerToken;
@@ -28,11 +27,7 @@ pub fn routes(
     token: Option<PeerToken>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let svc = warp::any().map(move || service.clone());
-    // Any header at all (even one that is not text) reaches `admit`: a bad one must be refused
-    // here, not passed on to another route.
-    let admin = warp::header::headers_cloned().map(move |headers: HeaderMap| {
-        admit(token.as_ref(), headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
-    });
+    let admin = admission(token, "changing the membership");
     let status = warp::get().and(warp::path!("v1" / "cluster")).and(params(&[])).and(svc.clone()).then(
         |q: Result<Query, ApiError>, s: Service| async move {
             match q {
@@ -70,29 +65,6 @@ pub fn routes(
     status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify()
 }
 
-/// Whether a membership request may go ahead: always without a token; with one, only if the
-/// request presents it.
-fn admit(token: Option<&PeerToken>, authorization: Option<&str>) -> Result<(), ApiError> {
-    match token {
-        Some(token) if !token.admits(authorization) => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "changing the membership needs the cluster's peer token as `Authorization: Bearer <token>`",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Runs `handler` only for a request that was admitted.
-async fn guarded(
-    admitted: Result<(), ApiError>,
-    handler: impl std::future::Future<Output = Result<Response, ApiError>>,
-) -> Response {
-    match admitted {
-        Ok(()) => respond(handler.await),
-        Err(refused) => refused.into_response(),
-    }
-}
-
 fn member_status(view: MemberView) -> MemberStatus {
     MemberStatus {
         id: view.id,
@@ -109,6 +81,7 @@ fn member_status(view: MemberView) -> MemberStatus {
 pub fn status(service: &Service) -> ClusterStatus {
     let view = service.cluster_view();
     ClusterStatus {
+        cluster_id: format!("{:016x}", service.reader().cluster_id()),
         member_id: view.member_id,
         incarnation: view.incarnation,
         leader_id: view.leader,

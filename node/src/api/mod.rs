@@ -3,6 +3,7 @@
 //! Every handler answers with a response of its own: bad input becomes a JSON error with the
 //! right status, never a panic and never a fall-through to another route.
 
+mod admin;
 mod cluster;
 mod error;
 mod health;
@@ -11,6 +12,7 @@ mod kv;
 mod lease;
 mod query;
 mod raw;
+mod snapshot;
 mod txn;
 mod watch;
 
@@ -26,7 +28,7 @@ use crate::metrics::{self, RequestLabels};
 use crate::network::PeerToken;
 use crate::service::Service;
 
-/// With a peer `token`, membership changes must present it (see [`cluster`]).
+/// With a peer `token`, membership changes and snapshots must present it (see [`admin`]).
 ///
 /// Each group of routes is boxed: a request's future would otherwise be the largest of every
 /// route's, some 12 KiB, copied several times per request on its way to being polled (a tenth
@@ -37,7 +39,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     health::routes(service.clone())
         .boxed()
-        .or(cluster::routes(service.clone(), token).boxed())
+        .or(cluster::routes(service.clone(), token.clone()).boxed())
+        .unify()
+        .or(snapshot::routes(service.clone(), token).boxed())
         .unify()
         .or(kv::routes(service.clone()).boxed())
         .unify()
@@ -81,6 +85,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/kv/") => "kv",
         p if p.starts_with("/v1/lease") => "lease",
         p if p.starts_with("/v1/cluster") => "cluster",
+        "/v1/snapshot" => "snapshot",
         _ => "raw",
     }
 }

@@ -17,7 +17,6 @@ use super::convert::{signed, unsigned};
 use super::errors::{status, BAD_LEADER_TRANSFEREE, TIMED_OUT};
 use super::Etcd;
 use crate::service::{Role, ServiceError};
-use crate::storage::seal::Seal;
 
 /// The etcd release whose API metaStore serves, as `Status` reports it: clients parse it to
 /// decide what the server can do (Kubernetes does, to turn features on).
@@ -92,23 +91,19 @@ impl Maintenance for Etcd {
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
     /// This member's store as of now, streamed in metaStore's snapshot format and sealed as a
-    /// file ([`Seal`]): what `etcdctl snapshot save` writes (not etcd's bolt database).
+    /// file (`storage/seal.rs`): what `etcdctl snapshot save` writes (not etcd's bolt database),
+    /// and what `metastore --restore-from` starts a new cluster from.
     #[tracing::instrument(skip_all, fields(member = self.service.id()))]
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let (data, revision) = self.service.fresh_snapshot().await.map_err(status)?;
-        let mut pieces = data.pieces(SNAPSHOT_PIECE_BYTES).await;
+        let (mut pieces, revision) =
+            self.service.sealed_snapshot(SNAPSHOT_PIECE_BYTES).await.map_err(status)?;
         let header = self.header(revision);
         let (answers, stream) = mpsc::channel(2);
         tokio::spawn(async move {
-            let mut seal = Seal::default();
             while let Some(piece) = pieces.recv().await {
                 let (answer, last) = match piece {
                     // The total is known only at the end: until then, at least one more piece.
-                    Ok(mut piece) => {
-                        seal.add(&piece.data);
-                        if piece.last {
-                            piece.data.extend(std::mem::take(&mut seal).finish());
-                        }
+                    Ok(piece) => {
                         let remaining = if piece.last { 0 } else { SNAPSHOT_PIECE_BYTES as u64 };
                         let answer = SnapshotResponse {
                             header: Some(header),

@@ -44,10 +44,6 @@ const MAX_DECODING_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 /// already more than a member should hold for one client, and a client can always page.
 pub const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
-/// The cluster id every header names. Clients show it and never compare it; one per cluster
-/// needs a replicated record of the cluster's identity, which the snapshot format lacks yet.
-const CLUSTER_ID: u64 = 0x6d65_7461_5374_6f72;
-
 /// What every service of the API shares: the service layer, and how headers are made.
 #[derive(Clone)]
 pub struct Etcd {
@@ -63,7 +59,7 @@ impl Etcd {
     fn header(&self, revision: u64) -> ResponseHeader {
         let metrics = self.service.metrics();
         ResponseHeader {
-            cluster_id: CLUSTER_ID,
+            cluster_id: self.service.reader().cluster_id(),
             member_id: self.service.id(),
             revision: convert::signed(revision),
             raft_term: metrics.current_term,

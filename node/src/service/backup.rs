@@ -2,12 +2,16 @@
 //! snapshot, made fresh so that it holds every write acknowledged before it was asked. It is
 //! the snapshot a lagging member would be sent (`storage/snapshot.rs`'s format, a RocksDB
 //! checkpoint streamed record by record), so it carries raft's description with it: the last
-//! log entry it covers and the membership.
+//! log entry it covers and the membership. Handed to clients sealed as a file of its own
+//! ([`Seal`]): what a restore checks before it takes one.
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use super::{Service, ServiceError};
-use crate::storage::SnapshotData;
+use crate::storage::seal::Seal;
+use crate::storage::{SnapshotData, SnapshotPieces};
 
 /// How long taking a snapshot may take: flushing the memtables, then linking the table files.
 const SNAPSHOT_WITHIN: Duration = Duration::from_secs(60);
@@ -53,5 +57,31 @@ impl Service {
             SnapshotData::Received(_) => *self.reader().applied().borrow(),
         };
         Ok((snapshot.snapshot, revision))
+    }
+
+    /// [`Self::fresh_snapshot`] as a sealed file, in pieces of about `piece` bytes (the last
+    /// one ends with the seal), and the store's revision in it. Pieces that stop without a
+    /// last one are a failed snapshot: a receiver must not keep what it got.
+    pub async fn sealed_snapshot(&self, piece: usize) -> Result<(SnapshotPieces, u64), ServiceError> {
+        let (data, revision) = self.fresh_snapshot().await?;
+        let mut pieces = data.pieces(piece).await;
+        let (sealed, out) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut seal = Seal::default();
+            while let Some(mut piece) = pieces.recv().await {
+                let last = piece.as_ref().map_or(true, |piece| piece.last);
+                if let Ok(piece) = &mut piece {
+                    seal.add(&piece.data);
+                    if piece.last {
+                        piece.data.extend(std::mem::take(&mut seal).finish());
+                    }
+                }
+                // A receiver that went away wants no more.
+                if sealed.send(piece).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok((out, revision))
     }
 }

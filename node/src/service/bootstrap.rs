@@ -31,6 +31,10 @@ impl Service {
             (Bootstrap::Join, true) => {
                 tracing::info!(member = id, "empty store: waiting to be added by a leader")
             }
+            // Seeded before raft started (`server::run`): it has raft state now.
+            (Bootstrap::Restore { .. }, true) => {
+                return Err(ServiceError::Unavailable("the store was not restored before start".into()))
+            }
             (_, false) => tracing::info!(member = id, "store has raft state: resuming"),
         }
         Ok(())

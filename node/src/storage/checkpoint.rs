@@ -25,6 +25,7 @@ use rocksdb::checkpoint::Checkpoint as RocksCheckpoint;
 use rocksdb::{IteratorMode, Options, ReadOptions, DB};
 
 use super::codec::{self, decode, encode};
+use super::identity;
 use super::snapshot::{SnapshotHeader, SnapshotWriter};
 use super::state_machine::{read_compacted, read_revision};
 use super::{cf, Family, StoreError, CF_LOG, CF_RAFT, CF_SM};
@@ -223,6 +224,7 @@ fn write_checkpoint(db: &DB, dir: &Path) -> Result<SnapshotHeader, StoreError> {
             meta: SnapshotMeta { last_log_id, last_membership },
             revision: read_revision(&view, &ReadOptions::default())?,
             compacted: read_compacted(&view, &ReadOptions::default())?,
+            cluster_id: identity::read(&view)?,
         }
     };
     let path = dir.join(HEADER);
@@ -237,7 +239,7 @@ fn write_checkpoint(db: &DB, dir: &Path) -> Result<SnapshotHeader, StoreError> {
 fn read_header(dir: &Path) -> Result<Option<SnapshotHeader>, StoreError> {
     let path = dir.join(HEADER);
     match std::fs::read(&path) {
-        Ok(bytes) if dir.join(DB_DIR).is_dir() => Ok(Some(decode(&bytes)?)),
+        Ok(bytes) if dir.join(DB_DIR).is_dir() => Ok(Some(SnapshotHeader::decode(&bytes)?)),
         Ok(_) => Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::io(&path, e)),

@@ -20,6 +20,8 @@ pub(crate) const REVISION: &[u8] = b"revision";
 pub(crate) const EMPTY_STORE_REVISION: u64 = metastore_client::EMPTY_STORE_REVISION;
 /// The compaction revision (u64, big-endian): history below it is gone. Absent means 0.
 pub(crate) const COMPACTED: &[u8] = b"compacted";
+/// The cluster's id (u64, big-endian; see `identity.rs`). Absent in a cluster made before ids.
+pub(crate) const CLUSTER_ID: &[u8] = b"cluster_id";
 /// The layout of everything below, as one number: see [`FORMAT_VERSION`].
 pub(crate) const FORMAT: &[u8] = b"format";
 

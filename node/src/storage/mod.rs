@@ -10,7 +10,7 @@
 //! | `changes` | [`codec::change_key`] (revision, sub) | the user key that changed |
 //! | `leases` | [`codec::lease_key`] (lease id) | [`codec::encode_lease`]: its granted TTL |
 //! | `lease_keys` | [`codec::attachment_key`] (lease id, user key) | empty: the key is attached |
-//! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `compacted`, `format` (u64) |
+//! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `compacted`, `format`, `cluster_id` (u64) |
 //!
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
@@ -20,11 +20,13 @@ mod changes;
 mod checkpoint;
 mod codec;
 mod compactor;
+mod identity;
 mod leases;
 mod log_store;
 #[cfg(test)]
 mod model_tests;
 mod reader;
+pub mod restore;
 pub mod seal;
 mod snapshot;
 mod state_machine;
@@ -39,6 +41,7 @@ pub use crate::engine::RevisionError;
 pub use changes::{Change, ChangesBudget, ChangesPage};
 pub use checkpoint::Checkpoint;
 pub use compactor::Compactor;
+pub use identity::{ClusterId, LEGACY_CLUSTER_ID};
 pub use log_store::LogStore;
 pub use reader::{KeyRead, KvReader, RangePage};
 pub use snapshot::{Piece, Snapshot, SnapshotData, SnapshotInbox, SnapshotPieces, PIECE_BYTES};
@@ -166,8 +169,15 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine, KvReader), Stor
     run_blocking(move || check_format(&checked)).await?;
     let log_store = LogStore::new(db.clone())?;
     let reader = KvReader::new(db.clone());
-    let state_machine = StateMachine::new(db, dir.join("snapshots"), reader.announcer()).await?;
+    let state_machine = StateMachine::new(db, dir.join("snapshots"), &reader).await?;
     Ok((log_store, state_machine, reader))
+}
+
+/// Writes `batch` and waits until it is on disk.
+fn write_synced(db: &DB, batch: rocksdb::WriteBatch) -> Result<(), StoreError> {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    Ok(db.write_opt(batch, &opts)?)
 }
 
 /// True when the store in `dir` holds no raft state: no log, no vote, nothing applied.

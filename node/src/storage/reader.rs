@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use rocksdb::{Direction, IteratorMode, ReadOptions, ReadTier, SnapshotWithThreadMode, DB};
 
 use super::codec::{self, decode_history_entry, decode_history_key, decode_record};
+use super::identity::ClusterId;
 use super::state_machine::{read_compacted, read_revision, read_sm_meta};
 use super::{cf, run_blocking, StoreError, CF_HISTORY, CF_KV};
 use crate::engine::{KeyRecord, RevisionError, Selected, Selection};
@@ -39,6 +40,8 @@ pub struct KvReader {
     pub(super) db: Arc<DB>,
     /// The store's revision as the state machine last applied or installed it.
     applied: Arc<watch::Sender<u64>>,
+    /// The cluster's id, as the state machine last set it.
+    cluster_id: ClusterId,
 }
 
 impl KvReader {
@@ -48,7 +51,21 @@ impl KvReader {
             tracing::warn!(error = %e, "cannot read the store's revision; watches start from an empty store's");
             codec::EMPTY_STORE_REVISION
         });
-        Self { db, applied: Arc::new(watch::channel(revision).0) }
+        let cluster_id = ClusterId::load(&db).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the cluster's id; reporting none until one is applied");
+            ClusterId::default()
+        });
+        Self { db, applied: Arc::new(watch::channel(revision).0), cluster_id }
+    }
+
+    /// The id of the cluster this member's store belongs to.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.get()
+    }
+
+    /// The shared id the state machine keeps current.
+    pub(crate) fn cluster_id_cell(&self) -> ClusterId {
+        self.cluster_id.clone()
     }
 
     /// The store's revision, changing as the state machine applies writes or installs a

@@ -3,6 +3,8 @@
 //! files (a database of whole pages, then its SHA-256), which etcdctl checks before it keeps
 //! one; and it lets a restore tell a whole file from a damaged or truncated one.
 
+use std::io::{Read, Seek, SeekFrom};
+
 use sha2::{Digest, Sha256};
 
 /// The sealed file's length is a multiple of this, plus the checksum.
@@ -33,10 +35,49 @@ impl Seal {
     }
 }
 
+/// Why a file is not a whole sealed snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(
+        "the file is {length} bytes, not whole {SECTOR}-byte sectors and a {CHECKSUM}-byte checksum: \
+         it is truncated, or not a metaStore snapshot file"
+    )]
+    NotWhole { length: u64 },
+    #[error("the file is damaged: its SHA-256 does not match the checksum it ends with")]
+    Damaged,
+    #[error("cannot read the file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A file whose seal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// The snapshot's bytes and their padding: everything before the checksum.
+    pub body: u64,
+    /// The SHA-256 the file ends with.
+    pub checksum: [u8; CHECKSUM],
+}
+
+/// Reads `file` through and checks its seal; leaves it rewound.
+pub fn check(file: &mut (impl Read + Seek)) -> Result<Sealed, SealError> {
+    let length = file.seek(SeekFrom::End(0))?;
+    let body = length.checked_sub(CHECKSUM as u64).filter(|body| body.is_multiple_of(SECTOR));
+    let Some(body) = body else { return Err(SealError::NotWhole { length }) };
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut (&mut *file).take(body), &mut hasher)?;
+    let mut checksum = [0u8; CHECKSUM];
+    file.read_exact(&mut checksum)?;
+    file.seek(SeekFrom::Start(0))?;
+    if hasher.finalize().as_slice() != checksum {
+        return Err(SealError::Damaged);
+    }
+    Ok(Sealed { body, checksum })
+}
+
 /// Whether `file` is a sealed snapshot whose checksum holds.
 pub fn is_sealed(file: &[u8]) -> bool {
-    let Some(body) = file.len().checked_sub(CHECKSUM).map(|end| &file[..end]) else { return false };
-    (body.len() as u64).is_multiple_of(SECTOR) && Sha256::digest(body).as_slice() == &file[body.len()..]
+    check(&mut std::io::Cursor::new(file)).is_ok()
 }
 
 #[cfg(test)]
@@ -71,5 +112,8 @@ mod tests {
         assert!(!is_sealed(&damaged));
         assert!(!is_sealed(&file[..file.len() - 1]));
         assert!(!is_sealed(&file[..10]));
+        let mut truncated = std::io::Cursor::new(&file[..file.len() - 1]);
+        assert!(matches!(check(&mut truncated), Err(SealError::NotWhole { .. })));
+        assert!(matches!(check(&mut std::io::Cursor::new(&damaged)), Err(SealError::Damaged)));
     }
 }

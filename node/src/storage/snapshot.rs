@@ -122,6 +122,30 @@ pub(crate) struct SnapshotHeader {
     pub revision: u64,
     /// The compaction revision: history below it is not carried.
     pub compacted: u64,
+    /// The cluster's id; `None` from a cluster made before ids. Last, so that a member of an
+    /// older version, which decodes the fields before it and ignores the rest, still reads the
+    /// header (during a rolling upgrade).
+    pub cluster_id: Option<u64>,
+}
+
+impl SnapshotHeader {
+    /// Decodes a header, of this version or of one before cluster ids.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        /// The header before cluster ids.
+        #[derive(serde::Deserialize)]
+        struct Earlier {
+            meta: SnapshotMeta,
+            revision: u64,
+            compacted: u64,
+        }
+        match decode(bytes) {
+            Ok(header) => Ok(header),
+            Err(_) => {
+                let Earlier { meta, revision, compacted } = decode(bytes)?;
+                Ok(Self { meta, revision, compacted, cluster_id: None })
+            }
+        }
+    }
 }
 
 pub(crate) struct SnapshotWriter<W: Write> {
@@ -187,7 +211,7 @@ impl<R: Read> SnapshotReader<R> {
         }
         let meta_len = read_u32(&mut input)?;
         let header = read_bytes(&mut input, meta_len, MAX_META, "snapshot header")?;
-        let header = decode(&header)?;
+        let header = SnapshotHeader::decode(&header)?;
         Ok((header, Self { input, count: 0, done: false }))
     }
 
@@ -314,7 +338,7 @@ mod tests {
 
     fn meta() -> SnapshotHeader {
         let meta = SnapshotMeta { last_log_id: None, last_membership: StoredMembership::default() };
-        SnapshotHeader { meta, revision: 42, compacted: 7 }
+        SnapshotHeader { meta, revision: 42, compacted: 7, cluster_id: Some(99) }
     }
 
     fn written(records: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -333,6 +357,23 @@ mod tests {
         assert_eq!(r.next_record().expect("1"), Some((Family::Kv, b"a".to_vec(), b"1".to_vec())));
         assert_eq!(r.next_record().expect("2"), Some((Family::Kv, b"b".to_vec(), b"22".to_vec())));
         assert_eq!(r.next_record().expect("end"), None);
+    }
+
+    /// The header as versions before cluster ids wrote and read it.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct EarlierHeader {
+        meta: SnapshotMeta,
+        revision: u64,
+        compacted: u64,
+    }
+
+    #[test]
+    fn headers_before_cluster_ids_still_read_and_older_members_read_this_one() {
+        let earlier = EarlierHeader { meta: meta().meta, revision: 42, compacted: 7 };
+        let read = SnapshotHeader::decode(&encode(&earlier).expect("encode")).expect("decode");
+        assert_eq!(read, SnapshotHeader { cluster_id: None, ..meta() });
+        let by_older: EarlierHeader = decode(&encode(&meta()).expect("encode")).expect("decode");
+        assert_eq!(by_older, earlier);
     }
 
     #[test]

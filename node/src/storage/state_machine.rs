@@ -10,6 +10,7 @@
 //! one received from the leader replaces the key-value data and the metadata in one
 //! `WriteBatch`, then checkpoints the result.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,11 +23,15 @@ use tokio::sync::watch;
 use super::apply::Applier;
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, encode};
+use super::identity::{self, ClusterId};
+use super::restore::{self, RestoreError, Restored};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
-use super::{cf, run_blocking, run_write, Family, StoreError, CF_SM};
+use super::{cf, run_blocking, run_write, Family, KvReader, StoreError, CF_SM};
 use crate::engine::{self, Write};
 use crate::metrics;
-use crate::types::{Applied, Command, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{
+    Applied, Command, Entry, LogId, Member, NodeId, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// The state machine handed to openraft.
 pub struct StateMachine {
@@ -35,18 +40,27 @@ pub struct StateMachine {
     inbox: SnapshotInbox,
     /// Announces each revision the store reaches, to the watches waiting for changes.
     applied: Arc<watch::Sender<u64>>,
+    /// Set by the first entry or by a snapshot; read by every response.
+    cluster_id: ClusterId,
 }
 
 impl StateMachine {
+    /// The state machine of `db`, announcing what it applies through `reader`.
     pub(crate) async fn new(
         db: Arc<DB>,
         snapshot_dir: PathBuf,
-        applied: Arc<watch::Sender<u64>>,
+        reader: &KvReader,
     ) -> Result<Self, StoreError> {
         let store = db.clone();
         let dir = snapshot_dir.clone();
         let checkpoints = run_blocking(move || Checkpoints::open(&store, dir)).await?;
-        Ok(Self { db, checkpoints, inbox: SnapshotInbox { dir: snapshot_dir }, applied })
+        Ok(Self {
+            db,
+            checkpoints,
+            inbox: SnapshotInbox { dir: snapshot_dir },
+            applied: reader.announcer(),
+            cluster_id: reader.cluster_id_cell(),
+        })
     }
 
     /// Tells the watches the store is at `revision` now, if that is news.
@@ -112,11 +126,16 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     let mut results = Vec::with_capacity(entries.len());
     let mut last_applied = None;
     let mut membership = None;
+    let mut cluster_id = None;
     for entry in entries {
         last_applied = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => results.push(Applied::default()),
             EntryPayload::Membership(m) => {
+                // The first entry names the cluster: every member applies the same one.
+                if entry.log_id.index == 0 && identity::read(db)?.is_none() {
+                    cluster_id = Some(identity::of_first_entry(&entry.log_id, &m)?);
+                }
                 membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 results.push(Applied::default());
             }
@@ -164,6 +183,9 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     if let Some(membership) = membership {
         batch.put_cf(sm, codec::LAST_MEMBERSHIP, encode(&membership)?);
     }
+    if let Some(id) = cluster_id {
+        batch.put_cf(sm, codec::CLUSTER_ID, codec::encode_u64(id));
+    }
     // Not synced: every applied entry is committed, so on disk on a majority (not necessarily
     // here yet: openraft 0.10 may apply before this member's own fsync ends), and RocksDB's
     // single write-ahead log keeps this write ordered after the entries' own log writes. A crash
@@ -174,15 +196,25 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     Ok((results, revision))
 }
 
-/// Replaces the whole state machine with a snapshot's: `fill` adds its records to the batch
-/// that also clears the key-value data and sets the metadata from the header it returns,
-/// written atomically and synced. A record that fails leaves the store as it was.
+/// Replaces the whole state machine with a snapshot's, atomically and synced (see
+/// [`snapshot_batch`]). A record that fails leaves the store as it was.
 fn load_snapshot(
     db: &DB,
     fill: impl FnOnce(
         &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<SnapshotHeader, StoreError>,
 ) -> Result<(), StoreError> {
+    super::write_synced(db, snapshot_batch(db, fill)?)
+}
+
+/// The write that makes the state machine a snapshot's: `fill` adds its records to the batch
+/// that also clears the key-value data and sets the metadata from the header it returns.
+pub(super) fn snapshot_batch(
+    db: &DB,
+    fill: impl FnOnce(
+        &mut dyn FnMut(Family, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<SnapshotHeader, StoreError>,
+) -> Result<WriteBatch, StoreError> {
     let mut handles = Vec::with_capacity(Family::ALL.len());
     for family in Family::ALL {
         handles.push((family, cf(db, family.name())?));
@@ -212,10 +244,12 @@ fn load_snapshot(
     let revision = header.revision.max(codec::EMPTY_STORE_REVISION);
     batch.put_cf(sm, codec::REVISION, codec::encode_u64(revision));
     batch.put_cf(sm, codec::COMPACTED, codec::encode_u64(header.compacted));
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts)?;
-    Ok(())
+    match header.cluster_id {
+        Some(id) => batch.put_cf(sm, codec::CLUSTER_ID, codec::encode_u64(id)),
+        // A snapshot of a cluster made before ids: its members have none either.
+        None => batch.delete_cf(sm, codec::CLUSTER_ID),
+    }
+    Ok(batch)
 }
 
 /// Makes the state machine the snapshot's, then checkpoints it: from here `get_current_snapshot`
@@ -262,6 +296,27 @@ impl StateMachine {
         self.inbox.clone()
     }
 
+    /// Seeds this member's store, which must hold no raft state, from the sealed snapshot file
+    /// at `path`, with `members` as the new cluster's membership ([`restore::restore`]).
+    pub async fn restore(
+        &self,
+        path: PathBuf,
+        own: NodeId,
+        members: BTreeMap<NodeId, Member>,
+    ) -> Result<Restored, RestoreError> {
+        let db = self.db.clone();
+        let checkpoints = self.checkpoints.clone();
+        let cluster_id = self.cluster_id.clone();
+        let restored = run_blocking(move || {
+            let restored = restore::restore(&db, &checkpoints, &path, own, &members);
+            cluster_id.refresh(&db)?;
+            Ok(restored)
+        })
+        .await??;
+        self.announce(restored.revision);
+        Ok(restored)
+    }
+
     /// Applies `chunk` in one write and answers the clients waiting for its entries.
     async fn apply_chunk(
         &self,
@@ -272,8 +327,12 @@ impl StateMachine {
         let started = std::time::Instant::now();
         let count = chunk.len();
         let bytes = chunk.iter().map(entry_size).fold(0, usize::saturating_add);
+        let first = chunk.first().is_some_and(|entry| entry.log_id.index == 0);
         let (results, revision) = run_write(bytes, move || apply_entries(&db, chunk)).await?;
         metrics::storage().observe_apply(started.elapsed(), count);
+        if first {
+            self.cluster_id.refresh(&self.db)?;
+        }
         self.announce(revision);
         for (responder, result) in responders.into_iter().zip(results) {
             if let Some(responder) = responder {
@@ -337,8 +396,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let checkpoints = self.checkpoints.clone();
         let expected = meta.clone();
+        let cluster_id = self.cluster_id.clone();
         let revision = run_blocking(move || {
             install(&db, &checkpoints, &expected, data)?;
+            cluster_id.refresh(&db)?;
             read_revision(&db, &ReadOptions::default())
         })
         .await
@@ -721,7 +782,7 @@ pub(super) mod tests {
     fn received_snapshot_at(index: u64, keys: &[&[u8]], revision: u64) -> (SnapshotMeta, tokio::fs::File) {
         let meta =
             SnapshotMeta { last_log_id: Some(log_id(index)), last_membership: StoredMembership::default() };
-        let header = SnapshotHeader { meta: meta.clone(), revision, compacted: 0 };
+        let header = SnapshotHeader { meta: meta.clone(), revision, compacted: 0, cluster_id: Some(7) };
         let mut writer = SnapshotWriter::new(Vec::new(), &header).expect("header");
         for key in keys {
             writer.record(Family::Kv, key, &encode_record(&KeyRecord::at(1, 1, 1, "v"))).expect("record");
@@ -776,20 +837,56 @@ pub(super) mod tests {
         );
     }
 
+    fn membership_entry(index: u64, voters: &[NodeId]) -> Entry {
+        let nodes: BTreeMap<NodeId, Member> = voters.iter().map(|id| (*id, Member::default())).collect();
+        let membership =
+            openraft::Membership::new(vec![nodes.keys().copied().collect()], nodes).expect("valid");
+        Entry { log_id: log_id(index), payload: EntryPayload::Membership(membership) }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_first_entry_names_the_cluster_and_a_snapshot_carries_the_name() {
+        let (from, to) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+        let source = Arc::new(open_test_db(from.path()));
+        let reader = crate::storage::KvReader::new(source.clone());
+        let mut sm =
+            StateMachine::new(source.clone(), from.path().join("snapshots"), &reader).await.expect("open");
+        assert_eq!(reader.cluster_id(), identity::LEGACY_CLUSTER_ID, "nothing applied: no id of its own");
+        let first = membership_entry(0, &[1, 2, 3]);
+        let expected = match &first.payload {
+            EntryPayload::Membership(m) => identity::of_first_entry(&first.log_id, m).expect("id"),
+            _ => unreachable!("a membership entry"),
+        };
+        let stream = futures::stream::iter(vec![Ok((first, None)), Ok((membership_entry(5, &[1, 2]), None))]);
+        sm.apply(stream).await.expect("apply");
+        assert_eq!(reader.cluster_id(), expected, "named by the first entry, not changed by later ones");
+
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+        let target = Arc::new(open_test_db(to.path()));
+        let joined = crate::storage::KvReader::new(target.clone());
+        let mut installed =
+            StateMachine::new(target.clone(), to.path().join("snapshots"), &joined).await.expect("open");
+        installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        assert_eq!(joined.cluster_id(), expected, "a member that catches up from a snapshot");
+        drop(installed);
+        let reopened = crate::storage::KvReader::new(target.clone());
+        assert_eq!(reopened.cluster_id(), expected, "kept across a restart");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_snapshot_carries_leases_and_the_keys_attached_to_them() {
         let (from, to) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
         let source = Arc::new(open_test_db(from.path()));
         apply_writes(&source, vec![Write::LeaseGrant { id: 3, ttl: 60, grant: 1 }, leased_put(b"k", 3)]);
-        let announcer = crate::storage::KvReader::new(source.clone()).announcer();
+        let reader = crate::storage::KvReader::new(source.clone());
         let mut sm =
-            StateMachine::new(source.clone(), from.path().join("snapshots"), announcer).await.expect("open");
+            StateMachine::new(source.clone(), from.path().join("snapshots"), &reader).await.expect("open");
         let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
 
         let target = Arc::new(open_test_db(to.path()));
-        let announcer = crate::storage::KvReader::new(target.clone()).announcer();
+        let reader = crate::storage::KvReader::new(target.clone());
         let mut installed =
-            StateMachine::new(target.clone(), to.path().join("snapshots"), announcer).await.expect("open");
+            StateMachine::new(target.clone(), to.path().join("snapshots"), &reader).await.expect("open");
         installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
         assert_eq!(stored(&target, b"k").map(|r| r.lease), Some(3));
         let answers = apply_writes(&target, vec![Write::LeaseRevoke { id: 3 }]);
@@ -803,9 +900,9 @@ pub(super) mod tests {
         let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
         answers_of(&db, vec![entry(1, vec![put(b"old", "x", None), put(b"\xff\xffold", "y", None)])])
             .expect("apply");
-        let announcer = crate::storage::KvReader::new(db.clone()).announcer();
+        let reader = crate::storage::KvReader::new(db.clone());
         let mut sm =
-            StateMachine::new(db.clone(), dir.path().join("snapshots"), announcer).await.expect("open");
+            StateMachine::new(db.clone(), dir.path().join("snapshots"), &reader).await.expect("open");
 
         let (meta, file) = received_snapshot(10, &[b"k", b"\xfe"]);
         sm.install_snapshot(&meta, SnapshotData::Received(file)).await.expect("install");
@@ -827,9 +924,9 @@ pub(super) mod tests {
         for sent in [0, codec::EMPTY_STORE_REVISION] {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = Arc::new(super::super::open_db(&dir.path().join("db")).expect("open"));
-            let announcer = crate::storage::KvReader::new(db.clone()).announcer();
+            let reader = crate::storage::KvReader::new(db.clone());
             let mut sm =
-                StateMachine::new(db.clone(), dir.path().join("snapshots"), announcer).await.expect("open");
+                StateMachine::new(db.clone(), dir.path().join("snapshots"), &reader).await.expect("open");
             let (meta, file) = received_snapshot_at(10, &[], sent);
             sm.install_snapshot(&meta, SnapshotData::Received(file)).await.expect("install");
             assert_eq!(revision(&db), codec::EMPTY_STORE_REVISION, "a snapshot saying {sent}");

@@ -246,6 +246,22 @@ impl Drop for Cluster {
     }
 }
 
+/// Adds running member `id` of `cluster` through `admin` (which holds the token, if any): as a
+/// learner at its incarnation, then as a voter.
+pub async fn add_member(admin: &Client, cluster: &Cluster, id: u64) {
+    let node = cluster.node(id);
+    let client = node.client();
+    let incarnation = eventually(Duration::from_secs(10), || client.cluster()).await.incarnation;
+    let request = metastore_client::AddMemberRequest {
+        id,
+        peer_url: node.peer_url(),
+        client_url: node.client_url(),
+        incarnation,
+    };
+    eventually(Duration::from_secs(30), || admin.add_learner(&request)).await;
+    eventually(Duration::from_secs(30), || admin.promote(id)).await;
+}
+
 /// Retries `f` until it succeeds or `timeout` passes; returns the last error on timeout.
 pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(timeout: Duration, mut f: F) -> T
 where
