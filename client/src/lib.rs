@@ -8,6 +8,7 @@ mod code;
 mod error;
 pub mod lease;
 pub mod quorum;
+pub mod seal;
 mod snapshot;
 pub mod txn;
 pub mod types;

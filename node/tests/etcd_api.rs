@@ -303,7 +303,7 @@ async fn a_snapshot_streams_the_store_as_of_the_request_from_any_member() {
     assert!(messages > 1, "{} bytes in {messages} message(s)", bytes.len());
     assert_eq!(remaining, 0, "the last message says nothing remains");
     assert!(bytes.starts_with(b"MSSNAP03"), "metaStore's snapshot format");
-    assert!(metastore_node::storage::seal::is_sealed(&bytes), "sealed as a file, by its SHA-256");
+    assert!(metastore_client::seal::is_sealed(&bytes), "sealed as a file, by its SHA-256");
     let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(holds(b"snap/last") && holds(b"the last write"), "the write made just before is in it");
 }

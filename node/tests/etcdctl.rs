@@ -387,7 +387,7 @@ async fn etcdctl_saves_a_snapshot_of_any_member_that_starts_a_new_cluster() {
         let bytes = std::fs::read(&file).expect("the snapshot file");
         assert!(bytes.starts_with(b"MSSNAP03"), "metaStore's snapshot format");
         assert!(bytes.windows(9).any(|w| w == b"saved-key"), "the key written before is in it");
-        assert!(metastore_node::storage::seal::is_sealed(&bytes), "sealed by its SHA-256");
+        assert!(metastore_client::seal::is_sealed(&bytes), "sealed by its SHA-256");
     })
     .await
     .expect("saved");

@@ -91,7 +91,7 @@ impl Maintenance for Etcd {
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
     /// This member's store as of now, streamed in metaStore's snapshot format and sealed as a
-    /// file (`storage/seal.rs`): what `etcdctl snapshot save` writes (not etcd's bolt database),
+    /// file (`metastore_client::seal`): what `etcdctl snapshot save` writes (not etcd's bolt database),
     /// and what `metastore --restore-from` starts a new cluster from.
     #[tracing::instrument(skip_all, fields(member = self.service.id()))]
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{Service, ServiceError};
-use crate::storage::seal::Seal;
 use crate::storage::{SnapshotData, SnapshotPieces};
+use metastore_client::seal::Seal;
 
 /// How long taking a snapshot may take: flushing the memtables, then linking the table files.
 const SNAPSHOT_WITHIN: Duration = Duration::from_secs(60);

@@ -27,7 +27,6 @@ mod log_store;
 mod model_tests;
 mod reader;
 pub mod restore;
-pub mod seal;
 mod snapshot;
 mod state_machine;
 mod wal_sync;

@@ -1,4 +1,4 @@
-//! Seeding a new cluster from a backup: a sealed snapshot file ([`super::seal`]; what
+//! Seeding a new cluster from a backup: a sealed snapshot file ([`metastore_client::seal`]; what
 //! `GET /v1/snapshot`, Maintenance.Snapshot and `etcdctl snapshot save` write) becomes this
 //! member's store — every key, its history and the revisions as they were — under a new
 //! membership and a new cluster id.
@@ -19,11 +19,11 @@ use rocksdb::DB;
 
 use super::checkpoint::Checkpoints;
 use super::codec::{self, encode};
-use super::seal::{self, SealError};
 use super::snapshot::SnapshotReader;
 use super::state_machine::snapshot_batch;
 use super::{cf, identity, StoreError, CF_RAFT};
 use crate::types::{LogId, Member, NodeId, StoredMembership, Vote};
+use metastore_client::seal::{self, SealError};
 
 /// Why a snapshot file could not seed a store.
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,10 @@
 //! 512 bytes, then the SHA-256 of everything before it. That is the shape of etcd's snapshot
 //! files (a database of whole pages, then its SHA-256), which etcdctl checks before it keeps
 //! one; and it lets a restore tell a whole file from a damaged or truncated one.
+//!
+//! The format is shared by the member that seals a snapshot, the tools that keep one (the
+//! operator's backups check a snapshot as it streams past, before they keep it) and the
+//! restore that takes one back.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -56,6 +60,49 @@ pub struct Sealed {
     pub body: u64,
     /// The SHA-256 the file ends with.
     pub checksum: [u8; CHECKSUM],
+}
+
+/// Checks a sealed file as it streams past, without holding it: the checksum is the last
+/// bytes, so the latest ones are held back from the hash until more arrive.
+#[derive(Default)]
+pub struct SealCheck {
+    hasher: Sha256,
+    /// The last bytes seen, up to a checksum's length: the checksum, once the file ends.
+    held: Vec<u8>,
+    length: u64,
+}
+
+impl SealCheck {
+    /// Counts the next bytes of the file in.
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.length += bytes.len() as u64;
+        // Of the held bytes and the new ones, all but the last CHECKSUM are body.
+        let total = self.held.len() + bytes.len();
+        let body = total.saturating_sub(CHECKSUM);
+        let from_held = body.min(self.held.len());
+        self.hasher.update(&self.held[..from_held]);
+        self.held.drain(..from_held);
+        let from_new = body - from_held;
+        self.hasher.update(&bytes[..from_new]);
+        self.held.extend_from_slice(&bytes[from_new..]);
+    }
+
+    /// The file's length so far.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Whether the file that ended here is whole; its checksum if so.
+    pub fn finish(self) -> Result<Sealed, SealError> {
+        let body = self.length.checked_sub(CHECKSUM as u64).filter(|body| body.is_multiple_of(SECTOR));
+        let Some(body) = body else { return Err(SealError::NotWhole { length: self.length }) };
+        if self.hasher.finalize().as_slice() != self.held.as_slice() {
+            return Err(SealError::Damaged);
+        }
+        let mut checksum = [0u8; CHECKSUM];
+        checksum.copy_from_slice(&self.held);
+        Ok(Sealed { body, checksum })
+    }
 }
 
 /// Reads `file` through and checks its seal; leaves it rewound.
@@ -115,5 +162,27 @@ mod tests {
         let mut truncated = std::io::Cursor::new(&file[..file.len() - 1]);
         assert!(matches!(check(&mut truncated), Err(SealError::NotWhole { .. })));
         assert!(matches!(check(&mut std::io::Cursor::new(&damaged)), Err(SealError::Damaged)));
+    }
+
+    fn streamed(file: &[u8], piece: usize) -> Result<Sealed, SealError> {
+        let mut check = SealCheck::default();
+        for chunk in file.chunks(piece.max(1)) {
+            check.add(chunk);
+        }
+        check.finish()
+    }
+
+    #[test]
+    fn a_file_checked_as_it_streams_past_agrees_with_one_read_whole() {
+        let file = sealed(&[&[9u8; 700][..], b"tail"]);
+        let whole = check(&mut std::io::Cursor::new(&file)).expect("sealed");
+        for piece in [1, 7, 31, 32, 33, 512, file.len()] {
+            assert_eq!(streamed(&file, piece).expect("sealed"), whole, "in pieces of {piece}");
+        }
+        let mut damaged = file.clone();
+        damaged[100] ^= 1;
+        assert!(matches!(streamed(&damaged, 64), Err(SealError::Damaged)));
+        assert!(matches!(streamed(&file[..file.len() - 5], 64), Err(SealError::NotWhole { .. })));
+        assert!(matches!(streamed(b"", 64), Err(SealError::NotWhole { length: 0 })));
     }
 }
