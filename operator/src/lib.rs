@@ -1,6 +1,7 @@
 //! The metaStore Kubernetes operator: the `MetaStoreCluster` resource, the Kubernetes objects
 //! built from it, the planning of raft membership changes, and the reconciler that runs them.
 
+pub mod backup;
 pub mod controller;
 pub mod crd;
 pub mod executor;
