@@ -45,6 +45,10 @@ impl Kind {
 }
 
 impl Provider for Kind {
+    fn operator_reaches_test_loopback(&self) -> Result<(), &'static str> {
+        Err("the operator runs in a pod, which cannot reach the test's 127.0.0.1")
+    }
+
     fn kube(&self) -> kube::Client {
         self.client.clone()
     }

@@ -6,13 +6,18 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use metastore_client::{Client, ClusterStatus, Consistency, MemberRole};
+use metastore_client::{Client, ClusterStatus, Consistency, MemberRole, RangeRequest};
+use metastore_operator::backup::{BackupPhase, Credentials, MetaStoreBackup, S3Destination};
 use metastore_operator::crd::MetaStoreCluster;
+use metastore_testkit::s3::{self, S3Server};
+use metastore_testkit::{free_port, workspace_binary, Process};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// A Kubernetes cluster with the operator installed, seen from the test.
 // Used only generically inside this crate, so `Send` bounds on the futures do not matter.
@@ -32,6 +37,9 @@ pub trait Provider {
     async fn uninstall(&mut self) -> anyhow::Result<()>;
     /// Fails if a part of the environment itself broke (not the system under test).
     fn check_environment(&self) -> anyhow::Result<()>;
+    /// Whether the operator reaches a server the test listens for on 127.0.0.1 (the S3 server
+    /// of the backup scenario); why not, if it does not.
+    fn operator_reaches_test_loopback(&self) -> Result<(), &'static str>;
 }
 
 const CLUSTER: &str = "demo";
@@ -184,13 +192,18 @@ async fn replaced(pods: &Api<Pod>, name: &str, old_uid: Option<String>) -> anyho
 
 /// Waits for the operator's Event `reason` on the cluster, its note containing `note`.
 async fn recorded<P: Provider>(p: &P, reason: &str, note: &str) -> anyhow::Result<()> {
+    recorded_on(p, CLUSTER, reason, note).await
+}
+
+/// Waits until an Event `reason` whose note holds `note` is recorded on the object `name`.
+async fn recorded_on<P: Provider>(p: &P, name: &str, reason: &str, note: &str) -> anyhow::Result<()> {
     let events: Api<Event> = Api::namespaced(p.kube(), p.namespace());
     eventually(&format!("Event {reason}: {note}"), CONVERGE, || async {
         let all = events.list(&Default::default()).await?.items;
         let found = all.iter().any(|e| {
             e.reason.as_deref() == Some(reason)
                 && e.note.as_deref().is_some_and(|n| n.contains(note))
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CLUSTER)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
         });
         anyhow::ensure!(found, "not among {} events", all.len());
         Ok(())
@@ -202,6 +215,7 @@ async fn recorded<P: Provider>(p: &P, reason: &str, note: &str) -> anyhow::Resul
 pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
     let mut ledger = Ledger::default();
     one_cluster_lifecycle(&*p, &mut ledger).await?;
+    backups_to_object_storage(&*p, &ledger).await?;
     operator_restarted_mid_scale(p, &mut ledger).await?;
     uninstall(p).await
 }
@@ -305,6 +319,112 @@ async fn member_volume_lost<P: Provider>(p: &P, ledger: &mut Ledger) -> anyhow::
     recorded(p, "MemberStorageLost", &format!("member {victim} lost its storage")).await?;
     ledger.write(p, "after-replacement", 5).await?;
     ledger.verify(p).await
+}
+
+/// A `MetaStoreBackup` of the running cluster lands in an S3 bucket as a whole snapshot holding
+/// every acknowledged write, which a new cluster starts from; one whose credentials are missing
+/// fails visibly (status and Event) after its attempts, and leaves nothing in the bucket.
+async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyhow::Result<()> {
+    if let Err(why) = p.operator_reaches_test_loopback() {
+        say(&format!("backups to object storage: SKIPPED: {why}"));
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let s3 = S3Server::start(&dir.path().join("s3"), &["backups"]).await?;
+    say(&format!("an S3 server at {}; back up {CLUSTER} to it", s3.endpoint));
+    let secrets: Api<Secret> = Api::namespaced(p.kube(), p.namespace());
+    let credentials: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3::SECRET_KEY},
+    }))?;
+    secrets.create(&PostParams::default(), &credentials).await?;
+    let backups: Api<MetaStoreBackup> = Api::namespaced(p.kube(), p.namespace());
+    let backup = |name: &str, secret: &str| -> anyhow::Result<MetaStoreBackup> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "metastore.io/v1alpha1",
+            "kind": "MetaStoreBackup",
+            "metadata": {"name": name},
+            "spec": {"clusterName": CLUSTER, "s3": {
+                "bucket": "backups", "prefix": "e2e", "endpoint": s3.endpoint,
+                "forcePathStyle": true, "credentialsSecret": secret,
+            }},
+        }))?)
+    };
+    backups.create(&PostParams::default(), &backup("nightly", "s3-credentials")?).await?;
+    let status = eventually("the backup succeeded", CONVERGE, || async {
+        let status = backups.get("nightly").await?.status.unwrap_or_default();
+        anyhow::ensure!(status.phase == Some(BackupPhase::Succeeded), "{status:?}");
+        Ok(status)
+    })
+    .await?;
+    recorded_on(p, "nightly", "BackupSucceeded", "kept at s3://backups/e2e/").await?;
+    let location = status.location.context("no location")?;
+    let key = location.strip_prefix("s3://backups/").context("not in the bucket")?;
+    let destination: S3Destination = serde_json::from_value(serde_json::json!({
+        "bucket": "backups", "endpoint": s3.endpoint, "forcePathStyle": true,
+    }))?;
+    let store = destination.store(Some(&Credentials {
+        access_key_id: s3::ACCESS_KEY.into(),
+        secret_access_key: s3::SECRET_KEY.into(),
+        session_token: None,
+    }))?;
+    let object = store.get(&key.into()).await?.bytes().await?;
+    anyhow::ensure!(metastore_client::seal::is_sealed(&object), "the object is not a whole snapshot");
+    anyhow::ensure!(
+        Some(object.len() as u64) == status.size_bytes,
+        "size {} != {:?}",
+        object.len(),
+        status.size_bytes
+    );
+
+    say("start a new cluster from the backup; every acknowledged write must be in it");
+    let file = dir.path().join("backup.snapshot");
+    std::fs::write(&file, &object)?;
+    let (peer, port) = (free_port(), free_port());
+    let mut command = std::process::Command::new(workspace_binary("metastore").map_err(anyhow::Error::msg)?);
+    command
+        .args(["--cluster", &format!("http://127.0.0.1:{peer}"), "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path().join("restored"))
+        .arg("--restore-from")
+        .arg(&file);
+    let _restored = Process::spawn("restored metastore", command, &dir.path().join("restored.log"))?;
+    let restored = Client::new(format!("http://127.0.0.1:{port}"));
+    eventually("the restored member serves", CONVERGE, || async {
+        anyhow::ensure!(restored.ready().await?, "not ready");
+        Ok(())
+    })
+    .await?;
+    for (key, value) in &ledger.values {
+        let got = restored
+            .get(key, Consistency::Linearizable)
+            .await?
+            .with_context(|| format!("{key} is missing"))?;
+        anyhow::ensure!(got.value == value.as_bytes(), "{key}: restored {:?}, wrote {value:?}", got.value);
+    }
+    let listed =
+        restored.range(&RangeRequest { prefix: Some(b"e2e/".to_vec()), ..Default::default() }).await?;
+    anyhow::ensure!(
+        Some(listed.revision) == status.revision,
+        "restored at {}, backed up at {:?}",
+        listed.revision,
+        status.revision
+    );
+    say(&format!("{} acknowledged keys in the backup, at revision {}", ledger.values.len(), listed.revision));
+
+    say("a backup whose credentials Secret is missing fails visibly and keeps nothing");
+    backups.create(&PostParams::default(), &backup("broken", "no-such-secret")?).await?;
+    let failed = eventually("the broken backup failed", CONVERGE, || async {
+        let status = backups.get("broken").await?.status.unwrap_or_default();
+        anyhow::ensure!(status.phase == Some(BackupPhase::Failed), "{status:?}");
+        Ok(status)
+    })
+    .await?;
+    let message = failed.message.unwrap_or_default();
+    anyhow::ensure!(message.contains("no-such-secret"), "the failure does not say why: {message}");
+    recorded_on(p, "broken", "BackupFailed", "no-such-secret").await?;
+    let kept: Vec<_> = store.list(Some(&"e2e".into())).try_collect().await?;
+    anyhow::ensure!(kept.len() == 1, "only the good backup is in the bucket: {kept:?}");
+    Ok(())
 }
 
 async fn operator_restarted_mid_scale<P: Provider>(p: &mut P, ledger: &mut Ledger) -> anyhow::Result<()> {

@@ -191,7 +191,7 @@ async fn create_peer_token(
 
 /// The cluster's peer token, which its members require on membership changes. Read only when
 /// a change is about to be made, and only this cluster's own Secret.
-async fn read_peer_token(secrets: &Api<Secret>, names: &Names) -> Result<String, Error> {
+pub(crate) async fn read_peer_token(secrets: &Api<Secret>, names: &Names) -> Result<String, Error> {
     let name = names.peer_token_secret();
     let failed = |reason: String| Error::PeerToken { name: name.clone(), reason };
     let secret = secrets.get_opt(&name).await.map_err(|e| failed(e.to_string()))?;

@@ -204,8 +204,12 @@ pub struct MetaStoreClusterStatus {
 
 /// The CRD as YAML, as `metastore-operator crd` prints it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
-    serde_yaml::to_string(&MetaStoreCluster::crd())
+    yaml_of::<MetaStoreCluster>()
+}
+
+/// The CustomResourceDefinition of `K` as YAML.
+pub fn yaml_of<K: kube::CustomResourceExt>() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&K::crd())
 }
 
 #[cfg(test)]

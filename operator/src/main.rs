@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use metastore_operator::backup::{controller as backup_controller, MetaStoreBackup};
 use metastore_operator::controller::{error_policy, reconcile, Context};
 use metastore_operator::crd::MetaStoreCluster;
 use metastore_operator::lease::{Election, LeaderLease};
@@ -27,10 +28,19 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Cluster,
+    Backup,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Print the MetaStoreCluster CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML: MetaStoreCluster's, or MetaStoreBackup's.
+    Crd {
+        #[arg(value_enum, default_value = "cluster")]
+        kind: CrdKind,
+    },
     /// Run the controller: watch MetaStoreClusters in every namespace and reconcile them.
     Run {
         /// Where `/metrics` and `/healthz` are served.
@@ -47,7 +57,10 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Crd => match metastore_operator::crd::crd_yaml() {
+        Command::Crd { kind } => match match kind {
+            CrdKind::Cluster => metastore_operator::crd::crd_yaml(),
+            CrdKind::Backup => metastore_operator::backup::resource::crd_yaml(),
+        } {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS
@@ -156,6 +169,23 @@ async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // Backups: each reconciled until it succeeds or fails for good. Its own status writes do not
+    // wake it (only a new generation does), so a retry waits for its requeue.
+    let (backup_reader, backup_writer) = reflector::store();
+    let new_backups = watcher(Api::<MetaStoreBackup>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(backup_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let backups = Controller::for_stream(new_backups, backup_reader)
+        .shutdown_on_signal()
+        .run(backup_controller::reconcile, backup_controller::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "backup reconcile outcome");
+            }
+        });
+    let backups = tokio::spawn(backups);
     Controller::for_stream(specs, reader)
         .owns(Api::<StatefulSet>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
@@ -178,6 +208,8 @@ async fn run(
             }
         })
         .await;
+    // Stopped by the same signal.
+    let _ = backups.await;
     let _ = stop.send(());
     server.await.context("metrics server task")?;
     tracing::info!("stopped");

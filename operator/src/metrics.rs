@@ -7,6 +7,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use warp::Filter;
@@ -16,12 +17,21 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
-/// Reconcile counts, durations and errors.
+/// One cluster's backups.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
+/// Reconcile counts, durations and errors; backups.
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
     reconcile_seconds: Histogram,
     errors: Family<ErrorLabels, Counter>,
+    backup_last_success: Family<ClusterLabels, Gauge>,
+    backup_failures: Family<ClusterLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -33,7 +43,15 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_seconds", "Time one reconcile took", reconcile_seconds.clone());
         registry.register("reconcile_errors", "Reconciles that failed, by kind", errors.clone());
-        Self { registry, reconciles, reconcile_seconds, errors }
+        let backup_last_success = Family::<ClusterLabels, Gauge>::default();
+        let backup_failures = Family::<ClusterLabels, Counter>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the cluster's last backup was kept (Unix time)",
+            backup_last_success.clone(),
+        );
+        registry.register("backup_failures", "Backup attempts that failed", backup_failures.clone());
+        Self { registry, reconciles, reconcile_seconds, errors, backup_last_success, backup_failures }
     }
 }
 
@@ -45,6 +63,15 @@ impl Metrics {
 
     pub fn failed(&self, kind: &'static str) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// A backup of the cluster was kept at `unix_seconds`.
+    pub fn backed_up(&self, cluster: ClusterLabels, unix_seconds: i64) {
+        self.backup_last_success.get_or_create(&cluster).set(unix_seconds);
+    }
+
+    pub fn backup_failed(&self, cluster: ClusterLabels) {
+        self.backup_failures.get_or_create(&cluster).inc();
     }
 
     pub fn render(&self) -> String {
@@ -82,5 +109,17 @@ mod tests {
         assert!(text.contains("metastore_operator_reconciles_total 1"), "{text}");
         assert!(text.contains(r#"metastore_operator_reconcile_errors_total{kind="apply"} 1"#), "{text}");
         assert!(text.contains("metastore_operator_reconcile_seconds_count 1"), "{text}");
+        let demo = ClusterLabels { namespace: "db".into(), cluster: "demo".into() };
+        m.backed_up(demo.clone(), 1_700_000_000);
+        m.backup_failed(demo);
+        let text = m.render();
+        let labels = r#"{namespace="db",cluster="demo"}"#;
+        assert!(
+            text.contains(&format!(
+                "metastore_operator_backup_last_success_timestamp_seconds{labels} 1700000000"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!("metastore_operator_backup_failures_total{labels} 1")), "{text}");
     }
 }

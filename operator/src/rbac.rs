@@ -37,6 +37,20 @@ pub const REQUIRED: &[Permission] = &[
         why: "report members, leader and conditions by server-side apply of the status",
     },
     Permission {
+        group: "metastore.io",
+        resource: "metastorebackups",
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+        why: "watch the backups it takes",
+    },
+    Permission {
+        group: "metastore.io",
+        resource: "metastorebackups/status",
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+        why: "report where each backup went, or why it failed",
+    },
+    Permission {
         group: "apps",
         resource: "statefulsets",
         verbs: &["get", "list", "watch", "create", "patch"],
@@ -56,7 +70,7 @@ pub const REQUIRED: &[Permission] = &[
         verbs: &["create", "get"],
         scope: Scope::Cluster,
         why: "create each new cluster's peer-token Secret, once, and read it back: members require \
-              the token on membership changes",
+              the token on membership changes and snapshots; read a backup's credentials Secret",
     },
     Permission {
         group: "",

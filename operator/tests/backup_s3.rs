@@ -12,35 +12,17 @@ use metastore_client::{Client, Consistency};
 use metastore_operator::backup::{
     object_path, prune, upload, BackupError, Credentials, Retention, S3Destination,
 };
+use metastore_testkit::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use metastore_testkit::{free_port, workspace_binary, Process};
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const ACCESS_KEY: &str = "backup-writer";
-const SECRET_KEY: &str = "backup-writer-secret";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 /// An S3 server for one bucket, `backups`, on a temporary directory; its endpoint URL.
 async fn s3_server(root: &FsPath) -> String {
-    std::fs::create_dir_all(root.join("backups")).expect("bucket directory");
-    let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs");
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move {
-        let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        while let Ok((socket, _)) = listener.accept().await {
-            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone());
-            let connection = connection.into_owned();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-        }
-    });
-    endpoint
+    S3Server::start(root, &["backups"]).await.expect("an S3 server").endpoint
 }
 
 fn destination(endpoint: &str) -> S3Destination {

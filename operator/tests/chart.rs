@@ -235,13 +235,14 @@ fn the_values_schema_rejects_what_would_break_the_install() {
 }
 
 #[test]
-fn the_chart_carries_the_current_crd() {
-    let shipped = std::fs::read_to_string(chart().join("crds/metastorecluster.yaml")).expect("chart CRD");
-    let current = metastore_operator::crd::crd_yaml().expect("CRD renders");
-    assert_eq!(
-        shipped, current,
-        "stale: metastore-operator crd > charts/metastore-operator/crds/metastorecluster.yaml"
-    );
+fn the_chart_carries_the_current_crds() {
+    for (file, current) in [
+        ("metastorecluster.yaml", metastore_operator::crd::crd_yaml()),
+        ("metastorebackup.yaml", metastore_operator::backup::resource::crd_yaml()),
+    ] {
+        let shipped = std::fs::read_to_string(chart().join("crds").join(file)).expect("chart CRD");
+        assert_eq!(shipped, current.expect("CRD renders"), "stale: charts/metastore-operator/crds/{file}");
+    }
 }
 
 #[test]

@@ -6,12 +6,15 @@
 //! snapshot's seal (its SHA-256, `metastore_client::seal`) held over every byte uploaded, and is
 //! aborted on any failure, so an interrupted backup never leaves an object a restore would take.
 
+pub mod controller;
 mod destination;
 mod http;
+pub mod resource;
 mod retention;
 mod upload;
 
 pub use destination::{object_path, Credentials, S3Destination, BACKUP_SUFFIX};
+pub use resource::{BackupPhase, MetaStoreBackup, MetaStoreBackupSpec, MetaStoreBackupStatus};
 pub use retention::{expired, prune, Retention};
 pub use upload::{upload, Uploaded};
 
