@@ -424,6 +424,37 @@ async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyho
     recorded_on(p, "broken", "BackupFailed", "no-such-secret").await?;
     let kept: Vec<_> = store.list(Some(&"e2e".into())).try_collect().await?;
     anyhow::ensure!(kept.len() == 1, "only the good backup is in the bucket: {kept:?}");
+
+    say("back up on a schedule, every 10 s, keeping one backup in the bucket");
+    let schedule = serde_json::json!({"spec": {"backup": {
+        "schedule": "*/10 * * * * *",
+        "s3": {"bucket": "backups", "prefix": "e2e", "endpoint": s3.endpoint,
+               "forcePathStyle": true, "credentialsSecret": "s3-credentials"},
+        "retention": {"maxCount": 1},
+    }}});
+    clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&schedule)).await?;
+    let success = eventually("a scheduled backup succeeded", CONVERGE, || async {
+        let status = clusters(p).get(CLUSTER).await?.status.unwrap_or_default();
+        let success = status.backups.and_then(|b| b.last_success).context("no success yet")?;
+        anyhow::ensure!(success.name.starts_with("demo-"), "the last success is {}", success.name);
+        Ok(success)
+    })
+    .await?;
+    let scheduled = backups.get(&success.name).await?;
+    anyhow::ensure!(
+        scheduled.labels().get("metastore.io/scheduled").is_some_and(|v| v == "true"),
+        "{} is not marked as scheduled",
+        success.name
+    );
+    eventually("retention keeps one backup in the bucket", CONVERGE, || async {
+        let kept: Vec<String> =
+            store.list(Some(&"e2e".into())).map_ok(|o| o.location.to_string()).try_collect().await?;
+        anyhow::ensure!(kept.len() == 1 && !kept.contains(&key.to_string()), "kept {kept:?}");
+        Ok(())
+    })
+    .await?;
+    let unschedule = serde_json::json!({"spec": {"backup": null}});
+    clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&unschedule)).await?;
     Ok(())
 }
 

@@ -131,9 +131,9 @@ pub struct Args {
 
     /// Start a new cluster from a backup: a member whose data dir holds no store yet is seeded
     /// from this snapshot file (from GET /v1/snapshot or `etcdctl snapshot save`), keeping its
-    /// keys, history and revisions, with --cluster's members and a new cluster id. Give it to
-    /// every member of --cluster, or to the first alone and add the others later. A store that
-    /// already exists is never replaced.
+    /// keys, history and revisions, with --cluster's members and a new cluster id. Give the
+    /// same file to every member of --cluster, or give --cluster this member alone and add the
+    /// others (started with --join) later. A store that already exists is never replaced.
     #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE", conflicts_with = "join")]
     pub restore_from: Option<PathBuf>,
 }

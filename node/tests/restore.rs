@@ -229,4 +229,11 @@ async fn a_damaged_or_truncated_snapshot_is_refused_and_leaves_the_data_dir_to_r
     new.wait_for_leader(Duration::from_secs(20)).await;
     let restored = keys(&new.node(1).client(), None).await;
     assert_eq!(restored, keys(&client, Some(revision)).await);
+
+    // A data dir whose store was lost but whose snapshots were not is no place to restore
+    // into: raft would install the old snapshot over the restored data at start.
+    new.stop(1);
+    std::fs::remove_dir_all(data.join("db")).expect("lose the store");
+    let (status, log) = run_to_exit(dir.path(), &args(&good));
+    assert!(!status.success() && log.contains("snapshots of an earlier store"), "{log}");
 }

@@ -22,7 +22,7 @@ use crate::executor::{self, MemberDirectory};
 use crate::membership::{self, Removal, Step};
 use crate::metrics::Metrics;
 use crate::resources::{self, Names};
-use crate::{status, Error};
+use crate::{backup, status, Error};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "metastore-operator";
@@ -332,6 +332,26 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     if step == Step::Bootstrap && outcome.is_ok() {
         new_status.bootstrapped = true;
     }
+    let previous_backups = cluster.status.as_ref().and_then(|s| s.backups.clone());
+    let backups_due_in = match backup::schedule::reconcile(client, &cluster, chrono::Utc::now()).await {
+        Ok((backups, wake)) => {
+            new_status.backups = Some(backups);
+            wake
+        }
+        Err(e) => {
+            // Backups never hold up the members: say so, and look again soon.
+            tracing::warn!(cluster = %names.cluster, error = %e, "cannot look after scheduled backups");
+            new_status.backups = previous_backups;
+            event(
+                &ctx,
+                &cluster,
+                &names,
+                Notice::warning("BackupScheduleFailed", "ScheduleBackup", e.to_string()),
+            )
+            .await;
+            Some(BUSY_REQUEUE * 15)
+        }
+    };
     let patch = serde_json::json!({
         "apiVersion": "metastore.io/v1alpha1",
         "kind": "MetaStoreCluster",
@@ -347,10 +367,12 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         })?;
 
     outcome?;
-    Ok(match step {
-        Step::Done => Action::requeue(IDLE_REQUEUE),
-        _ => Action::requeue(BUSY_REQUEUE),
-    })
+    let requeue = match step {
+        Step::Done => IDLE_REQUEUE,
+        _ => BUSY_REQUEUE,
+    };
+    // Woken for the next scheduled backup, if that comes first (never busier than every 2 s).
+    Ok(Action::requeue(backups_due_in.map_or(requeue, |due| requeue.min(due.max(BUSY_REQUEUE)))))
 }
 
 /// Failed reconciles are retried after a pause; the next pass starts from what it observes.

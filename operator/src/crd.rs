@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::backup::BackupSchedule;
 
 /// The smallest and largest cluster the operator runs. Past nine voters every write waits on
 /// more fsyncs for no gain in fault tolerance that matters.
@@ -70,6 +72,10 @@ pub struct MetaStoreClusterSpec {
     /// Raft timing; defaults suit a data-centre network.
     #[serde(default)]
     pub raft: RaftSpec,
+
+    /// Backups on a schedule, to S3-compatible object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSchedule>,
 }
 
 /// A member's persistent volume.
@@ -200,6 +206,35 @@ pub struct MetaStoreClusterStatus {
     /// Label selector of the member pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The cluster's backups, scheduled or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupsStatus>,
+}
+
+/// The last backups of a cluster, as their `MetaStoreBackup`s report them.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsStatus {
+    /// The occurrence of the schedule the last scheduled backup was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<BackupRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BackupRecord>,
+}
+
+/// One backup, in the cluster's status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// The `MetaStoreBackup`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Where it went (a success) or why not (a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The CRD as YAML, as `metastore-operator crd` prints it.

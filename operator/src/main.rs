@@ -181,8 +181,13 @@ async fn run(
         .shutdown_on_signal()
         .run(backup_controller::reconcile, backup_controller::error_policy, ctx.clone())
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "backup reconcile outcome");
+            match result {
+                // The watch itself failed: most often, the MetaStoreBackup CRD is not installed.
+                Err(kube::runtime::controller::Error::QueueError(e)) => {
+                    tracing::warn!(error = %e, "cannot watch MetaStoreBackups (is crds/metastorebackup.yaml applied?)")
+                }
+                Err(e) => tracing::debug!(error = %e, "backup reconcile outcome"),
+                Ok(_) => {}
             }
         });
     let backups = tokio::spawn(backups);

@@ -39,9 +39,9 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "metastore.io",
         resource: "metastorebackups",
-        verbs: &["list", "watch"],
+        verbs: &["list", "watch", "create", "delete"],
         scope: Scope::Cluster,
-        why: "watch the backups it takes",
+        why: "watch the backups it takes; make each scheduled one, and forget old scheduled ones",
     },
     Permission {
         group: "metastore.io",

@@ -151,6 +151,8 @@ pub fn build(
         observed_generation: generation,
         bootstrapped: observed.bootstrapped || leader.is_some(),
         selector: Some(crate::resources::selector_string(names)),
+        // Filled in by the backup scheduler, which reads the cluster's backups.
+        backups: None,
     }
 }
 

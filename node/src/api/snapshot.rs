@@ -20,7 +20,7 @@ use crate::service::Service;
 use crate::storage::{SnapshotPieces, StoreError};
 
 /// Bytes per body chunk.
-const PIECE_BYTES: usize = 1024 * 1024;
+const BODY_CHUNK_BYTES: usize = 1024 * 1024;
 
 pub fn routes(
     service: Service,
@@ -38,7 +38,7 @@ pub fn routes(
 
 #[tracing::instrument(skip_all, fields(member = service.id()))]
 async fn snapshot(service: Service) -> Result<Response, ApiError> {
-    let (pieces, revision) = service.sealed_snapshot(PIECE_BYTES).await?;
+    let (pieces, revision) = service.sealed_snapshot(BODY_CHUNK_BYTES).await?;
     let mut response = warp::reply::stream(Body { pieces, done: false }).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

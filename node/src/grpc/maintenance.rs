@@ -119,6 +119,8 @@ impl Maintenance for Etcd {
                     return;
                 }
             }
+            // The pieces stopped without a last one: the stream must not end as if whole.
+            let _ = answers.send(Err(Status::internal("the snapshot ended early"))).await;
         });
         Ok(Response::new(ReceiverStream::new(stream)))
     }

@@ -36,6 +36,11 @@ pub enum RestoreError {
     Snapshot { path: String, source: StoreError },
     #[error("{path} holds a snapshot of a store that was never part of a cluster")]
     NeverInitialized { path: String },
+    #[error(
+        "the data directory holds snapshots of an earlier store: restore into an empty data \
+         directory"
+    )]
+    EarlierSnapshots,
     #[error("the restored membership is invalid: {0}")]
     Membership(String),
     #[error(transparent)]
@@ -64,6 +69,10 @@ pub(crate) fn restore(
     own: NodeId,
     members: &BTreeMap<NodeId, Member>,
 ) -> Result<Restored, RestoreError> {
+    // openraft would install the newest snapshot at start, over what was restored.
+    if checkpoints.current().is_some() {
+        return Err(RestoreError::EarlierSnapshots);
+    }
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|source| RestoreError::Open { path: name.clone(), source })?;
     let sealed =

@@ -13,8 +13,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::schedule::is_scheduled;
 use super::{
-    object_path, upload, BackupError, BackupPhase, Credentials, MetaStoreBackup, MetaStoreBackupStatus,
+    object_path, prune, upload, BackupError, BackupPhase, Credentials, MetaStoreBackup, MetaStoreBackupStatus,
 };
 use crate::controller::{read_peer_token, Context, MANAGER};
 use crate::crd::MetaStoreCluster;
@@ -77,6 +78,10 @@ pub async fn reconcile(backup: Arc<MetaStoreBackup>, ctx: Arc<Context>) -> Resul
             write_status(&backups, &backup, &status).await?;
             ctx.metrics.backed_up(labels, k8s_openapi::jiff::Timestamp::now().as_second());
             event(&ctx, &backup, EventType::Normal, "BackupSucceeded", note).await;
+            if let Err(e) = apply_retention(&backup, &namespace, &ctx).await {
+                let note = format!("cannot prune old backups: {e}");
+                event(&ctx, &backup, EventType::Warning, "BackupRetentionFailed", note).await;
+            }
             Ok(Action::await_change())
         }
         Err(e) => {
@@ -124,6 +129,31 @@ async fn attempt(
     let at = chrono::Utc::now();
     let path = |revision| object_path(&backup.spec.s3, namespace, name, at, revision);
     Ok(upload(&client, &store, path).await?)
+}
+
+/// After a scheduled backup was kept: deletes the backups under its cluster's prefix that the
+/// schedule's retention no longer keeps.
+async fn apply_retention(
+    backup: &MetaStoreBackup,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<(), AttemptError> {
+    if !is_scheduled(backup) {
+        return Ok(());
+    }
+    let clusters = Api::<MetaStoreCluster>::namespaced(ctx.client.clone(), namespace);
+    let Some(cluster) = clusters.get_opt(&backup.spec.cluster_name).await? else { return Ok(()) };
+    let Some(schedule) = &cluster.spec.backup else { return Ok(()) };
+    let credentials = match &backup.spec.s3.credentials_secret {
+        Some(secret) => {
+            Some(read_credentials(&Api::namespaced(ctx.client.clone(), namespace), secret).await?)
+        }
+        None => None,
+    };
+    let store = backup.spec.s3.store(credentials.as_ref())?;
+    let prefix = backup.spec.s3.cluster_prefix(namespace, &backup.spec.cluster_name);
+    prune(&store, &prefix, &schedule.retention, chrono::Utc::now()).await?;
+    Ok(())
 }
 
 /// The keys in the credentials Secret `name`.

@@ -59,7 +59,10 @@ impl std::fmt::Debug for Credentials {
 impl S3Destination {
     /// A client for the bucket, signing with `credentials` where given.
     pub fn store(&self, credentials: Option<&Credentials>) -> Result<AmazonS3, BackupError> {
-        let mut builder = AmazonS3Builder::from_env()
+        // Keys of the Secret are used alone: a session token in the operator's own environment
+        // would be sent with them, and spoil their signature.
+        let base = if credentials.is_some() { AmazonS3Builder::new() } else { AmazonS3Builder::from_env() };
+        let mut builder = base
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
             .with_virtual_hosted_style_request(!self.force_path_style)

@@ -11,11 +11,13 @@ mod destination;
 mod http;
 pub mod resource;
 mod retention;
+pub mod schedule;
 mod upload;
 
 pub use destination::{object_path, Credentials, S3Destination, BACKUP_SUFFIX};
 pub use resource::{BackupPhase, MetaStoreBackup, MetaStoreBackupSpec, MetaStoreBackupStatus};
 pub use retention::{expired, prune, Retention};
+pub use schedule::BackupSchedule;
 pub use upload::{upload, Uploaded};
 
 /// Why a backup, or its pruning, failed.

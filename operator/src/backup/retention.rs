@@ -1,7 +1,6 @@
 //! Which backups to keep: the newest, by count and by age.
 
 use chrono::{DateTime, Duration, Utc};
-use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use schemars::JsonSchema;
@@ -24,13 +23,30 @@ pub struct Retention {
     pub max_age_hours: Option<u32>,
 }
 
-/// The backups among `objects` that `retention` no longer keeps at `now`. Only backup objects
-/// (named `*.snapshot`) count; anything else under the prefix is never touched.
+/// When a backup object was taken and the revision it holds, from its name
+/// (`<UTC time>-r<revision>.snapshot`, as [`super::object_path`] makes it); `None` for any other
+/// object.
+fn backup_name(object: &ObjectMeta) -> Option<(&str, u64)> {
+    let name = object.location.filename()?;
+    let (stamp, revision) = name.strip_suffix(BACKUP_SUFFIX)?.split_once("-r")?;
+    let stamp_shape = stamp.len() == 16
+        && stamp.char_indices().all(|(i, c)| match i {
+            8 => c == 'T',
+            15 => c == 'Z',
+            _ => c.is_ascii_digit(),
+        });
+    let revision = revision.parse().ok().filter(|_| revision.bytes().all(|b| b.is_ascii_digit()))?;
+    stamp_shape.then_some((stamp, revision))
+}
+
+/// The backups among `objects` that `retention` no longer keeps at `now`. Only objects named
+/// as backups are (`<UTC time>-r<revision>.snapshot`); anything else is never touched.
 pub fn expired(objects: &[ObjectMeta], retention: &Retention, now: DateTime<Utc>) -> Vec<ObjectMeta> {
-    let mut backups: Vec<&ObjectMeta> =
-        objects.iter().filter(|o| o.location.as_ref().ends_with(BACKUP_SUFFIX)).collect();
-    // Names begin with the time taken: newest first by name, whatever the store's clock says.
-    backups.sort_by(|a, b| b.location.cmp(&a.location));
+    let mut backups: Vec<((&str, u64), &ObjectMeta)> =
+        objects.iter().filter_map(|o| backup_name(o).map(|name| (name, o))).collect();
+    // Newest first, by the time in the name, then the revision: whatever the store's clock says.
+    backups.sort_by(|a, b| b.0.cmp(&a.0));
+    let backups: Vec<&ObjectMeta> = backups.into_iter().map(|(_, o)| o).collect();
     let keep = retention.max_count.map_or(usize::MAX, |n| (n as usize).max(1));
     let oldest = retention.max_age_hours.map(|hours| now - Duration::hours(i64::from(hours)));
     backups
@@ -51,7 +67,8 @@ pub async fn prune(
     now: DateTime<Utc>,
 ) -> Result<Vec<Path>, BackupError> {
     let failed = |source| BackupError::Prune { prefix: prefix.to_string(), source };
-    let objects: Vec<ObjectMeta> = store.list(Some(prefix)).try_collect().await.map_err(failed)?;
+    // The prefix's own objects only: a backup of another cluster may sit below it.
+    let objects = store.list_with_delimiter(Some(prefix)).await.map_err(failed)?.objects;
     let mut deleted = Vec::new();
     for object in expired(&objects, retention, now) {
         store.delete(&object.location).await.map_err(failed)?;
@@ -88,6 +105,8 @@ mod tests {
             backup("ns/c/20261202T000000Z-r5.snapshot", 25, now),
             backup("ns/c/20261204T000000Z-r12.snapshot", 2, now),
             backup("ns/c/notes.txt", 100, now),
+            backup("ns/c/manual.snapshot", 100, now),
+            backup("ns/c/2026-r1.snapshot", 100, now),
         ];
         let by_count = Retention { max_count: Some(2), max_age_hours: None };
         assert_eq!(
@@ -100,6 +119,17 @@ mod tests {
             ["ns/c/20261202T000000Z-r5.snapshot", "ns/c/20261201T000000Z-r1.snapshot"]
         );
         assert!(expired(&objects, &Retention::default(), now).is_empty(), "no limits keep everything");
+    }
+
+    #[test]
+    fn revisions_order_backups_taken_in_the_same_second() {
+        let now = Utc::now();
+        let objects = vec![
+            backup("ns/c/20261201T000000Z-r9.snapshot", 1, now),
+            backup("ns/c/20261201T000000Z-r10.snapshot", 1, now),
+        ];
+        let one = Retention { max_count: Some(1), max_age_hours: None };
+        assert_eq!(names(expired(&objects, &one, now)), ["ns/c/20261201T000000Z-r9.snapshot"]);
     }
 
     #[test]
