@@ -216,6 +216,7 @@ pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
     let mut ledger = Ledger::default();
     one_cluster_lifecycle(&*p, &mut ledger).await?;
     backups_to_object_storage(&*p, &ledger).await?;
+    paused_cluster_is_left_alone(&*p, &ledger).await?;
     operator_restarted_mid_scale(p, &mut ledger).await?;
     uninstall(p).await
 }
@@ -455,6 +456,31 @@ async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyho
     .await?;
     let unschedule = serde_json::json!({"spec": {"backup": null}});
     clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&unschedule)).await?;
+    Ok(())
+}
+
+/// A paused cluster is left as it is, whatever its spec asks, until it is resumed.
+async fn paused_cluster_is_left_alone<P: Provider>(p: &P, ledger: &Ledger) -> anyhow::Result<()> {
+    say("pause the cluster, then ask for 5 members: nothing may change until it is resumed");
+    let annotate = |value: serde_json::Value| serde_json::json!({"metadata": {"annotations": {"metastore.io/paused": value}}});
+    clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&annotate("true".into()))).await?;
+    recorded(p, "Paused", "annotation is set").await?;
+    scale(p, 5).await?;
+    // Long enough for several passes of a reconciler that ignored the pause.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
+    let replicas = sets.get(CLUSTER).await?.spec.and_then(|s| s.replicas);
+    anyhow::ensure!(replicas == Some(3), "the paused cluster's StatefulSet went to {replicas:?}");
+    let members = raft_status(p).await?.members.len();
+    anyhow::ensure!(members == 3, "the paused cluster has {members} members");
+    say("resume it: the scale-up goes ahead");
+    clusters(p)
+        .patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&annotate(serde_json::Value::Null)))
+        .await?;
+    converged(p, 5).await?;
+    ledger.verify(p).await?;
+    scale(p, 3).await?;
+    converged(p, 3).await?;
     Ok(())
 }
 

@@ -219,6 +219,34 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The annotation that stops the operator from changing anything of one cluster (`"true"`):
+/// for maintenance by hand. Removing it resumes reconciling at once.
+pub const PAUSED_ANNOTATION: &str = "metastore.io/paused";
+
+fn is_paused(cluster: &MetaStoreCluster) -> bool {
+    cluster.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
+}
+
+/// Looks after `cluster`'s scheduled backups: its `status.backups` and when the next is due.
+/// A failure is an Event (and the previous status is kept), never a failed reconcile.
+async fn scheduled_backups(
+    ctx: &Context,
+    cluster: &MetaStoreCluster,
+    names: &Names,
+) -> (Option<crate::crd::BackupsStatus>, Option<Duration>) {
+    let previous = cluster.status.as_ref().and_then(|s| s.backups.clone());
+    match backup::schedule::reconcile(&ctx.client, cluster, chrono::Utc::now()).await {
+        Ok(Some((backups, due_in))) => (Some(backups), due_in),
+        Ok(None) => (previous, None),
+        Err(e) => {
+            tracing::warn!(cluster = %names.cluster, error = %e, "cannot look after scheduled backups");
+            let notice = Notice::warning("BackupScheduleFailed", "ScheduleBackup", e.to_string());
+            event(ctx, cluster, names, notice).await;
+            (previous, Some(BUSY_REQUEUE * 15))
+        }
+    }
+}
+
 /// One reconcile of `cluster`, timed.
 pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -231,6 +259,17 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     let names = Names::of(&cluster)?;
     let ns = names.namespace.as_str();
     let client = &ctx.client;
+    if is_paused(&cluster) {
+        tracing::info!(cluster = %names.cluster, "paused: changing nothing");
+        let note =
+            format!("the {PAUSED_ANNOTATION} annotation is set: nothing is changed until it is removed");
+        let notice =
+            Notice { type_: EventType::Normal, reason: "Paused", action: "Pause", note, member: None };
+        event(&ctx, &cluster, &names, notice).await;
+        return Ok(Action::await_change());
+    }
+    // Scheduled backups first: a cluster whose membership work fails needs them most.
+    let (backups, backups_due_in) = scheduled_backups(&ctx, &cluster, &names).await;
 
     apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::peer_service(&cluster)?).await?;
     apply(&Api::<Service>::namespaced(client.clone(), ns), &resources::client_service(&cluster)?).await?;
@@ -332,26 +371,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     if step == Step::Bootstrap && outcome.is_ok() {
         new_status.bootstrapped = true;
     }
-    let previous_backups = cluster.status.as_ref().and_then(|s| s.backups.clone());
-    let backups_due_in = match backup::schedule::reconcile(client, &cluster, chrono::Utc::now()).await {
-        Ok((backups, wake)) => {
-            new_status.backups = Some(backups);
-            wake
-        }
-        Err(e) => {
-            // Backups never hold up the members: say so, and look again soon.
-            tracing::warn!(cluster = %names.cluster, error = %e, "cannot look after scheduled backups");
-            new_status.backups = previous_backups;
-            event(
-                &ctx,
-                &cluster,
-                &names,
-                Notice::warning("BackupScheduleFailed", "ScheduleBackup", e.to_string()),
-            )
-            .await;
-            Some(BUSY_REQUEUE * 15)
-        }
-    };
+    new_status.backups = backups;
     let patch = serde_json::json!({
         "apiVersion": "metastore.io/v1alpha1",
         "kind": "MetaStoreCluster",

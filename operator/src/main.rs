@@ -12,7 +12,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{predicates, Predicate};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use metastore_operator::backup::{controller as backup_controller, MetaStoreBackup};
 use metastore_operator::controller::{error_policy, reconcile, Context};
@@ -161,14 +162,14 @@ async fn run(
     let server = tokio::spawn(server);
     lead(lease).await?;
     tracing::info!(%metrics_address, "watching MetaStoreClusters");
-    // Reconcile on spec changes (and on owned objects and timers), not on the operator's own
-    // status writes, which change with every reconcile under load.
+    // Reconcile on spec changes and annotation changes (pausing, resuming), on owned objects and
+    // timers; not on the operator's own status writes, which change with every reconcile.
     let (reader, writer) = reflector::store();
     let specs = watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
     // Backups: each reconciled until it succeeds or fails for good. Its own status writes do not
     // wake it (only a new generation does), so a retry waits for its requeue.
     let (backup_reader, backup_writer) = reflector::store();

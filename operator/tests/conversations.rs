@@ -344,3 +344,50 @@ async fn a_membership_change_presents_the_token_read_from_the_clusters_secret() 
     reconciling.await.expect("reconcile task").expect("reconcile succeeds");
     assert_eq!(members.voters().await, [1, 2]);
 }
+
+#[tokio::test]
+async fn a_scheduled_backup_that_is_due_is_made_for_its_occurrence_before_anything_else() {
+    let mut demo = cluster(3);
+    let daily = serde_json::json!({"schedule": "0 3 * * *", "s3": {"bucket": "backups"}});
+    demo.spec.backup = Some(serde_json::from_value(daily).expect("schedule"));
+    let two_days_ago =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(48);
+    let previous = serde_json::json!({"backups": {"schedule": "0 3 * * *", "lastScheduleTime": two_days_ago.to_string()}});
+    demo.status = Some(serde_json::from_value(previous).expect("status"));
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(Client::new(service, "default")));
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
+
+    let backups = "/apis/metastore.io/v1alpha1/namespaces/ns/metastorebackups";
+    let empty = serde_json::json!({"apiVersion": "metastore.io/v1alpha1", "kind": "MetaStoreBackupList", "metadata": {}, "items": []});
+    expect(&mut server, Method::GET, backups, Some((StatusCode::OK, empty.to_string()))).await;
+    // Made already by a pass that could not record it: a conflict, not a second backup.
+    let made = expect_answered(&mut server, Method::POST, backups, |_| {
+        let status = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "AlreadyExists", "code": 409, "message": "already exists"
+        });
+        (StatusCode::CONFLICT, status.to_string())
+    })
+    .await;
+    let made: serde_json::Value = serde_json::from_str(&made).expect("json");
+    let name = made["metadata"]["name"].as_str().expect("a name");
+    assert!(name.starts_with("demo-") && name.ends_with("-030000"), "named for the 03:00 occurrence: {name}");
+    assert_eq!(made["metadata"]["labels"]["metastore.io/scheduled"], "true");
+    assert_eq!(made["metadata"]["ownerReferences"][0]["name"], "demo", "collected with its cluster");
+    assert_eq!(made["spec"]["clusterName"], "demo");
+
+    expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo-peer", None).await;
+    expect(&mut server, Method::PATCH, "/api/v1/namespaces/ns/services/demo", None).await;
+    expect(&mut server, Method::GET, "/apis/apps/v1/namespaces/ns/statefulsets/demo", Some(not_found()))
+        .await;
+    expect_peer_token(&mut server, false).await;
+    expect_applied(&mut server, "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/demo").await;
+    expect_applied(&mut server, "/apis/apps/v1/namespaces/ns/statefulsets/demo").await;
+    let status = expect_status(&mut server, &demo).await;
+    let recorded = &status["status"]["backups"];
+    assert_eq!(recorded["schedule"], "0 3 * * *");
+    let occurrence = recorded["lastScheduleTime"].as_str().expect("the occurrence is recorded");
+    assert!(occurrence.ends_with("T03:00:00Z"), "{occurrence}");
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+}

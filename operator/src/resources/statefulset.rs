@@ -169,7 +169,8 @@ pub fn stateful_set(
     peer_auth: bool,
 ) -> Result<StatefulSet, BuildError> {
     let names = Names::of(cluster)?;
-    let pod_labels = labels(&names);
+    let mut pod_labels = cluster.spec.pod_labels.clone();
+    pod_labels.extend(labels(&names));
     Ok(StatefulSet {
         metadata: owned_metadata(cluster, &names, names.stateful_set())?,
         spec: Some(StatefulSetSpec {
@@ -180,12 +181,19 @@ pub fn stateful_set(
             pod_management_policy: Some("Parallel".to_string()),
             selector: LabelSelector { match_labels: Some(selector_labels(&names)), ..Default::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(cluster.spec.pod_annotations.clone()).filter(|a| !a.is_empty()),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container(cluster, &names, peer_auth)],
                     affinity: Some(cluster.spec.affinity.clone().unwrap_or_else(|| spread_affinity(&names))),
                     tolerations: Some(cluster.spec.tolerations.clone()).filter(|t| !t.is_empty()),
                     node_selector: Some(cluster.spec.node_selector.clone()).filter(|n| !n.is_empty()),
+                    topology_spread_constraints: Some(cluster.spec.topology_spread_constraints.clone())
+                        .filter(|t| !t.is_empty()),
+                    priority_class_name: cluster.spec.priority_class_name.clone(),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(USER_ID),
@@ -292,6 +300,33 @@ mod tests {
             "kubernetes.io/hostname"
         );
         assert_eq!(pod.termination_grace_period_seconds, Some(TERMINATION_GRACE_SECONDS));
+    }
+
+    #[test]
+    fn spread_priority_labels_and_annotations_reach_the_pods_and_the_selector_stays_ours() {
+        let mut demo = cluster(3);
+        demo.spec = serde_json::from_value(serde_json::json!({
+            "replicas": 3,
+            "priorityClassName": "system-cluster-critical",
+            "topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+            }],
+            "podLabels": {"team": "platform", "app.kubernetes.io/instance": "not-demo"},
+            "podAnnotations": {"sidecar.istio.io/inject": "false"},
+        }))
+        .expect("spec");
+        let sts = stateful_set(&demo, 3, true).expect("builds");
+        let template = sts.spec.expect("spec").template;
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
+        assert_eq!(labels.get("app.kubernetes.io/instance").map(String::as_str), Some("demo"), "ours win");
+        let annotations = template.metadata.and_then(|m| m.annotations).expect("annotations");
+        assert_eq!(annotations.get("sidecar.istio.io/inject").map(String::as_str), Some("false"));
+        let pod = template.spec.expect("pod");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("system-cluster-critical"));
+        let spread = pod.topology_spread_constraints.expect("spread");
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
     }
 
     #[test]
