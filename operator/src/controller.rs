@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -21,7 +21,7 @@ use crate::crd::MetaStoreCluster;
 use crate::executor::{self, MemberDirectory};
 use crate::membership::{self, Removal, Step};
 use crate::metrics::Metrics;
-use crate::resources::{self, Names};
+use crate::resources::{self, volumes, Names};
 use crate::{backup, status, Error};
 
 /// The field manager of everything the operator applies.
@@ -172,6 +172,54 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice:
     if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(error = %e, reason = notice.reason, "cannot record an event");
     }
+}
+
+/// Asks each member's claim for the spec's storage size where the claims were made smaller
+/// (no API call at all while the spec asks for what the claim templates say). A claim whose
+/// storage class cannot expand is refused by Kubernetes: that is a Warning Event, not a failed
+/// reconcile.
+async fn expand_volumes(
+    ctx: &Context,
+    cluster: &MetaStoreCluster,
+    names: &Names,
+    live: &StatefulSet,
+    replicas: i32,
+) -> Result<(), Error> {
+    let wanted = &cluster.spec.storage.size;
+    if !volumes::template_size(live).is_some_and(|made| volumes::grows(made, wanted)) {
+        return Ok(());
+    }
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &names.namespace);
+    let (mut grown, mut refused) = (Vec::new(), Vec::new());
+    for ordinal in 0..u64::try_from(replicas).unwrap_or(0) {
+        let name = volumes::claim_name(names, ordinal);
+        let Some(claim) = claims.get_opt(&name).await.map_err(Error::Kube)? else { continue };
+        if !volumes::claim_size(&claim).is_some_and(|size| volumes::grows(size, wanted)) {
+            continue;
+        }
+        let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": wanted}}}});
+        match claims.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => grown.push(name),
+            Err(kube::Error::Api(status)) => refused.push(format!("{name}: {}", status.message)),
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    if !grown.is_empty() {
+        let note = format!("asked {} for {}", grown.join(", "), wanted.0);
+        let notice = Notice {
+            type_: EventType::Normal,
+            reason: "VolumeExpanding",
+            action: "ExpandVolume",
+            note,
+            member: None,
+        };
+        event(ctx, cluster, names, notice).await;
+    }
+    if !refused.is_empty() {
+        let note = format!("cannot grow to {}: {}", wanted.0, refused.join("; "));
+        event(ctx, cluster, names, Notice::warning("VolumeExpansionRefused", "ExpandVolume", note)).await;
+    }
+    Ok(())
 }
 
 /// Creates a new cluster's peer-token Secret, once, before its first member starts; it is
@@ -335,11 +383,14 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     let mut desired = resources::stateful_set(&cluster, replicas, peer_auth)?;
     if let (Some(live), Some(spec)) = (current.as_ref().and_then(|s| s.spec.as_ref()), desired.spec.as_mut())
     {
-        // Kubernetes forbids changing a StatefulSet's volume claim templates: keep the live ones
-        // (a storage change in the spec applies to clusters created after it).
+        // Kubernetes forbids changing a StatefulSet's volume claim templates: keep the live ones,
+        // and grow each member's claim instead.
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
     apply(&sts_api, &desired).await?;
+    if let Some(live) = &current {
+        expand_volumes(&ctx, &cluster, &names, live, replicas).await?;
+    }
 
     let token = if peer_auth && step.changes_membership() {
         match read_peer_token(&Api::namespaced(client.clone(), ns), &names).await {

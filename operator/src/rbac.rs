@@ -80,6 +80,13 @@ pub const REQUIRED: &[Permission] = &[
         why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails",
     },
     Permission {
+        group: "",
+        resource: "persistentvolumeclaims",
+        verbs: &["get", "patch"],
+        scope: Scope::Cluster,
+        why: "grow each member's volume claim when the cluster's storage size grows",
+    },
+    Permission {
         group: "policy",
         resource: "poddisruptionbudgets",
         verbs: &["create", "patch"],

@@ -273,3 +273,86 @@ fn every_rendered_object_is_valid_for_its_kind() {
         assert!(output.status.success() && failures.is_empty(), "against {version}:\n{report}");
     }
 }
+
+#[test]
+fn the_alert_rules_fire_when_they_should_and_only_then() {
+    let files = chart().join("files");
+    let Ok(output) = Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg("prometheus-rules.test.yaml")
+        .current_dir(&files)
+        .output()
+    else {
+        eprintln!("SKIPPED: promtool not found (Debian's prometheus package; .ci/run installs it)");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn monitoring_objects_render_only_when_asked_and_carry_the_tested_rules() {
+    let helm = helm_or_skip!();
+    let kinds = |documents: &[serde_yaml::Value]| -> BTreeSet<String> {
+        documents.iter().filter_map(|d| d["kind"].as_str().map(str::to_string)).collect()
+    };
+    let plain = render(&helm, &[]).expect("renders");
+    assert!(!kinds(&plain).contains("PodMonitor") && !kinds(&plain).contains("PrometheusRule"));
+    let documents = render(
+        &helm,
+        &[
+            "monitoring.podMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.grafanaDashboard.enabled=true",
+            "monitoring.prometheusRule.labels.release=prometheus",
+        ],
+    )
+    .expect("renders");
+
+    let rule =
+        documents.iter().find(|d| d["kind"].as_str() == Some("PrometheusRule")).expect("a PrometheusRule");
+    let tested = std::fs::read_to_string(chart().join("files/prometheus-rules.yaml")).expect("rules file");
+    let tested: serde_yaml::Value = serde_yaml::from_str(&tested).expect("rules YAML");
+    assert_eq!(rule["spec"], tested, "the PrometheusRule holds exactly the rules promtool tests");
+    assert_eq!(rule["metadata"]["labels"]["release"].as_str(), Some("prometheus"));
+
+    let monitors: Vec<&serde_yaml::Value> =
+        documents.iter().filter(|d| d["kind"].as_str() == Some("PodMonitor")).collect();
+    let members = monitors
+        .iter()
+        .find(|m| {
+            m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"].as_str() == Some("metastore")
+        })
+        .expect("a PodMonitor of the members");
+    let endpoint = &members["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("client"), "members serve /metrics on their client port");
+    assert_eq!(
+        endpoint["relabelings"][0]["targetLabel"].as_str(),
+        Some("cluster"),
+        "the rules group by cluster"
+    );
+    assert_eq!(monitors.len(), 2, "and one of the operator");
+
+    let dashboard = documents
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ConfigMap") && d["data"]["metastore.json"].is_string())
+        .expect("the dashboard's ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"].as_str(), Some("1"));
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["metastore.json"].as_str().expect("text"))
+            .expect("dashboard JSON");
+    let panels = json["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{} panels", panels.len());
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| e.contains("metastore_"))),
+            "{panel}"
+        );
+    }
+}

@@ -195,7 +195,7 @@ async fn a_missing_budget_api_is_reported_once_and_not_tried_again() {
 }
 
 #[tokio::test]
-async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_stay_as_they_are() {
+async fn while_shrinking_the_budget_guards_the_larger_membership_and_each_member_volume_grows() {
     let mut demo = cluster(3);
     demo.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
     let (mut server, reconciling) = reconcile_against_mock(&demo).await;
@@ -217,6 +217,51 @@ async fn while_shrinking_the_budget_guards_the_larger_membership_and_volumes_sta
     assert_eq!(sts["spec"]["replicas"], 5, "pods go only after their members left raft");
     let size = &sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"];
     assert_eq!(size, "1Gi", "claim templates cannot change; the live ones are kept");
+
+    // Each member's claim is asked for 5Gi instead: one already has it, one's storage class
+    // cannot expand, one claim is gone (its pod is being replaced).
+    for ordinal in 0..5 {
+        let path = format!("/api/v1/namespaces/ns/persistentvolumeclaims/data-demo-{ordinal}");
+        let size = if ordinal == 1 { "5Gi" } else { "1Gi" };
+        let claim = serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("data-demo-{ordinal}"), "namespace": "ns"},
+            "spec": {"resources": {"requests": {"storage": size}}},
+        });
+        let answer = if ordinal == 4 { not_found() } else { (StatusCode::OK, claim.to_string()) };
+        expect(&mut server, Method::GET, &path, Some(answer)).await;
+        if ordinal == 1 || ordinal == 4 {
+            continue;
+        }
+        let patch = expect_answered(&mut server, Method::PATCH, &path, |body| {
+            if ordinal == 3 {
+                let status = serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"
+                });
+                (StatusCode::FORBIDDEN, status.to_string())
+            } else {
+                (StatusCode::OK, body.to_string())
+            }
+        })
+        .await;
+        let patch: serde_json::Value = serde_json::from_str(&patch).expect("json");
+        assert_eq!(patch["spec"]["resources"]["requests"]["storage"], "5Gi");
+    }
+    let events = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    let expanding =
+        expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string())).await;
+    assert!(
+        expanding.contains("VolumeExpanding") && expanding.contains("data-demo-0, data-demo-2"),
+        "{expanding}"
+    );
+    let refused =
+        expect_answered(&mut server, Method::POST, events, |b| (StatusCode::CREATED, b.to_string())).await;
+    assert!(
+        refused.contains("VolumeExpansionRefused") && refused.contains("data-demo-3: only dynamically"),
+        "{refused}"
+    );
     expect_status(&mut server, &demo).await;
     reconciling.await.expect("reconcile task").expect("reconcile succeeds");
 }

@@ -5,6 +5,7 @@ mod pdb;
 mod secret;
 mod service;
 mod statefulset;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,8 @@ use crate::crd::MetaStoreCluster;
 pub const CLIENT_PORT: i32 = 12380;
 pub const PEER_PORT: i32 = 12379;
 pub const DATA_DIR: &str = "/var/lib/metastore";
+/// The name of each member's volume (its claims are `data-<pod>`).
+pub const VOLUME: &str = "data";
 const MANAGER: &str = "metastore-operator";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::{
     labels, owned_metadata, selector_labels, BuildError, Names, CLIENT_PORT, DATA_DIR, PEER_PORT,
-    PEER_TOKEN_KEY,
+    PEER_TOKEN_KEY, VOLUME,
 };
 use crate::crd::MetaStoreCluster;
 
@@ -20,7 +20,6 @@ pub const DEFAULT_IMAGE: &str = concat!("metastore:", env!("CARGO_PKG_VERSION"))
 
 /// Seconds a member gets to stop after SIGTERM: enough to finish in-flight writes.
 const TERMINATION_GRACE_SECONDS: i64 = 30;
-const VOLUME: &str = "data";
 /// The non-root user of the image.
 const USER_ID: i64 = 65532;
 
