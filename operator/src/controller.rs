@@ -175,9 +175,9 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice:
 }
 
 /// Asks each member's claim for the spec's storage size where the claims were made smaller
-/// (no API call at all while the spec asks for what the claim templates say). A claim whose
-/// storage class cannot expand is refused by Kubernetes: that is a Warning Event, not a failed
-/// reconcile.
+/// (no API call at all while the spec asks for what the claim templates say; once it asks for
+/// more, one read per member per pass). A claim whose storage class cannot expand is refused
+/// by Kubernetes: that is a Warning Event, not a failed reconcile.
 async fn expand_volumes(
     ctx: &Context,
     cluster: &MetaStoreCluster,
@@ -193,15 +193,30 @@ async fn expand_volumes(
     let (mut grown, mut refused) = (Vec::new(), Vec::new());
     for ordinal in 0..u64::try_from(replicas).unwrap_or(0) {
         let name = volumes::claim_name(names, ordinal);
-        let Some(claim) = claims.get_opt(&name).await.map_err(Error::Kube)? else { continue };
+        // The membership work must not wait on volumes: a claim that cannot be read is tried
+        // again in the next pass.
+        let claim = match claims.get_opt(&name).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(cluster = %names.cluster, claim = %name, error = %e, "cannot read a volume claim");
+                continue;
+            }
+        };
         if !volumes::claim_size(&claim).is_some_and(|size| volumes::grows(size, wanted)) {
             continue;
         }
         let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": wanted}}}});
         match claims.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => grown.push(name),
-            Err(kube::Error::Api(status)) => refused.push(format!("{name}: {}", status.message)),
-            Err(e) => return Err(Error::Kube(e)),
+            // What Kubernetes answers when the claim's storage class cannot grow (or the claim
+            // is not bound yet).
+            Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => {
+                refused.push(format!("{name}: {}", status.message))
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %names.cluster, claim = %name, error = %e, "cannot grow a volume claim")
+            }
         }
     }
     if !grown.is_empty() {

@@ -70,6 +70,12 @@ impl Metrics {
         self.backup_last_success.get_or_create(&cluster).set(unix_seconds);
     }
 
+    /// A backup of the cluster is being tried: its failure count exists from 0, so that the
+    /// first failure is an increase an alert sees.
+    pub fn backup_attempted(&self, cluster: &ClusterLabels) {
+        let _ = self.backup_failures.get_or_create(cluster);
+    }
+
     pub fn backup_failed(&self, cluster: ClusterLabels) {
         self.backup_failures.get_or_create(&cluster).inc();
     }

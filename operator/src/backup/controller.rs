@@ -62,6 +62,7 @@ pub async fn reconcile(backup: Arc<MetaStoreBackup>, ctx: Arc<Context>) -> Resul
     write_status(&backups, &backup, &status).await?;
 
     let labels = ClusterLabels { namespace: namespace.clone(), cluster: backup.spec.cluster_name.clone() };
+    ctx.metrics.backup_attempted(&labels);
     match attempt(&backup, &namespace, &ctx).await {
         Ok(uploaded) => {
             let location = format!("s3://{}/{}", backup.spec.s3.bucket, uploaded.path);

@@ -11,26 +11,31 @@ use super::{Names, VOLUME};
 /// The bytes a storage quantity names (`1Gi`, `500M`, `1.5Ti`, `2e9`); `None` for anything
 /// else. Precise enough to compare sizes.
 pub fn bytes(quantity: &Quantity) -> Option<f64> {
+    /// Binary suffixes first: `Ei` must not be read as `E` after a number ending in `i`.
+    const SUFFIXES: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
     let text = quantity.0.trim();
-    let split = text.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let factor = match suffix {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        _ => return None,
-    };
-    number.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0).map(|n| n * factor)
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, factor)| text.strip_suffix(suffix).map(|number| (number, *factor)))
+        .unwrap_or((text, 1.0));
+    // Digits, a point and a decimal exponent (`2e9`) only: no signs, no `inf`.
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'e') {
+        return None;
+    }
+    number.parse::<f64>().ok().filter(|n| n.is_finite()).map(|n| n * factor)
 }
 
 /// The size of the claims `stateful_set` was made with.
@@ -71,6 +76,11 @@ mod tests {
         assert_eq!(bytes(&q("2e9")), Some(2e9));
         assert_eq!(bytes(&q("123")), Some(123.0));
         assert_eq!(bytes(&q("1Gb")), None);
+        assert_eq!(bytes(&q("1Ei")), Some(1024f64.powi(6)));
+        assert_eq!(bytes(&q("2E")), Some(2e18));
+        assert_eq!(bytes(&q("5e")), None);
+        assert_eq!(bytes(&q("Gi")), None);
+        assert_eq!(bytes(&q("100m")), None, "millibytes are no volume size");
         assert_eq!(bytes(&q("-1Gi")), None);
         assert!(grows(&q("1Gi"), &q("5Gi")) && grows(&q("1G"), &q("1Gi")));
         assert!(
