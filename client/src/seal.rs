@@ -62,6 +62,37 @@ pub struct Sealed {
     pub checksum: [u8; CHECKSUM],
 }
 
+/// Seals what is written through it: [`Sealing::finish`] adds the padding and the checksum.
+pub struct Sealing<W: std::io::Write> {
+    inner: W,
+    seal: Seal,
+}
+
+impl<W: std::io::Write> Sealing<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, seal: Seal::default() }
+    }
+
+    /// Writes the padding and the checksum after everything written so far.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.inner.write_all(&self.seal.finish())?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Sealing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.seal.add(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Checks a sealed file as it streams past, without holding it: the checksum is the last
 /// bytes, so the latest ones are held back from the hash until more arrive.
 #[derive(Default)]
@@ -162,6 +193,14 @@ mod tests {
         let mut truncated = std::io::Cursor::new(&file[..file.len() - 1]);
         assert!(matches!(check(&mut truncated), Err(SealError::NotWhole { .. })));
         assert!(matches!(check(&mut std::io::Cursor::new(&damaged)), Err(SealError::Damaged)));
+    }
+
+    #[test]
+    fn a_file_written_through_sealing_is_sealed() {
+        let mut out = Sealing::new(Vec::new());
+        std::io::Write::write_all(&mut out, b"MSSNAP03 and more").expect("write");
+        let file = out.finish().expect("finish");
+        assert_eq!(file, sealed(&[b"MSSNAP03 and more"]));
     }
 
     fn streamed(file: &[u8], piece: usize) -> Result<Sealed, SealError> {

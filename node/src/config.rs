@@ -136,6 +136,24 @@ pub struct Args {
     /// others (started with --join) later. A store that already exists is never replaced.
     #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE", conflicts_with = "join")]
     pub restore_from: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `metastore` does besides running a member.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Write a snapshot of a stopped member's store to FILE, sealed as --restore-from takes it:
+    /// how a cluster that lost its majority for good starts over from the most advanced member
+    /// left (it holds what that member applied).
+    ExportSnapshot {
+        /// The stopped member's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where to write the snapshot.
+        file: PathBuf,
+    },
 }
 
 /// A duration as Go writes one, which is what etcd's flags take: `10m`, `1h30m`, `10m0s`,

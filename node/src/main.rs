@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
-use metastore_node::config::{Args, LogFormat};
+use metastore_node::config::{Args, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// openraft logs every failed replication retry (twice a second per unreachable peer); the
@@ -45,6 +45,13 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
+    if let Some(Command::ExportSnapshot { data_dir, file }) = &args.command {
+        let (revision, bytes) = metastore_node::storage::export_snapshot(data_dir, file)
+            .await
+            .with_context(|| format!("cannot export a snapshot of the store in {}", data_dir.display()))?;
+        println!("wrote {} ({bytes} bytes, revision {revision})", file.display());
+        return Ok(());
+    }
     let config = args.resolve().context("invalid configuration")?;
     metastore_node::server::run(config, shutdown_signal()).await.context("metastore failed")?;
     Ok(())

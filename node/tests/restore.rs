@@ -1,6 +1,7 @@
 //! Backups and restores: a snapshot taken from a member under writes (`GET /v1/snapshot`)
 //! starts a new cluster (`--restore-from`) holding every key, its history and the revisions as
-//! they were, under a new cluster id; a damaged or truncated file is refused and leaves nothing.
+//! they were, under a new cluster id; a damaged or truncated file is refused and leaves nothing;
+//! a cluster that lost its majority starts over from a snapshot of the member left.
 
 mod common;
 
@@ -236,4 +237,56 @@ async fn a_damaged_or_truncated_snapshot_is_refused_and_leaves_the_data_dir_to_r
     std::fs::remove_dir_all(data.join("db")).expect("lose the store");
     let (status, log) = run_to_exit(dir.path(), &args(&good));
     assert!(!status.success() && log.contains("snapshots of an earlier store"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_that_lost_its_majority_starts_over_from_the_member_left() {
+    let mut old = Cluster::start(3, &[]);
+    old.wait_for_leader(Duration::from_secs(20)).await;
+    let client = old.node(1).client();
+    for n in 0..30 {
+        client.put(format!("kept/{n:02}"), format!("v{n}"), None).await.expect("put");
+    }
+    let last = client.put("kept/last", "written", None).await.expect("put").revision;
+    // The survivor has applied every acknowledged write before the others are lost.
+    let survivor = old.node(1).client();
+    eventually(Duration::from_secs(10), || async {
+        match survivor.get("kept/last", Consistency::Stale).await {
+            Ok(Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("survivor.snapshot");
+    let export = |data_dir: &Path| {
+        Command::new(BIN)
+            .args(["export-snapshot", "--data-dir"])
+            .arg(data_dir)
+            .arg(&file)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run metastore export-snapshot")
+    };
+    let locked = export(&old.data_dir_of(1));
+    assert!(!locked.status.success(), "a running member's store is not exported");
+    assert!(!file.exists(), "nothing is left behind");
+
+    old.kill(2);
+    old.kill(3);
+    old.stop(1);
+    let exported = export(&old.data_dir_of(1));
+    let said = String::from_utf8_lossy(&exported.stdout);
+    assert!(exported.status.success(), "{said}{}", String::from_utf8_lossy(&exported.stderr));
+    assert!(said.contains(&format!("revision {last}")), "{said}");
+
+    let mut new = Cluster::empty();
+    restored_member(&mut new, &file);
+    new.wait_for_leader(Duration::from_secs(20)).await;
+    let restored = new.node(1).client();
+    let kept = keys(&restored, None).await;
+    assert_eq!(kept.len(), 31, "every key the survivor held: {kept:?}");
+    let read =
+        restored.get("kept/last", Consistency::Linearizable).await.expect("get").expect("the last write");
+    assert_eq!(read.mod_revision, last);
 }

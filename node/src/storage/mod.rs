@@ -179,6 +179,16 @@ fn write_synced(db: &DB, batch: rocksdb::WriteBatch) -> Result<(), StoreError> {
     Ok(db.write_opt(batch, &opts)?)
 }
 
+/// Writes a snapshot of the store in `dir` (a stopped member's: RocksDB refuses a store another
+/// process has open) to `out`, sealed; its revision and size.
+pub async fn export_snapshot(dir: &Path, out: &Path) -> Result<(u64, u64), StoreError> {
+    if !dir.join("db").is_dir() {
+        return Err(StoreError::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no store here")));
+    }
+    let (_, state_machine, _) = open(dir).await?;
+    state_machine.export(out.to_path_buf()).await
+}
+
 /// True when the store in `dir` holds no raft state: no log, no vote, nothing applied.
 /// Such a member may be bootstrapped; any other never is.
 pub async fn is_pristine(log_store: &LogStore, reader: &KvReader) -> Result<bool, StoreError> {

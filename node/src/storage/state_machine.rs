@@ -296,6 +296,27 @@ impl StateMachine {
         self.inbox.clone()
     }
 
+    /// Writes a snapshot of this (stopped) member's store to `out` as a sealed file, atomically:
+    /// what `--restore-from` takes. Its revision and size.
+    pub async fn export(&self, out: PathBuf) -> Result<(u64, u64), StoreError> {
+        let db = self.db.clone();
+        let checkpoints = self.checkpoints.clone();
+        run_blocking(move || {
+            let checkpoint = checkpoints.take(&db)?;
+            let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let file = tempfile::NamedTempFile::new_in(dir).map_err(|e| StoreError::io(dir, e))?;
+            let sealed =
+                checkpoint.write_to(metastore_client::seal::Sealing::new(std::io::BufWriter::new(file)))?;
+            let written = sealed.finish().map_err(|e| StoreError::io(&out, e))?;
+            let file = written.into_inner().map_err(|e| StoreError::io(&out, e.into_error()))?;
+            file.as_file().sync_all().map_err(|e| StoreError::io(&out, e))?;
+            let bytes = file.as_file().metadata().map_err(|e| StoreError::io(&out, e))?.len();
+            file.persist(&out).map_err(|e| StoreError::io(&out, e.error))?;
+            Ok((checkpoint.header().revision, bytes))
+        })
+        .await
+    }
+
     /// Seeds this member's store, which must hold no raft state, from the sealed snapshot file
     /// at `path`, with `members` as the new cluster's membership ([`restore::restore`]).
     pub async fn restore(
