@@ -138,19 +138,18 @@ impl SealCheck {
 
 /// Reads `file` through and checks its seal; leaves it rewound.
 pub fn check(file: &mut (impl Read + Seek)) -> Result<Sealed, SealError> {
-    let length = file.seek(SeekFrom::End(0))?;
-    let body = length.checked_sub(CHECKSUM as u64).filter(|body| body.is_multiple_of(SECTOR));
-    let Some(body) = body else { return Err(SealError::NotWhole { length }) };
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut (&mut *file).take(body), &mut hasher)?;
-    let mut checksum = [0u8; CHECKSUM];
-    file.read_exact(&mut checksum)?;
-    file.seek(SeekFrom::Start(0))?;
-    if hasher.finalize().as_slice() != checksum {
-        return Err(SealError::Damaged);
+    let mut check = SealCheck::default();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        check.add(&buffer[..read]);
     }
-    Ok(Sealed { body, checksum })
+    file.seek(SeekFrom::Start(0))?;
+    check.finish()
 }
 
 /// Whether `file` is a sealed snapshot whose checksum holds.

@@ -96,10 +96,13 @@ pub async fn reconcile(
         .unwrap_or(now);
     let mut status =
         BackupsStatus { schedule: Some(schedule.schedule.clone()), last_schedule_time, ..Default::default() };
-    let mine: Vec<MetaStoreBackup> = match backups.list(&ListParams::default()).await {
-        Ok(list) => list.items.into_iter().filter(|b| b.spec.cluster_name == name).collect(),
-        Err(e) => return Err(ScheduleError::Kube(e)),
-    };
+    let mine: Vec<MetaStoreBackup> = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.cluster_name == name)
+        .collect();
     let (due_now, next) = due(&cron, since, now);
     if let Some(at) = due_now {
         let running = mine.iter().find(|b| is_scheduled(b) && finished(b).is_none());
