@@ -82,12 +82,19 @@ impl Holder {
                         since = sent;
                         self.note(|r| r.keep_alives += 1);
                     }
-                    // The lease is gone while the holder still had time on it.
-                    Err(Failure::LeaseNotFound) if sent < since + Duration::from_secs(TTL as u64) => {
-                        let left = since + Duration::from_secs(TTL as u64) - sent;
-                        self.note(|r| {
-                            r.violations.push(format!("{key}'s lease was gone with {left:?} of its TTL left"))
-                        });
+                    // Gone. Judged by when the answer came, not when the keep-alive was sent:
+                    // one held up (by a partition, say) may reach the leader after the TTL has
+                    // rightly run out. Only an answer before then proves the lease cut short.
+                    Err(Failure::LeaseNotFound) => {
+                        let answered = Instant::now();
+                        let deadline = since + Duration::from_secs(TTL as u64);
+                        if answered < deadline {
+                            let left = deadline - answered;
+                            self.note(|r| {
+                                r.violations
+                                    .push(format!("{key}'s lease was gone with {left:?} of its TTL left"))
+                            });
+                        }
                         break;
                     }
                     Err(_) => {}
