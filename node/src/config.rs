@@ -134,7 +134,10 @@ pub struct Args {
     /// keys, history and revisions, with --cluster's members and a new cluster id. Give the
     /// same file to every member of --cluster, or give --cluster this member alone and add the
     /// others (started with --join) later. A store that already exists is never replaced.
-    #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE", conflicts_with = "join")]
+    /// With --join, the file is optional: when it is there, this member restores alone (and
+    /// removes the file once restored); when it is not, it joins as usual. The operator starts
+    /// every pod of a restored cluster so, and fetches the file into the first pod only.
+    #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE")]
     pub restore_from: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -252,8 +255,10 @@ pub enum LogFormat {
 pub enum Bootstrap {
     /// Initialize raft with these members (identical on every member of a static cluster).
     Static(BTreeMap<NodeId, Member>),
-    /// Wait to be added by a leader (or initialized with `POST /v1/cluster/init`).
-    Join,
+    /// Wait to be added by a leader (or initialized with `POST /v1/cluster/init`); or, if
+    /// `restore` names a file that exists, seed the store from it as a cluster of this member
+    /// alone, which the others then join.
+    Join { restore: Option<PathBuf> },
     /// Seed the store from a snapshot file, then form a cluster of these members (identical on
     /// every member restored from the same file).
     Restore { snapshot: PathBuf, members: BTreeMap<NodeId, Member> },
@@ -426,7 +431,7 @@ impl Args {
         };
         parse_url(&client_url)?;
         let bootstrap = if self.join {
-            Bootstrap::Join
+            Bootstrap::Join { restore: self.restore_from.clone() }
         } else {
             // Every member of a static cluster must propose the identical initial membership,
             // so it holds only what all of them know: the peer URLs.
@@ -515,15 +520,28 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_seeds_the_static_membership_and_is_no_way_to_join() {
+    fn a_restore_seeds_the_static_membership() {
         let c =
             resolve(&["--member-id", "2", "--cluster", SEED_CLUSTER, "--restore-from", "backup.snapshot"])
                 .expect("resolves");
         let Bootstrap::Restore { snapshot, members } = c.bootstrap else { panic!("expected a restore") };
         assert_eq!(snapshot, PathBuf::from("backup.snapshot"));
         assert_eq!(members.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "every --cluster member");
-        let argv = ["metastore", "--join", "--advertise-peer-url", "http://a:1", "--restore-from", "f"];
-        assert!(Args::try_parse_from(argv).is_err(), "a joining member takes the leader's data");
+    }
+
+    #[test]
+    fn a_joining_member_restores_alone_only_from_a_file_that_is_there() {
+        let c = resolve(&[
+            "--join",
+            "--advertise-peer-url",
+            "http://demo-0.demo-peer.default.svc:12379",
+            "--bind-address",
+            "0.0.0.0",
+            "--restore-from",
+            "seed.snapshot",
+        ])
+        .expect("resolves");
+        assert_eq!(c.bootstrap, Bootstrap::Join { restore: Some(PathBuf::from("seed.snapshot")) });
     }
 
     #[test]
@@ -646,7 +664,7 @@ mod tests {
             "0.0.0.0",
         ])
         .expect("resolves");
-        assert_eq!(c.bootstrap, Bootstrap::Join);
+        assert_eq!(c.bootstrap, Bootstrap::Join { restore: None });
         assert_eq!(c.member.peer_url, "http://demo-4.demo-peer.default.svc:12379");
         assert_eq!(c.peer_listen, "0.0.0.0:12379".parse().expect("addr"));
     }

@@ -1,6 +1,7 @@
 //! Starting and stopping a member: storage, raft, the two listeners (the client one serving
 //! the HTTP API and etcd's gRPC API side by side), bootstrap.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::network::{self, PeerClient, PeerNetwork, RaftRpcs, SnapshotReceiver};
 use crate::raft::{self, Raft};
 use crate::service::{Service, ServiceError};
 use crate::storage;
+use crate::types::{Member, NodeId};
 use crate::{api, grpc, listener};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,30 @@ pub enum StartError {
     Bootstrap(#[from] ServiceError),
     #[error("cannot restore: {0}")]
     Restore(#[from] storage::restore::RestoreError),
+    #[error("restored, but cannot remove {path}: {source}")]
+    SeedFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Seeds the empty store from `snapshot` as a new cluster of `members`.
+async fn seed(
+    state_machine: &storage::StateMachine,
+    id: NodeId,
+    snapshot: &std::path::Path,
+    members: BTreeMap<NodeId, Member>,
+) -> Result<(), StartError> {
+    let restored = state_machine.restore(snapshot.to_path_buf(), id, members).await?;
+    tracing::info!(
+        member = id,
+        snapshot = %snapshot.display(),
+        revision = restored.revision,
+        cluster_id = format_args!("{:016x}", restored.cluster_id),
+        "empty store: restored from the snapshot, as a new cluster"
+    );
+    Ok(())
 }
 
 /// Binds a listener with `SO_REUSEADDR`, so that a restarted member can take its ports back
@@ -67,30 +93,33 @@ pub async fn run(
     let pristine = storage::is_pristine(&log_store, &reader)
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
-    // Seeded before raft starts, which reads the store's state once, at start.
-    let pristine = match (&config.bootstrap, pristine) {
-        (Bootstrap::Restore { snapshot, members }, true) => {
-            let restored = state_machine.restore(snapshot.clone(), id, members.clone()).await?;
-            tracing::info!(
-                member = id,
-                snapshot = %snapshot.display(),
-                revision = restored.revision,
-                cluster_id = format_args!("{:016x}", restored.cluster_id),
-                "empty store: restored from the snapshot, as a new cluster"
-            );
-            false
-        }
-        (Bootstrap::Restore { snapshot, .. }, false) => {
-            tracing::warn!(member = id, snapshot = %snapshot.display(), "the store exists: not restoring over it");
-            false
-        }
-        (_, pristine) => pristine,
-    };
     let mut member = config.member.clone();
     member.incarnation = log_store
         .incarnation()
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
+    // Seeded before raft starts, which reads the store's state once, at start.
+    let pristine = match (&config.bootstrap, pristine) {
+        (Bootstrap::Restore { snapshot, members }, true) => {
+            seed(&state_machine, id, snapshot, members.clone()).await?;
+            false
+        }
+        (Bootstrap::Join { restore: Some(snapshot) }, true) if snapshot.exists() => {
+            seed(&state_machine, id, snapshot, BTreeMap::from([(id, member.clone())])).await?;
+            // Restored and synced: the file has done its job, and a later start on an empty
+            // store (its volume lost) must join the cluster, not found another from the file.
+            std::fs::remove_file(snapshot)
+                .map_err(|source| StartError::SeedFile { path: snapshot.clone(), source })?;
+            false
+        }
+        (Bootstrap::Restore { snapshot, .. } | Bootstrap::Join { restore: Some(snapshot) }, false)
+            if snapshot.exists() =>
+        {
+            tracing::warn!(member = id, snapshot = %snapshot.display(), "the store exists: not restoring over it");
+            false
+        }
+        (_, pristine) => pristine,
+    };
 
     // Listen before starting raft, so that a port already in use fails the start at once.
     let peer_listener = bind(config.peer_listen)?;

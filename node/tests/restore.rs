@@ -290,3 +290,63 @@ async fn a_cluster_that_lost_its_majority_starts_over_from_the_member_left() {
         restored.get("kept/last", Consistency::Linearizable).await.expect("get").expect("the last write");
     assert_eq!(read.mod_revision, last);
 }
+
+/// How the operator starts every pod of a restored cluster: alike, in join mode, each told to
+/// restore from a seed file that only the first pod's init container fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_started_alike_restore_where_the_seed_file_is_and_join_elsewhere() {
+    let old = Cluster::start(1, &["--peer-token", TOKEN]);
+    old.wait_for_leader(Duration::from_secs(20)).await;
+    let client = old.node(1).client();
+    for n in 0..10 {
+        client.put(format!("seeded/{n}"), format!("v{n}"), None).await.expect("put");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = |id: u64| dir.path().join(format!("seed-{id}.snapshot"));
+    let revision = save_snapshot(&client.clone().with_token(TOKEN), &seed(1)).await;
+    let expected = keys(&client, Some(revision)).await;
+    let old_id = old.status(1).await.cluster_id;
+
+    let mut new = Cluster::empty();
+    let flags = |id: u64| {
+        [
+            "--peer-token".to_string(),
+            TOKEN.to_string(),
+            "--restore-from".to_string(),
+            seed(id).display().to_string(),
+        ]
+    };
+    let start = |new: &mut Cluster, id: u64| {
+        let flags = flags(id);
+        new.add_joining(id, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    start(&mut new, 1);
+    assert_eq!(new.wait_for_leader(Duration::from_secs(20)).await, 1, "member 1 restored alone and leads");
+    assert!(!seed(1).exists(), "the seed file is consumed once restored");
+    let status = new.status(1).await;
+    assert_eq!(status.members.len(), 1, "{status:?}");
+    assert_ne!(status.cluster_id, old_id, "a new cluster");
+    let restored = new.node(1).client();
+    assert_eq!(keys(&restored, None).await, expected);
+
+    // Without a seed file, the same flags join.
+    start(&mut new, 2);
+    add_member(&restored.clone().with_token(TOKEN), &new, 2).await;
+    let member = new.node(2).client();
+    let read = eventually(Duration::from_secs(20), || async {
+        match member.get("seeded/9", Consistency::Stale).await {
+            Ok(Some(kv)) => Ok(kv),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(read.value, b"v9");
+    assert_eq!(new.status(2).await.cluster_id, status.cluster_id);
+
+    // Member 1 restarted with the same flags, and no file left: it resumes its store.
+    new.stop(1);
+    new.restart(1);
+    new.wait_for_leader(Duration::from_secs(20)).await;
+    let after = new.node(1).client().put("after", "restart", None).await.expect("a write").revision;
+    assert_eq!(after, revision + 1, "nothing was restored again");
+}

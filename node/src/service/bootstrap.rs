@@ -28,7 +28,7 @@ impl Service {
                     Err(e) => return Err(e),
                 }
             }
-            (Bootstrap::Join, true) => {
+            (Bootstrap::Join { .. }, true) => {
                 tracing::info!(member = id, "empty store: waiting to be added by a leader")
             }
             // Seeded before raft started (`server::run`): it has raft state now.
