@@ -1,8 +1,8 @@
 //! A stand-in kubelet for the pods of metaStore clusters, on a control plane with no nodes.
 //!
 //! It registers one Node and binds each pod to it (the scheduler's part), then runs the pod as a
-//! local `metastore` process from the pod's own container env, the way a container runtime
-//! would: downward-API and Secret values filled in, `$(VAR)` references expanded, an address of the
+//! local `metastore` process from the pod's own container env (after its init containers ran
+//! to completion), the way a container runtime would: downward-API and Secret values filled in, `$(VAR)` references expanded, an address of the
 //! sandbox's pod network in place of the pod's own network namespace, and a data
 //! directory per PersistentVolumeClaim (keyed by the claim's UID, so a new claim starts empty
 //! and a claim outlives its pods). It probes `/readyz` and writes the pod status the
@@ -35,6 +35,8 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// A stopping member gets at most this long; the pod's own grace period is longer than any
 /// test wants to wait.
 const MAX_GRACE: Duration = Duration::from_secs(10);
+/// How long a pod whose init container failed waits before it is tried again.
+const INIT_BACKOFF: Duration = Duration::from_secs(5);
 
 struct RunningPod {
     name: String,
@@ -63,8 +65,11 @@ pub struct Kubelet {
     api: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
     secrets: Api<Secret>,
-    metastore: PathBuf,
+    /// The image's binaries, as this build made them.
+    binaries: Binaries,
     dir: PathBuf,
+    /// Pods whose init container failed, and when it may be run again.
+    backoff: BTreeMap<String, std::time::Instant>,
     hosts: HostsFile,
     pods: Arc<Mutex<Pods>>,
     next_ip: u32,
@@ -74,7 +79,7 @@ impl Kubelet {
     pub fn new(
         client: kube::Client,
         namespace: &str,
-        metastore: PathBuf,
+        binaries: Binaries,
         dir: PathBuf,
         hosts: HostsFile,
     ) -> Self {
@@ -82,8 +87,9 @@ impl Kubelet {
             api: Api::namespaced(client.clone(), namespace),
             claims: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client, namespace),
-            metastore,
+            binaries,
             dir,
+            backoff: BTreeMap::new(),
             hosts,
             pods: Arc::default(),
             next_ip: 0,
@@ -202,16 +208,22 @@ impl Kubelet {
         Ok(Some(volumes))
     }
 
-    /// The values of the Secret keys the container's env refers to, or `None` while one is
-    /// missing (the container cannot start, as on a real node).
+    /// The values of the Secret keys the container's env refers to, or `None` while one that
+    /// is not optional is missing (the container cannot start, as on a real node).
     async fn secret_values(&self, container: &Container) -> anyhow::Result<Option<SecretValues>> {
         let mut values = SecretValues::new();
         for var in container.env.iter().flatten() {
             let Some(reference) = var.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) else {
                 continue;
             };
-            let Some(secret) = self.secrets.get_opt(&reference.name).await? else { return Ok(None) };
-            let Some(value) = secret.data.as_ref().and_then(|d| d.get(&reference.key)) else {
+            let optional = reference.optional == Some(true);
+            let secret = self.secrets.get_opt(&reference.name).await?;
+            let Some(value) =
+                secret.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get(&reference.key))
+            else {
+                if optional {
+                    continue;
+                }
                 return Ok(None);
             };
             let value = String::from_utf8(value.0.clone()).context("secret value is not UTF-8")?;
@@ -241,14 +253,38 @@ impl Kubelet {
             hostnames.push(format!("{fqdn}.cluster.local"));
             hostnames.push(fqdn);
         }
+        if self.backoff.get(uid).is_some_and(|until| std::time::Instant::now() < *until) {
+            return Ok(());
+        }
+        // Init containers run to completion, in order, before the member starts.
+        for init in spec.init_containers.iter().flatten() {
+            let Some(secrets) = self.secret_values(init).await? else { return Ok(()) };
+            let env = container_env(init, pod, ip, &volumes, &secrets);
+            let log = self.dir.join(format!("{name}-{}.log", init.name));
+            let mut process = self.binaries.command(&command_of(init), &env)?;
+            process
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(std::fs::File::create(log.with_extension("err"))?);
+            let status = tokio::task::block_in_place(|| process.status())?;
+            if !status.success() {
+                eprintln!(
+                    "kubelet: {name}'s init container {} failed ({status}); see {}",
+                    init.name,
+                    log.display()
+                );
+                self.backoff.insert(uid.to_string(), std::time::Instant::now() + INIT_BACKOFF);
+                return Ok(());
+            }
+            eprintln!("kubelet: {name}'s init container {} completed", init.name);
+        }
+        self.backoff.remove(uid);
         let Some(secrets) = self.secret_values(container).await? else { return Ok(()) };
         let mut env = container_env(container, pod, ip, &volumes, &secrets);
         env.push(("HOSTNAME".into(), hostname));
-        let command: Vec<String> =
-            container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect();
+        let command = command_of(container);
         self.hosts.add(ip, &hostnames)?;
         let log = self.dir.join(format!("{name}.log"));
-        let process = spawn_member(&self.metastore, &command, &env, &log)?;
+        let process = spawn_member(&self.binaries, &command, &env, &log)?;
         eprintln!("kubelet: started {name} at {ip} (pid {})", process.id());
         self.pods.lock().await.running.insert(
             uid.to_string(),
@@ -274,7 +310,7 @@ impl Kubelet {
             if let Some(status) = pod.process.exited() {
                 eprintln!("kubelet: {} exited ({status}); restarting", pod.name);
                 let log = self.dir.join(format!("{}.log", pod.name));
-                pod.process = spawn_member(&self.metastore, &pod.command, &pod.env, &log)?;
+                pod.process = spawn_member(&self.binaries, &pod.command, &pod.env, &log)?;
                 pod.restarts += 1;
             }
             (pod.name.clone(), pod.ip, pod.ready, pod.restarts, format!("http://{}:12380", pod.ip))
@@ -325,20 +361,42 @@ impl Kubelet {
     }
 }
 
+/// The binaries of the image, as this build made them.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub metastore: PathBuf,
+    pub operator: PathBuf,
+}
+
+impl Binaries {
+    /// The container's command, with the image's binaries mapped to this build's, and only
+    /// the container's environment. The image's entrypoint is `metastore`.
+    fn command(&self, command: &[String], env: &[(String, String)]) -> anyhow::Result<Command> {
+        let program = command.first().map(String::as_str).map(|p| p.rsplit('/').next().unwrap_or(p));
+        let (binary, args) = match program {
+            Some("metastore") => (&self.metastore, &command[1..]),
+            Some("metastore-operator") => (&self.operator, &command[1..]),
+            None => (&self.metastore, command),
+            Some(other) => anyhow::bail!("the image has no `{other}`"),
+        };
+        let mut process = Command::new(binary);
+        process.args(args).env_clear().env("PATH", "/usr/bin:/bin").envs(env.iter().cloned());
+        Ok(process)
+    }
+}
+
+/// A container's command and arguments.
+fn command_of(container: &Container) -> Vec<String> {
+    container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect()
+}
+
 fn spawn_member(
-    binary: &Path,
+    binaries: &Binaries,
     command: &[String],
     env: &[(String, String)],
     log: &Path,
 ) -> anyhow::Result<Process> {
-    // The image's entrypoint is `metastore`; a command naming it runs this build's binary.
-    let args = match command.first().map(String::as_str) {
-        Some("metastore") | Some("/usr/local/bin/metastore") => &command[1..],
-        _ => command,
-    };
-    let mut process = Command::new(binary);
-    process.args(args).env_clear().env("PATH", "/usr/bin:/bin").envs(env.iter().cloned());
-    Ok(Process::spawn("metastore", process, log)?)
+    Ok(Process::spawn("metastore", binaries.command(command, env)?, log)?)
 }
 
 /// The container's environment as the kubelet would give it: literal values with `$(VAR)`

@@ -17,7 +17,7 @@ use kube::Api;
 use tokio::sync::Mutex;
 
 use crate::control_plane::{self, ControlPlane, Options};
-use crate::kubelet::{Kubelet, Pods};
+use crate::kubelet::{Binaries, Kubelet, Pods};
 use crate::sandbox::{self, HostsFile};
 use crate::scenarios::{eventually, Provider};
 use crate::store::StoreKind;
@@ -112,7 +112,7 @@ impl Local {
         let kubelet = Kubelet::new(
             admin.clone(),
             CLUSTER_NAMESPACE,
-            prerequisites.metastore.clone(),
+            Binaries { metastore: prerequisites.metastore.clone(), operator: prerequisites.operator.clone() },
             kubelet_dir,
             hosts,
         );

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use metastore_client::{Client, ClusterStatus, Consistency, MemberRole, RangeRequest};
-use metastore_operator::backup::{BackupPhase, Credentials, MetaStoreBackup, S3Destination};
-use metastore_operator::crd::MetaStoreCluster;
+use metastore_operator::backup::{
+    BackupPhase, Credentials, MetaStoreBackup, MetaStoreBackupStatus, S3Destination,
+};
+use metastore_operator::crd::{MetaStoreCluster, RestorePhase};
 use metastore_testkit::s3::{self, S3Server};
-use metastore_testkit::{free_port, workspace_binary, Process};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 /// A Kubernetes cluster with the operator installed, seen from the test.
@@ -107,16 +108,24 @@ fn clusters(p: &impl Provider) -> Api<MetaStoreCluster> {
 }
 
 async fn raft_status<P: Provider>(p: &P) -> anyhow::Result<ClusterStatus> {
-    let url = p.service_url(CLUSTER).await?;
+    raft_status_of(p, CLUSTER).await
+}
+
+async fn raft_status_of<P: Provider>(p: &P, name: &str) -> anyhow::Result<ClusterStatus> {
+    let url = p.service_url(name).await?;
     Ok(tokio::time::timeout(Duration::from_secs(5), Client::new(url).cluster()).await??)
 }
 
 /// Waits until the cluster is Available with `size` healthy voters, no learners, `size` ready
 /// pods, and the StatefulSet at `size`; returns the raft view.
 async fn converged<P: Provider>(p: &P, size: usize) -> anyhow::Result<ClusterStatus> {
-    eventually(&format!("{size} voters, Available"), CONVERGE, || async {
+    converged_named(p, CLUSTER, size).await
+}
+
+async fn converged_named<P: Provider>(p: &P, name: &str, size: usize) -> anyhow::Result<ClusterStatus> {
+    eventually(&format!("{name}: {size} voters, Available"), CONVERGE, || async {
         p.check_environment()?;
-        let cluster = clusters(p).get(CLUSTER).await?;
+        let cluster = clusters(p).get(name).await?;
         let status = cluster.status.clone().unwrap_or_default();
         let available = status.conditions.iter().find(|c| c.type_ == "Available");
         let available = available.map(|c| (c.status.clone(), c.message.clone()));
@@ -128,9 +137,9 @@ async fn converged<P: Provider>(p: &P, size: usize) -> anyhow::Result<ClusterSta
         anyhow::ensure!(status.ready_replicas == size as i32, "{} ready replicas", status.ready_replicas);
         anyhow::ensure!(status.members.iter().all(|m| m.healthy), "unhealthy members: {:?}", status.members);
         let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
-        let replicas = sets.get(CLUSTER).await?.spec.and_then(|s| s.replicas);
+        let replicas = sets.get(name).await?.spec.and_then(|s| s.replicas);
         anyhow::ensure!(replicas == Some(size as i32), "StatefulSet replicas {replicas:?}");
-        let raft = raft_status(p).await?;
+        let raft = raft_status_of(p, name).await?;
         let voters = raft.members.iter().filter(|m| m.role == MemberRole::Voter).count();
         anyhow::ensure!(
             voters == size && raft.members.len() == size,
@@ -359,8 +368,8 @@ async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyho
     })
     .await?;
     recorded_on(p, "nightly", "BackupSucceeded", "kept at s3://backups/e2e/").await?;
-    let location = status.location.context("no location")?;
-    let key = location.strip_prefix("s3://backups/").context("not in the bucket")?;
+    let key = backup_key(&status)?;
+    let key = key.as_str();
     let destination: S3Destination = serde_json::from_value(serde_json::json!({
         "bucket": "backups", "endpoint": s3.endpoint, "forcePathStyle": true,
     }))?;
@@ -378,39 +387,7 @@ async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyho
         status.size_bytes
     );
 
-    say("start a new cluster from the backup; every acknowledged write must be in it");
-    let file = dir.path().join("backup.snapshot");
-    std::fs::write(&file, &object)?;
-    let (peer, port) = (free_port(), free_port());
-    let mut command = std::process::Command::new(workspace_binary("metastore").map_err(anyhow::Error::msg)?);
-    command
-        .args(["--cluster", &format!("http://127.0.0.1:{peer}"), "--port", &port.to_string(), "--data-dir"])
-        .arg(dir.path().join("restored"))
-        .arg("--restore-from")
-        .arg(&file);
-    let _restored = Process::spawn("restored metastore", command, &dir.path().join("restored.log"))?;
-    let restored = Client::new(format!("http://127.0.0.1:{port}"));
-    eventually("the restored member serves", CONVERGE, || async {
-        anyhow::ensure!(restored.ready().await?, "not ready");
-        Ok(())
-    })
-    .await?;
-    for (key, value) in &ledger.values {
-        let got = restored
-            .get(key, Consistency::Linearizable)
-            .await?
-            .with_context(|| format!("{key} is missing"))?;
-        anyhow::ensure!(got.value == value.as_bytes(), "{key}: restored {:?}, wrote {value:?}", got.value);
-    }
-    let listed =
-        restored.range(&RangeRequest { prefix: Some(b"e2e/".to_vec()), ..Default::default() }).await?;
-    anyhow::ensure!(
-        Some(listed.revision) == status.revision,
-        "restored at {}, backed up at {:?}",
-        listed.revision,
-        status.revision
-    );
-    say(&format!("{} acknowledged keys in the backup, at revision {}", ledger.values.len(), listed.revision));
+    restored_from_a_backup(p, ledger, &s3.endpoint, &store, &status).await?;
 
     say("a backup whose credentials Secret is missing fails visibly and keeps nothing");
     backups.create(&PostParams::default(), &backup("broken", "no-such-secret")?).await?;
@@ -456,6 +433,154 @@ async fn backups_to_object_storage<P: Provider>(p: &P, ledger: &Ledger) -> anyho
     .await?;
     let unschedule = serde_json::json!({"spec": {"backup": null}});
     clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&unschedule)).await?;
+    Ok(())
+}
+
+/// A new MetaStoreCluster started from the backup `nightly` (whose status is `backup`) holds
+/// every key, value and revision the backed-up cluster held then, every acknowledged write of
+/// the `ledger` among them; a damaged object or a
+/// volume left by an earlier cluster of the name fails the restore visibly, creating nothing.
+async fn restored_from_a_backup<P: Provider>(
+    p: &P,
+    ledger: &Ledger,
+    endpoint: &str,
+    store: &impl ObjectStore,
+    backup: &MetaStoreBackupStatus,
+) -> anyhow::Result<()> {
+    const RESTORED: &str = "restored";
+    let revision = backup.revision.context("the backup has no revision")?;
+    let cluster = |name: &str, restore: serde_json::Value| -> anyhow::Result<MetaStoreCluster> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "metastore.io/v1alpha1",
+            "kind": "MetaStoreCluster",
+            "metadata": {"name": name},
+            "spec": {"replicas": 3, "restore": restore},
+        }))?)
+    };
+    let from_backup = serde_json::json!({"backup": "nightly"});
+    say("start a new 3-member cluster from the backup; every key and revision must be in it");
+    clusters(p).create(&PostParams::default(), &cluster(RESTORED, from_backup.clone())?).await?;
+    converged_named(p, RESTORED, 3).await?;
+    recorded_on(p, RESTORED, "Restored", "member 1 leads the store restored from s3://backups/e2e/").await?;
+    let status = clusters(p).get(RESTORED).await?.status.unwrap_or_default();
+    let restore = status.restore.context("no restore in the status")?;
+    anyhow::ensure!(restore.phase == RestorePhase::Restored, "{restore:?}");
+    anyhow::ensure!(
+        restore.sha256 == backup.sha256,
+        "restored {:?}, backed up {:?}",
+        restore.sha256,
+        backup.sha256
+    );
+    let secrets: Api<Secret> = Api::namespaced(p.kube(), p.namespace());
+    anyhow::ensure!(
+        secrets.get_opt(&format!("{RESTORED}-restore")).await?.is_none(),
+        "the restore Secret outlived the restore"
+    );
+    let original = Client::new(p.service_url(CLUSTER).await?);
+    let restored = Client::new(p.service_url(RESTORED).await?);
+    let everything = |revision| RangeRequest { prefix: Some(Vec::new()), revision, ..Default::default() };
+    let then = original.range(&everything(Some(revision))).await?;
+    let now = restored.range(&everything(None)).await?;
+    anyhow::ensure!(
+        now.revision == revision,
+        "restored at revision {}, backed up at {revision}",
+        now.revision
+    );
+    anyhow::ensure!(
+        now.kvs == then.kvs,
+        "the restored keys differ from the backed-up ones: {} keys against {}",
+        now.kvs.len(),
+        then.kvs.len()
+    );
+    for (key, value) in &ledger.values {
+        let got = now.kvs.iter().find(|kv| kv.key == key.as_bytes());
+        let got = got.with_context(|| format!("acknowledged key {key} is missing"))?;
+        anyhow::ensure!(got.value == value.as_bytes(), "{key}: restored {:?}, wrote {value:?}", got.value);
+    }
+    let (old_id, new_id) = (raft_status(p).await?.cluster_id, raft_status_of(p, RESTORED).await?.cluster_id);
+    anyhow::ensure!(old_id != new_id, "the restored cluster kept the old cluster id {old_id}");
+    let written = restored.put("e2e/after-restore", b"yes".to_vec(), None).await?;
+    anyhow::ensure!(
+        written.revision == revision + 1,
+        "revisions go on from the backup's: {}",
+        written.revision
+    );
+    say(&format!("{} keys restored at revision {revision}, every revision as it was", now.kvs.len()));
+
+    say("restore from a damaged object: it fails visibly and creates nothing");
+    let mut damaged = store.get(&backup_key(backup)?.into()).await?.bytes().await?.to_vec();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    store.put(&"elsewhere/damaged.snapshot".into(), damaged.into()).await?;
+    let from_damaged = serde_json::json!({"s3": {"bucket": "backups", "endpoint": endpoint,
+        "forcePathStyle": true, "credentialsSecret": "s3-credentials"}, "object": "elsewhere/damaged.snapshot"});
+    clusters(p).create(&PostParams::default(), &cluster("damaged", from_damaged)?).await?;
+    restore_refused(p, "damaged", "is not a whole metaStore snapshot").await?;
+    clusters(p).delete("damaged", &DeleteParams::default()).await?;
+
+    say("delete the restored cluster and start it again under its name: its old volumes stand in the way");
+    clusters(p).delete(RESTORED, &DeleteParams::default()).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
+    eventually("the restored cluster is gone", CONVERGE, || async {
+        anyhow::ensure!(clusters(p).get_opt(RESTORED).await?.is_none(), "still there");
+        anyhow::ensure!(sets.get_opt(RESTORED).await?.is_none(), "its StatefulSet is still there");
+        Ok(())
+    })
+    .await?;
+    clusters(p).create(&PostParams::default(), &cluster(RESTORED, from_backup.clone())?).await?;
+    restore_refused(p, RESTORED, "volume claim data-restored-0 of an earlier cluster").await?;
+    clusters(p).delete(RESTORED, &DeleteParams::default()).await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(p.kube(), p.namespace());
+    for ordinal in 0..3 {
+        claims.delete(&format!("data-{RESTORED}-{ordinal}"), &DeleteParams::default()).await?;
+    }
+    eventually("the old cluster and its claims are gone", CONVERGE, || async {
+        anyhow::ensure!(clusters(p).get_opt(RESTORED).await?.is_none(), "the cluster is still there");
+        let left = claims.list(&Default::default()).await?.items;
+        let left: Vec<String> = left.iter().map(|c| c.name_any()).filter(|n| n.contains(RESTORED)).collect();
+        anyhow::ensure!(left.is_empty(), "claims left: {left:?}");
+        Ok(())
+    })
+    .await?;
+    say("with its volumes gone, the name is free to restore into again");
+    clusters(p).create(&PostParams::default(), &cluster(RESTORED, from_backup)?).await?;
+    converged_named(p, RESTORED, 3).await?;
+    let again = Client::new(p.service_url(RESTORED).await?).range(&everything(None)).await?;
+    anyhow::ensure!(again.revision == revision && again.kvs == then.kvs, "the second restore differs");
+    clusters(p).delete(RESTORED, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// The key of a backup's object in its bucket.
+fn backup_key(backup: &MetaStoreBackupStatus) -> anyhow::Result<String> {
+    let location = backup.location.as_deref().context("no location")?;
+    Ok(location.strip_prefix("s3://backups/").context("not in the bucket")?.to_string())
+}
+
+/// The restore of cluster `name` failed saying `why`, in its condition and an Event, and
+/// nothing of the cluster was created.
+async fn restore_refused<P: Provider>(p: &P, name: &str, why: &str) -> anyhow::Result<()> {
+    eventually(&format!("{name}'s restore failed"), CONVERGE, || async {
+        let status = clusters(p).get(name).await?.status.unwrap_or_default();
+        let condition = status.conditions.iter().find(|c| c.type_ == "Restored");
+        let condition = condition.map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()));
+        anyhow::ensure!(
+            matches!(condition, Some(("False", "RestoreFailed", message)) if message.contains(why)),
+            "Restored: {condition:?}"
+        );
+        Ok(())
+    })
+    .await?;
+    recorded_on(p, name, "RestoreFailed", why).await?;
+    let sets: Api<StatefulSet> = Api::namespaced(p.kube(), p.namespace());
+    let services: Api<Service> = Api::namespaced(p.kube(), p.namespace());
+    let secrets: Api<Secret> = Api::namespaced(p.kube(), p.namespace());
+    anyhow::ensure!(sets.get_opt(name).await?.is_none(), "a StatefulSet was created");
+    anyhow::ensure!(services.get_opt(name).await?.is_none(), "a Service was created");
+    anyhow::ensure!(
+        secrets.get_opt(&format!("{name}-peer-token")).await?.is_none(),
+        "a peer token was created"
+    );
     Ok(())
 }
 

@@ -17,7 +17,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::crd::MetaStoreCluster;
+use crate::backup::restoring::{self, Restore};
+use crate::crd::{MetaStoreCluster, MetaStoreClusterStatus, Phase, RestorePhase, RestoreStatus};
 use crate::executor::{self, MemberDirectory};
 use crate::membership::{self, Removal, Step};
 use crate::metrics::Metrics;
@@ -310,6 +311,73 @@ async fn scheduled_backups(
     }
 }
 
+/// The Event of a restore's new phase.
+fn restore_notice(restore: &RestoreStatus) -> Notice {
+    let location = restore.location.as_deref().unwrap_or("the backup");
+    let normal =
+        |reason, note| Notice { type_: EventType::Normal, reason, action: "Restore", note, member: Some(1) };
+    match restore.phase {
+        RestorePhase::Restoring => {
+            let bytes = restore.size_bytes.unwrap_or(0);
+            normal("Restoring", format!("{location} is whole ({bytes} bytes): member 1 restores it"))
+        }
+        RestorePhase::Restored => {
+            normal("Restored", format!("member 1 leads the store restored from {location}"))
+        }
+        RestorePhase::Failed => Notice::warning(
+            "RestoreFailed",
+            "Restore",
+            restore.message.clone().unwrap_or_else(|| "the restore failed".into()),
+        ),
+    }
+}
+
+/// Records a restore that cannot start: the cluster's only status (nothing of it exists), and
+/// a Warning. Tried again after a while, or as soon as the spec changes.
+async fn restore_failed(
+    ctx: &Context,
+    cluster: &MetaStoreCluster,
+    names: &Names,
+    failed: &RestoreStatus,
+) -> Result<Action, Error> {
+    event(ctx, cluster, names, restore_notice(failed)).await;
+    let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = cluster.metadata.generation;
+    let status = MetaStoreClusterStatus {
+        phase: Some(Phase::Failed),
+        conditions: vec![status::restore_condition(failed, &previous, generation, &now)],
+        observed_generation: generation,
+        selector: Some(resources::selector_string(names)),
+        restore: Some(failed.clone()),
+        ..MetaStoreClusterStatus::default()
+    };
+    write_status(ctx, cluster, &status).await?;
+    Ok(Action::requeue(restoring::RETRY_AFTER))
+}
+
+async fn write_status(
+    ctx: &Context,
+    cluster: &MetaStoreCluster,
+    status: &MetaStoreClusterStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "metastore.io/v1alpha1",
+        "kind": "MetaStoreCluster",
+        "status": status,
+    });
+    let ns = cluster.namespace().unwrap_or_default();
+    Api::<MetaStoreCluster>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&cluster.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(drop)
+        .map_err(|source| Error::Apply {
+            kind: "MetaStoreCluster/status".into(),
+            name: cluster.name_any(),
+            source,
+        })
+}
+
 /// One reconcile of `cluster`, timed.
 pub async fn reconcile(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -331,6 +399,12 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         event(&ctx, &cluster, &names, notice).await;
         return Ok(Action::await_change());
     }
+    let bootstrapped = cluster.status.as_ref().is_some_and(|s| s.bootstrapped);
+    // A restore that cannot start creates nothing: before any object of the cluster exists.
+    let restore = restoring::reconcile(client, &cluster, &names, bootstrapped).await?;
+    if let Restore::Failed(failed) = &restore {
+        return restore_failed(&ctx, &cluster, &names, failed).await;
+    }
     // Scheduled backups first: a cluster whose membership work fails needs them most.
     let (backups, backups_due_in) = scheduled_backups(&ctx, &cluster, &names).await;
 
@@ -339,7 +413,6 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 
     let sts_api = Api::<StatefulSet>::namespaced(client.clone(), ns);
     let current = sts_api.get_opt(&names.stateful_set()).await.map_err(Error::Kube)?;
-    let bootstrapped = cluster.status.as_ref().is_some_and(|s| s.bootstrapped);
     let peer_auth = if bootstrapped {
         current.as_ref().is_some_and(uses_peer_token)
     } else {
@@ -353,7 +426,9 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         Some(d) => d.as_ref(),
         None => &names,
     };
-    let observation = executor::observe(directory, &pod_ids, sts_replicas, bootstrapped).await;
+    let mut observation = executor::observe(directory, &pod_ids, sts_replicas, bootstrapped).await;
+    observation.observed.restoring =
+        matches!(&restore, Restore::Proceeding(r) if r.phase == RestorePhase::Restoring);
     let step = membership::plan(cluster.spec.replicas, &observation.observed);
     tracing::info!(cluster = %names.cluster, ?step, "reconciling");
 
@@ -438,19 +513,16 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         new_status.bootstrapped = true;
     }
     new_status.backups = backups;
-    let patch = serde_json::json!({
-        "apiVersion": "metastore.io/v1alpha1",
-        "kind": "MetaStoreCluster",
-        "status": new_status,
-    });
-    Api::<MetaStoreCluster>::namespaced(client.clone(), ns)
-        .patch_status(&cluster.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "MetaStoreCluster/status".into(),
-            name: cluster.name_any(),
-            source,
-        })?;
+    if let Restore::Proceeding(restore) = restore {
+        let was = cluster.status.as_ref().and_then(|s| s.restore.as_ref()).map(|r| r.phase);
+        if was != Some(restore.phase) {
+            event(&ctx, &cluster, &names, restore_notice(&restore)).await;
+        }
+        let generation = cluster.metadata.generation;
+        new_status.conditions.push(status::restore_condition(&restore, &previous, generation, &now));
+        new_status.restore = Some(restore);
+    }
+    write_status(&ctx, &cluster, &new_status).await?;
 
     outcome?;
     let requeue = match step {

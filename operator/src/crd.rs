@@ -12,6 +12,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::restore::RestoreSpec;
 use crate::backup::BackupSchedule;
 
 /// The smallest and largest cluster the operator runs. Past nine voters every write waits on
@@ -88,6 +89,11 @@ pub struct MetaStoreClusterSpec {
     /// Backups on a schedule, to S3-compatible object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSchedule>,
+
+    /// Start the new cluster from a backup instead of empty: every key, its history and the
+    /// revisions as they were, under a new cluster id. Read when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// A member's persistent volume.
@@ -221,6 +227,38 @@ pub struct MetaStoreClusterStatus {
     /// The cluster's backups, scheduled or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<BackupsStatus>,
+    /// The restore the cluster started from, when its spec asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// Where a restore is.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RestorePhase {
+    /// The backup was checked whole; member 1 is fetching and restoring it.
+    Restoring,
+    /// Member 1 leads the restored store; the others join it as members of any new cluster.
+    Restored,
+    /// The backup cannot be used (see `message`): nothing of the cluster was created.
+    Failed,
+}
+
+/// A cluster's restore.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    pub phase: RestorePhase,
+    /// The backup object, as `s3://bucket/key`, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The snapshot's SHA-256, as its seal holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The last backups of a cluster, as their `MetaStoreBackup`s report them.

@@ -83,8 +83,14 @@ pub async fn observe(
         .collect();
     let leader = agreed_leader(&statuses);
     let members = leader.map(|l| membership_of(l, &statuses)).unwrap_or_default();
-    let observed =
-        Observed { leader: leader.map(|l| l.member_id), members, pods, stateful_set_replicas, bootstrapped };
+    let observed = Observed {
+        leader: leader.map(|l| l.member_id),
+        members,
+        pods,
+        stateful_set_replicas,
+        bootstrapped,
+        restoring: false,
+    };
     Observation { observed, statuses }
 }
 

@@ -54,6 +54,60 @@ enum Command {
         #[arg(long, env = "HOSTNAME", default_value = "metastore-operator")]
         identity: String,
     },
+    /// The init container of a cluster started from a backup: in its first pod, fetch the
+    /// backup into the member's empty volume, checked whole; anywhere else, do nothing.
+    FetchBackup {
+        /// The pod: `<cluster>-<ordinal>`; ordinal 0 is member 1.
+        #[arg(long, env = "POD_NAME")]
+        pod_name: String,
+        /// The member's data directory.
+        #[arg(long, env = "METASTORE_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// The object to fetch, as the operator's restore Secret holds it (JSON); unset once the
+        /// restore is over. Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+        /// AWS_SESSION_TOKEN.
+        #[arg(long, env = "METASTORE_RESTORE_SOURCE", hide_env_values = true)]
+        source: Option<String>,
+    },
+}
+
+/// Member id of a StatefulSet pod: its ordinal plus one.
+fn member_id(pod_name: &str) -> Option<u64> {
+    pod_name.rsplit_once('-')?.1.parse::<u64>().ok()?.checked_add(1)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn fetch_backup(
+    pod_name: &str,
+    data_dir: &std::path::Path,
+    source: Option<&str>,
+) -> anyhow::Result<()> {
+    use metastore_operator::backup::restore::{fetch, Fetched};
+    use metastore_operator::backup::{Credentials, ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN};
+    let id = member_id(pod_name).with_context(|| format!("{pod_name} is not a StatefulSet pod's name"))?;
+    // The keys the restore Secret copied, if the bucket needs any; otherwise whatever identity
+    // the pod has.
+    let key = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+    let credentials = match (key(ACCESS_KEY_ID), key(SECRET_ACCESS_KEY)) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Some(Credentials { access_key_id, secret_access_key, session_token: key(SESSION_TOKEN) })
+        }
+        _ => None,
+    };
+    let said = match fetch(id, source, credentials.as_ref(), data_dir).await? {
+        Fetched::NotFirstMember => format!("member {id} joins the restored cluster: nothing to fetch"),
+        Fetched::NothingPending => "no restore is pending: nothing to fetch".to_string(),
+        Fetched::StoreExists => format!("{} holds a store: it is never restored over", data_dir.display()),
+        Fetched::AlreadyThere => "the backup was fetched before: the member restores it".to_string(),
+        Fetched::Fetched(verified) => {
+            format!(
+                "fetched the backup, {} bytes, SHA-256 {}: the member restores it",
+                verified.bytes, verified.sha256
+            )
+        }
+    };
+    println!("metastore-operator fetch-backup: {said}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -71,6 +125,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::FetchBackup { pod_name, data_dir, source } => {
+            match fetch_backup(&pod_name, &data_dir, source.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("metastore-operator fetch-backup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { metrics_address, lease_namespace, identity } => {
             match run(metrics_address, &lease_namespace, identity) {
                 Ok(()) => ExitCode::SUCCESS,

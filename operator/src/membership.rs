@@ -45,6 +45,9 @@ pub struct Observed {
     /// The cluster was bootstrapped before (recorded in its status): it is never bootstrapped
     /// again, whatever its pods answer now.
     pub bootstrapped: bool,
+    /// The cluster starts from a backup: member 1 restores it by itself, and is never
+    /// bootstrapped empty.
+    pub restoring: bool,
 }
 
 /// Why a member is removed.
@@ -116,6 +119,9 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
             return Step::Wait(
                 "no leader can be observed: the members are electing one, or quorum is lost".into(),
             );
+        }
+        if observed.restoring {
+            return Step::Wait("waiting for member 1 to restore from the backup".into());
         }
         // Bootstrap only when every pod answers and none has raft state: a pod that does not
         // answer may be a member of a cluster that exists.
@@ -209,11 +215,12 @@ mod tests {
             pods,
             stateful_set_replicas: sts,
             bootstrapped: true,
+            restoring: false,
         }
     }
 
     fn fresh(pods: Vec<PodView>, sts: i32) -> Observed {
-        Observed { leader: None, members: vec![], pods, stateful_set_replicas: sts, bootstrapped: false }
+        Observed { pods, stateful_set_replicas: sts, ..Observed::default() }
     }
 
     #[test]
@@ -227,6 +234,19 @@ mod tests {
     fn a_pod_that_does_not_answer_prevents_bootstrap_it_may_hold_the_cluster() {
         // Pod 0 came back empty while the others are still starting: not a new cluster.
         assert!(matches!(plan(3, &fresh(vec![empty(1), down(2), down(3)], 3)), Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_cluster_being_restored_waits_for_member_one_and_is_never_bootstrapped_empty() {
+        let restoring = Observed { restoring: true, ..fresh(vec![empty(1), empty(2), empty(3)], 3) };
+        assert!(matches!(plan(3, &restoring), Step::Wait(why) if why.contains("restore")));
+        let restored = Observed {
+            leader: Some(1),
+            members: vec![voter(1)],
+            pods: vec![up(1), empty(2), empty(3)],
+            ..restoring
+        };
+        assert_eq!(plan(3, &restored), Step::AddLearner { id: 2 }, "then the others join as usual");
     }
 
     #[test]

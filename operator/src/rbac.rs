@@ -39,9 +39,10 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "metastore.io",
         resource: "metastorebackups",
-        verbs: &["list", "watch", "create", "delete"],
+        verbs: &["get", "list", "watch", "create", "delete"],
         scope: Scope::Cluster,
-        why: "watch the backups it takes; make each scheduled one, and forget old scheduled ones",
+        why: "watch the backups it takes; make each scheduled one, and forget old scheduled ones; \
+              read the one a new cluster is restored from",
     },
     Permission {
         group: "metastore.io",
@@ -67,10 +68,11 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "",
         resource: "secrets",
-        verbs: &["create", "get"],
+        verbs: &["create", "get", "patch", "delete"],
         scope: Scope::Cluster,
         why: "create each new cluster's peer-token Secret, once, and read it back: members require \
-              the token on membership changes and snapshots; read a backup's credentials Secret",
+              the token on membership changes and snapshots; read a backup's credentials Secret; \
+              apply a restored cluster's restore Secret for its first pod, and delete it once restored",
     },
     Permission {
         group: "",

@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{MemberRole, MemberState, MetaStoreClusterStatus, Phase};
+use crate::crd::{MemberRole, MemberState, MetaStoreClusterStatus, Phase, RestorePhase, RestoreStatus};
 use crate::executor::Observation;
 use crate::membership::Step;
 use crate::resources::Names;
@@ -11,6 +11,8 @@ use crate::resources::Names;
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Only on clusters started from a backup.
+pub const RESTORED: &str = "Restored";
 
 /// A condition as computed now; its transition time is kept from `previous` when its status did
 /// not change, as Kubernetes conventions ask.
@@ -61,6 +63,24 @@ fn step_message(step: &Step) -> String {
         Step::Wait(why) | Step::Refuse(why) => why.clone(),
         Step::Done => "raft membership matches the spec".to_string(),
     }
+}
+
+/// The `Restored` condition of a cluster started from a backup, as its restore stands.
+pub fn restore_condition(
+    restore: &RestoreStatus,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let location = restore.location.as_deref().unwrap_or("the backup");
+    let (holds, reason, message) = match restore.phase {
+        RestorePhase::Restoring => (false, "Restoring", format!("member 1 is restoring {location}")),
+        RestorePhase::Restored => (true, "Restored", format!("started from {location}")),
+        RestorePhase::Failed => {
+            (false, "RestoreFailed", restore.message.clone().unwrap_or_else(|| "the restore failed".into()))
+        }
+    };
+    condition(previous, RESTORED, holds, reason, message, generation, now)
 }
 
 /// The status to write for `names`' cluster at `generation`, given what was observed, the
@@ -153,6 +173,8 @@ pub fn build(
         selector: Some(crate::resources::selector_string(names)),
         // Filled in by the backup scheduler, which reads the cluster's backups.
         backups: None,
+        // Filled in by the restore, which knows the backup.
+        restore: None,
     }
 }
 
@@ -217,6 +239,7 @@ mod tests {
                 pods,
                 stateful_set_replicas: healthy.len() as i32,
                 bootstrapped: true,
+                restoring: false,
             },
             statuses,
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::TryStreamExt;
 use metastore_client::{Client, Consistency};
+use metastore_operator::backup::restore::{self, Fetched, RestoreError, RestoreSource};
 use metastore_operator::backup::{
     object_path, prune, upload, BackupError, Credentials, Retention, S3Destination,
 };
@@ -123,9 +124,20 @@ async fn a_backup_is_a_whole_snapshot_in_the_bucket_that_a_new_cluster_starts_fr
     assert_eq!(object.len() as u64, uploaded.bytes);
     assert!(metastore_client::seal::is_sealed(&object), "the object is the sealed snapshot");
 
+    // Checked whole where it lies, then fetched as the first pod of a restored cluster does.
+    let source = RestoreSource { s3: destination.clone(), object: uploaded.path.to_string() };
+    let verified = restore::verify(&source, Some(&credentials())).await.expect("whole");
+    assert_eq!((verified.bytes, verified.sha256.as_str()), (uploaded.bytes, uploaded.sha256.as_str()));
+    let json = serde_json::to_string(&source).expect("json");
+    let data_dir = dir.path().join("restored");
+    let fetched = restore::fetch(1, Some(&json), Some(&credentials()), &data_dir).await.expect("fetched");
+    assert_eq!(fetched, Fetched::Fetched(verified));
+    let again = restore::fetch(1, Some(&json), Some(&credentials()), &data_dir).await.expect("fine");
+    assert_eq!(again, Fetched::AlreadyThere, "a restarted init container leaves it for the member");
+
     // The object starts a new cluster holding what the old one held.
-    let file = dir.path().join("restored.snapshot");
-    std::fs::write(&file, &object).expect("save");
+    let file = data_dir.join(restore::SEED_FILE);
+    assert_eq!(std::fs::read(&file).expect("the seed file"), object);
     let (_restored, restored_url) =
         member(dir.path(), "restored", &["--restore-from".into(), file.display().to_string()]);
     let restored = Client::new(&restored_url);
@@ -134,6 +146,22 @@ async fn a_backup_is_a_whole_snapshot_in_the_bucket_that_a_new_cluster_starts_fr
     assert_eq!(last.mod_revision, written);
     let big = restored.get("big/119", Consistency::Linearizable).await.expect("get").expect("a large value");
     assert_eq!(big.value, value);
+
+    // A damaged object is refused where it lies, and fetching it leaves nothing behind.
+    let mut damaged = object.to_vec();
+    damaged[object.len() / 2] ^= 0x40;
+    let path = object_store::path::Path::from("nightly/db/meta/damaged.snapshot");
+    store.put(&path, damaged.into()).await.expect("put the damaged object");
+    let source = RestoreSource { s3: destination.clone(), object: path.to_string() };
+    let refused = restore::verify(&source, Some(&credentials())).await.expect_err("damaged");
+    assert!(matches!(refused, RestoreError::NotWhole { .. }), "{refused}");
+    assert!(refused.to_string().contains("s3://backups/nightly/db/meta/damaged.snapshot"), "{refused}");
+    let empty = dir.path().join("never-restored");
+    let json = serde_json::to_string(&source).expect("json");
+    let refused = restore::fetch(1, Some(&json), Some(&credentials()), &empty).await.expect_err("damaged");
+    assert!(matches!(refused, RestoreError::NotWhole { .. }), "{refused}");
+    let left: Vec<_> = std::fs::read_dir(&empty).expect("the data dir").collect();
+    assert!(left.is_empty(), "nothing half-fetched is left: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,8 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::schedule::is_scheduled;
 use super::{
-    object_path, prune, upload, BackupError, BackupPhase, Credentials, MetaStoreBackup, MetaStoreBackupStatus,
+    object_path, prune, upload, BackupError, BackupPhase, Credentials, CredentialsError, MetaStoreBackup,
+    MetaStoreBackupStatus,
 };
 use crate::controller::{read_peer_token, Context, MANAGER};
 use crate::crd::MetaStoreCluster;
@@ -33,8 +34,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 pub enum AttemptError {
     #[error("there is no MetaStoreCluster {0} in this namespace")]
     NoCluster(String),
-    #[error("cannot read the credentials Secret {name}: {reason}")]
-    Credentials { name: String, reason: String },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error(transparent)]
     Cluster(#[from] crate::Error),
     #[error(transparent)]
@@ -115,10 +116,7 @@ async fn attempt(
     let names = Names::of(&cluster).map_err(crate::Error::from)?;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
     let token = read_peer_token(&secrets, &names).await?;
-    let credentials = match &backup.spec.s3.credentials_secret {
-        Some(secret) => Some(read_credentials(&secrets, secret).await?),
-        None => None,
-    };
+    let credentials = Credentials::of(&backup.spec.s3, &secrets).await?;
     let members = cluster.status.as_ref().map(|s| s.members.clone()).unwrap_or_default();
     let member = members.iter().find(|m| m.healthy).map_or(1, |m| m.id);
     let directory: &dyn MemberDirectory = match &ctx.directory {
@@ -145,35 +143,12 @@ async fn apply_retention(
     let clusters = Api::<MetaStoreCluster>::namespaced(ctx.client.clone(), namespace);
     let Some(cluster) = clusters.get_opt(&backup.spec.cluster_name).await? else { return Ok(()) };
     let Some(schedule) = &cluster.spec.backup else { return Ok(()) };
-    let credentials = match &backup.spec.s3.credentials_secret {
-        Some(secret) => {
-            Some(read_credentials(&Api::namespaced(ctx.client.clone(), namespace), secret).await?)
-        }
-        None => None,
-    };
+    let credentials =
+        Credentials::of(&backup.spec.s3, &Api::namespaced(ctx.client.clone(), namespace)).await?;
     let store = backup.spec.s3.store(credentials.as_ref())?;
     let prefix = backup.spec.s3.cluster_prefix(namespace, &backup.spec.cluster_name);
     prune(&store, &prefix, &schedule.retention, chrono::Utc::now()).await?;
     Ok(())
-}
-
-/// The keys in the credentials Secret `name`.
-async fn read_credentials(secrets: &Api<Secret>, name: &str) -> Result<Credentials, AttemptError> {
-    let failed = |reason: String| AttemptError::Credentials { name: name.to_string(), reason };
-    let secret = secrets.get_opt(name).await?.ok_or_else(|| failed("it does not exist".into()))?;
-    let data = secret.data.unwrap_or_default();
-    let value = |key: &str| -> Result<Option<String>, AttemptError> {
-        data.get(key)
-            .map(|v| String::from_utf8(v.0.clone()).map(|s| s.trim().to_string()))
-            .transpose()
-            .map_err(|_| failed(format!("`{key}` is not UTF-8")))
-    };
-    let required = |key: &str| value(key)?.ok_or_else(|| failed(format!("it has no `{key}` key")));
-    Ok(Credentials {
-        access_key_id: required("AWS_ACCESS_KEY_ID")?,
-        secret_access_key: required("AWS_SECRET_ACCESS_KEY")?,
-        session_token: value("AWS_SESSION_TOKEN")?,
-    })
 }
 
 async fn write_status(

@@ -2,6 +2,7 @@
 //! each backup becomes.
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use schemars::JsonSchema;
@@ -55,6 +56,61 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
     }
 }
+
+/// Why the credentials Secret could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the credentials Secret {name}: {reason}")]
+pub struct CredentialsError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Credentials {
+    /// The keys in the credentials Secret `name`.
+    pub async fn read(secrets: &kube::Api<Secret>, name: &str) -> Result<Self, CredentialsError> {
+        let failed = |reason: String| CredentialsError { name: name.to_string(), reason };
+        let secret = secrets.get_opt(name).await.map_err(|e| failed(e.to_string()))?;
+        let data = secret.ok_or_else(|| failed("it does not exist".into()))?.data.unwrap_or_default();
+        let value = |key: &str| -> Result<Option<String>, CredentialsError> {
+            data.get(key)
+                .map(|v| String::from_utf8(v.0.clone()).map(|s| s.trim().to_string()))
+                .transpose()
+                .map_err(|_| failed(format!("`{key}` is not UTF-8")))
+        };
+        let required = |key: &str| value(key)?.ok_or_else(|| failed(format!("it has no `{key}` key")));
+        Ok(Credentials {
+            access_key_id: required(ACCESS_KEY_ID)?,
+            secret_access_key: required(SECRET_ACCESS_KEY)?,
+            session_token: value(SESSION_TOKEN)?,
+        })
+    }
+
+    /// The Secret `name` of `destination`, if it names one.
+    pub async fn of(
+        destination: &S3Destination,
+        secrets: &kube::Api<Secret>,
+    ) -> Result<Option<Self>, CredentialsError> {
+        match &destination.credentials_secret {
+            Some(name) => Ok(Some(Self::read(secrets, name).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys as a credentials Secret (and the AWS SDKs' environment) name them.
+    pub fn as_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (ACCESS_KEY_ID, self.access_key_id.clone()),
+            (SECRET_ACCESS_KEY, self.secret_access_key.clone()),
+        ];
+        env.extend(self.session_token.clone().map(|token| (SESSION_TOKEN, token)));
+        env
+    }
+}
+
+/// The keys of a credentials Secret: the AWS SDKs' environment variables.
+pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+pub const SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 
 impl S3Destination {
     /// A client for the bucket, signing with `credentials` where given.

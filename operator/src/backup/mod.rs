@@ -10,11 +10,16 @@ pub mod controller;
 mod destination;
 mod http;
 pub mod resource;
+pub mod restore;
+pub mod restoring;
 mod retention;
 pub mod schedule;
 mod upload;
 
-pub use destination::{object_path, Credentials, S3Destination, BACKUP_SUFFIX};
+pub use destination::{
+    object_path, Credentials, CredentialsError, S3Destination, ACCESS_KEY_ID, BACKUP_SUFFIX,
+    SECRET_ACCESS_KEY, SESSION_TOKEN,
+};
 pub use resource::{BackupPhase, MetaStoreBackup, MetaStoreBackupSpec, MetaStoreBackupStatus};
 pub use retention::{expired, prune, Retention};
 pub use schedule::BackupSchedule;

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 pub use pdb::pod_disruption_budget;
-pub use secret::{peer_token_secret, PEER_TOKEN_KEY};
+pub use secret::{peer_token_secret, restore_secret, PEER_TOKEN_KEY, RESTORE_SOURCE_KEY};
 pub use service::{client_service, peer_service};
 pub use statefulset::{stateful_set, DEFAULT_IMAGE};
 
@@ -30,6 +30,8 @@ const MANAGER: &str = "metastore-operator";
 pub enum BuildError {
     #[error("the MetaStoreCluster has no {0} yet")]
     MissingMetadata(&'static str),
+    #[error("cannot serialize an object's data: {0}")]
+    Unserializable(String),
 }
 
 /// Names of everything a cluster owns, derived from the cluster's name.
@@ -63,6 +65,11 @@ impl Names {
     /// The Secret with the members' peer token.
     pub fn peer_token_secret(&self) -> String {
         format!("{}-peer-token", self.cluster)
+    }
+
+    /// The Secret the first pod of a cluster being restored fetches its backup with.
+    pub fn restore_secret(&self) -> String {
+        format!("{}-restore", self.cluster)
     }
 
     pub fn pod(&self, member_id: u64) -> String {

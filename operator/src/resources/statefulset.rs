@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 
 use super::{
     labels, owned_metadata, selector_labels, BuildError, Names, CLIENT_PORT, DATA_DIR, PEER_PORT,
-    PEER_TOKEN_KEY, VOLUME,
+    PEER_TOKEN_KEY, RESTORE_SOURCE_KEY, VOLUME,
 };
+use crate::backup::restore::SEED_FILE;
+use crate::backup::{ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN};
 use crate::crd::MetaStoreCluster;
 
 /// The image used when the resource names none: the one released with this operator.
@@ -109,9 +111,13 @@ fn container(cluster: &MetaStoreCluster, names: &Names, peer_auth: bool) -> Cont
             ..Default::default()
         });
     }
+    if cluster.spec.restore.is_some() {
+        // Where the init container leaves the backup; a start without it joins as usual.
+        env.push(self::env("METASTORE_RESTORE_FROM", format!("{DATA_DIR}/{SEED_FILE}")));
+    }
     Container {
         name: "metastore".to_string(),
-        image: Some(cluster.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string())),
+        image: Some(image(cluster)),
         env: Some(env),
         ports: Some(vec![
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..Default::default() },
@@ -122,25 +128,72 @@ fn container(cluster: &MetaStoreCluster, names: &Names, peer_auth: bool) -> Cont
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         resources: cluster.spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME.to_string(),
-            mount_path: DATA_DIR.to_string(),
-            ..Default::default()
-        }]),
-        // Meets the "restricted" Pod Security Standard.
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), ..Default::default() }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                ..Default::default()
+        volume_mounts: Some(vec![data_mount()]),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+/// A container's security context that meets the "restricted" Pod Security Standard.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn data_mount() -> VolumeMount {
+    VolumeMount { name: VOLUME.to_string(), mount_path: DATA_DIR.to_string(), ..Default::default() }
+}
+
+/// An environment variable from `key` of the Secret `name`, unset when either is missing.
+fn env_from_optional_secret(env: &str, name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: env.to_string(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.to_string(),
+                key: key.to_string(),
+                optional: Some(true),
             }),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The init container of a cluster started from a backup: in the first pod, while the
+/// cluster's restore Secret exists, it fetches the backup into the member's empty volume
+/// (`metastore-operator fetch-backup`, from the same image); anywhere else it does nothing.
+/// The Secret is optional, so that it can go once the restore is done without changing the
+/// template (which would restart every member).
+fn restore_container(image: &str, names: &Names) -> Container {
+    let secret = names.restore_secret();
+    let mut env = vec![
+        env_from_field("POD_NAME", "metadata.name"),
+        env("METASTORE_DATA_DIR", DATA_DIR),
+        env_from_optional_secret("METASTORE_RESTORE_SOURCE", &secret, RESTORE_SOURCE_KEY),
+    ];
+    for key in [ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN] {
+        env.push(env_from_optional_secret(key, &secret, key));
+    }
+    Container {
+        name: "restore".to_string(),
+        image: Some(image.to_string()),
+        command: Some(vec!["metastore-operator".to_string(), "fetch-backup".to_string()]),
+        env: Some(env),
+        volume_mounts: Some(vec![data_mount()]),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+fn image(cluster: &MetaStoreCluster) -> String {
+    cluster.spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string())
 }
 
 fn volume_claim(cluster: &MetaStoreCluster) -> PersistentVolumeClaim {
@@ -186,6 +239,11 @@ pub fn stateful_set(
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    init_containers: cluster
+                        .spec
+                        .restore
+                        .as_ref()
+                        .map(|_| vec![restore_container(&image(cluster), &names)]),
                     containers: vec![container(cluster, &names, peer_auth)],
                     affinity: Some(cluster.spec.affinity.clone().unwrap_or_else(|| spread_affinity(&names))),
                     tolerations: Some(cluster.spec.tolerations.clone()).filter(|t| !t.is_empty()),
@@ -249,6 +307,38 @@ mod tests {
         let spec = sts.spec.expect("spec");
         assert_eq!(spec.service_name.as_deref(), Some("demo-peer"));
         assert_eq!(spec.replicas, Some(3));
+    }
+
+    #[test]
+    fn a_restored_cluster_fetches_its_backup_in_an_init_container_and_seeds_from_it() {
+        let plain = stateful_set(&cluster(3), 3, true).expect("builds");
+        let pod = plain.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+        assert!(pod.init_containers.is_none(), "nothing to fetch for a new, empty cluster");
+        assert!(!env_of(&plain).contains_key("METASTORE_RESTORE_FROM"));
+
+        let mut restored = cluster(3);
+        restored.spec.restore =
+            Some(serde_json::from_value(serde_json::json!({"backup": "nightly"})).expect("spec"));
+        let sts = stateful_set(&restored, 3, true).expect("builds");
+        assert_eq!(env_of(&sts)["METASTORE_RESTORE_FROM"], "/var/lib/metastore/restore.snapshot");
+        let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
+        let init = &pod.init_containers.as_ref().expect("init containers")[0];
+        assert_eq!(
+            init.command.as_deref(),
+            Some(&["metastore-operator".to_string(), "fetch-backup".to_string()][..])
+        );
+        assert_eq!(init.image, pod.containers[0].image, "the operator's binary ships in the member image");
+        let from_secret: Vec<_> = init
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .collect();
+        assert_eq!(from_secret.len(), 4, "the source and three AWS keys");
+        assert!(
+            from_secret.iter().all(|s| s.name == "demo-restore" && s.optional == Some(true)),
+            "the Secret may go once restored without the template changing"
+        );
     }
 
     #[test]
