@@ -42,12 +42,26 @@ pub enum StartError {
     Bootstrap(#[from] ServiceError),
     #[error("cannot restore: {0}")]
     Restore(#[from] storage::restore::RestoreError),
-    #[error("restored, but cannot remove {path}: {source}")]
+    #[error("cannot check or remove the seed file {path}: {source}")]
     SeedFile {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether the seed file is there; an error reading the directory is no answer to act on.
+fn is_there(seed_file: &std::path::Path) -> Result<bool, StartError> {
+    seed_file.try_exists().map_err(|source| StartError::SeedFile { path: seed_file.to_path_buf(), source })
+}
+
+/// Removes the seed file for good: its directory synced, so that it cannot come back after a
+/// power loss.
+fn consume(seed_file: &std::path::Path) -> Result<(), StartError> {
+    let failed = |source| StartError::SeedFile { path: seed_file.to_path_buf(), source };
+    std::fs::remove_file(seed_file).map_err(failed)?;
+    let dir = seed_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)
 }
 
 /// Seeds the empty store from `snapshot` as a new cluster of `members`.
@@ -104,18 +118,19 @@ pub async fn run(
             seed(&state_machine, id, snapshot, members.clone()).await?;
             false
         }
-        (Bootstrap::Join { restore: Some(snapshot) }, true) if snapshot.exists() => {
-            seed(&state_machine, id, snapshot, BTreeMap::from([(id, member.clone())])).await?;
-            // Restored and synced: the file has done its job, and a later start on an empty
-            // store (its volume lost) must join the cluster, not found another from the file.
-            std::fs::remove_file(snapshot)
-                .map_err(|source| StartError::SeedFile { path: snapshot.clone(), source })?;
+        (Bootstrap::Restore { snapshot, .. }, false) => {
+            tracing::warn!(member = id, snapshot = %snapshot.display(), "the store exists: not restoring over it");
             false
         }
-        (Bootstrap::Restore { snapshot, .. } | Bootstrap::Join { restore: Some(snapshot) }, false)
-            if snapshot.exists() =>
-        {
-            tracing::warn!(member = id, snapshot = %snapshot.display(), "the store exists: not restoring over it");
+        (Bootstrap::Join { restore: Some(seed_file) }, pristine) if is_there(seed_file)? => {
+            if pristine {
+                seed(&state_machine, id, seed_file, BTreeMap::from([(id, member.clone())])).await?;
+            } else {
+                tracing::warn!(member = id, seed = %seed_file.display(), "the store exists: not restoring over it");
+            }
+            // Restored and synced, or never to be: a seed file left behind would found another
+            // cluster on a later start with an empty store (a volume wiped), which must join.
+            consume(seed_file)?;
             false
         }
         (_, pristine) => pristine,

@@ -343,10 +343,15 @@ async fn members_started_alike_restore_where_the_seed_file_is_and_join_elsewhere
     assert_eq!(read.value, b"v9");
     assert_eq!(new.status(2).await.cluster_id, status.cluster_id);
 
-    // Member 1 restarted with the same flags, and no file left: it resumes its store.
+    // Member 1 restarted with the same flags, and no file left: it resumes its store. A seed
+    // file found beside a store (fetched again, or left by a crash before its removal) is
+    // never restored, and goes: it must not found another cluster on a later empty start.
     new.stop(1);
+    save_snapshot(&client.clone().with_token(TOKEN), &seed(1)).await;
     new.restart(1);
     new.wait_for_leader(Duration::from_secs(20)).await;
     let after = new.node(1).client().put("after", "restart", None).await.expect("a write").revision;
     assert_eq!(after, revision + 1, "nothing was restored again");
+    assert!(!seed(1).exists(), "a seed file beside a store is removed");
+    assert!(new.log_of(1).contains("not restoring over it"), "{}", new.log_of(1));
 }
