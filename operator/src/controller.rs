@@ -317,6 +317,10 @@ fn restore_notice(restore: &RestoreStatus) -> Notice {
     let normal =
         |reason, note| Notice { type_: EventType::Normal, reason, action: "Restore", note, member: Some(1) };
     match restore.phase {
+        RestorePhase::Restoring if restore.message.is_some() => Notice {
+            member: Some(1),
+            ..Notice::warning("RestoreStalled", "Restore", restore.message.clone().unwrap_or_default())
+        },
         RestorePhase::Restoring => {
             let bytes = restore.size_bytes.unwrap_or(0);
             normal("Restoring", format!("{location} is whole ({bytes} bytes): member 1 restores it"))
@@ -427,8 +431,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         None => &names,
     };
     let mut observation = executor::observe(directory, &pod_ids, sts_replicas, bootstrapped).await;
-    observation.observed.restoring =
-        matches!(&restore, Restore::Proceeding(r) if r.phase == RestorePhase::Restoring);
+    observation.observed.restoring = matches!(restore, Restore::Restoring(_));
     let step = membership::plan(cluster.spec.replicas, &observation.observed);
     tracing::info!(cluster = %names.cluster, ?step, "reconciling");
 
@@ -471,6 +474,9 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         _ => sts_replicas,
     };
     let mut desired = resources::stateful_set(&cluster, replicas, peer_auth)?;
+    if restore.began() {
+        resources::start_from_backup(&mut desired, &cluster)?;
+    }
     if let (Some(live), Some(spec)) = (current.as_ref().and_then(|s| s.spec.as_ref()), desired.spec.as_mut())
     {
         // Kubernetes forbids changing a StatefulSet's volume claim templates: keep the live ones,
@@ -513,9 +519,9 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         new_status.bootstrapped = true;
     }
     new_status.backups = backups;
-    if let Restore::Proceeding(restore) = restore {
-        let was = cluster.status.as_ref().and_then(|s| s.restore.as_ref()).map(|r| r.phase);
-        if was != Some(restore.phase) {
+    if let Some(restore) = restore.status().cloned() {
+        let was = cluster.status.as_ref().and_then(|s| s.restore.as_ref());
+        if was.map(|r| (r.phase, &r.message)) != Some((restore.phase, &restore.message)) {
             event(&ctx, &cluster, &names, restore_notice(&restore)).await;
         }
         let generation = cluster.metadata.generation;

@@ -109,6 +109,10 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
     let desired = desired.max(1);
     let n = desired as u64;
 
+    if observed.restoring && observed.leader.is_some() {
+        // Not before the restore is tidied up (its Secret gone): see `backup::restoring`.
+        return Step::Wait("member 1 leads the restored store; the others join next".into());
+    }
     let Some(_leader) = observed.leader else {
         // Growing is always safe (pods start in join mode) and may be what brings quorum back,
         // e.g. after the StatefulSet was scaled down behind the operator's back.
@@ -240,12 +244,17 @@ mod tests {
     fn a_cluster_being_restored_waits_for_member_one_and_is_never_bootstrapped_empty() {
         let restoring = Observed { restoring: true, ..fresh(vec![empty(1), empty(2), empty(3)], 3) };
         assert!(matches!(plan(3, &restoring), Step::Wait(why) if why.contains("restore")));
-        let restored = Observed {
+        let leads = Observed {
             leader: Some(1),
             members: vec![voter(1)],
             pods: vec![up(1), empty(2), empty(3)],
             ..restoring
         };
+        assert!(
+            matches!(plan(3, &leads), Step::Wait(_)),
+            "nobody joins until the restore is tidied up: a pod 0 that lost its volume meanwhile must not restore again"
+        );
+        let restored = Observed { restoring: false, ..leads };
         assert_eq!(plan(3, &restored), Step::AddLearner { id: 2 }, "then the others join as usual");
     }
 

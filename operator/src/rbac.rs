@@ -77,9 +77,10 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "",
         resource: "pods",
-        verbs: &["list", "watch"],
+        verbs: &["get", "list", "watch"],
         scope: Scope::Cluster,
-        why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails",
+        why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails; \
+              read why a restored cluster's first pod is stuck",
     },
     Permission {
         group: "",

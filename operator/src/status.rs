@@ -74,7 +74,10 @@ pub fn restore_condition(
 ) -> Condition {
     let location = restore.location.as_deref().unwrap_or("the backup");
     let (holds, reason, message) = match restore.phase {
-        RestorePhase::Restoring => (false, "Restoring", format!("member 1 is restoring {location}")),
+        RestorePhase::Restoring => match &restore.message {
+            Some(stalled) => (false, "RestoreStalled", stalled.clone()),
+            None => (false, "Restoring", format!("member 1 is restoring {location}")),
+        },
         RestorePhase::Restored => (true, "Restored", format!("started from {location}")),
         RestorePhase::Failed => {
             (false, "RestoreFailed", restore.message.clone().unwrap_or_else(|| "the restore failed".into()))

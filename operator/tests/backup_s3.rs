@@ -125,9 +125,11 @@ async fn a_backup_is_a_whole_snapshot_in_the_bucket_that_a_new_cluster_starts_fr
     assert!(metastore_client::seal::is_sealed(&object), "the object is the sealed snapshot");
 
     // Checked whole where it lies, then fetched as the first pod of a restored cluster does.
-    let source = RestoreSource { s3: destination.clone(), object: uploaded.path.to_string() };
+    let mut source =
+        RestoreSource { s3: destination.clone(), object: uploaded.path.to_string(), sha256: None };
     let verified = restore::verify(&source, Some(&credentials())).await.expect("whole");
     assert_eq!((verified.bytes, verified.sha256.as_str()), (uploaded.bytes, uploaded.sha256.as_str()));
+    source.sha256 = Some(verified.sha256.clone());
     let json = serde_json::to_string(&source).expect("json");
     let data_dir = dir.path().join("restored");
     let fetched = restore::fetch(1, Some(&json), Some(&credentials()), &data_dir).await.expect("fetched");
@@ -152,7 +154,7 @@ async fn a_backup_is_a_whole_snapshot_in_the_bucket_that_a_new_cluster_starts_fr
     damaged[object.len() / 2] ^= 0x40;
     let path = object_store::path::Path::from("nightly/db/meta/damaged.snapshot");
     store.put(&path, damaged.into()).await.expect("put the damaged object");
-    let source = RestoreSource { s3: destination.clone(), object: path.to_string() };
+    let source = RestoreSource { s3: destination.clone(), object: path.to_string(), sha256: None };
     let refused = restore::verify(&source, Some(&credentials())).await.expect_err("damaged");
     assert!(matches!(refused, RestoreError::NotWhole { .. }), "{refused}");
     assert!(refused.to_string().contains("s3://backups/nightly/db/meta/damaged.snapshot"), "{refused}");
@@ -162,6 +164,17 @@ async fn a_backup_is_a_whole_snapshot_in_the_bucket_that_a_new_cluster_starts_fr
     assert!(matches!(refused, RestoreError::NotWhole { .. }), "{refused}");
     let left: Vec<_> = std::fs::read_dir(&empty).expect("the data dir").collect();
     assert!(left.is_empty(), "nothing half-fetched is left: {left:?}");
+
+    // A whole snapshot, but not the one the operator checked: refused too.
+    let swapped = RestoreSource { sha256: Some("00".repeat(32)), ..source_of(&destination, &uploaded) };
+    let json = serde_json::to_string(&swapped).expect("json");
+    let refused = restore::fetch(1, Some(&json), Some(&credentials()), &empty).await.expect_err("another");
+    assert!(matches!(refused, RestoreError::Changed { .. }), "{refused}");
+    assert!(!empty.join(restore::SEED_FILE).exists());
+}
+
+fn source_of(destination: &S3Destination, uploaded: &metastore_operator::backup::Uploaded) -> RestoreSource {
+    RestoreSource { s3: destination.clone(), object: uploaded.path.to_string(), sha256: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]

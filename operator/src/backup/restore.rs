@@ -20,6 +20,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::{BackupPhase, Credentials, CredentialsError, MetaStoreBackup, S3Destination};
 
+/// How long a read of the object may wait for its next bytes: a stalled connection must not
+/// hold a reconcile, or the first pod's start, for ever.
+const CHUNK_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where the first member's init container leaves the snapshot, in the member's data
 /// directory; the member consumes it (`METASTORE_RESTORE_FROM`).
 pub const SEED_FILE: &str = "restore.snapshot";
@@ -46,6 +50,10 @@ pub struct RestoreSpec {
 pub struct RestoreSource {
     pub s3: S3Destination,
     pub object: String,
+    /// The snapshot's SHA-256 when the operator checked it: the pod fetches that snapshot, not
+    /// another put in its place since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 impl RestoreSource {
@@ -95,6 +103,10 @@ pub enum RestoreError {
         #[source]
         source: SealError,
     },
+    #[error("{location} changed since it was checked: its SHA-256 is {found}, not {expected}")]
+    Changed { location: String, expected: String, found: String },
+    #[error("reading {location} stalled: nothing arrived for {} s", CHUNK_WITHIN.as_secs())]
+    Stalled { location: String },
     #[error("cannot write {path}: {source}")]
     Write {
         path: String,
@@ -117,9 +129,11 @@ pub async fn resolve(
             let backup = backups.get_opt(name).await?.ok_or_else(|| RestoreError::NoBackup(name.clone()))?;
             source_of_backup(&backup)
         }
-        (None, Some(s3), Some(object)) if !object.is_empty() => {
-            Ok(RestoreSource { s3: s3.clone(), object: object.trim_start_matches('/').to_string() })
-        }
+        (None, Some(s3), Some(object)) if !object.is_empty() => Ok(RestoreSource {
+            s3: s3.clone(),
+            object: object.trim_start_matches('/').to_string(),
+            sha256: None,
+        }),
         _ => Err(RestoreError::NoSource),
     }
 }
@@ -141,7 +155,7 @@ fn source_of_backup(backup: &MetaStoreBackup) -> Result<RestoreSource, RestoreEr
         .and_then(|l| l.strip_prefix('/'))
         .filter(|key| !key.is_empty());
     let object = object.ok_or_else(|| RestoreError::NoLocation { name, bucket: bucket.clone() })?;
-    Ok(RestoreSource { s3: backup.spec.s3.clone(), object: object.to_string() })
+    Ok(RestoreSource { s3: backup.spec.s3.clone(), object: object.to_string(), sha256: None })
 }
 
 /// A snapshot object being read, every chunk through its seal: it is whole only if
@@ -163,7 +177,9 @@ impl Reading {
     }
 
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, RestoreError> {
-        match self.chunks.next().await.transpose() {
+        let next = tokio::time::timeout(CHUNK_WITHIN, self.chunks.next()).await;
+        let next = next.map_err(|_| RestoreError::Stalled { location: self.location.clone() })?;
+        match next.transpose() {
             Ok(chunk) => {
                 if let Some(chunk) = &chunk {
                     self.check.add(chunk);
@@ -262,7 +278,15 @@ pub async fn fetch(
         while let Some(chunk) = reading.next().await? {
             file.write_all(&chunk).await.map_err(write_error(&partial))?;
         }
-        reading.finish()
+        let verified = reading.finish()?;
+        match &source.sha256 {
+            Some(expected) if *expected != verified.sha256 => Err(RestoreError::Changed {
+                location: source.location(),
+                expected: expected.clone(),
+                found: verified.sha256,
+            }),
+            _ => Ok(verified),
+        }
     }
     .await;
     let verified = match fetched {

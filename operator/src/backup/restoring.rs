@@ -1,37 +1,58 @@
 //! A cluster's restore as its reconciler carries it out: before anything of the cluster
 //! exists, the backup is checked whole and handed to the first pod (the restore Secret); once
-//! member 1 leads the restored store, the Secret goes.
+//! member 1 leads the restored store, the Secret goes, and only then do the others join.
 //!
-//! not started → (volume 0 free, backup whole) → Restoring → (a leader) → Restored
+//! not started → (no volume of the name left, backup whole) → Restoring → (a leader) → Restored
 //!             ↘ Failed: nothing created; tried again after [`RETRY_AFTER`] or a spec change
+//!
+//! Once started, the restore follows its recorded status, not the spec: `spec.restore` is read
+//! when the cluster is created, and changing or removing it later changes nothing.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ContainerStatus, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 use super::restore::{self, RestoreError};
 use super::{Credentials, MetaStoreBackup};
-use crate::crd::{MetaStoreCluster, RestorePhase, RestoreStatus};
-use crate::resources::{self, volumes, Names};
+use crate::crd::{MetaStoreCluster, RestorePhase, RestoreStatus, MAX_REPLICAS};
+use crate::resources::{self, volumes, Names, RESTORE_CONTAINER};
 
 /// How long a failed restore waits before it is tried again (unless the spec changes first):
-/// each try reads the whole backup.
+/// each try may read the whole backup.
 pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Where the cluster's restore stands after this pass.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Restore {
-    /// The spec asks for none.
+    /// None asked for when the cluster was created.
     None,
-    /// Under way or done: the cluster is reconciled as usual, with this status.
-    Proceeding(RestoreStatus),
+    /// Handed to the first pod; no other member joins until member 1 leads and the restore
+    /// Secret is gone.
+    Restoring(RestoreStatus),
+    Restored(RestoreStatus),
     /// It cannot start; nothing of the cluster was created.
     Failed(RestoreStatus),
 }
 
-/// One pass of `cluster`'s restore; `bootstrapped` as its status records it.
+impl Restore {
+    /// Whether the members are those of a cluster started from a backup.
+    pub fn began(&self) -> bool {
+        matches!(self, Restore::Restoring(_) | Restore::Restored(_))
+    }
+
+    pub fn status(&self) -> Option<&RestoreStatus> {
+        match self {
+            Restore::None => None,
+            Restore::Restoring(s) | Restore::Restored(s) | Restore::Failed(s) => Some(s),
+        }
+    }
+}
+
+/// One pass of `cluster`'s restore, given whether it is `bootstrapped` (as its status
+/// records). A cluster that asks for none costs no API call.
 #[tracing::instrument(skip_all, fields(cluster = %names.cluster))]
 pub async fn reconcile(
     client: &Client,
@@ -39,55 +60,90 @@ pub async fn reconcile(
     names: &Names,
     bootstrapped: bool,
 ) -> Result<Restore, crate::Error> {
-    let Some(spec) = &cluster.spec.restore else { return Ok(Restore::None) };
     let previous = cluster.status.as_ref().and_then(|s| s.restore.clone());
     let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
-    if bootstrapped {
-        return Ok(Restore::Proceeding(match previous {
-            Some(done) if done.phase == RestorePhase::Restored => done,
-            // Member 1 leads: no pod may fetch the backup again (one whose volume is lost
-            // later must join the cluster, not start another).
-            previous => {
-                match secrets.delete(&names.restore_secret(), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(e) => return Err(crate::Error::Kube(e)),
-                }
-                tracing::info!("restored: member 1 leads");
-                RestoreStatus { phase: RestorePhase::Restored, message: None, ..started(previous) }
+    let began = match previous {
+        Some(done) if done.phase == RestorePhase::Restored => return Ok(Restore::Restored(done)),
+        Some(started) if started.phase == RestorePhase::Restoring => started,
+        // Not begun, or failed before anything was made.
+        previous => {
+            let Some(spec) = &cluster.spec.restore else { return Ok(Restore::None) };
+            let secret = secrets.get_opt(&names.restore_secret()).await.map_err(crate::Error::Kube)?;
+            let sets = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
+            if secret.is_some() {
+                // Handed over in a pass whose status write was lost.
+                restoring(previous)
+            } else if sets.get_opt(&names.stateful_set()).await.map_err(crate::Error::Kube)?.is_some() {
+                tracing::warn!("spec.restore is read when a cluster is created; this one exists: ignored");
+                return Ok(Restore::None);
+            } else {
+                return Ok(match hand_over(client, cluster, names, spec).await {
+                    Ok(status) => Restore::Restoring(status),
+                    Err(Failure::Kube(e)) => return Err(e),
+                    Err(Failure::Restore { location, error }) => {
+                        tracing::warn!(error = %error, "cannot restore");
+                        Restore::Failed(RestoreStatus {
+                            phase: RestorePhase::Failed,
+                            location,
+                            message: Some(error.to_string()),
+                            ..restoring(None)
+                        })
+                    }
+                });
             }
+        }
+    };
+    if bootstrapped {
+        // Member 1 leads. The Secret goes before any other member may join (the planner waits
+        // while the restore is under way): a pod 0 that lost its volume by then must find no
+        // backup to restore, or it would found a second cluster beside the first.
+        match secrets.delete(&names.restore_secret(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(crate::Error::Kube(e)),
+        }
+        tracing::info!("restored: member 1 leads");
+        return Ok(Restore::Restored(RestoreStatus {
+            phase: RestorePhase::Restored,
+            message: None,
+            ..began
         }));
     }
-    // Handed over already: the first pod is fetching it, or member 1 restoring it.
-    if secrets.get_opt(&names.restore_secret()).await.map_err(crate::Error::Kube)?.is_some() {
-        let status = RestoreStatus { phase: RestorePhase::Restoring, message: None, ..started(previous) };
-        return Ok(Restore::Proceeding(status));
-    }
-    match hand_over(client, cluster, names, spec).await {
-        Ok(status) => Ok(Restore::Proceeding(status)),
-        Err(Failure::Kube(e)) => Err(e),
-        Err(Failure::Restore { location, error }) => {
-            tracing::warn!(error = %error, "cannot restore");
-            Ok(Restore::Failed(RestoreStatus {
-                phase: RestorePhase::Failed,
-                location,
-                size_bytes: None,
-                sha256: None,
-                message: Some(error.to_string()),
-            }))
-        }
-    }
+    // Still under way: why not, if the first pod says.
+    let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
+    let first = pods.get_opt(&names.pod(1)).await.map_err(crate::Error::Kube)?;
+    Ok(Restore::Restoring(RestoreStatus { message: first.as_ref().and_then(stalled), ..began }))
 }
 
-/// The status of a restore that was handed over, as recorded then.
-fn started(previous: Option<RestoreStatus>) -> RestoreStatus {
-    previous.unwrap_or(RestoreStatus {
+fn restoring(previous: Option<RestoreStatus>) -> RestoreStatus {
+    let blank = RestoreStatus {
         phase: RestorePhase::Restoring,
         location: None,
         size_bytes: None,
         sha256: None,
         message: None,
-    })
+    };
+    RestoreStatus { phase: RestorePhase::Restoring, message: None, ..previous.unwrap_or(blank) }
+}
+
+/// Why the first pod's restore is stuck, as its status tells: its init container (the fetch)
+/// or its member (the restore itself) exited with an error.
+pub fn stalled(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let failure = |c: &ContainerStatus| {
+        let state = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+        let terminated = state.filter(|t| t.exit_code != 0).or_else(|| {
+            c.last_state.as_ref().and_then(|s| s.terminated.as_ref()).filter(|t| t.exit_code != 0)
+        })?;
+        let said = terminated.message.as_deref().or(terminated.reason.as_deref()).unwrap_or("no message");
+        Some(format!("exited with {}: {}", terminated.exit_code, said.trim()))
+    };
+    let fetch = status.init_container_statuses.iter().flatten().find(|c| c.name == RESTORE_CONTAINER);
+    if let Some(why) = fetch.and_then(failure) {
+        return Some(format!("fetching the backup failed: the {RESTORE_CONTAINER} container {why}"));
+    }
+    let member = status.container_statuses.iter().flatten().find(|c| c.name == "metastore");
+    member.and_then(failure).map(|why| format!("member 1 did not start from the backup: it {why}"))
 }
 
 enum Failure {
@@ -105,8 +161,8 @@ impl From<RestoreError> for Failure {
     }
 }
 
-/// Checks that the first member's volume is free and the backup whole, then writes the restore
-/// Secret the first pod fetches it with.
+/// Checks that no volume of an earlier cluster of the name is left and that the backup is
+/// whole, then writes the restore Secret the first pod fetches it with.
 async fn hand_over(
     client: &Client,
     cluster: &MetaStoreCluster,
@@ -114,14 +170,18 @@ async fn hand_over(
     spec: &restore::RestoreSpec,
 ) -> Result<RestoreStatus, Failure> {
     let namespace = &names.namespace;
-    // A claim left by an earlier cluster of this name would give member 1 its old store.
-    let claim = volumes::claim_name(names, 0);
+    // Any member's claim left by an earlier cluster of this name would give that member the
+    // old store: member 1 would restore a new cluster while the old members elect a leader of
+    // the old one.
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
-    if claims.get_opt(&claim).await.map_err(RestoreError::Kube)?.is_some() {
-        return Err(RestoreError::VolumeExists { claim }.into());
+    for ordinal in 0..u64::try_from(MAX_REPLICAS).unwrap_or(0) {
+        let claim = volumes::claim_name(names, ordinal);
+        if claims.get_opt(&claim).await.map_err(RestoreError::Kube)?.is_some() {
+            return Err(RestoreError::VolumeExists { claim }.into());
+        }
     }
     let backups = Api::<MetaStoreBackup>::namespaced(client.clone(), namespace);
-    let source = restore::resolve(spec, &backups).await?;
+    let mut source = restore::resolve(spec, &backups).await?;
     let location = Some(source.location());
     let failed = |error| Failure::Restore { location: location.clone(), error };
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
@@ -129,18 +189,14 @@ async fn hand_over(
         Credentials::of(&source.s3, &secrets).await.map_err(|e| failed(RestoreError::Credentials(e)))?;
     let verified = restore::verify(&source, credentials.as_ref()).await.map_err(failed)?;
     tracing::info!(location = %source.location(), bytes = verified.bytes, "the backup is whole: restoring");
+    // The pod restores this very snapshot, not one put in its place since.
+    source.sha256 = Some(verified.sha256.clone());
     let secret = resources::restore_secret(cluster, &source, credentials.as_ref())
         .map_err(|e| Failure::Kube(e.into()))?;
-    secrets
-        .patch(
-            &names.restore_secret(),
-            &PatchParams::apply(crate::controller::MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .map_err(|source| {
-            Failure::Kube(crate::Error::Apply { kind: "Secret".into(), name: names.restore_secret(), source })
-        })?;
+    let apply = PatchParams::apply(crate::controller::MANAGER).force();
+    secrets.patch(&names.restore_secret(), &apply, &Patch::Apply(&secret)).await.map_err(|source| {
+        Failure::Kube(crate::Error::Apply { kind: "Secret".into(), name: names.restore_secret(), source })
+    })?;
     Ok(RestoreStatus {
         phase: RestorePhase::Restoring,
         location,
@@ -148,4 +204,38 @@ async fn hand_over(
         sha256: Some(verified.sha256),
         message: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "demo-0"}, "status": status}))
+            .expect("pod")
+    }
+
+    #[test]
+    fn a_stuck_restore_says_which_step_failed_and_why() {
+        let fetching = pod(serde_json::json!({"initContainerStatuses": [{
+            "name": "restore", "ready": false, "restartCount": 2, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": "cannot read s3://b/k: access denied\n"}},
+        }]}));
+        let why = stalled(&fetching).expect("stalled");
+        assert!(why.contains("fetching the backup failed") && why.ends_with("access denied"), "{why}");
+
+        let restoring = pod(serde_json::json!({
+            "initContainerStatuses": [{"name": "restore", "ready": true, "restartCount": 0, "image": "i",
+                "imageID": "", "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [{"name": "metastore", "ready": false, "restartCount": 1, "image": "i",
+                "imageID": "", "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}],
+        }));
+        let why = stalled(&restoring).expect("stalled");
+        assert!(why.starts_with("member 1 did not start from the backup"), "{why}");
+
+        let fine = pod(serde_json::json!({"initContainerStatuses": [{"name": "restore", "ready": false,
+            "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {}}}]}));
+        assert_eq!(stalled(&fine), None);
+    }
 }

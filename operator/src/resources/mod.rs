@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 pub use pdb::pod_disruption_budget;
 pub use secret::{peer_token_secret, restore_secret, PEER_TOKEN_KEY, RESTORE_SOURCE_KEY};
 pub use service::{client_service, peer_service};
-pub use statefulset::{stateful_set, DEFAULT_IMAGE};
+pub use statefulset::{start_from_backup, stateful_set, DEFAULT_IMAGE, RESTORE_CONTAINER};
 
 use crate::crd::MetaStoreCluster;
 

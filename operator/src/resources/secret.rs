@@ -65,6 +65,7 @@ mod tests {
             s3: serde_json::from_value(serde_json::json!({"bucket": "b", "credentialsSecret": "s3-keys"}))
                 .expect("destination"),
             object: "ns/demo/x.snapshot".into(),
+            sha256: Some("ab".repeat(32)),
         };
         let keys =
             Credentials { access_key_id: "id".into(), secret_access_key: "key".into(), session_token: None };

@@ -17,6 +17,9 @@ use crate::backup::restore::SEED_FILE;
 use crate::backup::{ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN};
 use crate::crd::MetaStoreCluster;
 
+/// The init container of a cluster started from a backup.
+pub const RESTORE_CONTAINER: &str = "restore";
+
 /// The image used when the resource names none: the one released with this operator.
 pub const DEFAULT_IMAGE: &str = concat!("metastore:", env!("CARGO_PKG_VERSION"));
 
@@ -111,10 +114,6 @@ fn container(cluster: &MetaStoreCluster, names: &Names, peer_auth: bool) -> Cont
             ..Default::default()
         });
     }
-    if cluster.spec.restore.is_some() {
-        // Where the init container leaves the backup; a start without it joins as usual.
-        env.push(self::env("METASTORE_RESTORE_FROM", format!("{DATA_DIR}/{SEED_FILE}")));
-    }
     Container {
         name: "metastore".to_string(),
         image: Some(image(cluster)),
@@ -166,12 +165,31 @@ fn env_from_optional_secret(env: &str, name: &str, key: &str) -> EnvVar {
     }
 }
 
+/// Makes `stateful_set`'s members those of a cluster started from a backup: an init
+/// container fetches the backup into the first pod's empty volume, and every member is told to
+/// restore from it where it is there (`--join --restore-from`). Kept for the cluster's life
+/// once its restore began, so that the template never changes (which would restart every
+/// member): the restore Secret the init container reads is optional, and once it is gone the
+/// init container does nothing.
+pub fn start_from_backup(
+    stateful_set: &mut StatefulSet,
+    cluster: &MetaStoreCluster,
+) -> Result<(), BuildError> {
+    let names = Names::of(cluster)?;
+    let pod = stateful_set.spec.as_mut().and_then(|s| s.template.spec.as_mut());
+    let pod = pod.ok_or(BuildError::MissingMetadata("pod template"))?;
+    for member in &mut pod.containers {
+        let env = member.env.get_or_insert_with(Vec::new);
+        env.push(self::env("METASTORE_RESTORE_FROM", format!("{DATA_DIR}/{SEED_FILE}")));
+    }
+    pod.init_containers = Some(vec![restore_container(cluster, &names)]);
+    Ok(())
+}
+
 /// The init container of a cluster started from a backup: in the first pod, while the
 /// cluster's restore Secret exists, it fetches the backup into the member's empty volume
 /// (`metastore-operator fetch-backup`, from the same image); anywhere else it does nothing.
-/// The Secret is optional, so that it can go once the restore is done without changing the
-/// template (which would restart every member).
-fn restore_container(image: &str, names: &Names) -> Container {
+fn restore_container(cluster: &MetaStoreCluster, names: &Names) -> Container {
     let secret = names.restore_secret();
     let mut env = vec![
         env_from_field("POD_NAME", "metadata.name"),
@@ -182,12 +200,16 @@ fn restore_container(image: &str, names: &Names) -> Container {
         env.push(env_from_optional_secret(key, &secret, key));
     }
     Container {
-        name: "restore".to_string(),
-        image: Some(image.to_string()),
+        name: RESTORE_CONTAINER.to_string(),
+        image: Some(image(cluster)),
         command: Some(vec!["metastore-operator".to_string(), "fetch-backup".to_string()]),
         env: Some(env),
+        // Held to the member's own limits (a namespace's quota may require some).
+        resources: cluster.spec.resources.clone(),
         volume_mounts: Some(vec![data_mount()]),
         security_context: Some(restricted()),
+        // Why a fetch failed, in the pod's status, where the operator reports it from.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
     }
 }
@@ -239,11 +261,6 @@ pub fn stateful_set(
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    init_containers: cluster
-                        .spec
-                        .restore
-                        .as_ref()
-                        .map(|_| vec![restore_container(&image(cluster), &names)]),
                     containers: vec![container(cluster, &names, peer_auth)],
                     affinity: Some(cluster.spec.affinity.clone().unwrap_or_else(|| spread_affinity(&names))),
                     tolerations: Some(cluster.spec.tolerations.clone()).filter(|t| !t.is_empty()),
@@ -316,10 +333,8 @@ mod tests {
         assert!(pod.init_containers.is_none(), "nothing to fetch for a new, empty cluster");
         assert!(!env_of(&plain).contains_key("METASTORE_RESTORE_FROM"));
 
-        let mut restored = cluster(3);
-        restored.spec.restore =
-            Some(serde_json::from_value(serde_json::json!({"backup": "nightly"})).expect("spec"));
-        let sts = stateful_set(&restored, 3, true).expect("builds");
+        let mut sts = plain.clone();
+        start_from_backup(&mut sts, &cluster(3)).expect("builds");
         assert_eq!(env_of(&sts)["METASTORE_RESTORE_FROM"], "/var/lib/metastore/restore.snapshot");
         let pod = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod");
         let init = &pod.init_containers.as_ref().expect("init containers")[0];
