@@ -301,6 +301,13 @@ impl Client {
         self.send_json(&url, req).await
     }
 
+    /// Hands leadership to voter `id`; asked of the leader, it returns once `id` leads.
+    pub async fn transfer_leadership(&self, id: u64) -> Result<TransferLeaderResponse, ClientError> {
+        let url = format!("{}/v1/cluster/leader", self.base);
+        let req = self.admin(Method::POST, &url).json(&TransferLeaderRequest { id });
+        self.send_json(&url, req).await
+    }
+
     /// Removes a member (voter or learner) from the cluster.
     pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, ClientError> {
         let url = format!("{}/v1/cluster/members/{id}", self.base);

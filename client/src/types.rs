@@ -113,6 +113,9 @@ pub struct ClusterStatus {
     pub cluster_id: String,
     /// The member answering.
     pub member_id: u64,
+    /// The release the answering member runs (empty from a member older than the field).
+    #[serde(default)]
+    pub version: String,
     /// The identity of the answering member's storage; changes when its data is lost.
     pub incarnation: String,
     /// The leader this member currently follows, if any.
@@ -131,6 +134,18 @@ pub struct ClusterStatus {
     /// Per member: the last log index known to be replicated there (leader only).
     pub replication: Option<Vec<ReplicationStatus>>,
     pub members: Vec<MemberStatus>,
+}
+
+/// Body of `POST /v1/cluster/leader`, asked of the leader: hand leadership to voter `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderRequest {
+    pub id: u64,
+}
+
+/// Answer of `POST /v1/cluster/leader`: the member that leads now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderResponse {
+    pub leader_id: u64,
 }
 
 /// How far the leader knows a member's log to be.

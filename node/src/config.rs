@@ -300,6 +300,8 @@ pub struct NodeConfig {
     pub auto_compaction: Option<AutoCompaction>,
     /// How often a watch that asked for progress notifications gets one.
     pub watch_progress_every: Duration,
+    /// The release this member reports (`GET /v1/cluster`).
+    pub version: &'static str,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -478,6 +480,7 @@ impl Args {
             },
             auto_compaction: auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?,
             watch_progress_every: self.watch_progress_notify_interval,
+            version: crate::VERSION,
         })
     }
 }

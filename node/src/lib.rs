@@ -14,11 +14,16 @@
 //! - [`grpc`]: etcd's v3 gRPC API, beside the HTTP API on the client port.
 //! - [`listener`]: serving HTTP/1.1 and HTTP/2 within connection and header-time limits.
 //! - [`server`]: starting, bootstrapping and stopping a member.
+//! - [`cli`]: the `metastore` command line.
 
 // The etcd API's membership calls nest the service layer's futures deeply.
 #![recursion_limit = "256"]
 
+/// This build's release.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod grpc;

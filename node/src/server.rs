@@ -168,7 +168,15 @@ pub async fn run(
         raft::hold_elections_until(&raft, until);
     }
     let compactor = storage::Compactor::start(&reader);
-    let service = Service::new(id, member.clone(), raft.clone(), reader, peers, config.raft.read_lease());
+    let service = Service::new(
+        id,
+        member.clone(),
+        raft.clone(),
+        reader,
+        peers,
+        config.raft.read_lease(),
+        config.version,
+    );
 
     // Bootstrap before serving peer traffic, so that no leader's append can reach this member
     // between the pristine check and its own initialization.

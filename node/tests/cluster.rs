@@ -619,3 +619,33 @@ async fn with_a_slow_election() -> (Cluster, u64, u64) {
 fn utf8(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("utf-8")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_hands_leadership_to_a_voter_its_token_holders_name() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let cluster = Cluster::start(3, &["--peer-token", TOKEN]);
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let status = cluster.status(leader).await;
+    assert_eq!(status.version, env!("CARGO_PKG_VERSION"), "each member reports its release");
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let admin = |id| cluster.node(id).client().with_token(TOKEN);
+
+    let refused = cluster.node(leader).client().transfer_leadership(follower).await.expect_err("no token");
+    assert_eq!(refused.status(), Some(401));
+    let refused = admin(follower).transfer_leadership(leader).await.expect_err("asked of a follower");
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    let refused = admin(leader).transfer_leadership(9).await.expect_err("no such voter");
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    let refused = admin(leader).transfer_leadership(leader).await.expect_err("itself");
+    assert_eq!(refused.status(), Some(400), "{refused}");
+
+    let written = put(&cluster.node(leader).client(), "before", "handover").await.expect("put");
+    let answer = admin(leader).transfer_leadership(follower).await.expect("handed over");
+    assert_eq!(answer.leader_id, follower);
+    assert_eq!(cluster.wait_for_leader(ELECTION).await, follower, "every member follows the new leader");
+    let read = cluster.node(follower).client().get("before", Consistency::Linearizable).await.expect("get");
+    assert_eq!(read.map(|kv| kv.mod_revision), Some(written), "nothing lost in the handover");
+    put(&cluster.node(leader).client(), "after", "handover")
+        .await
+        .expect("writes go on through the old leader");
+}

@@ -1,4 +1,5 @@
-//! Cluster status and membership: `/v1/cluster`, `/v1/cluster/init`, `/v1/cluster/members`.
+//! Cluster status, membership and leadership: `/v1/cluster`, `/v1/cluster/init`,
+//! `/v1/cluster/members`, `/v1/cluster/leader`.
 //!
 //! Status is open to every client. Changing the membership is not, on a member that has a peer
 //! token ([`super::admin`]).
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use metastore_client::{
     AddMemberRequest, ClusterStatus, InitRequest, MemberRole, MemberStatus, MembershipResponse,
-    ReplicationStatus,
+    ReplicationStatus, TransferLeaderRequest, TransferLeaderResponse,
 };
 use warp::reply::{Reply, Response};
 use warp::Filter;
@@ -19,7 +20,7 @@ use super::error::ApiError;
 use super::input::{body, parse_json};
 use super::query::{params, Query};
 use crate::network::PeerToken;
-use crate::service::{MemberView, Role, Service};
+use crate::service::{MemberView, Role, Service, TransferError};
 use crate::types::{Member, MembershipChange, NodeId};
 
 pub fn routes(
@@ -59,10 +60,16 @@ pub fn routes(
         .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Promote { id }, s)));
     let remove = warp::delete()
         .and(warp::path!("v1" / "cluster" / "members" / NodeId))
-        .and(admin)
-        .and(svc)
+        .and(admin.clone())
+        .and(svc.clone())
         .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Remove { id }, s)));
-    status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify()
+    let leader = warp::post()
+        .and(warp::path!("v1" / "cluster" / "leader"))
+        .and(admin)
+        .and(body())
+        .and(svc)
+        .then(|admitted, body, s| guarded(admitted, transfer_leadership(body, s)));
+    status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify().or(leader).unify()
 }
 
 fn member_status(view: MemberView) -> MemberStatus {
@@ -83,6 +90,7 @@ pub fn status(service: &Service) -> ClusterStatus {
     ClusterStatus {
         cluster_id: format!("{:016x}", service.reader().cluster_id()),
         member_id: view.member_id,
+        version: service.version().to_string(),
         incarnation: view.incarnation,
         leader_id: view.leader,
         term: view.term,
@@ -148,6 +156,19 @@ async fn add_member(body: Result<Bytes, ApiError>, service: Service) -> Result<R
     let request: AddMemberRequest = parse_json(&body?)?;
     let (id, member) = member_of(&request)?;
     change(MembershipChange::AddLearner { id, member }, service).await
+}
+
+async fn transfer_leadership(body: Result<Bytes, ApiError>, service: Service) -> Result<Response, ApiError> {
+    let request: TransferLeaderRequest = parse_json(&body?)?;
+    service.transfer_leadership(request.id).await.map_err(|e| {
+        let code = match e {
+            TransferError::NotLeader { .. } => ErrorCode::Conflict,
+            TransferError::BadTransferee(_) => ErrorCode::InvalidMember,
+            TransferError::TimedOut { .. } | TransferError::Raft(_) => ErrorCode::Unavailable,
+        };
+        ApiError::new(code, e.to_string())
+    })?;
+    Ok(warp::reply::json(&TransferLeaderResponse { leader_id: request.id }).into_response())
 }
 
 async fn change(change: MembershipChange, service: Service) -> Result<Response, ApiError> {

@@ -1,8 +1,6 @@
 //! The Maintenance service: status, alarms, defragmentation, checksums, snapshots, leadership
 //! transfer.
 
-use std::time::Duration;
-
 use metastore_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use metastore_etcd_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse,
@@ -16,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{signed, unsigned};
 use super::errors::{status, BAD_LEADER_TRANSFEREE, TIMED_OUT};
 use super::Etcd;
-use crate::service::{Role, ServiceError};
+use crate::service::{Role, ServiceError, TransferError};
 
 /// The etcd release whose API metaStore serves, as `Status` reports it: clients parse it to
 /// decide what the server can do (Kubernetes does, to turn features on).
@@ -24,9 +22,6 @@ pub const ETCD_VERSION: &str = "3.4.31";
 
 /// Snapshot bytes per message: well under the 4 MiB that gRPC clients accept by default.
 const SNAPSHOT_PIECE_BYTES: usize = 256 * 1024;
-
-/// How long a leadership transfer may take before it is reported as timed out.
-const TRANSFER_WITHIN: Duration = Duration::from_secs(5);
 
 fn storage(e: crate::storage::StoreError) -> Status {
     status(ServiceError::from(e))
@@ -132,19 +127,12 @@ impl Maintenance for Etcd {
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = request.into_inner().target_id;
-        if self.service.metrics().current_leader != Some(self.service.id()) {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        let voter = self.service.members().iter().any(|m| m.id == target && m.role == Role::Voter);
-        if !voter || target == self.service.id() {
-            return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
-        }
-        let raft = self.service.raft();
-        raft.trigger().transfer_leader(target).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        raft.wait(Some(TRANSFER_WITHIN))
-            .current_leader(target, "leadership transfer")
-            .await
-            .map_err(|_| Status::unavailable(TIMED_OUT))?;
+        self.service.transfer_leadership(target).await.map_err(|e| match e {
+            TransferError::NotLeader { .. } => Status::failed_precondition("etcdserver: not leader"),
+            TransferError::BadTransferee(_) => Status::failed_precondition(BAD_LEADER_TRANSFEREE),
+            TransferError::TimedOut { .. } => Status::unavailable(TIMED_OUT),
+            TransferError::Raft(e) => Status::unavailable(e),
+        })?;
         Ok(Response::new(MoveLeaderResponse { header: Some(self.header(self.current_revision())) }))
     }
 }

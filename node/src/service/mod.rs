@@ -14,6 +14,7 @@ mod batcher;
 mod bootstrap;
 mod error;
 mod forward;
+mod leadership;
 pub mod leases;
 mod membership;
 mod proposal;
@@ -38,6 +39,7 @@ use forward::{WriteWaiter, REQUEST_DEADLINE};
 use reads::{ReadConfirmation, ReadIndexWaiter};
 
 pub use error::ServiceError;
+pub use leadership::TransferError;
 pub use membership::PEER_URL_EXISTS;
 pub use reads::ReadConsistency;
 pub use status::{ClusterView, MemberView, Role, State};
@@ -71,6 +73,8 @@ struct Shared {
     writes: mpsc::Sender<WriteWaiter>,
     /// When leases expire, while this member leads (see [`leases`]).
     lessor: std::sync::Mutex<crate::lessor::Lessor>,
+    /// The release this member runs, as it reports it.
+    version: &'static str,
 }
 
 impl Service {
@@ -84,6 +88,7 @@ impl Service {
         reader: KvReader,
         peers: PeerClient,
         lease: Option<Duration>,
+        version: &'static str,
     ) -> Self {
         let batcher = WriteBatcher::start(id, raft.clone());
         let confirmation = ReadConfirmation::new(lease);
@@ -102,6 +107,7 @@ impl Service {
             reads,
             writes,
             lessor: Default::default(),
+            version,
         };
         let service = Self { inner: Arc::new(shared) };
         tokio::spawn(reads::share_read_index(service.clone(), waiting_reads));
@@ -111,6 +117,11 @@ impl Service {
 
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// The release this member runs.
+    pub fn version(&self) -> &'static str {
+        self.inner.version
     }
 
     /// This member as it advertises itself.
