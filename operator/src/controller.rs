@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -23,6 +23,7 @@ use crate::executor::{self, MemberDirectory};
 use crate::membership::{self, Removal, Step};
 use crate::metrics::Metrics;
 use crate::resources::{self, volumes, Names};
+use crate::rollout::{self, PodState, Roll};
 use crate::{backup, status, Error};
 
 /// The field manager of everything the operator applies.
@@ -510,6 +511,13 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     if let Some(notice) = notice(&step, &outcome) {
         event(&ctx, &cluster, &names, notice).await;
     }
+    // A changed template rolls through the members only while the membership is settled.
+    let roll = match (&step, &outcome, &current) {
+        (Step::Done, Ok(()), Some(live)) => {
+            roll(&ctx, &cluster, &names, live, &observation, directory, peer_auth).await?
+        }
+        _ => Roll::Done,
+    };
 
     let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -519,6 +527,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         new_status.bootstrapped = true;
     }
     new_status.backups = backups;
+    status::record_roll(&mut new_status, &roll, &previous, &now);
     if let Some(restore) = restore.status().cloned() {
         let was = cluster.status.as_ref().and_then(|s| s.restore.as_ref());
         if was.map(|r| (r.phase, &r.message)) != Some((restore.phase, &restore.message)) {
@@ -531,12 +540,94 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
     write_status(&ctx, &cluster, &new_status).await?;
 
     outcome?;
-    let requeue = match step {
-        Step::Done => IDLE_REQUEUE,
+    let requeue = match (&step, &roll) {
+        (Step::Done, Roll::Done) => IDLE_REQUEUE,
         _ => BUSY_REQUEUE,
     };
     // Woken for the next scheduled backup, if that comes first (never busier than every 2 s).
     Ok(Action::requeue(backups_due_in.map_or(requeue, |due| requeue.min(due.max(BUSY_REQUEUE)))))
+}
+
+/// One step of rolling the StatefulSet's current template through the members (see
+/// [`rollout`]), given the `live` StatefulSet as this pass found it: what was done, or why not.
+/// No API call while every pod runs the current template.
+async fn roll(
+    ctx: &Context,
+    cluster: &MetaStoreCluster,
+    names: &Names,
+    live: &StatefulSet,
+    observation: &executor::Observation,
+    directory: &dyn MemberDirectory,
+    peer_auth: bool,
+) -> Result<Roll, Error> {
+    let Some(status) = live.status.as_ref() else { return Ok(Roll::Done) };
+    if status.observed_generation < live.metadata.generation {
+        return Ok(Roll::Wait("the StatefulSet controller has yet to see the new template".into()));
+    }
+    if status.updated_replicas.unwrap_or(0) >= status.replicas {
+        return Ok(Roll::Done);
+    }
+    let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &names.namespace);
+    let selector = resources::selector_string(names);
+    let listed =
+        pods_api.list(&kube::api::ListParams::default().labels(&selector)).await.map_err(Error::Kube)?;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let pods: Vec<PodState> = listed.items.iter().filter_map(|p| PodState::of(p, names, now)).collect();
+    let step = rollout::plan(status.update_revision.as_deref(), &pods, &observation.observed);
+    tracing::info!(cluster = %names.cluster, ?step, "rolling");
+    let member_notice = |reason, action, note: String, id| Notice {
+        type_: EventType::Normal,
+        reason,
+        action,
+        note,
+        member: Some(id),
+    };
+    match &step {
+        Roll::Restart { id } => {
+            match pods_api.delete(&names.pod(*id), &kube::api::DeleteParams::default()).await {
+                Ok(_) => {}
+                // Gone already: the StatefulSet makes it anew all the same.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(Error::Kube(e)),
+            }
+            let note = format!("restarting member {id} on the current template");
+            event(ctx, cluster, names, member_notice("MemberRestarted", "Roll", note, *id)).await;
+        }
+        Roll::TransferLeadership { from, to } => {
+            let mut client = metastore_client::Client::new(directory.client_url(*from));
+            if peer_auth {
+                client = client.with_token(
+                    read_peer_token(&Api::namespaced(ctx.client.clone(), &names.namespace), names).await?,
+                );
+            }
+            match client.transfer_leadership(*to).await {
+                Ok(_) => {
+                    let note = format!("member {from} handed leadership to member {to} before its restart");
+                    event(ctx, cluster, names, member_notice("LeadershipTransferred", "Roll", note, *to))
+                        .await;
+                }
+                // Tried again next pass, from what is observed then.
+                Err(e) => {
+                    let note = format!("member {from} could not hand leadership to member {to}: {e}");
+                    event(
+                        ctx,
+                        cluster,
+                        names,
+                        Notice {
+                            member: Some(*from),
+                            ..Notice::warning("LeadershipTransferFailed", "Roll", note)
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+        Roll::Halt(why) => {
+            event(ctx, cluster, names, Notice::warning("RollHalted", "Roll", why.clone())).await
+        }
+        Roll::Wait(_) | Roll::Done => {}
+    }
+    Ok(step)
 }
 
 /// Failed reconciles are retried after a pause; the next pass starts from what it observes.

@@ -167,6 +167,8 @@ pub enum Phase {
     Running,
     /// Members are being added or removed.
     Scaling,
+    /// A changed pod template (a new image) is rolling through the members.
+    Upgrading,
     /// A leader serves but some member is unhealthy, or a step was refused.
     Degraded,
     /// No leader or no quorum can be observed.
@@ -192,6 +194,9 @@ pub struct MemberState {
     pub healthy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
+    /// The release the member runs, as it reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// What the operator observed, from the members themselves.

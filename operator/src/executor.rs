@@ -198,6 +198,7 @@ mod tests {
         ClusterStatus {
             cluster_id: String::new(),
             member_id: id,
+            version: String::new(),
             incarnation: String::new(),
             leader_id: leader,
             term,

@@ -10,6 +10,7 @@ pub mod membership;
 pub mod metrics;
 pub mod rbac;
 pub mod resources;
+pub mod rollout;
 pub mod status;
 
 /// Why a reconcile failed.

@@ -188,6 +188,24 @@ pub fn plan(desired: i32, observed: &Observed) -> Step {
     Step::Done
 }
 
+/// Members for other modules' tests.
+#[cfg(test)]
+pub mod fixtures {
+    use super::RaftMember;
+    use crate::crd::MemberRole;
+
+    /// Voters 1, 2, ... healthy as `healthy` says.
+    pub fn voters(healthy: &[bool]) -> Vec<RaftMember> {
+        let voter = |(i, healthy): (usize, &bool)| RaftMember {
+            id: i as u64 + 1,
+            role: MemberRole::Voter,
+            healthy: *healthy,
+            replaced_storage: false,
+        };
+        healthy.iter().enumerate().map(voter).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,13 @@ use crate::crd::{MemberRole, MemberState, MetaStoreClusterStatus, Phase, Restore
 use crate::executor::Observation;
 use crate::membership::Step;
 use crate::resources::Names;
+use crate::rollout::Roll;
 
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Every member runs the StatefulSet's current template.
+pub const UPDATED: &str = "Updated";
 /// Only on clusters started from a backup.
 pub const RESTORED: &str = "Restored";
 
@@ -62,6 +65,27 @@ fn step_message(step: &Step) -> String {
         Step::Remove { id, why } => format!("removing member {id} ({why:?})"),
         Step::Wait(why) | Step::Refuse(why) => why.clone(),
         Step::Done => "raft membership matches the spec".to_string(),
+    }
+}
+
+/// Records a rollout step in `status`: the `Updated` condition, and the phase while it rolls.
+pub fn record_roll(status: &mut MetaStoreClusterStatus, roll: &Roll, previous: &[Condition], now: &Time) {
+    let generation = status.observed_generation;
+    let (holds, reason, message) = match roll {
+        Roll::Done => (true, "UpToDate", "every member runs the current template".to_string()),
+        Roll::Restart { id } => (false, "Rolling", format!("restarting member {id} on the current template")),
+        Roll::TransferLeadership { from, to } => {
+            (false, "Rolling", format!("member {from} hands leadership to member {to} before its restart"))
+        }
+        Roll::Wait(why) => (false, "Rolling", why.clone()),
+        Roll::Halt(why) => (false, "RollHalted", why.clone()),
+    };
+    status.conditions.push(condition(previous, UPDATED, holds, reason, message, generation, now));
+    if !holds && status.phase == Some(Phase::Running) {
+        status.phase = Some(Phase::Upgrading);
+    }
+    if matches!(roll, Roll::Halt(_)) {
+        status.phase = Some(Phase::Degraded);
     }
 }
 
@@ -160,6 +184,7 @@ pub fn build(
             role: m.role,
             healthy: m.healthy,
             applied_index: observation.statuses.get(&m.id).and_then(|s| s.applied_index),
+            version: observation.statuses.get(&m.id).map(|s| s.version.clone()).filter(|v| !v.is_empty()),
         })
         .collect();
 
@@ -184,7 +209,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::{Observed, PodView, RaftMember, Removal};
+    use crate::membership::{Observed, PodView, Removal};
     use metastore_client::ClusterStatus;
     use std::collections::BTreeMap;
 
@@ -200,6 +225,7 @@ mod tests {
         ClusterStatus {
             cluster_id: String::new(),
             member_id: id,
+            version: String::new(),
             incarnation: format!("inc-{id}"),
             leader_id: leader,
             term: 4,
@@ -216,16 +242,7 @@ mod tests {
     }
 
     fn observation(healthy: &[bool]) -> Observation {
-        let members: Vec<RaftMember> = healthy
-            .iter()
-            .enumerate()
-            .map(|(i, h)| RaftMember {
-                id: i as u64 + 1,
-                role: MemberRole::Voter,
-                healthy: *h,
-                replaced_storage: false,
-            })
-            .collect();
+        let members = crate::membership::fixtures::voters(healthy);
         let pods = members
             .iter()
             .map(|m| PodView { id: m.id, reachable: m.healthy, initialized: m.healthy })

@@ -1,4 +1,4 @@
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
@@ -253,6 +253,13 @@ pub fn stateful_set(
             // Members start in join mode and wait to be added, so none needs another to be
             // ready first; parallel start makes bootstrap and recovery faster.
             pod_management_policy: Some("Parallel".to_string()),
+            // Pods take a new template only when the operator restarts them, one at a time,
+            // followers first (`rollout`): the StatefulSet's own rolling update ignores
+            // member health and may restart the leader first.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                ..Default::default()
+            }),
             selector: LabelSelector { match_labels: Some(selector_labels(&names)), ..Default::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
