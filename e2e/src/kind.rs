@@ -49,6 +49,10 @@ impl Provider for Kind {
         Err("the operator runs in a pod, which cannot reach the test's 127.0.0.1")
     }
 
+    fn runs_other_releases(&self) -> Result<(), &'static str> {
+        Err("kind is loaded with this build's image only, and the test cannot resolve pod names")
+    }
+
     fn kube(&self) -> kube::Client {
         self.client.clone()
     }

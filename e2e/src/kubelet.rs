@@ -42,11 +42,13 @@ struct RunningPod {
     name: String,
     ip: Ipv4Addr,
     hostnames: Vec<String>,
-    command: Vec<String>,
+    launch: Launch,
     env: Vec<(String, String)>,
     process: Process,
     ready: bool,
     restarts: i32,
+    /// The restarts the pod's status shows.
+    reported_restarts: i32,
 }
 
 /// What the kubelet is running, shared with the test for inspection.
@@ -261,7 +263,7 @@ impl Kubelet {
             let Some(secrets) = self.secret_values(init).await? else { return Ok(()) };
             let env = container_env(init, pod, ip, &volumes, &secrets);
             let log = self.dir.join(format!("{name}-{}.log", init.name));
-            let mut process = self.binaries.command(&command_of(init), &env)?;
+            let mut process = self.binaries.command(&Launch::of(init), &env)?;
             process
                 .stdout(std::fs::File::create(&log)?)
                 .stderr(std::fs::File::create(log.with_extension("err"))?);
@@ -281,10 +283,10 @@ impl Kubelet {
         let Some(secrets) = self.secret_values(container).await? else { return Ok(()) };
         let mut env = container_env(container, pod, ip, &volumes, &secrets);
         env.push(("HOSTNAME".into(), hostname));
-        let command = command_of(container);
+        let launch = Launch::of(container);
         self.hosts.add(ip, &hostnames)?;
         let log = self.dir.join(format!("{name}.log"));
-        let process = spawn_member(&self.binaries, &command, &env, &log)?;
+        let process = spawn_member(&self.binaries, &launch, &env, &log)?;
         eprintln!("kubelet: started {name} at {ip} (pid {})", process.id());
         self.pods.lock().await.running.insert(
             uid.to_string(),
@@ -292,11 +294,12 @@ impl Kubelet {
                 name: name.clone(),
                 ip,
                 hostnames,
-                command,
+                launch,
                 env,
                 process,
                 ready: false,
                 restarts: 0,
+                reported_restarts: 0,
             },
         );
         self.report(&name, ip, false, 0).await
@@ -304,23 +307,25 @@ impl Kubelet {
 
     /// Restarts a member that exited (restartPolicy Always) and reports readiness changes.
     async fn tend(&mut self, uid: &str) -> anyhow::Result<()> {
-        let (name, ip, was_ready, restarts, url) = {
+        let (name, ip, was_ready, restarts, reported, url) = {
             let mut pods = self.pods.lock().await;
             let Some(pod) = pods.running.get_mut(uid) else { return Ok(()) };
             if let Some(status) = pod.process.exited() {
                 eprintln!("kubelet: {} exited ({status}); restarting", pod.name);
                 let log = self.dir.join(format!("{}.log", pod.name));
-                pod.process = spawn_member(&self.binaries, &pod.command, &pod.env, &log)?;
+                pod.process = spawn_member(&self.binaries, &pod.launch, &pod.env, &log)?;
                 pod.restarts += 1;
             }
-            (pod.name.clone(), pod.ip, pod.ready, pod.restarts, format!("http://{}:12380", pod.ip))
+            let url = format!("http://{}:12380", pod.ip);
+            (pod.name.clone(), pod.ip, pod.ready, pod.restarts, pod.reported_restarts, url)
         };
         let member = metastore_client::Client::new(url);
         let ready =
             matches!(tokio::time::timeout(Duration::from_secs(2), member.ready()).await, Ok(Ok(true)));
-        if ready != was_ready {
+        if ready != was_ready || restarts != reported {
             if let Some(pod) = self.pods.lock().await.running.get_mut(uid) {
                 pod.ready = ready;
+                pod.reported_restarts = restarts;
             }
             self.report(&name, ip, ready, restarts).await?;
         }
@@ -361,22 +366,27 @@ impl Kubelet {
     }
 }
 
-/// The binaries of the image, as this build made them.
+/// The binaries of the images, as this build made them.
 #[derive(Debug, Clone)]
 pub struct Binaries {
+    /// The member, in every image but those of `images`.
     pub metastore: PathBuf,
     pub operator: PathBuf,
+    /// The member binary of other images by name (`metastore:next`, a later release, say).
+    pub images: BTreeMap<String, PathBuf>,
 }
 
 impl Binaries {
     /// The container's command, with the image's binaries mapped to this build's, and only
     /// the container's environment. The image's entrypoint is `metastore`.
-    fn command(&self, command: &[String], env: &[(String, String)]) -> anyhow::Result<Command> {
+    fn command(&self, launch: &Launch, env: &[(String, String)]) -> anyhow::Result<Command> {
+        let command = &launch.command;
         let program = command.first().map(String::as_str).map(|p| p.rsplit('/').next().unwrap_or(p));
+        let member = self.images.get(&launch.image).unwrap_or(&self.metastore);
         let (binary, args) = match program {
-            Some("metastore") => (&self.metastore, &command[1..]),
+            Some("metastore") => (member, &command[1..]),
             Some("metastore-operator") => (&self.operator, &command[1..]),
-            None => (&self.metastore, command),
+            None => (member, &command[..]),
             Some(other) => anyhow::bail!("the image has no `{other}`"),
         };
         let mut process = Command::new(binary);
@@ -385,18 +395,28 @@ impl Binaries {
     }
 }
 
-/// A container's command and arguments.
-fn command_of(container: &Container) -> Vec<String> {
-    container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect()
+/// What a container runs: its image, command and arguments.
+#[derive(Debug, Clone)]
+struct Launch {
+    image: String,
+    command: Vec<String>,
+}
+
+impl Launch {
+    fn of(container: &Container) -> Self {
+        let command =
+            container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect();
+        Self { image: container.image.clone().unwrap_or_default(), command }
+    }
 }
 
 fn spawn_member(
     binaries: &Binaries,
-    command: &[String],
+    launch: &Launch,
     env: &[(String, String)],
     log: &Path,
 ) -> anyhow::Result<Process> {
-    Ok(Process::spawn("metastore", binaries.command(command, env)?, log)?)
+    Ok(Process::spawn("metastore", binaries.command(launch, env)?, log)?)
 }
 
 /// The container's environment as the kubelet would give it: literal values with `$(VAR)`

@@ -3,6 +3,7 @@
 //! running as a process with the ServiceAccount identity (and so exactly the RBAC) the chart
 //! grants it, and a stand-in kubelet running the members' pods as local `metastore` processes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio::sync::Mutex;
 use crate::control_plane::{self, ControlPlane, Options};
 use crate::kubelet::{Binaries, Kubelet, Pods};
 use crate::sandbox::{self, HostsFile};
-use crate::scenarios::{eventually, Provider};
+use crate::scenarios::{self, eventually, Provider};
 use crate::store::StoreKind;
 use metastore_testkit::{free_port, workspace_binary, Process};
 
@@ -35,6 +36,8 @@ pub struct Prerequisites {
     helm: PathBuf,
     metastore: PathBuf,
     operator: PathBuf,
+    /// The member's next release (`metastore-next`).
+    next: PathBuf,
     store: StoreKind,
 }
 
@@ -55,7 +58,8 @@ impl Prerequisites {
         }
         let metastore = workspace_binary("metastore")?;
         let operator = workspace_binary("metastore-operator")?;
-        Ok(Self { k8s_bin, helm, metastore, operator, store })
+        let next = workspace_binary("metastore-next")?;
+        Ok(Self { k8s_bin, helm, metastore, operator, next, store })
     }
 }
 
@@ -112,7 +116,15 @@ impl Local {
         let kubelet = Kubelet::new(
             admin.clone(),
             CLUSTER_NAMESPACE,
-            Binaries { metastore: prerequisites.metastore.clone(), operator: prerequisites.operator.clone() },
+            Binaries {
+                metastore: prerequisites.metastore.clone(),
+                operator: prerequisites.operator.clone(),
+                images: BTreeMap::from([
+                    (scenarios::NEXT_IMAGE.to_string(), prerequisites.next.clone()),
+                    // A release whose member exits at once.
+                    (scenarios::BROKEN_IMAGE.to_string(), PathBuf::from("/bin/false")),
+                ]),
+            },
             kubelet_dir,
             hosts,
         );
@@ -224,6 +236,12 @@ impl Local {
 impl Provider for Local {
     fn operator_reaches_test_loopback(&self) -> Result<(), &'static str> {
         // The operator is a process beside the test, in the same network namespace.
+        Ok(())
+    }
+
+    fn runs_other_releases(&self) -> Result<(), &'static str> {
+        // The kubelet maps the images to this build's binaries, and the hosts file resolves
+        // the members' names for the test too.
         Ok(())
     }
 

@@ -17,6 +17,9 @@ use metastore_operator::backup::{
     BackupPhase, Credentials, MetaStoreBackup, MetaStoreBackupStatus, S3Destination,
 };
 use metastore_operator::crd::{MetaStoreCluster, RestorePhase};
+use metastore_robustness::checker::{self, Verdict};
+use metastore_robustness::member::{Member, Protocol};
+use metastore_robustness::workload::{ClientTask, Recorder, Workload};
 use metastore_testkit::s3::{self, S3Server};
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -41,7 +44,17 @@ pub trait Provider {
     /// Whether the operator reaches a server the test listens for on 127.0.0.1 (the S3 server
     /// of the backup scenario); why not, if it does not.
     fn operator_reaches_test_loopback(&self) -> Result<(), &'static str>;
+    /// Images of a later release ([`NEXT_IMAGE`]) and of a broken one ([`BROKEN_IMAGE`]) for
+    /// the upgrade scenario, and member DNS names the test resolves; why not, if not.
+    fn runs_other_releases(&self) -> Result<(), &'static str>;
 }
+
+/// The image of the member's next release: this build under another version string
+/// (`metastore-next`, which reports [`NEXT_VERSION`]).
+pub const NEXT_IMAGE: &str = "metastore:next";
+pub const NEXT_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "-next");
+/// The image of a release whose member exits as soon as it starts.
+pub const BROKEN_IMAGE: &str = "metastore:broken";
 
 const CLUSTER: &str = "demo";
 /// Long enough for a membership step per member on a loaded 2-core machine; a bug shows up as
@@ -226,6 +239,7 @@ pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
     one_cluster_lifecycle(&*p, &mut ledger).await?;
     backups_to_object_storage(&*p, &ledger).await?;
     paused_cluster_is_left_alone(&*p, &ledger).await?;
+    upgraded_one_member_at_a_time(&*p, &ledger).await?;
     operator_restarted_mid_scale(p, &mut ledger).await?;
     uninstall(p).await
 }
@@ -607,6 +621,200 @@ async fn paused_cluster_is_left_alone<P: Provider>(p: &P, ledger: &Ledger) -> an
     scale(p, 3).await?;
     converged(p, 3).await?;
     Ok(())
+}
+
+/// A new image rolls through the members one at a time under the operator's control while
+/// clients read, write and compare-and-swap under the robustness checker: linearizable, no
+/// acknowledged write lost, a majority of members ready throughout. A broken release halts the
+/// roll after its first member; setting the previous image back rolls that member back.
+async fn upgraded_one_member_at_a_time<P: Provider>(p: &P, ledger: &Ledger) -> anyhow::Result<()> {
+    if let Err(why) = p.runs_other_releases() {
+        say(&format!("upgrades: SKIPPED: {why}"));
+        return Ok(());
+    }
+    let names =
+        metastore_operator::resources::Names { cluster: CLUSTER.into(), namespace: p.namespace().into() };
+    let leader_before = raft_status(p).await?.leader_id.context("no leader")?;
+    let load = Load::start(&names)?;
+    let watch = ReadyWatch::start(&names);
+    say(&format!("roll {CLUSTER} onto {NEXT_IMAGE} under load (member {leader_before} leads)"));
+    set_image(p, NEXT_IMAGE).await?;
+    eventually(&format!("every member runs {NEXT_VERSION}"), CONVERGE, || async {
+        p.check_environment()?;
+        let status = clusters(p).get(CLUSTER).await?.status.unwrap_or_default();
+        let versions: Vec<_> = status.members.iter().map(|m| m.version.clone().unwrap_or_default()).collect();
+        anyhow::ensure!(
+            versions.len() == 3 && versions.iter().all(|v| v == NEXT_VERSION),
+            "versions {versions:?}"
+        );
+        let updated = status.conditions.iter().find(|c| c.type_ == "Updated").map(|c| c.status.clone());
+        anyhow::ensure!(updated.as_deref() == Some("True"), "Updated: {updated:?}");
+        Ok(())
+    })
+    .await?;
+    converged(p, 3).await?;
+    recorded(p, "LeadershipTransferred", &format!("member {leader_before} handed leadership")).await?;
+    let restarted = restarts_in_order(p).await?;
+    anyhow::ensure!(
+        restarted.len() == 3 && restarted.last() == Some(&leader_before),
+        "members restarted in the order {restarted:?}: the leader ({leader_before}) goes last"
+    );
+    let min_ready = watch.stop().await;
+    anyhow::ensure!(min_ready >= 2, "at one point only {min_ready} of 3 members were ready");
+    load.stop_and_check(&names).await?;
+    ledger.verify(p).await?;
+    say(&format!("rolled in the order {restarted:?}, at least {min_ready} of 3 members ready throughout"));
+
+    say(&format!("roll onto {BROKEN_IMAGE}, a release whose member cannot start: the roll halts"));
+    set_image(p, BROKEN_IMAGE).await?;
+    recorded(p, "RollHalted", "the roll is halted").await?;
+    eventually("the halt is in the status", CONVERGE, || async {
+        let status = clusters(p).get(CLUSTER).await?.status.unwrap_or_default();
+        let updated = status.conditions.iter().find(|c| c.type_ == "Updated");
+        anyhow::ensure!(updated.is_some_and(|c| c.reason == "RollHalted"), "Updated: {updated:?}");
+        Ok(())
+    })
+    .await?;
+    let client = Client::new(p.service_url(CLUSTER).await?);
+    client.put("e2e/while-halted", b"writable".to_vec(), None).await.context("a write while halted")?;
+    let healthy = clusters(p).get(CLUSTER).await?.status.unwrap_or_default().members;
+    anyhow::ensure!(
+        healthy.iter().filter(|m| m.healthy).count() == 2,
+        "only the first member rolled onto the broken release: {healthy:?}"
+    );
+    say(&format!("set {NEXT_IMAGE} back: the broken member rolls back"));
+    set_image(p, NEXT_IMAGE).await?;
+    converged(p, 3).await?;
+    eventually("the roll back is done", CONVERGE, || async {
+        let status = clusters(p).get(CLUSTER).await?.status.unwrap_or_default();
+        let updated = status.conditions.iter().find(|c| c.type_ == "Updated").map(|c| c.status.clone());
+        anyhow::ensure!(updated.as_deref() == Some("True"), "Updated: {updated:?}");
+        Ok(())
+    })
+    .await?;
+    ledger.verify(p).await
+}
+
+async fn set_image<P: Provider>(p: &P, image: &str) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"spec": {"image": image}});
+    clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+/// The members the operator restarted for the last roll, in order, from its Events.
+async fn restarts_in_order<P: Provider>(p: &P) -> anyhow::Result<Vec<u64>> {
+    let events: Api<Event> = Api::namespaced(p.kube(), p.namespace());
+    let mut restarts: Vec<(Option<k8s_openapi::jiff::Timestamp>, u64)> = events
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("MemberRestarted"))
+        .filter_map(|e| {
+            let note = e.note.as_deref()?;
+            let id = note.strip_prefix("restarting member ")?.split(' ').next()?.parse().ok()?;
+            Some((e.event_time.as_ref().map(|t| t.0), id))
+        })
+        .collect();
+    restarts.sort();
+    Ok(restarts.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Clients under the robustness checker, against every member by its DNS name, half over
+/// HTTP and half over etcd's gRPC API.
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    recorder: Recorder,
+}
+
+impl Load {
+    fn start(names: &metastore_operator::resources::Names) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let recorder = Recorder::new();
+        let mut tasks = Vec::new();
+        for id in 0..4 {
+            let protocol = if id % 2 == 0 { Protocol::Http } else { Protocol::Grpc };
+            let members = (1..=3)
+                .map(|m| Member::new(protocol, Client::new(names.client_url(m))))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let task = ClientTask {
+                id,
+                keys: 4,
+                workload: Workload::Mixed,
+                members,
+                recorder: recorder.clone(),
+                seed: 11,
+            };
+            tasks.push(tokio::spawn(task.run(stopped.clone())));
+        }
+        Ok(Self { stop, tasks, recorder })
+    }
+
+    /// Stops the clients, reads every key back and judges the history.
+    async fn stop_and_check(self, names: &metastore_operator::resources::Names) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await?;
+        }
+        let history = self.recorder.history();
+        let acknowledged = history.operations.iter().filter(|o| o.completed.is_some()).count();
+        let keys: Vec<String> = history.by_key().keys().map(|k| k.to_string()).collect();
+        let member = Client::new(names.client_url(1));
+        let mut finals = BTreeMap::new();
+        for key in keys {
+            let value = eventually(&format!("final read of {key}"), CONVERGE, || async {
+                Ok(self.recorder.read_final(&member, &key).await?)
+            })
+            .await?;
+            finals.insert(key, value);
+        }
+        let history = self.recorder.history();
+        let verdict = checker::check(&history);
+        anyhow::ensure!(verdict == Verdict::Linearizable, "the history under the roll: {verdict:?}");
+        let lost = checker::lost_writes(&history, &finals);
+        anyhow::ensure!(lost.is_empty(), "acknowledged writes lost in the roll: {lost:?}");
+        say(&format!(
+            "{} operations ({acknowledged} answered) under the roll: linearizable, none lost",
+            history.operations.len()
+        ));
+        Ok(())
+    }
+}
+
+/// Counts the members answering ready, every 200 ms; the fewest seen.
+struct ReadyWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl ReadyWatch {
+    fn start(names: &metastore_operator::resources::Names) -> Self {
+        let members: Vec<Client> = (1..=3).map(|m| Client::new(names.client_url(m))).collect();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut fewest = members.len();
+            loop {
+                let probes = members.iter().map(|m| tokio::time::timeout(Duration::from_secs(1), m.ready()));
+                let ready = futures::future::join_all(probes)
+                    .await
+                    .into_iter()
+                    .filter(|r| matches!(r, Ok(Ok(true))))
+                    .count();
+                fewest = fewest.min(ready);
+                tokio::select! {
+                    _ = &mut stopped => return fewest,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> usize {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
 }
 
 async fn operator_restarted_mid_scale<P: Provider>(p: &mut P, ledger: &mut Ledger) -> anyhow::Result<()> {
