@@ -18,6 +18,10 @@ use super::snapshot::SnapshotReceiver;
 use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, SnapshotChunk};
 use crate::listener::Upgrade;
 use crate::raft::Raft;
+use crate::types::TypeConfig;
+use openraft::error::RaftError;
+
+type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
 
 /// Append streams a member serves at once, at most: two per leader (replication and
 /// heartbeats), and a leader's close when it steps down.
@@ -152,24 +156,28 @@ impl warp::reject::Reject for Unauthorized {}
 async fn dispatch(rpc: &str, body: &[u8], raft: Raft, work: impl LeaderWork, rpcs: RaftRpcs) -> Response {
     match rpc {
         wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,
-        wire::VOTE_PATH => match rpcs.refuse_votes_until.filter(|until| Instant::now() < *until) {
-            Some(until) => plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "restarted recently: votes for no one for another {:?}, as promised to its leader",
-                    until.saturating_duration_since(Instant::now())
+        wire::VOTE_PATH => {
+            // A vote for the member the leader handed leadership to comes after that leader
+            // stopped leading (openraft turns its lease off and forwards its reads and writes
+            // once it hands over): no read lease of its stands on the promise below.
+            let transfer = wire::decode::<VoteRequest>(body).is_ok_and(|r| r.leadership_transfer);
+            match rpcs.refuse_votes_until.filter(|until| !transfer && Instant::now() < *until) {
+                Some(until) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "restarted recently: votes for no one for another {:?}, as promised to its leader",
+                        until.saturating_duration_since(Instant::now())
+                    ),
                 ),
-            ),
-            None => {
-                answer(body, |mut req: openraft::raft::VoteRequest<crate::types::TypeConfig>| async move {
-                    // Leadership transfer (which skips the promise above) is never used here;
-                    // a request claiming it is treated as an ordinary one.
-                    req.leadership_transfer = false;
-                    raft.vote(req).await
-                })
-                .await
+                None => answer(body, |req: VoteRequest| async move { raft.vote(req).await }).await,
             }
-        },
+        }
+        wire::TRANSFER_LEADER_PATH => {
+            answer(body, |req: openraft::raft::TransferLeaderRequest<TypeConfig>| async move {
+                raft.handle_transfer_leader(req).await.map_err(RaftError::<TypeConfig>::Fatal)
+            })
+            .await
+        }
         wire::SNAPSHOT_PATH => {
             answer(body, |chunk: SnapshotChunk| async move { rpcs.snapshots.receive(&raft, chunk).await })
                 .await

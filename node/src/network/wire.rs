@@ -12,6 +12,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
 pub const APPEND_PATH: &str = "append";
 pub const VOTE_PATH: &str = "vote";
+/// The leader hands leadership to the member it names (`Raft::handle_transfer_leader`).
+pub const TRANSFER_LEADER_PATH: &str = "transfer-leader";
 pub const SNAPSHOT_PATH: &str = "snapshot";
 pub const FORWARD_PATH: &str = "forward";
 /// Upgrades the request's connection to an append stream (see `append_stream`).
