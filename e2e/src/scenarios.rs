@@ -701,10 +701,11 @@ async fn set_image<P: Provider>(p: &P, image: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The members the operator restarted for the last roll, in order, from its Events.
+/// The members the operator restarted for the last roll, in order, from its Events: a member
+/// restarted again shows once more (events of one member are one series, counted).
 async fn restarts_in_order<P: Provider>(p: &P) -> anyhow::Result<Vec<u64>> {
     let events: Api<Event> = Api::namespaced(p.kube(), p.namespace());
-    let mut restarts: Vec<(Option<k8s_openapi::jiff::Timestamp>, u64)> = events
+    let mut restarts: Vec<(Option<k8s_openapi::jiff::Timestamp>, u64, i32)> = events
         .list(&Default::default())
         .await?
         .items
@@ -713,11 +714,12 @@ async fn restarts_in_order<P: Provider>(p: &P) -> anyhow::Result<Vec<u64>> {
         .filter_map(|e| {
             let note = e.note.as_deref()?;
             let id = note.strip_prefix("restarting member ")?.split(' ').next()?.parse().ok()?;
-            Some((e.event_time.as_ref().map(|t| t.0), id))
+            let times = e.series.as_ref().map_or(1, |s| s.count.max(1));
+            Some((e.event_time.as_ref().map(|t| t.0), id, times))
         })
         .collect();
     restarts.sort();
-    Ok(restarts.into_iter().map(|(_, id)| id).collect())
+    Ok(restarts.into_iter().flat_map(|(_, id, times)| std::iter::repeat_n(id, times as usize)).collect())
 }
 
 /// Clients under the robustness checker, against every member by its DNS name, half over
@@ -782,7 +784,7 @@ impl Load {
     }
 }
 
-/// Counts the members answering ready, every 200 ms; the fewest seen.
+/// Counts the members answering ready, every 100 ms; the fewest seen.
 struct ReadyWatch {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<usize>,
@@ -804,7 +806,7 @@ impl ReadyWatch {
                 fewest = fewest.min(ready);
                 tokio::select! {
                     _ = &mut stopped => return fewest,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         });

@@ -484,7 +484,17 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         // and grow each member's claim instead.
         spec.volume_claim_templates = live.volume_claim_templates.clone();
     }
-    apply(&sts_api, &desired).await?;
+    if current.as_ref().is_some_and(rolls_by_itself) {
+        // A StatefulSet made by an earlier operator has `rollingUpdate` set (by the API
+        // server's defaults, owned by nobody): applying `OnDelete` alone would be refused with
+        // it, so both go in one patch first.
+        let patch =
+            serde_json::json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}});
+        sts_api.patch(&names.stateful_set(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(
+            |source| Error::Apply { kind: "StatefulSet".into(), name: names.stateful_set(), source },
+        )?;
+    }
+    let applied = apply(&sts_api, &desired).await?;
     if let Some(live) = &current {
         expand_volumes(&ctx, &cluster, &names, live, replicas).await?;
     }
@@ -512,11 +522,9 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         event(&ctx, &cluster, &names, notice).await;
     }
     // A changed template rolls through the members only while the membership is settled.
-    let roll = match (&step, &outcome, &current) {
-        (Step::Done, Ok(()), Some(live)) => {
-            roll(&ctx, &cluster, &names, live, &observation, directory, peer_auth).await?
-        }
-        _ => Roll::Done,
+    let roll = match (&step, &outcome) {
+        (Step::Done, Ok(())) => Some(roll(&ctx, &cluster, &names, &applied, directory, peer_auth).await?),
+        _ => None,
     };
 
     let previous = cluster.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -527,7 +535,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
         new_status.bootstrapped = true;
     }
     new_status.backups = backups;
-    status::record_roll(&mut new_status, &roll, &previous, &now);
+    status::record_roll(&mut new_status, roll.as_ref(), &previous, &now);
     if let Some(restore) = restore.status().cloned() {
         let was = cluster.status.as_ref().and_then(|s| s.restore.as_ref());
         if was.map(|r| (r.phase, &r.message)) != Some((restore.phase, &restore.message)) {
@@ -541,7 +549,7 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 
     outcome?;
     let requeue = match (&step, &roll) {
-        (Step::Done, Roll::Done) => IDLE_REQUEUE,
+        (Step::Done, Some(Roll::Done)) => IDLE_REQUEUE,
         _ => BUSY_REQUEUE,
     };
     // Woken for the next scheduled backup, if that comes first (never busier than every 2 s).
@@ -549,76 +557,78 @@ async fn reconcile_once(cluster: Arc<MetaStoreCluster>, ctx: Arc<Context>) -> Re
 }
 
 /// One step of rolling the StatefulSet's current template through the members (see
-/// [`rollout`]), given the `live` StatefulSet as this pass found it: what was done, or why not.
-/// No API call while every pod runs the current template.
+/// [`rollout`]), given the StatefulSet as this pass applied it: what was done, or why not. No API
+/// call while every pod runs the current template and is ready.
 async fn roll(
     ctx: &Context,
     cluster: &MetaStoreCluster,
     names: &Names,
-    live: &StatefulSet,
-    observation: &executor::Observation,
+    applied: &StatefulSet,
     directory: &dyn MemberDirectory,
     peer_auth: bool,
 ) -> Result<Roll, Error> {
-    let Some(status) = live.status.as_ref() else { return Ok(Roll::Done) };
-    if status.observed_generation < live.metadata.generation {
+    let Some(status) = applied.status.as_ref() else { return Ok(Roll::Done) };
+    if status.observed_generation < applied.metadata.generation {
         return Ok(Roll::Wait("the StatefulSet controller has yet to see the new template".into()));
     }
-    if status.updated_replicas.unwrap_or(0) >= status.replicas {
+    let replicas = status.replicas;
+    if status.updated_replicas.unwrap_or(0) >= replicas && status.ready_replicas.unwrap_or(0) >= replicas {
         return Ok(Roll::Done);
     }
+    // The pods first, the members after: a member's answer is then never older than the pod
+    // list (a pod deleted since shows as missing, one made again answers as itself).
     let pods_api = Api::<Pod>::namespaced(ctx.client.clone(), &names.namespace);
     let selector = resources::selector_string(names);
     let listed =
         pods_api.list(&kube::api::ListParams::default().labels(&selector)).await.map_err(Error::Kube)?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let pods: Vec<PodState> = listed.items.iter().filter_map(|p| PodState::of(p, names, now)).collect();
-    let step = rollout::plan(status.update_revision.as_deref(), &pods, &observation.observed);
+    let count = u64::try_from(replicas).unwrap_or(0);
+    let ids: Vec<u64> = (1..=count).collect();
+    let fresh = executor::observe(directory, &ids, replicas, true).await;
+    let step = rollout::plan(status.update_revision.as_deref(), count, &pods, &fresh.observed);
     tracing::info!(cluster = %names.cluster, ?step, "rolling");
-    let member_notice = |reason, action, note: String, id| Notice {
+    let member_notice = |reason, note: String, id| Notice {
         type_: EventType::Normal,
         reason,
-        action,
+        action: "Roll",
         note,
         member: Some(id),
     };
     match &step {
         Roll::Restart { id } => {
-            match pods_api.delete(&names.pod(*id), &kube::api::DeleteParams::default()).await {
+            // An eviction, so that the disruption budget arbitrates between the roll and a
+            // drain taking a member at the same time.
+            match pods_api.evict(&names.pod(*id), &kube::api::EvictParams::default()).await {
                 Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 429 => {
+                    return Ok(Roll::Wait(format!(
+                        "the disruption budget allows no restart of member {id} now"
+                    )));
+                }
                 // Gone already: the StatefulSet makes it anew all the same.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(e) => return Err(Error::Kube(e)),
             }
             let note = format!("restarting member {id} on the current template");
-            event(ctx, cluster, names, member_notice("MemberRestarted", "Roll", note, *id)).await;
+            event(ctx, cluster, names, member_notice("MemberRestarted", note, *id)).await;
         }
         Roll::TransferLeadership { from, to } => {
             let mut client = metastore_client::Client::new(directory.client_url(*from));
             if peer_auth {
-                client = client.with_token(
-                    read_peer_token(&Api::namespaced(ctx.client.clone(), &names.namespace), names).await?,
-                );
+                let secrets = Api::namespaced(ctx.client.clone(), &names.namespace);
+                client = client.with_token(read_peer_token(&secrets, names).await?);
             }
             match client.transfer_leadership(*to).await {
                 Ok(_) => {
                     let note = format!("member {from} handed leadership to member {to} before its restart");
-                    event(ctx, cluster, names, member_notice("LeadershipTransferred", "Roll", note, *to))
-                        .await;
+                    event(ctx, cluster, names, member_notice("LeadershipTransferred", note, *to)).await;
                 }
                 // Tried again next pass, from what is observed then.
                 Err(e) => {
                     let note = format!("member {from} could not hand leadership to member {to}: {e}");
-                    event(
-                        ctx,
-                        cluster,
-                        names,
-                        Notice {
-                            member: Some(*from),
-                            ..Notice::warning("LeadershipTransferFailed", "Roll", note)
-                        },
-                    )
-                    .await;
+                    let notice = Notice::warning("LeadershipTransferFailed", "Roll", note);
+                    event(ctx, cluster, names, Notice { member: Some(*from), ..notice }).await;
                 }
             }
         }
@@ -628,6 +638,12 @@ async fn roll(
         Roll::Wait(_) | Roll::Done => {}
     }
     Ok(step)
+}
+
+/// Whether a StatefulSet still updates its pods by itself: one made by an earlier operator.
+fn rolls_by_itself(stateful_set: &StatefulSet) -> bool {
+    let strategy = stateful_set.spec.as_ref().and_then(|s| s.update_strategy.as_ref());
+    strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete")
 }
 
 /// Failed reconciles are retried after a pause; the next pass starts from what it observes.

@@ -77,11 +77,18 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "",
         resource: "pods",
-        verbs: &["get", "list", "watch", "delete"],
+        verbs: &["get", "list", "watch"],
         scope: Scope::Cluster,
         why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails; \
-              read why a restored cluster's first pod is stuck; restart members one at a time to \
-              roll a new template through them",
+              read why a restored cluster's first pod is stuck; see which run an outdated template",
+    },
+    Permission {
+        group: "",
+        resource: "pods/eviction",
+        verbs: &["create"],
+        scope: Scope::Cluster,
+        why: "restart members one at a time to roll a new template through them, through the \
+              disruption budget",
     },
     Permission {
         group: "",

@@ -5,18 +5,23 @@
 //! A step at a time, re-planned from what is observed each pass:
 //! - nothing rolls while the membership is changing, without a leader, or while a pod is
 //!   going away;
-//! - a member already on the new template that is not healthy stops the roll: it is waited
-//!   for while it starts, and the roll is halted once it has crashed or stayed unhealthy too
-//!   long (setting the previous template back rolls back the same way);
-//! - an outdated member that is not healthy is restarted first: it costs no availability;
+//! - a member already on the new template is waited for until it is back: healthy, ready, and
+//!   up for [`SETTLE`]; the roll is halted once it has crashed or stayed unhealthy too long
+//!   (setting the previous template back rolls back the same way);
+//! - an outdated member that is not healthy is restarted first, if the others keep a healthy
+//!   majority without it: it costs no availability;
 //! - then outdated followers, highest first, each only while every voter is healthy;
-//! - the leader last: leadership goes to an updated voter first, then it is a follower.
+//! - the leader last: leadership goes to a voter on the new template first, then it is a
+//!   follower.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use metastore_client::quorum;
+
+use crate::crd::MemberRole;
 use crate::membership::Observed;
 use crate::resources::Names;
 
@@ -26,6 +31,9 @@ const REVISION_LABEL: &str = "controller-revision-hash";
 /// How long a member restarted on the new template may take to become healthy before the roll
 /// is halted: beyond a large store's opening and catching up.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(300);
+/// How long a restarted member must have been up (and healthy, and ready) before the next is
+/// restarted: the leader's view of it is then of the member as it is now.
+pub const SETTLE: Duration = Duration::from_secs(10);
 
 /// A member pod as the rollout sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +47,9 @@ pub struct PodState {
     pub age: Duration,
     /// Its member container's restarts: a new version that crashes shows here first.
     pub restarts: i32,
+    /// Its Ready condition (the member's `/readyz`: it has a leader and has applied what is
+    /// committed).
+    pub ready: bool,
 }
 
 impl PodState {
@@ -52,12 +63,15 @@ impl PodState {
         let member = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
         let restarts =
             member.and_then(|c| c.iter().find(|c| c.name == "metastore")).map_or(0, |c| c.restart_count);
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let ready = conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         Some(Self {
             id: ordinal + 1,
             revision: pod.labels().get(REVISION_LABEL).cloned(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             age,
             restarts,
+            ready,
         })
     }
 }
@@ -82,40 +96,59 @@ pub enum Roll {
     Halt(String),
 }
 
-/// The next step towards every pod running `update_revision`, the StatefulSet's current
-/// template.
-pub fn plan(update_revision: Option<&str>, pods: &[PodState], observed: &Observed) -> Roll {
+/// The next step towards every one of the `replicas` pods running `update_revision`, the
+/// StatefulSet's current template, given the `pods` listed and the members observed after.
+pub fn plan(update_revision: Option<&str>, replicas: u64, pods: &[PodState], observed: &Observed) -> Roll {
     let Some(update) = update_revision else { return Roll::Done };
     let current = |p: &&PodState| p.revision.as_deref() == Some(update);
     let healthy = |id: u64| observed.members.iter().any(|m| m.id == id && m.healthy);
+    // Back: healthy by the leader's view, ready by its own, and up long enough for both to be
+    // more than the leader's memory of the member before its restart.
+    let back = |p: &PodState| healthy(p.id) && p.ready && p.age >= SETTLE;
     if let Some(going) = pods.iter().find(|p| p.terminating) {
         return Roll::Wait(format!("member {} is restarting", going.id));
     }
+    if let Some(missing) = (1..=replicas).find(|id| !pods.iter().any(|p| p.id == *id)) {
+        return Roll::Wait(format!("member {missing}'s pod is being made again"));
+    }
     let outdated: Vec<&PodState> = pods.iter().filter(|p| !current(p)).collect();
+    let halted = |p: &PodState, why: String| {
+        Roll::Halt(format!(
+            "member {} runs the new template but {why}: the roll is halted; fix the cause, or set the \
+             previous template back to roll back",
+            p.id
+        ))
+    };
+    // A member on the new template that crashed, or never got back: the new version fails.
+    for p in pods.iter().filter(current) {
+        if p.restarts > 0 && (!outdated.is_empty() || !back(p)) {
+            return halted(p, format!("it restarted {} times", p.restarts));
+        }
+        if !outdated.is_empty() && !back(p) {
+            if p.age > HEALTHY_WITHIN {
+                return halted(p, format!("it is not healthy after {} s", p.age.as_secs()));
+            }
+            return Roll::Wait(format!("member {} is starting on the new template", p.id));
+        }
+    }
     if outdated.is_empty() {
         return Roll::Done;
-    }
-    // A member on the new template that is not healthy: is it starting, or failing?
-    if let Some(sick) = pods.iter().filter(current).find(|p| !healthy(p.id)) {
-        if sick.restarts > 0 || sick.age > HEALTHY_WITHIN {
-            let why = if sick.restarts > 0 {
-                format!("it restarted {} times", sick.restarts)
-            } else {
-                format!("it is not healthy after {} s", sick.age.as_secs())
-            };
-            return Roll::Halt(format!(
-                "member {} runs the new template but {why}: the roll is halted; fix the cause, or set \
-                 the previous template back to roll back",
-                sick.id
-            ));
-        }
-        return Roll::Wait(format!("member {} is starting on the new template", sick.id));
     }
     let Some(leader) = observed.leader else {
         return Roll::Wait("no leader: the roll waits for one".into());
     };
-    // Restarting a member that is already down costs nothing more.
+    let voters: Vec<_> = observed.members.iter().filter(|m| m.role == MemberRole::Voter).collect();
+    // Whether the voters other than `id` keep a healthy majority without it (the two members
+    // of a cluster of two, the only one of one, cannot: their restarts pause writes).
+    let spare = |id: u64| {
+        let others = voters.iter().filter(|m| m.id != id && m.healthy).count();
+        others >= quorum::quorum(voters.len()).min(voters.len().saturating_sub(1))
+    };
+    // Restarting a member that is already down costs nothing more, if it is not voting still.
     if let Some(sick) = outdated.iter().find(|p| !healthy(p.id)) {
+        if !spare(sick.id) {
+            return Roll::Wait(format!("restarting member {} would leave too few healthy voters", sick.id));
+        }
         return Roll::Restart { id: sick.id };
     }
     if let Some(unhealthy) = observed.members.iter().find(|m| !m.healthy) {
@@ -124,12 +157,13 @@ pub fn plan(update_revision: Option<&str>, pods: &[PodState], observed: &Observe
     if let Some(follower) = outdated.iter().filter(|p| p.id != leader).max_by_key(|p| p.id) {
         return Roll::Restart { id: follower.id };
     }
-    // Only the leader is left: hand leadership to a voter on the new template.
-    let voters = observed.members.iter().filter(|m| m.role == crate::crd::MemberRole::Voter);
-    match voters.filter(|m| m.id != leader).map(|m| m.id).max() {
+    // Only the leader is left: hand leadership to a voter already on the new template.
+    let updated = |id: u64| pods.iter().any(|p| p.id == id && current(&p));
+    match voters.iter().map(|m| m.id).filter(|id| *id != leader && updated(*id)).max() {
         Some(to) => Roll::TransferLeadership { from: leader, to },
         // A cluster of one: its restart is its upgrade.
-        None => Roll::Restart { id: leader },
+        None if voters.len() <= 1 => Roll::Restart { id: leader },
+        None => Roll::Wait("no other voter on the new template to hand leadership to".into()),
     }
 }
 
@@ -147,6 +181,7 @@ mod tests {
             terminating: false,
             age: Duration::from_secs(600),
             restarts: 0,
+            ready: true,
         }
     }
 
@@ -155,59 +190,94 @@ mod tests {
         Observed { leader: Some(leader), members, bootstrapped: true, ..Observed::default() }
     }
 
+    fn plan3(pods: &[PodState], observed: &Observed) -> Roll {
+        plan(Some(NEW), 3, pods, observed)
+    }
+
     #[test]
     fn followers_roll_first_highest_first_then_leadership_moves_and_the_old_leader_rolls() {
         let healthy = cluster(1, &[true, true, true]);
         let pods = [pod(1, OLD), pod(2, OLD), pod(3, OLD)];
-        assert_eq!(plan(Some(NEW), &pods, &healthy), Roll::Restart { id: 3 });
+        assert_eq!(plan3(&pods, &healthy), Roll::Restart { id: 3 });
         let pods = [pod(1, OLD), pod(2, OLD), pod(3, NEW)];
-        assert_eq!(plan(Some(NEW), &pods, &healthy), Roll::Restart { id: 2 });
+        assert_eq!(plan3(&pods, &healthy), Roll::Restart { id: 2 });
         let pods = [pod(1, OLD), pod(2, NEW), pod(3, NEW)];
-        assert_eq!(plan(Some(NEW), &pods, &healthy), Roll::TransferLeadership { from: 1, to: 3 });
+        assert_eq!(plan3(&pods, &healthy), Roll::TransferLeadership { from: 1, to: 3 });
         let moved = cluster(3, &[true, true, true]);
-        assert_eq!(plan(Some(NEW), &pods, &moved), Roll::Restart { id: 1 });
+        assert_eq!(plan3(&pods, &moved), Roll::Restart { id: 1 });
         let pods = [pod(1, NEW), pod(2, NEW), pod(3, NEW)];
-        assert_eq!(plan(Some(NEW), &pods, &moved), Roll::Done);
+        assert_eq!(plan3(&pods, &moved), Roll::Done);
     }
 
     #[test]
-    fn each_step_waits_for_the_last_member_back_and_every_voter_healthy() {
-        let pods = [pod(1, OLD), pod(2, OLD), pod(3, NEW)];
+    fn each_step_waits_for_the_last_member_back_settled_and_every_voter_healthy() {
+        let all = cluster(1, &[true; 3]);
         let restarting = [pod(1, OLD), pod(2, OLD), PodState { terminating: true, ..pod(3, OLD) }];
-        assert!(matches!(plan(Some(NEW), &restarting, &cluster(1, &[true; 3])), Roll::Wait(_)));
-        let starting = [pod(1, OLD), pod(2, OLD), PodState { age: Duration::from_secs(5), ..pod(3, NEW) }];
-        let back_soon = cluster(1, &[true, true, false]);
+        assert!(matches!(plan3(&restarting, &all), Roll::Wait(_)));
+        let gone = [pod(1, OLD), pod(2, OLD)];
         assert!(
-            matches!(plan(Some(NEW), &starting, &back_soon), Roll::Wait(why) if why.contains("starting"))
+            matches!(plan3(&gone, &all), Roll::Wait(why) if why.contains("member 3")),
+            "a pod deleted and not yet made again, whatever the members said a moment before"
         );
-        let no_leader = Observed { leader: None, ..cluster(1, &[true; 3]) };
-        assert!(matches!(plan(Some(NEW), &pods, &no_leader), Roll::Wait(_)));
+        let just_up = [pod(1, OLD), pod(2, OLD), PodState { age: Duration::from_secs(2), ..pod(3, NEW) }];
+        assert!(
+            matches!(plan3(&just_up, &all), Roll::Wait(why) if why.contains("starting")),
+            "healthy by the leader's memory is not back yet"
+        );
+        let not_ready = [
+            pod(1, OLD),
+            pod(2, OLD),
+            PodState { ready: false, age: Duration::from_secs(20), ..pod(3, NEW) },
+        ];
+        assert!(matches!(plan3(&not_ready, &all), Roll::Wait(_)));
+        let pods = [pod(1, OLD), pod(2, OLD), pod(3, NEW)];
+        let no_leader = Observed { leader: None, ..all };
+        assert!(matches!(plan3(&pods, &no_leader), Roll::Wait(_)));
     }
 
     #[test]
-    fn an_outdated_member_that_is_down_is_restarted_first() {
+    fn an_outdated_member_that_is_down_is_restarted_first_if_the_others_keep_a_majority() {
         let pods = [pod(1, OLD), pod(2, OLD), pod(3, OLD)];
-        assert_eq!(plan(Some(NEW), &pods, &cluster(1, &[true, false, true])), Roll::Restart { id: 2 });
+        assert_eq!(plan3(&pods, &cluster(1, &[true, false, true])), Roll::Restart { id: 2 });
+        assert!(
+            matches!(plan3(&pods, &cluster(1, &[true, false, false])), Roll::Wait(why) if why.contains("too few")),
+            "member 2 may be slow but voting: restarting it could lose the majority"
+        );
     }
 
     #[test]
     fn a_new_template_that_crashes_or_never_gets_healthy_halts_the_roll_and_the_old_one_rolls_back() {
-        let crashing = [pod(1, OLD), pod(2, OLD), PodState { restarts: 2, ..pod(3, NEW) }];
+        let crashing = [pod(1, OLD), pod(2, OLD), PodState { restarts: 2, ready: false, ..pod(3, NEW) }];
         let sick = cluster(1, &[true, true, false]);
+        assert!(matches!(plan3(&crashing, &sick), Roll::Halt(why) if why.contains("restarted 2 times")));
+        let between_crashes = [pod(1, OLD), pod(2, OLD), PodState { restarts: 1, ..pod(3, NEW) }];
         assert!(
-            matches!(plan(Some(NEW), &crashing, &sick), Roll::Halt(why) if why.contains("restarted 2 times"))
+            matches!(plan3(&between_crashes, &cluster(1, &[true; 3])), Roll::Halt(_)),
+            "healthy for now, but it crashed: the next member is not risked"
         );
         let stuck = [pod(1, OLD), pod(2, OLD), PodState { age: HEALTHY_WITHIN * 2, ..pod(3, NEW) }];
-        assert!(matches!(plan(Some(NEW), &stuck, &sick), Roll::Halt(_)));
+        assert!(matches!(plan3(&stuck, &sick), Roll::Halt(_)));
         // The previous template set back: the crashing member is outdated now, and down, so
         // it goes first.
-        assert_eq!(plan(Some(OLD), &crashing, &sick), Roll::Restart { id: 3 });
+        assert_eq!(plan(Some(OLD), 3, &crashing, &sick), Roll::Restart { id: 3 });
+        // The last member rolled crash-loops: the roll is over, but not well.
+        let last = [pod(1, NEW), pod(2, NEW), PodState { restarts: 3, ready: false, ..pod(3, NEW) }];
+        assert!(matches!(plan3(&last, &sick), Roll::Halt(_)));
+    }
+
+    #[test]
+    fn leadership_goes_only_to_a_voter_on_the_new_template() {
+        let pods = [pod(1, OLD), pod(2, NEW), pod(3, OLD)];
+        let three_leads_but_two_is_down = cluster(3, &[true, false, true]);
+        assert!(matches!(plan3(&pods, &three_leads_but_two_is_down), Roll::Halt(_) | Roll::Wait(_)));
+        let pods = [pod(1, NEW), pod(2, NEW), pod(3, OLD)];
+        assert_eq!(plan3(&pods, &cluster(3, &[true; 3])), Roll::TransferLeadership { from: 3, to: 2 });
     }
 
     #[test]
     fn a_cluster_of_one_restarts_its_only_member() {
         let one = cluster(1, &[true]);
-        assert_eq!(plan(Some(NEW), &[pod(1, OLD)], &one), Roll::Restart { id: 1 });
-        assert_eq!(plan(None, &[pod(1, OLD)], &one), Roll::Done, "no revision known: nothing to do");
+        assert_eq!(plan(Some(NEW), 1, &[pod(1, OLD)], &one), Roll::Restart { id: 1 });
+        assert_eq!(plan(None, 1, &[pod(1, OLD)], &one), Roll::Done, "no revision known: nothing to do");
     }
 }

@@ -69,7 +69,17 @@ fn step_message(step: &Step) -> String {
 }
 
 /// Records a rollout step in `status`: the `Updated` condition, and the phase while it rolls.
-pub fn record_roll(status: &mut MetaStoreClusterStatus, roll: &Roll, previous: &[Condition], now: &Time) {
+/// Without one (the membership was changing) the condition stays as it was.
+pub fn record_roll(
+    status: &mut MetaStoreClusterStatus,
+    roll: Option<&Roll>,
+    previous: &[Condition],
+    now: &Time,
+) {
+    let Some(roll) = roll else {
+        status.conditions.extend(previous.iter().find(|c| c.type_ == UPDATED).cloned());
+        return;
+    };
     let generation = status.observed_generation;
     let (holds, reason, message) = match roll {
         Roll::Done => (true, "UpToDate", "every member runs the current template".to_string()),

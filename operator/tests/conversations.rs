@@ -436,3 +436,40 @@ async fn a_scheduled_backup_that_is_due_is_made_for_its_occurrence_before_anythi
     assert!(occurrence.ends_with("T03:00:00Z"), "{occurrence}");
     reconciling.await.expect("reconcile task").expect("reconcile succeeds");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statefulset_made_by_an_earlier_operator_stops_rolling_by_itself_before_it_is_applied() {
+    let members = three_running_members(support::LocalStatefulSet::new()).await;
+    let mut demo = cluster(3);
+    demo.status =
+        Some(metastore_operator::crd::MetaStoreClusterStatus { bootstrapped: true, ..Default::default() });
+    let (service, mut server) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx =
+        Arc::new(Context::new(Client::new(service, "default")).with_directory(Arc::new(members.directory())));
+    // As the API server keeps one made without an update strategy: RollingUpdate, defaulted.
+    let mut earlier = resources::stateful_set(&cluster(3), 3, false).expect("sts");
+    let spec = earlier.spec.as_mut().expect("spec");
+    spec.update_strategy = serde_json::from_value(
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+    )
+    .expect("strategy");
+    let live = serde_json::to_string(&earlier).expect("json");
+
+    let reconciling = tokio::spawn(reconcile(Arc::new(demo.clone()), ctx));
+    expect_services(&mut server).await;
+    expect(&mut server, Method::GET, STATEFUL_SET, Some((StatusCode::OK, live))).await;
+    expect_applied(&mut server, BUDGET).await;
+    // Server-side apply of OnDelete alone would keep the defaulted `rollingUpdate`, which the
+    // API server refuses beside OnDelete: one merge patch sets both first.
+    let patch = expect(&mut server, Method::PATCH, STATEFUL_SET, None).await;
+    let patch: serde_json::Value = serde_json::from_str(&patch).expect("json");
+    assert_eq!(
+        patch,
+        serde_json::json!({"spec": {"updateStrategy": {"type": "OnDelete", "rollingUpdate": null}}})
+    );
+    let applied = expect_applied(&mut server, STATEFUL_SET).await;
+    assert_eq!(applied["spec"]["updateStrategy"]["type"], "OnDelete");
+    let status = expect_status(&mut server, &demo).await;
+    assert_eq!(condition(&status, "Updated")["status"], "True");
+    reconciling.await.expect("reconcile task").expect("reconcile succeeds");
+}
