@@ -19,7 +19,9 @@ use super::wire::{self, ForwardError, ForwardRequest, ForwardResponse, SnapshotC
 use crate::listener::Upgrade;
 use crate::raft::Raft;
 use crate::types::TypeConfig;
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::RaftError;
+use openraft::vote::RaftLeaderId;
 
 type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
 
@@ -157,10 +159,20 @@ async fn dispatch(rpc: &str, body: &[u8], raft: Raft, work: impl LeaderWork, rpc
     match rpc {
         wire::APPEND_PATH => answer(body, |req| async move { raft.append_entries(req).await }).await,
         wire::VOTE_PATH => {
+            let mut request: VoteRequest = match wire::decode(body) {
+                Ok(request) => request,
+                Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+            };
             // A vote for the member the leader handed leadership to comes after that leader
             // stopped leading (openraft turns its lease off and forwards its reads and writes
-            // once it hands over): no read lease of its stands on the promise below.
-            let transfer = wire::decode::<VoteRequest>(body).is_ok_and(|r| r.leadership_transfer);
+            // once it hands over): no read lease of its stands on the promise below, nor on
+            // openraft's own. Only for the term right after the leader this member follows: a
+            // transfer arriving late, after another was elected for that term, must not
+            // overrule the newer leader's lease. Any other request claiming it is an ordinary one.
+            let own = raft.metrics().borrow_watched().vote;
+            let next_term = own.leader_id().term() + 1 == request.vote.leader_id().term();
+            request.leadership_transfer &= own.is_committed() && next_term;
+            let transfer = request.leadership_transfer;
             match rpcs.refuse_votes_until.filter(|until| !transfer && Instant::now() < *until) {
                 Some(until) => plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -169,7 +181,7 @@ async fn dispatch(rpc: &str, body: &[u8], raft: Raft, work: impl LeaderWork, rpc
                         until.saturating_duration_since(Instant::now())
                     ),
                 ),
-                None => answer(body, |req: VoteRequest| async move { raft.vote(req).await }).await,
+                None => reply(&raft.vote(request).await),
             }
         }
         wire::TRANSFER_LEADER_PATH => {
@@ -229,7 +241,12 @@ where
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match wire::encode(&handler(request).await) {
+    reply(&handler(request).await)
+}
+
+/// An answer to a peer, encoded.
+fn reply<Resp: Serialize>(answer: &Resp) -> Response {
+    match wire::encode(answer) {
         Ok(bytes) => {
             warp::reply::with_header(bytes, "content-type", "application/octet-stream").into_response()
         }
