@@ -45,10 +45,30 @@ struct RunningPod {
     launch: Launch,
     env: Vec<(String, String)>,
     process: Process,
-    ready: bool,
     restarts: i32,
-    /// The restarts the pod's status shows.
-    reported_restarts: i32,
+    /// What the pod's status shows.
+    status: Reported,
+}
+
+/// A pod's status as the kubelet last wrote it.
+#[derive(Debug, Clone)]
+struct Reported {
+    ready: bool,
+    /// When `ready` last changed.
+    changed: Time,
+    restarts: i32,
+    /// The last run's exit code and end.
+    last_exit: Option<(i32, Time)>,
+}
+
+impl Reported {
+    fn new() -> Self {
+        Self { ready: false, changed: now(), restarts: 0, last_exit: None }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 /// What the kubelet is running, shared with the test for inspection.
@@ -297,12 +317,11 @@ impl Kubelet {
                 launch,
                 env,
                 process,
-                ready: false,
                 restarts: 0,
-                reported_restarts: 0,
+                status: Reported::new(),
             },
         );
-        self.report(&name, ip, false, 0).await
+        self.report(&name, ip, &Reported::new()).await
     }
 
     /// Restarts a member that exited (restartPolicy Always) and reports readiness changes.
@@ -315,28 +334,43 @@ impl Kubelet {
                 let log = self.dir.join(format!("{}.log", pod.name));
                 pod.process = spawn_member(&self.binaries, &pod.launch, &pod.env, &log)?;
                 pod.restarts += 1;
+                pod.status.last_exit = Some((status.code().unwrap_or(-1), now()));
             }
             let url = format!("http://{}:12380", pod.ip);
-            (pod.name.clone(), pod.ip, pod.ready, pod.restarts, pod.reported_restarts, url)
+            (pod.name.clone(), pod.ip, pod.status.ready, pod.restarts, pod.status.restarts, url)
         };
         let member = metastore_client::Client::new(url);
         let ready =
             matches!(tokio::time::timeout(Duration::from_secs(2), member.ready()).await, Ok(Ok(true)));
         if ready != was_ready || restarts != reported {
-            if let Some(pod) = self.pods.lock().await.running.get_mut(uid) {
-                pod.ready = ready;
-                pod.reported_restarts = restarts;
-            }
-            self.report(&name, ip, ready, restarts).await?;
+            let status = {
+                let mut pods = self.pods.lock().await;
+                let Some(pod) = pods.running.get_mut(uid) else { return Ok(()) };
+                if ready != was_ready {
+                    pod.status.ready = ready;
+                    pod.status.changed = now();
+                }
+                pod.status.restarts = restarts;
+                pod.status.clone()
+            };
+            self.report(&name, ip, &status).await?;
         }
         Ok(())
     }
 
-    /// Writes the pod's status as a kubelet does: running at its address, Ready or not.
-    async fn report(&self, name: &str, ip: Ipv4Addr, ready: bool, restarts: i32) -> anyhow::Result<()> {
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
+    /// Writes the pod's status as a kubelet does: running at its address, Ready or not (since
+    /// when), its restarts and how the last run ended.
+    async fn report(&self, name: &str, ip: Ipv4Addr, reported: &Reported) -> anyhow::Result<()> {
+        let (ready, restarts, changed) = (reported.ready, reported.restarts, &reported.changed);
         let flag = if ready { "True" } else { "False" };
-        let condition = |kind: &str, status: &str| serde_json::json!({"type": kind, "status": status, "lastTransitionTime": now});
+        let condition = |kind: &str, status: &str| serde_json::json!({"type": kind, "status": status, "lastTransitionTime": changed});
+        let last_state = match &reported.last_exit {
+            Some((code, at)) => {
+                serde_json::json!({"terminated": {"exitCode": code, "reason": "Error", "finishedAt": at}})
+            }
+            None => serde_json::json!({}),
+        };
+        let now = now();
         let status = serde_json::json!({
             "status": {
                 "phase": "Running",
@@ -358,6 +392,7 @@ impl Kubelet {
                     "imageID": "",
                     "started": true,
                     "state": {"running": {"startedAt": now}},
+                    "lastState": last_state,
                 }],
             }
         });

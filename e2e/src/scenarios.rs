@@ -784,11 +784,16 @@ impl Load {
     }
 }
 
-/// Counts the members answering ready, every 100 ms; the fewest seen.
+/// Counts the members answering ready, every 100 ms; the fewest seen. A member counts as down
+/// once it has failed for 300 ms on end: a leadership handover (no member knows a leader for
+/// a moment) is no member down, a restart is.
 struct ReadyWatch {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<usize>,
 }
+
+/// How long a member must fail `/readyz` on end to count as down.
+const DOWN_AFTER: Duration = Duration::from_millis(300);
 
 impl ReadyWatch {
     fn start(names: &metastore_operator::resources::Names) -> Self {
@@ -796,14 +801,20 @@ impl ReadyWatch {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut fewest = members.len();
+            let mut failing_since: Vec<Option<Instant>> = vec![None; members.len()];
             loop {
-                let probes = members.iter().map(|m| tokio::time::timeout(Duration::from_secs(1), m.ready()));
-                let ready = futures::future::join_all(probes)
-                    .await
-                    .into_iter()
-                    .filter(|r| matches!(r, Ok(Ok(true))))
-                    .count();
-                fewest = fewest.min(ready);
+                let probes =
+                    members.iter().map(|m| tokio::time::timeout(Duration::from_millis(500), m.ready()));
+                let answers = futures::future::join_all(probes).await;
+                let now = Instant::now();
+                for (since, answer) in failing_since.iter_mut().zip(&answers) {
+                    *since = match answer {
+                        Ok(Ok(true)) => None,
+                        _ => Some(since.unwrap_or(now)),
+                    };
+                }
+                let up = failing_since.iter().filter(|s| s.is_none_or(|s| now - s < DOWN_AFTER)).count();
+                fewest = fewest.min(up);
                 tokio::select! {
                     _ = &mut stopped => return fewest,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}

@@ -598,9 +598,17 @@ async fn roll(
     match &step {
         Roll::Restart { id } => {
             // An eviction, so that the disruption budget arbitrates between the roll and a
-            // drain taking a member at the same time.
-            match pods_api.evict(&names.pod(*id), &kube::api::EvictParams::default()).await {
-                Ok(_) => {}
+            // drain taking a member at the same time. The budget of a cluster of one or two
+            // (a majority of all its members) allows none, by construction: their restarts
+            // are deletions, and pause writes.
+            let pod = names.pod(*id);
+            let restarted = if count <= 2 {
+                pods_api.delete(&pod, &kube::api::DeleteParams::default()).await.map(drop)
+            } else {
+                pods_api.evict(&pod, &kube::api::EvictParams::default()).await.map(drop)
+            };
+            match restarted {
+                Ok(()) => {}
                 Err(kube::Error::Api(status)) if status.code == 429 => {
                     return Ok(Roll::Wait(format!(
                         "the disruption budget allows no restart of member {id} now"
@@ -608,7 +616,12 @@ async fn roll(
                 }
                 // Gone already: the StatefulSet makes it anew all the same.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => return Err(Error::Kube(e)),
+                Err(e) => {
+                    let note = format!("cannot restart member {id}: {e}");
+                    let notice = Notice::warning("RollStepFailed", "Roll", note.clone());
+                    event(ctx, cluster, names, Notice { member: Some(*id), ..notice }).await;
+                    return Ok(Roll::Wait(note));
+                }
             }
             let note = format!("restarting member {id} on the current template");
             event(ctx, cluster, names, member_notice("MemberRestarted", note, *id)).await;

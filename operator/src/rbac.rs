@@ -77,10 +77,11 @@ pub const REQUIRED: &[Permission] = &[
     Permission {
         group: "",
         resource: "pods",
-        verbs: &["get", "list", "watch"],
+        verbs: &["get", "list", "watch", "delete"],
         scope: Scope::Cluster,
         why: "reconcile a cluster as soon as one of its member pods starts, becomes ready or fails; \
-              read why a restored cluster's first pod is stuck; see which run an outdated template",
+              read why a restored cluster's first pod is stuck; see which run an outdated template; \
+              restart a member of a cluster of one or two, whose disruption budget allows none",
     },
     Permission {
         group: "",

@@ -31,9 +31,11 @@ const REVISION_LABEL: &str = "controller-revision-hash";
 /// How long a member restarted on the new template may take to become healthy before the roll
 /// is halted: beyond a large store's opening and catching up.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(300);
-/// How long a restarted member must have been up (and healthy, and ready) before the next is
-/// restarted: the leader's view of it is then of the member as it is now.
+/// How long a restarted member must have been Ready without a break (and healthy) before the
+/// next is restarted: the leader's view of it is then of the member as it is now.
 pub const SETTLE: Duration = Duration::from_secs(10);
+/// A pod whose Ready condition last changed within this of its creation never became Ready.
+const NEVER_READY_SLACK: Duration = Duration::from_secs(60);
 
 /// A member pod as the rollout sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,9 +49,13 @@ pub struct PodState {
     pub age: Duration,
     /// Its member container's restarts: a new version that crashes shows here first.
     pub restarts: i32,
-    /// Its Ready condition (the member's `/readyz`: it has a leader and has applied what is
-    /// committed).
-    pub ready: bool,
+    /// How long ago its member container last stopped (crashed, or was killed), if ever.
+    pub last_crash: Option<Duration>,
+    /// How long it has been Ready (the member's `/readyz`: it has a leader and has applied
+    /// what is committed) without a break; `None` while it is not.
+    pub ready_for: Option<Duration>,
+    /// It has never been Ready since it was made.
+    pub never_ready: bool,
 }
 
 impl PodState {
@@ -60,18 +66,30 @@ impl PodState {
             pod.name_any().strip_prefix(&format!("{}-", names.stateful_set()))?.parse::<u64>().ok()?;
         let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let age = created.and_then(|c| now.duration_since(c).try_into().ok()).unwrap_or_default();
-        let member = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-        let restarts =
-            member.and_then(|c| c.iter().find(|c| c.name == "metastore")).map_or(0, |c| c.restart_count);
+        let since = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| -> Option<Duration> {
+            now.duration_since(t.0).try_into().ok()
+        };
+        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        let member = statuses.and_then(|c| c.iter().find(|c| c.name == "metastore"));
+        let restarts = member.map_or(0, |c| c.restart_count);
+        let stopped = member.and_then(|c| c.last_state.as_ref()).and_then(|s| s.terminated.as_ref());
+        let last_crash = stopped.and_then(|t| t.finished_at.as_ref()).and_then(since);
         let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-        let ready = conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let condition = conditions.and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        let changed = condition.and_then(|c| c.last_transition_time.as_ref()).and_then(since);
+        let ready_for = condition.filter(|c| c.status == "True").map(|_| changed.unwrap_or(age));
+        // Not Ready since it started: the kubelet's first word on it was its last change.
+        let never_ready =
+            ready_for.is_none() && changed.is_none_or(|c| age.saturating_sub(c) < NEVER_READY_SLACK);
         Some(Self {
             id: ordinal + 1,
             revision: pod.labels().get(REVISION_LABEL).cloned(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             age,
             restarts,
-            ready,
+            last_crash,
+            ready_for,
+            never_ready,
         })
     }
 }
@@ -102,9 +120,12 @@ pub fn plan(update_revision: Option<&str>, replicas: u64, pods: &[PodState], obs
     let Some(update) = update_revision else { return Roll::Done };
     let current = |p: &&PodState| p.revision.as_deref() == Some(update);
     let healthy = |id: u64| observed.members.iter().any(|m| m.id == id && m.healthy);
-    // Back: healthy by the leader's view, ready by its own, and up long enough for both to be
-    // more than the leader's memory of the member before its restart.
-    let back = |p: &PodState| healthy(p.id) && p.ready && p.age >= SETTLE;
+    // Back: healthy by the leader's view, and Ready by its own long enough for the leader's
+    // view to be of the member as it is now.
+    let back = |p: &PodState| healthy(p.id) && p.ready_for.is_some_and(|r| r >= SETTLE);
+    // Restarts that count against a release: recent ones. A member never rolled that once
+    // crashed (weeks ago, say) is no evidence against the template it runs.
+    let crashed = |p: &PodState| p.last_crash.is_some_and(|ago| ago < HEALTHY_WITHIN);
     if let Some(going) = pods.iter().find(|p| p.terminating) {
         return Roll::Wait(format!("member {} is restarting", going.id));
     }
@@ -119,16 +140,32 @@ pub fn plan(update_revision: Option<&str>, replicas: u64, pods: &[PodState], obs
             p.id
         ))
     };
-    // A member on the new template that crashed, or never got back: the new version fails.
     for p in pods.iter().filter(current) {
-        if p.restarts > 0 && (!outdated.is_empty() || !back(p)) {
-            return halted(p, format!("it restarted {} times", p.restarts));
-        }
-        if !outdated.is_empty() && !back(p) {
-            if p.age > HEALTHY_WITHIN {
-                return halted(p, format!("it is not healthy after {} s", p.age.as_secs()));
+        let restarted = || {
+            format!(
+                "it restarted {} times, the last {} s ago",
+                p.restarts,
+                p.last_crash.unwrap_or_default().as_secs()
+            )
+        };
+        if outdated.is_empty() {
+            // The roll is over; its last member crash-looping since it was made is its failure.
+            if crashed(p) && !back(p) && p.age < HEALTHY_WITHIN {
+                return halted(p, restarted());
             }
-            return Roll::Wait(format!("member {} is starting on the new template", p.id));
+            continue;
+        }
+        if crashed(p) {
+            return halted(p, restarted());
+        }
+        if !back(p) {
+            if p.never_ready && p.age > HEALTHY_WITHIN {
+                return halted(p, format!("it has not become ready in {} s", p.age.as_secs()));
+            }
+            if p.age < HEALTHY_WITHIN {
+                return Roll::Wait(format!("member {} is starting on the new template", p.id));
+            }
+            return Roll::Wait(format!("member {} is not healthy: the roll waits", p.id));
         }
     }
     if outdated.is_empty() {
@@ -181,8 +218,23 @@ mod tests {
             terminating: false,
             age: Duration::from_secs(600),
             restarts: 0,
-            ready: true,
+            last_crash: None,
+            ready_for: Some(Duration::from_secs(590)),
+            never_ready: false,
         }
+    }
+
+    /// A pod just made on `revision`, not Ready yet.
+    fn young_on(id: u64, revision: &str) -> PodState {
+        PodState { age: Duration::from_secs(20), ready_for: None, never_ready: true, ..pod(id, revision) }
+    }
+
+    fn young(id: u64) -> PodState {
+        young_on(id, NEW)
+    }
+
+    fn crash_looping(id: u64, restarts: i32) -> PodState {
+        PodState { restarts, last_crash: Some(Duration::from_secs(3)), ..young(id) }
     }
 
     fn cluster(leader: u64, healthy: &[bool]) -> Observed {
@@ -219,16 +271,13 @@ mod tests {
             matches!(plan3(&gone, &all), Roll::Wait(why) if why.contains("member 3")),
             "a pod deleted and not yet made again, whatever the members said a moment before"
         );
-        let just_up = [pod(1, OLD), pod(2, OLD), PodState { age: Duration::from_secs(2), ..pod(3, NEW) }];
+        let just_up =
+            [pod(1, OLD), pod(2, OLD), PodState { ready_for: Some(Duration::from_secs(2)), ..young(3) }];
         assert!(
             matches!(plan3(&just_up, &all), Roll::Wait(why) if why.contains("starting")),
             "healthy by the leader's memory is not back yet"
         );
-        let not_ready = [
-            pod(1, OLD),
-            pod(2, OLD),
-            PodState { ready: false, age: Duration::from_secs(20), ..pod(3, NEW) },
-        ];
+        let not_ready = [pod(1, OLD), pod(2, OLD), young(3)];
         assert!(matches!(plan3(&not_ready, &all), Roll::Wait(_)));
         let pods = [pod(1, OLD), pod(2, OLD), pod(3, NEW)];
         let no_leader = Observed { leader: None, ..all };
@@ -247,22 +296,51 @@ mod tests {
 
     #[test]
     fn a_new_template_that_crashes_or_never_gets_healthy_halts_the_roll_and_the_old_one_rolls_back() {
-        let crashing = [pod(1, OLD), pod(2, OLD), PodState { restarts: 2, ready: false, ..pod(3, NEW) }];
+        let crashing = [pod(1, OLD), pod(2, OLD), crash_looping(3, 2)];
         let sick = cluster(1, &[true, true, false]);
         assert!(matches!(plan3(&crashing, &sick), Roll::Halt(why) if why.contains("restarted 2 times")));
-        let between_crashes = [pod(1, OLD), pod(2, OLD), PodState { restarts: 1, ..pod(3, NEW) }];
+        let between_crashes =
+            [pod(1, OLD), pod(2, OLD), PodState { ready_for: Some(SETTLE * 2), ..crash_looping(3, 1) }];
         assert!(
             matches!(plan3(&between_crashes, &cluster(1, &[true; 3])), Roll::Halt(_)),
             "healthy for now, but it crashed: the next member is not risked"
         );
-        let stuck = [pod(1, OLD), pod(2, OLD), PodState { age: HEALTHY_WITHIN * 2, ..pod(3, NEW) }];
+        let stuck = [pod(1, OLD), pod(2, OLD), PodState { age: HEALTHY_WITHIN * 2, ..young(3) }];
         assert!(matches!(plan3(&stuck, &sick), Roll::Halt(_)));
         // The previous template set back: the crashing member is outdated now, and down, so
         // it goes first.
         assert_eq!(plan(Some(OLD), 3, &crashing, &sick), Roll::Restart { id: 3 });
         // The last member rolled crash-loops: the roll is over, but not well.
-        let last = [pod(1, NEW), pod(2, NEW), PodState { restarts: 3, ready: false, ..pod(3, NEW) }];
+        let last = [pod(1, NEW), pod(2, NEW), crash_looping(3, 3)];
         assert!(matches!(plan3(&last, &sick), Roll::Halt(_)));
+    }
+
+    #[test]
+    fn a_rollback_is_not_halted_by_restarts_of_members_it_never_touched() {
+        // Member 1 crashed weeks ago; member 3 crashes on the new template.
+        let old_crash =
+            PodState { restarts: 4, last_crash: Some(Duration::from_secs(86_400)), ..pod(1, OLD) };
+        let pods = [old_crash.clone(), pod(2, OLD), crash_looping(3, 2)];
+        let sick = cluster(1, &[true, true, false]);
+        assert!(matches!(plan3(&pods, &sick), Roll::Halt(_)));
+        assert_eq!(plan(Some(OLD), 3, &pods, &sick), Roll::Restart { id: 3 }, "back to the old template");
+        let rolled_back = [old_crash, pod(2, OLD), PodState { ready_for: Some(SETTLE), ..young_on(3, OLD) }];
+        assert_eq!(plan(Some(OLD), 3, &rolled_back, &cluster(1, &[true; 3])), Roll::Done);
+        let crashing_not_rolled = [
+            pod(1, NEW),
+            pod(2, NEW),
+            PodState {
+                restarts: 1,
+                last_crash: Some(Duration::from_secs(30)),
+                ready_for: None,
+                ..pod(3, NEW)
+            },
+        ];
+        assert_eq!(
+            plan3(&crashing_not_rolled, &cluster(1, &[true, true, false])),
+            Roll::Done,
+            "a member that crashes long after it was made is unhealthy, not a failed roll"
+        );
     }
 
     #[test]
