@@ -240,6 +240,7 @@ pub async fn run_all<P: Provider>(p: &mut P) -> anyhow::Result<()> {
     backups_to_object_storage(&*p, &ledger).await?;
     paused_cluster_is_left_alone(&*p, &ledger).await?;
     upgraded_one_member_at_a_time(&*p, &ledger).await?;
+    volumes_asked_to_grow(&*p, &ledger).await?;
     operator_restarted_mid_scale(p, &mut ledger).await?;
     uninstall(p).await
 }
@@ -596,6 +597,33 @@ async fn restore_refused<P: Provider>(p: &P, name: &str, why: &str) -> anyhow::R
         "a peer token was created"
     );
     Ok(())
+}
+
+/// A larger `storage.size` is asked of every member's claim. Whether a claim grows is its
+/// storage class's to say: either way the API server's answer is an Event on the cluster, and
+/// the members run on.
+async fn volumes_asked_to_grow<P: Provider>(p: &P, ledger: &Ledger) -> anyhow::Result<()> {
+    say("ask for 2Gi volumes: every member's claim is asked to grow");
+    let patch = serde_json::json!({"spec": {"storage": {"size": "2Gi"}}});
+    clusters(p).patch(CLUSTER, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let events: Api<Event> = Api::namespaced(p.kube(), p.namespace());
+    let answer = eventually("the API server's answer to growing the claims", CONVERGE, || async {
+        let all = events.list(&Default::default()).await?.items;
+        let answer = all.iter().find(|e| {
+            matches!(e.reason.as_deref(), Some("VolumeExpanding" | "VolumeExpansionRefused"))
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CLUSTER)
+        });
+        let answer = answer.context("no answer yet")?;
+        Ok((answer.reason.clone().unwrap_or_default(), answer.note.clone().unwrap_or_default()))
+    })
+    .await?;
+    anyhow::ensure!(answer.1.contains("2Gi"), "the event does not name the size asked: {answer:?}");
+    for ordinal in 0..3 {
+        anyhow::ensure!(answer.1.contains(&format!("data-{CLUSTER}-{ordinal}")), "{answer:?} misses a claim");
+    }
+    say(&format!("{}: {}", answer.0, answer.1));
+    converged(p, 3).await?;
+    ledger.verify(p).await
 }
 
 /// A paused cluster is left as it is, whatever its spec asks, until it is resumed.

@@ -156,6 +156,22 @@ fn notice(step: &Step, outcome: &Result<(), executor::ExecError>) -> Option<Noti
     })
 }
 
+/// The most of a note an Event holds (Kubernetes refuses the whole Event beyond it).
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note`, cut to what an Event holds.
+pub(crate) fn event_note(mut note: String) -> String {
+    if note.len() > EVENT_NOTE_LIMIT {
+        let mut end = EVENT_NOTE_LIMIT - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
 async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice: Notice) {
     let pod = |id: u64| ObjectReference {
         api_version: Some("v1".into()),
@@ -167,7 +183,7 @@ async fn event(ctx: &Context, cluster: &MetaStoreCluster, names: &Names, notice:
     let event = Event {
         type_: notice.type_,
         reason: notice.reason.to_string(),
-        note: Some(notice.note),
+        note: Some(event_note(notice.note)),
         action: notice.action.to_string(),
         secondary: notice.member.map(pod),
     };
@@ -214,7 +230,11 @@ async fn expand_volumes(
             // What Kubernetes answers when the claim's storage class cannot grow (or the claim
             // is not bound yet).
             Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => {
-                refused.push(format!("{name}: {}", status.message))
+                // The first line says why (a diff of the claim may follow), once the claim's
+                // own name is out of it, alike for every claim refused for one reason.
+                let first = status.message.lines().next().unwrap_or_default();
+                let why = first.replace(&format!("PersistentVolumeClaim \"{name}\" "), "");
+                refused.push((name, why))
             }
             Err(e) => {
                 tracing::warn!(cluster = %names.cluster, claim = %name, error = %e, "cannot grow a volume claim")
@@ -233,7 +253,17 @@ async fn expand_volumes(
         event(ctx, cluster, names, notice).await;
     }
     if !refused.is_empty() {
-        let note = format!("cannot grow to {}: {}", wanted.0, refused.join("; "));
+        // Claims refused alike are named together: three long answers would not fit an Event.
+        let mut why: Vec<(String, Vec<String>)> = Vec::new();
+        for (claim, message) in refused {
+            match why.iter_mut().find(|(m, _)| *m == message) {
+                Some((_, claims)) => claims.push(claim),
+                None => why.push((message, vec![claim])),
+            }
+        }
+        let why: Vec<String> =
+            why.into_iter().map(|(m, claims)| format!("{}: {m}", claims.join(", "))).collect();
+        let note = format!("cannot grow to {}: {}", wanted.0, why.join("; "));
         event(ctx, cluster, names, Notice::warning("VolumeExpansionRefused", "ExpandVolume", note)).await;
     }
     Ok(())
@@ -669,6 +699,13 @@ pub fn error_policy(cluster: Arc<MetaStoreCluster>, error: &Error, ctx: Arc<Cont
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_note_is_cut_to_what_an_event_holds() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = event_note("é".repeat(EVENT_NOTE_LIMIT));
+        assert!(long.len() <= EVENT_NOTE_LIMIT && long.ends_with('…'), "{} bytes", long.len());
+    }
 
     #[test]
     fn each_member_event_names_its_pod_and_a_replacement_is_not_a_scale_down() {

@@ -177,7 +177,7 @@ async fn event(ctx: &Context, backup: &MetaStoreBackup, type_: EventType, reason
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note),
+        note: Some(crate::controller::event_note(note)),
         action: "Backup".into(),
         secondary: None,
     };
