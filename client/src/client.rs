@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ClientError};
 use crate::lease::*;
+use crate::tls::{ClientTls, TlsError};
 use crate::txn::{TxnRequest, TxnResponse};
 use crate::types::*;
 use crate::ErrorCode;
@@ -64,6 +65,15 @@ pub struct RangeRequest {
     pub revision: Option<u64>,
 }
 
+/// A connection pool with the timeouts of [`Client`]'s calls.
+fn http_client(tls: &ClientTls) -> Result<reqwest::Client, TlsError> {
+    crate::tls::http(Some(tls))?
+        .timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
 /// An async client for one metaStore node's client API.
 ///
 /// Any member serves every request: writes and linearizable reads sent to a follower are
@@ -85,13 +95,18 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client for the node at `base_url`, e.g. `http://127.0.0.1:12380`.
+    /// Over https, the node's certificate must come from one of the system's trusted roots;
+    /// [`Client::with_tls`] names the CA.
     pub fn new(base_url: impl Into<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        // Only a machine without a certificate store fails this: plain http then still works.
+        let http = http_client(&ClientTls::default()).unwrap_or_else(|_| crate::tls::default_http());
         Self::with_http(base_url, http)
+    }
+
+    /// A client for the node at `base_url` (`https://...`), trusting and presenting what `tls`
+    /// names.
+    pub fn with_tls(base_url: impl Into<String>, tls: &ClientTls) -> Result<Self, TlsError> {
+        Ok(Self::with_http(base_url, http_client(tls)?))
     }
 
     /// A client sharing an existing connection pool.

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod quorum;
 pub mod seal;
 mod snapshot;
+pub mod tls;
 pub mod txn;
 pub mod types;
 pub mod watch;

@@ -184,7 +184,7 @@ async fn peer_traffic_needs_the_token<P: Provider>(p: &P) -> anyhow::Result<()> 
     let token = secret.data.and_then(|d| d.get("token").cloned()).context("a token")?;
     anyhow::ensure!(token.0.len() >= 32, "a token of {} bytes", token.0.len());
     let url = format!("{}/raft/vote", p.pod_url(&pod_name(1), 12379).await?);
-    let answer = reqwest::Client::new().post(&url).body(vec![0u8; 4]).send().await?;
+    let answer = metastore_client::tls::default_http().post(&url).body(vec![0u8; 4]).send().await?;
     anyhow::ensure!(answer.status() == 401, "a peer request without the token got {}", answer.status());
     let stray = metastore_client::AddMemberRequest {
         id: 9,

@@ -118,7 +118,7 @@ impl Store {
     /// Until every running member says it serves with a leader elected: etcd's `/health`,
     /// metaStore's `/readyz`.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let http = metastore_client::tls::http(None)?.timeout(Duration::from_secs(2)).build()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..self.members.len() {
             if self.members[i].process.is_none() {

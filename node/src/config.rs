@@ -11,6 +11,7 @@ use reqwest::Url;
 
 use crate::listener::Limits;
 use crate::network::{PeerToken, TokenError};
+use crate::tls::TlsFiles;
 use crate::types::{Member, NodeId};
 
 /// A member of a metaStore cluster: a strongly consistent, replicated key-value store.
@@ -139,6 +140,43 @@ pub struct Args {
     /// every pod of a restored cluster so, and fetches the file into the first pod only.
     #[arg(long, env = "METASTORE_RESTORE_FROM", value_name = "FILE")]
     pub restore_from: Option<PathBuf>,
+
+    /// The client port's certificate (PEM, leaf first, then any intermediates): with
+    /// --key-file, the client port speaks only TLS (https://). Read again whenever it changes.
+    #[arg(long, env = "METASTORE_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "METASTORE_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// CAs (PEM bundle) whose client certificates the client port checks: demanded with
+    /// --client-cert-auth, checked when presented without it.
+    #[arg(long, env = "METASTORE_TRUSTED_CA_FILE", requires = "cert_file")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Demand of every client a certificate from --trusted-ca-file.
+    #[arg(long, env = "METASTORE_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
+
+    /// The peer port's certificate (PEM): with it the peer port speaks only TLS, peer URLs are
+    /// https://, and this member presents it when it calls other members, so it must allow both
+    /// server and client authentication. Read again whenever it changes.
+    #[arg(long, env = "METASTORE_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, env = "METASTORE_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CAs (PEM bundle) whose certificates peers must present, and the peer port's own must
+    /// come from.
+    #[arg(long, env = "METASTORE_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Accepted for etcd's command lines: a TLS peer port always demands certificates.
+    #[arg(long, env = "METASTORE_PEER_CLIENT_CERT_AUTH", requires = "peer_cert_file")]
+    pub peer_client_cert_auth: bool,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -302,6 +340,10 @@ pub struct NodeConfig {
     pub watch_progress_every: Duration,
     /// The release this member reports (`GET /v1/cluster`).
     pub version: &'static str,
+    /// TLS on the client port, if any.
+    pub client_tls: Option<TlsFiles>,
+    /// TLS on the peer port and on calls to peers, if any.
+    pub peer_tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -327,6 +369,8 @@ pub enum ConfigError {
     Timing { election: u64, heartbeat: u64 },
     #[error(transparent)]
     PeerToken(#[from] TokenError),
+    #[error("{flag} URL {url:?} must be {expected}://: {why}")]
+    Scheme { flag: &'static str, url: String, expected: &'static str, why: &'static str },
 }
 
 /// Member id from a StatefulSet pod name: the ordinal after the last `-`, plus one.
@@ -349,14 +393,34 @@ fn hostname() -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::Hostname(e.to_string()))
 }
 
-/// A member URL: `http://host:port`. Used for flags and for members added through the API.
+/// A member URL: `http://host:port`, or `https://` for TLS. Used for flags and for members
+/// added through the API.
 pub fn parse_url(url: &str) -> Result<Url, ConfigError> {
     let parsed =
         Url::parse(url).map_err(|e| ConfigError::BadUrl { url: url.into(), reason: e.to_string() })?;
-    if parsed.scheme() != "http" || parsed.host().is_none() {
-        return Err(ConfigError::BadUrl { url: url.into(), reason: "expected http://host:port".into() });
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(ConfigError::BadUrl {
+            url: url.into(),
+            reason: "expected http://host:port or https://host:port".into(),
+        });
     }
     Ok(parsed)
+}
+
+/// What TLS on the peer port needs.
+const PEER_TLS_FLAGS: &str = "TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file";
+/// What TLS on the client port needs.
+const CLIENT_TLS_FLAGS: &str = "TLS needs --cert-file and --key-file";
+
+/// Checks that `url`, given by `flag`, says TLS exactly when its port speaks it (`tls`);
+/// `needs` says what TLS would take.
+fn check_scheme(flag: &'static str, url: &str, tls: bool, needs: &'static str) -> Result<(), ConfigError> {
+    let scheme_error = |expected, why| ConfigError::Scheme { flag, url: url.into(), expected, why };
+    match (parse_url(url)?.scheme() == "https", tls) {
+        (true, false) => Err(scheme_error("http", needs)),
+        (false, true) => Err(scheme_error("https", "the port speaks TLS")),
+        _ => Ok(()),
+    }
 }
 
 /// A URL's text without a trailing slash, as stored in the membership.
@@ -387,7 +451,26 @@ impl Args {
         found.next().map(|a| a.ip()).ok_or_else(|| unresolved("it has no address".into()))
     }
 
+    fn client_tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            client_ca: self.trusted_ca_file.clone(),
+            require_client_cert: self.client_cert_auth,
+        })
+    }
+
+    fn peer_tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.peer_cert_file.clone()?,
+            key: self.peer_key_file.clone()?,
+            client_ca: Some(self.peer_trusted_ca_file.clone()?),
+            require_client_cert: true,
+        })
+    }
+
     pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        let (client_tls, peer_tls) = (self.client_tls(), self.peer_tls());
         let id = match (self.member_id, self.member_id_from_hostname) {
             (Some(id), _) => id,
             (None, true) => member_id_from_hostname(&hostname()?)?,
@@ -398,12 +481,13 @@ impl Args {
             // default port whatever `--peer-port` says sent members added later elsewhere.
             let host = self.client_bind_address();
             let host = if host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { host };
-            vec![format!("http://{}", SocketAddr::new(host, self.peer_port.unwrap_or(12379)))]
+            let scheme = if peer_tls.is_some() { "https" } else { "http" };
+            vec![format!("{scheme}://{}", SocketAddr::new(host, self.peer_port.unwrap_or(12379)))]
         } else {
             self.cluster.iter().map(|u| normalized(u.trim())).filter(|u| !u.is_empty()).collect()
         };
         for url in &cluster {
-            parse_url(url)?;
+            check_scheme("--cluster", url, peer_tls.is_some(), PEER_TLS_FLAGS)?;
         }
         let index = usize::try_from(id - 1).unwrap_or(usize::MAX);
         let peer_url = match (&self.advertise_peer_url, cluster.get(index)) {
@@ -415,6 +499,7 @@ impl Args {
             (None, None) if self.join => return Err(ConfigError::JoinWithoutPeerUrl),
             (None, None) => return Err(ConfigError::NoPeerUrl { id, count: cluster.len() }),
         };
+        check_scheme("--advertise-peer-url", &peer_url, peer_tls.is_some(), PEER_TLS_FLAGS)?;
         let parsed = parse_url(&peer_url)?;
         // Listened for where --cluster says this member is; an advertised URL (which may be a
         // NAT's or a load balancer's) only without one.
@@ -428,10 +513,11 @@ impl Args {
             None => {
                 let host = self.client_bind_address();
                 let host = if host.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { host };
-                format!("http://{}", SocketAddr::new(host, self.port))
+                let scheme = if client_tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", SocketAddr::new(host, self.port))
             }
         };
-        parse_url(&client_url)?;
+        check_scheme("--advertise-client-url", &client_url, client_tls.is_some(), CLIENT_TLS_FLAGS)?;
         let bootstrap = if self.join {
             Bootstrap::Join { restore: self.restore_from.clone() }
         } else {
@@ -481,6 +567,8 @@ impl Args {
             auto_compaction: auto_compaction(self.auto_compaction_mode, &self.auto_compaction_retention)?,
             watch_progress_every: self.watch_progress_notify_interval,
             version: crate::VERSION,
+            client_tls,
+            peer_tls,
         })
     }
 }
@@ -509,6 +597,64 @@ mod tests {
         assert!(matches!(weak, Err(ConfigError::PeerToken(TokenError::TooShort(6)))));
         let missing = resolve(&["--peer-token-file", "/nonexistent/token"]);
         assert!(matches!(missing, Err(ConfigError::PeerToken(TokenError::Unreadable { .. }))));
+    }
+
+    #[test]
+    fn certificates_make_the_urls_https_and_a_url_that_disagrees_is_refused() {
+        let c = resolve(&["--cert-file", "c.crt", "--key-file", "c.key"]).expect("resolves");
+        assert_eq!(c.member.client_url, "https://127.0.0.1:12380");
+        assert_eq!(c.member.peer_url, "http://127.0.0.1:12379", "the peer port stays plain");
+        let client = c.client_tls.expect("client TLS");
+        assert_eq!((client.client_ca, client.require_client_cert), (None, false));
+
+        let peer_flags =
+            ["--peer-cert-file", "p.crt", "--peer-key-file", "p.key", "--peer-trusted-ca-file", "ca.crt"];
+        let c = resolve(&peer_flags).expect("resolves");
+        assert_eq!(c.member.peer_url, "https://127.0.0.1:12379");
+        assert_eq!(c.member.client_url, "http://127.0.0.1:12380");
+        assert!(c.peer_tls.expect("peer TLS").require_client_cert, "peers always present certificates");
+
+        let mut plain_cluster = peer_flags.to_vec();
+        plain_cluster.extend(["--cluster", SEED_CLUSTER]);
+        assert!(matches!(resolve(&plain_cluster), Err(ConfigError::Scheme { expected: "https", .. })));
+        let https_cluster = SEED_CLUSTER.replace("http://", "https://");
+        let refused = resolve(&["--cluster", &https_cluster]).expect_err("no certificates");
+        assert!(refused.to_string().contains("--peer-cert-file"), "{refused}");
+        let advertised =
+            resolve(&["--advertise-client-url", "https://db.example:12380"]).expect_err("plain port");
+        assert!(matches!(
+            advertised,
+            ConfigError::Scheme { flag: "--advertise-client-url", expected: "http", .. }
+        ));
+    }
+
+    #[test]
+    fn half_a_tls_configuration_is_refused_by_the_command_line() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["metastore"], args].concat());
+        assert!(parse(&["--cert-file", "c.crt"]).is_err(), "a certificate needs its key");
+        assert!(
+            parse(&["--cert-file", "c.crt", "--key-file", "c.key", "--client-cert-auth"]).is_err(),
+            "and a CA to check clients"
+        );
+        assert!(
+            parse(&["--peer-cert-file", "p.crt", "--peer-key-file", "p.key"]).is_err(),
+            "peers need a CA"
+        );
+        assert!(parse(&["--peer-client-cert-auth"]).is_err(), "only with peer TLS");
+        let c = parse(&[
+            "--cert-file",
+            "c.crt",
+            "--key-file",
+            "c.key",
+            "--trusted-ca-file",
+            "ca.crt",
+            "--client-cert-auth",
+        ])
+        .expect("parses")
+        .resolve()
+        .expect("resolves");
+        let client = c.client_tls.expect("client TLS");
+        assert_eq!((client.client_ca, client.require_client_cert), (Some(PathBuf::from("ca.crt")), true));
     }
 
     #[test]

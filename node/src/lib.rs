@@ -35,5 +35,6 @@ pub mod raft;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;
 pub mod types;
 pub mod watch;

@@ -12,6 +12,9 @@
 //! has not begun a single request within `header_timeout` of connecting is closed, whatever it
 //! speaks.
 //!
+//! On a TLS listener the handshake must also complete within `header_timeout`, with the
+//! certificates its files hold at that moment (see [`crate::tls`]).
+//!
 //! warp's own server has neither limit and cannot be given them, so the filter is served here
 //! with hyper directly. A request may upgrade its connection (see [`Upgrade`]); the upgraded
 //! connection is the route's to bound from then on, and no longer counts here.
@@ -29,6 +32,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_io_timeout::TimeoutStream;
+
+use crate::tls::Reloading;
 
 /// How often an HTTP/2 connection is pinged, and how long its answer may take.
 const H2_PING: Duration = Duration::from_secs(30);
@@ -48,14 +53,21 @@ pub struct Limits {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A listener, with TLS if it speaks it, and the name the log gives it.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<Reloading>,
+    pub name: &'static str,
+}
+
+/// A connection's byte stream, TLS or not.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Io for T {}
+
 /// Serves `service` (a `warp::service(filter)`) on `listener` until `shutdown` completes, then
 /// lets in-flight requests finish for a while.
-pub async fn serve<S, B>(
-    service: S,
-    listener: TcpListener,
-    limits: Limits,
-    shutdown: impl Future<Output = ()>,
-) where
+pub async fn serve<S, B>(service: S, listener: Listener, limits: Limits, shutdown: impl Future<Output = ()>)
+where
     S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
         + Clone
         + Send
@@ -82,9 +94,9 @@ pub async fn serve<S, B>(
             },
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+        let (stream, from) = tokio::select! {
+            accepted = listener.socket.accept() => match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait instead of spinning.
                     tracing::warn!(error = %e, "cannot accept a connection");
@@ -95,24 +107,37 @@ pub async fn serve<S, B>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.header_timeout));
-        let begun = Arc::new(AtomicBool::new(false));
-        let service = Upgradable {
-            inner: Deadline { inner: service.clone(), limit: limits.request_timeout },
-            begun: begun.clone(),
+        let with_timeouts = move |stream| {
+            let mut stream = TimeoutStream::new(stream);
+            stream.set_write_timeout(Some(limits.header_timeout));
+            Box::pin(stream)
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-        // A gRPC client keeps its connection for its lifetime, idle between requests: pings
-        // tell one that is gone (no FIN: a host that died) from one that is only quiet.
-        builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_PING).keep_alive_timeout(H2_PING);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), TowerToHyperService::new(service))
-            .into_owned();
+        let (service, tls, name) = (service.clone(), listener.tls.clone(), listener.name);
         let (mut closing, mut drained) = (closing_rx.clone(), drained.clone());
-        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
+            let stream: std::pin::Pin<Box<dyn Io>> = match tls {
+                None => with_timeouts(stream),
+                Some(tls) => match tls.accept(stream, with_timeouts, from, limits.header_timeout, name).await
+                {
+                    Some(stream) => Box::pin(stream),
+                    // Said why in the log; the place goes back with the task.
+                    None => return,
+                },
+            };
+            let begun = Arc::new(AtomicBool::new(false));
+            let service = Upgradable {
+                inner: Deadline { inner: service, limit: limits.request_timeout },
+                begun: begun.clone(),
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            // A gRPC client keeps its connection for its lifetime, idle between requests: pings
+            // tell one that is gone (no FIN: a host that died) from one that is only quiet.
+            builder.http2().timer(TokioTimer::new()).keep_alive_interval(H2_PING).keep_alive_timeout(H2_PING);
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            let header_timeout = limits.header_timeout;
             let mut connection = std::pin::pin!(connection);
             let first_request_overdue = async {
                 tokio::time::sleep(header_timeout).await;

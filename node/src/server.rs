@@ -16,7 +16,7 @@ use crate::raft::{self, Raft};
 use crate::service::{Service, ServiceError};
 use crate::storage;
 use crate::types::{Member, NodeId};
-use crate::{api, grpc, listener};
+use crate::{api, grpc, listener, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -38,6 +38,12 @@ pub enum StartError {
     },
     #[error("cannot build the peer HTTP client: {0}")]
     PeerClient(#[from] reqwest::Error),
+    #[error("cannot use the {listener} port's TLS files: {source}")]
+    Tls {
+        listener: &'static str,
+        #[source]
+        source: metastore_client::tls::TlsError,
+    },
     #[error("cannot bootstrap the cluster: {0}")]
     Bootstrap(#[from] ServiceError),
     #[error("cannot restore: {0}")]
@@ -101,6 +107,15 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let id = config.id;
     let started = Instant::now();
+    // Certificates first: files that cannot be used stop the start before anything changes.
+    let tls = |files: &Option<tls::TlsFiles>, listener| {
+        files
+            .clone()
+            .map(|files| tls::Reloading::start(files, listener))
+            .transpose()
+            .map_err(|source| StartError::Tls { listener, source })
+    };
+    let (peer_tls, client_tls) = (tls(&config.peer_tls, "peer")?, tls(&config.client_tls, "client")?);
     let (mut log_store, state_machine, reader) = storage::open(&config.data_dir)
         .await
         .map_err(|source| StartError::Storage { dir: config.data_dir.clone(), source })?;
@@ -137,8 +152,9 @@ pub async fn run(
     };
 
     // Listen before starting raft, so that a port already in use fails the start at once.
-    let peer_listener = bind(config.peer_listen)?;
-    let client_listener = bind(config.client_listen)?;
+    let peer_listener = listener::Listener { socket: bind(config.peer_listen)?, tls: peer_tls, name: "peer" };
+    let client_listener =
+        listener::Listener { socket: bind(config.client_listen)?, tls: client_tls, name: "client" };
 
     let recovered_leader_vote = log_store
         .read_vote()
@@ -157,7 +173,9 @@ pub async fn run(
         stop_rx.clone(),
     );
 
-    let peers = PeerClient::new(config.peer_token.as_ref())?;
+    let peer_tls = peer_listener.tls.clone().map(tls::peer_client_config).transpose();
+    let peer_tls = peer_tls.map_err(|source| StartError::Tls { listener: "peer", source })?;
+    let peers = PeerClient::new(config.peer_token.as_ref(), peer_tls)?;
     let network = PeerNetwork::new(peers.clone());
     let directory = network.directory();
     let raft = Raft::new(id, raft_config, network, log_store, state_machine)

@@ -49,7 +49,11 @@ async fn the_store_revision_rises_by_one_per_change_and_not_for_a_write_that_cha
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (again, again, 1), "recreated");
 
     // Reads report the revision they were served at, a missing key's 404 too.
-    let answer = reqwest::get(url(&cluster, "/v1/kv/rev/absent")).await.expect("answered");
+    let answer = metastore_client::tls::default_http()
+        .get(url(&cluster, "/v1/kv/rev/absent"))
+        .send()
+        .await
+        .expect("answered");
     assert_eq!(answer.status().as_u16(), 404);
     assert_eq!(answer.headers()["x-metastore-revision"], again.to_string().as_str());
     let listing = client.range(&RangeRequest { prefix: Some("rev/".into()), ..Default::default() }).await;
@@ -91,7 +95,11 @@ async fn reads_at_a_past_revision_see_the_store_as_it_was_then() {
         message.contains(&(current + 10).to_string()) && message.contains(&current.to_string()),
         "{message}"
     );
-    let bad = reqwest::get(url(&cluster, "/v1/kv/hist/a?revision=-1")).await.expect("answered");
+    let bad = metastore_client::tls::default_http()
+        .get(url(&cluster, "/v1/kv/hist/a?revision=-1"))
+        .send()
+        .await
+        .expect("answered");
     assert_eq!(bad.status().as_u16(), 400);
 }
 
@@ -151,10 +159,20 @@ async fn keys_are_bytes_percent_encoded_in_urls_and_base64_in_json() {
     client.put(&key, b"binary".to_vec(), None).await.expect("put");
     let kv = client.get(&key, Consistency::Linearizable).await.expect("get").expect("present");
     assert_eq!((kv.key.clone(), kv.value), (key.clone(), b"binary".to_vec()));
-    let raw = reqwest::get(url(&cluster, "/%FF%00%2F%FE")).await.expect("raw get");
+    let raw = metastore_client::tls::default_http()
+        .get(url(&cluster, "/%FF%00%2F%FE"))
+        .send()
+        .await
+        .expect("raw get");
     assert_eq!(raw.bytes().await.expect("body").as_ref(), b"binary", "the raw API takes the same key");
-    let json: serde_json::Value =
-        reqwest::get(url(&cluster, "/v1/kv?prefix=%FF")).await.expect("range").json().await.expect("json");
+    let json: serde_json::Value = metastore_client::tls::default_http()
+        .get(url(&cluster, "/v1/kv?prefix=%FF"))
+        .send()
+        .await
+        .expect("range")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(json["kvs"][0]["key"], "/wAv/g==");
     let listed = client.range(&RangeRequest { prefix: Some(vec![0xff]), ..Default::default() }).await;
     assert_eq!(listed.expect("range").kvs.len(), 1);
@@ -224,7 +242,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let (cluster, client) = single().await;
     // A connection per request: the member answers an oversized body at once and closes the
     // connection without reading the rest, which a pooled connection could race with.
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("http client");
+    let http = metastore_client::tls::http(None)
+        .expect("tls")
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client");
     let check = |status: u16, code: &'static str| {
         move |resp: reqwest::Response| async move {
             assert_eq!(resp.status().as_u16(), status);
@@ -280,7 +302,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_are_served() {
     let (cluster, client) = single().await;
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     assert!(client.ready().await.expect("readyz"));
     let health = http.get(url(&cluster, "/healthz")).send().await.expect("healthz");
     assert_eq!(health.status().as_u16(), 200);

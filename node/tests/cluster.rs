@@ -380,7 +380,7 @@ async fn with_a_peer_token_a_stray_process_cannot_campaign_or_append() {
     let request: openraft::raft::VoteRequest<metastore_node::types::TypeConfig> =
         openraft::raft::VoteRequest::new(candidate, None);
     let frame = metastore_node::network::wire::encode(&request).expect("frame");
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     for node in cluster.running() {
         let url = format!("{}/raft/vote", node.peer_url());
         for authorization in [None, Some("Bearer ffffffffffffffffffffffffffffffff")] {
@@ -428,8 +428,12 @@ async fn with_a_peer_token_only_its_holders_change_the_membership() {
     assert_eq!(anyone.promote(9).await.expect_err("no token").status(), Some(401));
     let garbled = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff").expect("obs-text is allowed");
     let url = format!("{}/v1/cluster/members/9/promote", cluster.node(1).client_url());
-    let answer =
-        reqwest::Client::new().post(url).header("authorization", garbled).send().await.expect("answer");
+    let answer = metastore_client::tls::default_http()
+        .post(url)
+        .header("authorization", garbled)
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(answer.status(), 401, "a header that is not text is no token, not another route");
 
     add_member(&admin, &cluster, 2).await;
@@ -439,7 +443,11 @@ async fn with_a_peer_token_only_its_holders_change_the_membership() {
 }
 
 async fn metrics_of(node: &common::Node) -> String {
-    let answer = reqwest::get(format!("{}/metrics", node.client_url())).await.expect("metrics");
+    let answer = metastore_client::tls::default_http()
+        .get(format!("{}/metrics", node.client_url()))
+        .send()
+        .await
+        .expect("metrics");
     answer.text().await.expect("metrics text")
 }
 
@@ -563,7 +571,7 @@ async fn a_restarted_member_refuses_votes_until_its_promise_to_the_leader_runs_o
         openraft::raft::VoteRequest::new(openraft::Vote::new(term + 1, candidate), None);
     let frame = metastore_node::network::wire::encode(&request).expect("frame");
     let url = format!("{}/raft/vote", cluster.node(follower).peer_url());
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     let vote = || http.post(&url).body(frame.clone()).send();
 
     let refused = eventually(Duration::from_secs(5), vote).await;

@@ -54,7 +54,11 @@ fn hostile_requests_get_client_errors_and_the_member_keeps_serving() {
     let cluster = Cluster::start(1, &[]);
     runtime.block_on(cluster.wait_for_leader(Duration::from_secs(20)));
     let base = cluster.node(1).client_url();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let http = metastore_client::tls::http(None)
+        .expect("tls")
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
     let methods =
         [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::POST, reqwest::Method::DELETE];
 

@@ -62,7 +62,7 @@ async fn a_put_naming_no_lease_fails_whole_and_ids_are_not_granted_twice() {
     assert_eq!(code(refused), ErrorCode::LeaseNotFound);
     assert!(!exists(&client, "orphan").await);
 
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     let url = format!("{}/v1/lease", cluster.node(1).client_url());
     let grant = |body: &'static str| http.post(&url).body(body).send();
     assert_eq!(grant(r#"{"ttl": 30, "id": 77}"#).await.expect("answered").status().as_u16(), 200);
@@ -71,7 +71,7 @@ async fn a_put_naming_no_lease_fails_whole_and_ids_are_not_granted_twice() {
     assert_eq!(grant(r#"{"ttl": 9000000001}"#).await.expect("answered").status().as_u16(), 400);
     let short = client.lease_grant(1).await.expect("grant");
     assert_eq!(short.ttl, 2, "raised to the minimum, so a lease outlives an election");
-    let bad = reqwest::get(format!("{url}/abc")).await.expect("answered");
+    let bad = metastore_client::tls::default_http().get(format!("{url}/abc")).send().await.expect("answered");
     assert_eq!(bad.status().as_u16(), 400);
 }
 

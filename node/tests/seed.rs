@@ -42,7 +42,7 @@ async fn every_key_on_every_member(cluster: &Cluster, http: &reqwest::Client) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seed_report_holds_and_survives_restart_and_kill_9() {
     let mut cluster = Cluster::start(3, &[]);
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     for id in 1..=3 {
         let status = cluster.status(id).await;

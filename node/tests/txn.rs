@@ -179,7 +179,7 @@ async fn etcds_refusals_come_with_a_clear_code_and_write_nothing() {
     };
     assert_eq!(refused(leased).await, (404, ErrorCode::LeaseNotFound));
 
-    let http = reqwest::Client::new();
+    let http = metastore_client::tls::default_http();
     let url = format!("{}/v1/txn", cluster.node(1).client_url());
     let answer = http.post(&url).body(r#"{"success": [{"put": {"key": "not base64!"}}]}"#).send().await;
     assert_eq!(answer.expect("answered").status().as_u16(), 400);

@@ -111,7 +111,7 @@ async fn bad_watches_are_refused_with_a_clear_error() {
         ("key=a&prev_kv=maybe", 400),
         ("key=a&nope=1", 400),
     ] {
-        let answer = reqwest::get(url(query)).await.expect("answered");
+        let answer = metastore_client::tls::default_http().get(url(query)).send().await.expect("answered");
         assert_eq!(answer.status().as_u16(), status, "{query}");
     }
 }

@@ -75,7 +75,7 @@ impl Cluster {
                 (id, member)
             })
             .collect();
-        let http = reqwest::Client::builder()
+        let http = metastore_client::tls::http(None)?
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_millis(500))
             .build()?;

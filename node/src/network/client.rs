@@ -57,8 +57,9 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client whose every request presents `token`, if the cluster has one.
-    pub fn new(token: Option<&PeerToken>) -> Result<Self, reqwest::Error> {
+    /// A client whose every request presents `token`, if the cluster has one, and that speaks
+    /// to https:// peers as `tls` says (their URLs say which; plain when `None`).
+    pub fn new(token: Option<&PeerToken>, tls: Option<rustls::ClientConfig>) -> Result<Self, reqwest::Error> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             // A token is printable ASCII (checked at start), so it is a valid header value.
@@ -67,7 +68,9 @@ impl PeerClient {
                 headers.insert(reqwest::header::AUTHORIZATION, value);
             }
         }
-        let http = reqwest::Client::builder()
+        // Without peer TLS, https:// peers are refused: nothing is trusted.
+        let tls = tls.unwrap_or_else(metastore_client::tls::trusting_nothing);
+        let http = metastore_client::tls::http_with(tls)
             .default_headers(headers)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -611,9 +614,10 @@ mod tests {
             header_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
         };
+        let listener = crate::listener::Listener { socket: listener, tls: None, name: "peer" };
         tokio::spawn(crate::listener::serve(warp::service(routes), listener, limits, std::future::pending()));
 
-        let client = PeerClient::new(None).expect("client");
+        let client = PeerClient::new(None, None).expect("client");
         let opened = client.open_stream(&member, Duration::from_secs(5)).await.expect("an answer");
         assert!(opened.is_none(), "no stream, so one request per append");
     }

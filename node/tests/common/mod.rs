@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use metastore_client::tls::ClientTls;
 use metastore_client::{Client, ClusterStatus};
 use metastore_testkit::Process;
 
@@ -19,21 +20,30 @@ pub struct Node {
     pub peer_port: u16,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// How the test reaches the client port over TLS, if it speaks TLS.
+    pub tls: Option<ClientTls>,
+    /// Whether the peer port speaks TLS.
+    pub peer_tls: bool,
     process: Option<Process>,
     log: PathBuf,
 }
 
 impl Node {
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        let scheme = if self.peer_tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn client(&self) -> Client {
-        Client::new(self.client_url())
+        match &self.tls {
+            Some(tls) => Client::with_tls(self.client_url(), tls).expect("the test's TLS files"),
+            None => Client::new(self.client_url()),
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -80,7 +90,36 @@ impl Cluster {
     /// Registers and starts a member with explicit arguments.
     pub fn add(&mut self, id: u64, peer_port: u16, client_port: u16, args: Vec<String>) -> usize {
         let log = self.dir.path().join(format!("node-{id}.log"));
-        self.nodes.push(Node { id, client_port, peer_port, args, env: Vec::new(), process: None, log });
+        let (tls, peer_tls) = (None, false);
+        self.nodes.push(Node {
+            id,
+            client_port,
+            peer_port,
+            args,
+            env: Vec::new(),
+            tls,
+            peer_tls,
+            process: None,
+            log,
+        });
+        let index = self.nodes.len() - 1;
+        self.spawn(index);
+        index
+    }
+
+    /// Registers and starts a member whose ports speak TLS as `tls` (client port) and
+    /// `peer_tls` say.
+    pub fn add_tls(
+        &mut self,
+        id: u64,
+        (peer_port, client_port): (u16, u16),
+        args: Vec<String>,
+        tls: Option<ClientTls>,
+        peer_tls: bool,
+    ) -> usize {
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let env = Vec::new();
+        self.nodes.push(Node { id, client_port, peer_port, args, env, tls, peer_tls, process: None, log });
         let index = self.nodes.len() - 1;
         self.spawn(index);
         index
@@ -95,7 +134,8 @@ impl Cluster {
         env: Vec<(String, String)>,
     ) -> usize {
         let log = self.dir.path().join(format!("node-{id}.log"));
-        self.nodes.push(Node { id, client_port, peer_port, args: Vec::new(), env, process: None, log });
+        let (args, tls, peer_tls) = (Vec::new(), None, false);
+        self.nodes.push(Node { id, client_port, peer_port, args, env, tls, peer_tls, process: None, log });
         let index = self.nodes.len() - 1;
         self.spawn(index);
         index
@@ -291,7 +331,8 @@ pub async fn start_etcd(dir: &Path) -> (Process, String) {
     let etcd = Process::spawn("etcd", command, &dir.join("etcd.log")).expect("etcd starts");
     let health = format!("{client_url}/health");
     eventually(Duration::from_secs(30), || async {
-        let answer = reqwest::get(&health).await.map_err(|e| e.to_string())?;
+        let answer =
+            metastore_client::tls::default_http().get(&health).send().await.map_err(|e| e.to_string())?;
         let text = answer.text().await.map_err(|e| e.to_string())?;
         if text.contains("\"health\":\"true\"") {
             Ok(())

@@ -1,0 +1,82 @@
+//! TLS on a member's two listeners and on its calls to peers, with certificates and CAs read
+//! again whenever their files change, so that a renewed certificate is used without a restart.
+//!
+//! The client listener takes a certificate, and optionally (`--client-cert-auth`) demands
+//! certificates from a CA of its own; the peer listener always demands one from the peer CA,
+//! and the member presents its peer certificate when it calls other members. Every new
+//! connection uses the files' latest readable contents; connections already open keep theirs.
+
+mod accept;
+mod peer;
+mod reload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use metastore_client::tls::{self as pem, TlsError};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{RootCertStore, ServerConfig};
+
+pub use peer::peer_client_config;
+pub use reload::Reloading;
+
+/// The protocols both listeners speak: gRPC needs `h2` offered (grpc-go refuses TLS without
+/// it), the HTTP API and the peer protocol are HTTP/1.1.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Where one listener's TLS material lives, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CAs whose certificates clients (or peers) present; `None`: none asked for.
+    pub client_ca: Option<PathBuf>,
+    /// Whether every client must present one (else it is checked only when presented).
+    pub require_client_cert: bool,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.cert, &self.key].into_iter().chain(self.client_ca.as_ref())
+    }
+}
+
+/// What one reading of a listener's files makes: the server side of its connections, and
+/// for the peer listener the client side of calls to other members too.
+#[derive(Debug)]
+pub struct Material {
+    /// This member's certificate chain and key.
+    pub identity: Arc<CertifiedKey>,
+    /// The CAs trusted for certificates presented to this member, and by this member's calls.
+    pub trusted: Option<Arc<RootCertStore>>,
+    pub server: Arc<ServerConfig>,
+}
+
+impl Material {
+    /// Reads and checks `files`, whose contents are `contents` (in [`TlsFiles::paths`] order).
+    fn build(files: &TlsFiles, contents: &[Vec<u8>]) -> Result<Self, TlsError> {
+        let (cert, key) = (&contents[0], &contents[1]);
+        let identity = Arc::new(pem::certified_key((&files.cert, cert), (&files.key, key))?);
+        let trusted = match (&files.client_ca, contents.get(2)) {
+            (Some(path), Some(ca)) => Some(Arc::new(pem::roots(path, ca)?)),
+            _ => None,
+        };
+        let builder = ServerConfig::builder_with_provider(pem::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match &trusted {
+            Some(roots) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), pem::provider());
+                let verifier =
+                    if files.require_client_cert { verifier } else { verifier.allow_unauthenticated() };
+                builder
+                    .with_client_cert_verifier(verifier.build().map_err(|e| TlsError::Config(e.to_string()))?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.clone())));
+        server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(Self { identity, trusted, server: Arc::new(server) })
+    }
+}
