@@ -766,7 +766,7 @@ impl Load {
         for id in 0..4 {
             let protocol = if id % 2 == 0 { Protocol::Http } else { Protocol::Grpc };
             let members = (1..=3)
-                .map(|m| Member::new(protocol, Client::new(names.client_url(m))))
+                .map(|m| Member::new(protocol, Client::new(names.client_url(m)), None))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let task = ClientTask {
                 id,

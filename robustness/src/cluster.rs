@@ -11,6 +11,7 @@ use metastore_client::{AddMemberRequest, Client, MemberRole};
 use metastore_testkit::{free_port, Process};
 
 use crate::network::Network;
+use crate::pki::{Credentials, Pki};
 
 pub struct Member {
     pub id: u64,
@@ -22,15 +23,25 @@ pub struct Member {
     paused: bool,
     /// Started in join mode (after a wipe or a removal): waits to be added.
     joining: bool,
+    /// Whether both its ports speak TLS.
+    tls: bool,
 }
 
 impl Member {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.client_port)
+        format!("{}://{}:{}", self.scheme(), self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{}", self.host, self.peer_port)
+        format!("{}://{}:{}", self.scheme(), self.host, self.peer_port)
     }
 
     pub fn is_running(&self) -> bool {
@@ -46,6 +57,9 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Flags every member is started with, beside those the cluster sets.
     member_args: Vec<String>,
+    /// The certificates, when members speak TLS.
+    pki: Option<Pki>,
+    credentials: Option<Credentials>,
     /// Members' own networks, when links between them are to be cut. Last, so that it is torn
     /// down after the members (dropped with `members`) have stopped.
     network: Option<Network>,
@@ -54,32 +68,46 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` members as a static cluster (`--cluster`), as the seed report does; with
     /// `own_networks`, each in a network namespace of its own (inside the sandbox only); every
-    /// member also gets `member_args`.
+    /// member also gets `member_args`; with `tls`, both ports of every member speak TLS, client
+    /// certificates demanded.
     pub fn start(
         binary: PathBuf,
         size: u64,
         own_networks: bool,
         member_args: Vec<String>,
+        tls: bool,
     ) -> anyhow::Result<Self> {
         let ids: Vec<u64> = (1..=size).collect();
         let network = if own_networks { Some(Network::create(&ids)?) } else { None };
-        let members = ids
+        let members: BTreeMap<u64, Member> = ids
             .iter()
             .map(|&id| {
                 let (host, peer_port, client_port) = match &network {
                     Some(network) => (network.address(id), 12379, 12380),
                     None => ("127.0.0.1".to_string(), free_port(), free_port()),
                 };
-                let member =
-                    Member { id, host, peer_port, client_port, process: None, paused: false, joining: false };
+                let member = Member {
+                    id,
+                    host,
+                    peer_port,
+                    client_port,
+                    process: None,
+                    paused: false,
+                    joining: false,
+                    tls,
+                };
                 (id, member)
             })
             .collect();
-        let http = metastore_client::tls::http(None)?
+        let dir = tempfile::tempdir()?;
+        let hosts: Vec<(u64, String)> = members.values().map(|m| (m.id, m.host.clone())).collect();
+        let pki = if tls { Some(Pki::new(dir.path(), &hosts)?) } else { None };
+        let credentials = pki.as_ref().map(Pki::credentials).transpose()?;
+        let http = metastore_client::tls::http(credentials.as_ref().map(|c| &c.files))?
             .timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_millis(500))
             .build()?;
-        let mut cluster = Self { binary, dir: tempfile::tempdir()?, network, members, http, member_args };
+        let mut cluster = Self { binary, dir, network, members, http, member_args, pki, credentials };
         for id in ids {
             cluster.spawn(id)?;
         }
@@ -115,6 +143,9 @@ impl Cluster {
             command.args(["--cluster", &peers.join(",")]);
         }
         command.args(&self.member_args);
+        if let Some(pki) = &self.pki {
+            command.args(pki.member_flags(id));
+        }
         command.env_remove("RUST_LOG");
         let log = self.dir.path().join(format!("member-{id}.log"));
         let process = Process::spawn("metastore", command, &log)?;
@@ -126,6 +157,54 @@ impl Cluster {
 
     pub fn client(&self, id: u64) -> Client {
         Client::with_http(self.members[&id].client_url(), self.http.clone())
+    }
+
+    /// What clients present and trust, when members speak TLS.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// Starts moving every member to certificates of a new CA, as files replaced under them:
+    /// the new CA trusted beside the old, then (once members have read that) new certificates.
+    pub async fn renew_certificates(&self) -> anyhow::Result<()> {
+        let pki = self.pki.as_ref().context("the members do not speak TLS")?;
+        pki.trust_next();
+        // Members read their files every second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let hosts: Vec<(u64, String)> = self.members.values().map(|m| (m.id, m.host.clone())).collect();
+        pki.issue_next(&hosts);
+        Ok(())
+    }
+
+    /// Ends a renewal: the old CA no longer trusted. Then checks, with connections of its own,
+    /// that every member's two ports present certificates of the new CA and accept its peers:
+    /// the clients' connections, made before, may never have shown it.
+    pub async fn distrust_previous_ca(&mut self) -> anyhow::Result<()> {
+        let pki = self.pki.as_mut().context("the members do not speak TLS")?;
+        pki.drop_previous();
+        let (client_probe, peer_probe) = pki.probes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for member in self.members.values().filter(|m| m.is_running()) {
+            for (url, probe) in [(member.client_url(), &client_probe), (member.peer_url(), &peer_probe)] {
+                loop {
+                    // A new client each time: a pooled connection would prove nothing.
+                    let http =
+                        metastore_client::tls::http(Some(probe))?.timeout(Duration::from_secs(2)).build()?;
+                    match http.get(format!("{url}/health")).send().await {
+                        // Any answer: the handshake succeeded both ways.
+                        Ok(_) => break,
+                        Err(e) if Instant::now() > deadline => {
+                            bail!(
+                                "member {} at {url} still refuses the renewed certificates: {e:#}",
+                                member.id
+                            )
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn ids(&self) -> Vec<u64> {

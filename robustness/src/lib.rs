@@ -15,6 +15,7 @@ pub mod leases;
 pub mod member;
 pub mod nemesis;
 pub mod network;
+pub mod pki;
 pub mod run;
 pub mod watchers;
 pub mod workload;

@@ -20,7 +20,9 @@ use metastore_etcd_proto::etcdserverpb::{
     TxnRequest, WatchCreateRequest,
 };
 use metastore_etcd_proto::mvccpb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::pki::Credentials;
 use tonic::Status;
 
 /// A request not answered in this long fails (its outcome unknown), and the client moves on.
@@ -55,10 +57,16 @@ pub enum Member {
 
 impl Member {
     /// The member `client` reaches, spoken to through `protocol` (gRPC on the same URL).
-    pub fn new(protocol: Protocol, client: Client) -> anyhow::Result<Self> {
+    /// `credentials` are what gRPC presents and trusts when members speak TLS (`client` has
+    /// its own).
+    pub fn new(
+        protocol: Protocol,
+        client: Client,
+        credentials: Option<&Credentials>,
+    ) -> anyhow::Result<Self> {
         Ok(match protocol {
             Protocol::Http => Member::Http(client),
-            Protocol::Grpc => Member::Grpc(Etcd::new(client.base_url())?),
+            Protocol::Grpc => Member::Grpc(Etcd::new(client.base_url(), credentials)?),
         })
     }
 
@@ -226,13 +234,20 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_string())?
+    /// A channel to `url`, over TLS with `credentials` when given.
+    pub fn new(url: &str, credentials: Option<&Credentials>) -> anyhow::Result<Self> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())?
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(Self { url: url.to_string(), channel })
+            .tcp_nodelay(true);
+        if let Some(credentials) = credentials {
+            endpoint = endpoint.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&credentials.ca_pem))
+                    .identity(Identity::from_pem(&credentials.cert_pem, &credentials.key_pem)),
+            )?;
+        }
+        Ok(Self { url: url.to_string(), channel: endpoint.connect_lazy() })
     }
 
     pub fn url(&self) -> &str {
@@ -361,7 +376,7 @@ mod tests {
     async fn a_write_to_a_member_that_is_down_was_never_sent_in_either_protocol() {
         let url = nowhere();
         for protocol in [Protocol::Http, Protocol::Grpc] {
-            let member = Member::new(protocol, Client::new(url.clone())).expect("a member");
+            let member = Member::new(protocol, Client::new(url.clone()), None).expect("a member");
             let result = member.put("k", b"v".to_vec(), 0).await;
             assert!(matches!(result, Err(Failure::NeverSent)), "{protocol:?}: {result:?}");
         }

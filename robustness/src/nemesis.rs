@@ -35,6 +35,10 @@ pub enum Nemesis {
     PartitionLeader,
     /// The leader stops hearing from the others while they still hear it.
     PartitionOneWay,
+    /// Members speak TLS on both ports, and every member's certificates move to a new CA as
+    /// an operator renews them (both CAs trusted, new certificates, the old CA dropped), files
+    /// replaced under the running members.
+    RotateCertificates,
 }
 
 impl Nemesis {
@@ -49,7 +53,13 @@ impl Nemesis {
             Nemesis::Partition,
             Nemesis::PartitionLeader,
             Nemesis::PartitionOneWay,
+            Nemesis::RotateCertificates,
         ]
+    }
+
+    /// Whether members must speak TLS.
+    pub fn needs_tls(self) -> bool {
+        self == Nemesis::RotateCertificates
     }
 
     /// Whether it cuts links, so that members need networks of their own.
@@ -137,6 +147,7 @@ async fn strike(
         Nemesis::Kill | Nemesis::KillLeader => cluster.kill(member),
         Nemesis::Pause | Nemesis::PauseLeader => cluster.pause(member)?,
         Nemesis::Membership => cluster.remove(member).await?,
+        Nemesis::RotateCertificates => cluster.renew_certificates().await?,
         Nemesis::Wipe => {
             cluster.wipe(member)?;
             // Back with its original static flags on an empty disk: the dangerous case.
@@ -153,6 +164,7 @@ async fn heal(cluster: &tokio::sync::Mutex<Cluster>, nemesis: Nemesis, member: u
         Nemesis::Kill | Nemesis::KillLeader => cluster.restart(member)?,
         Nemesis::Pause | Nemesis::PauseLeader => cluster.resume(member)?,
         Nemesis::Membership | Nemesis::Wipe => cluster.replace(member).await?,
+        Nemesis::RotateCertificates => cluster.distrust_previous_ca().await?,
         Nemesis::Partition | Nemesis::PartitionLeader | Nemesis::PartitionOneWay => cluster.heal_network()?,
     }
     Ok(())

@@ -142,15 +142,21 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         member_args.extend(["--auto-compaction-mode".into(), "revision".into()]);
         member_args.extend(["--auto-compaction-retention".into(), retention]);
     }
-    let cluster =
-        Cluster::start(config.binary.clone(), config.members, config.nemesis.partitions(), member_args)?;
+    let cluster = Cluster::start(
+        config.binary.clone(),
+        config.members,
+        config.nemesis.partitions(),
+        member_args,
+        config.nemesis.needs_tls(),
+    )?;
     let first_leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let first_term = cluster.client(first_leader).cluster().await?.term;
     let members: Vec<_> = cluster.ids().iter().map(|id| cluster.client(*id)).collect();
+    let credentials = cluster.credentials().cloned();
     // Every kind of client comes in both protocols: even ones speak HTTP, odd ones gRPC.
     let protocol = |i: usize| if i.is_multiple_of(2) { Protocol::Http } else { Protocol::Grpc };
     let through = |protocol: Protocol| -> anyhow::Result<Vec<Member>> {
-        members.iter().map(|m| Member::new(protocol, m.clone())).collect()
+        members.iter().map(|m| Member::new(protocol, m.clone(), credentials.as_ref())).collect()
     };
     let cluster = tokio::sync::Mutex::new(cluster);
 
@@ -167,7 +173,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             // Each starts on another member, and moves on when its member fails.
             let mut through = members.clone();
             through.rotate_left(i % members.len().max(1));
-            Arc::new(Watcher::new(through, protocol(i), watch_report.clone()))
+            Arc::new(Watcher::new(through, protocol(i), credentials.clone(), watch_report.clone()))
         })
         .collect();
     let lease_report = Arc::new(Mutex::new(LeaseReport::default()));

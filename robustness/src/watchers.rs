@@ -15,6 +15,7 @@ use metastore_client::{
 use serde::Serialize;
 
 use crate::member::{watch_line, Etcd, Protocol};
+use crate::pki::Credentials;
 
 /// How long a watcher may make no progress on the healed cluster before it counts as stuck.
 const STUCK: Duration = Duration::from_secs(30);
@@ -131,6 +132,8 @@ pub struct WatchReport {
 pub struct Watcher {
     members: Vec<Client>,
     protocol: Protocol,
+    /// What gRPC channels present and trust, when members speak TLS.
+    credentials: Option<Credentials>,
     check: Arc<Mutex<StreamCheck>>,
     report: Arc<Mutex<WatchReport>>,
     /// The member its watch last read from, for a report on a watch that falls behind.
@@ -150,10 +153,16 @@ enum Next {
 }
 
 impl Watcher {
-    pub fn new(members: Vec<Client>, protocol: Protocol, report: Arc<Mutex<WatchReport>>) -> Self {
+    pub fn new(
+        members: Vec<Client>,
+        protocol: Protocol,
+        credentials: Option<Credentials>,
+        report: Arc<Mutex<WatchReport>>,
+    ) -> Self {
         Self {
             members,
             protocol,
+            credentials,
             check: Arc::new(Mutex::new(StreamCheck::from_start())),
             report,
             serving: Arc::default(),
@@ -208,10 +217,11 @@ impl Watcher {
     /// Through etcd's gRPC Watch, resumed here as an etcd client resumes it: when the stream
     /// breaks, on the next member, from the revision after the last one seen.
     async fn run_grpc(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let members: Vec<Etcd> = match self.members.iter().map(|m| Etcd::new(m.base_url())).collect() {
-            Ok(members) => members,
-            Err(e) => return self.note(|r| r.violations.push(format!("no gRPC channel: {e:#}"))),
-        };
+        let members: Vec<Etcd> =
+            match self.members.iter().map(|m| Etcd::new(m.base_url(), self.credentials.as_ref())).collect() {
+                Ok(members) => members,
+                Err(e) => return self.note(|r| r.violations.push(format!("no gRPC channel: {e:#}"))),
+            };
         for turn in 0.. {
             let member = &members[turn % members.len()];
             let from = self.check.lock().map(|c| c.next_revision()).unwrap_or(1);

@@ -104,3 +104,10 @@ async fn members_removed_and_added_back() {
 async fn members_wiped_and_replaced() {
     survives(Nemesis::Wipe).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_renewed_under_load() {
+    let report = report_of(Nemesis::RotateCertificates).await;
+    // Members that read renewed files never drop a connection: no request may fail.
+    assert_eq!((report.failed, report.unknown), (0, 0), "{}", report.summary());
+}

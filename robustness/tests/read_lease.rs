@@ -13,7 +13,7 @@ fn a_leader_cut_off_never_answers_a_linearizable_read_its_successor_outdated() {
     let test = "a_leader_cut_off_never_answers_a_linearizable_read_its_successor_outdated";
     run_test_with_own_networks(test, || async {
         let binary = metastore_testkit::workspace_binary("metastore").unwrap_or_else(|e| panic!("{e}"));
-        let cluster = Cluster::start(binary, 3, true, Vec::new()).expect("three members");
+        let cluster = Cluster::start(binary, 3, true, Vec::new(), false).expect("three members");
         let old = cluster.wait_for_leader(Duration::from_secs(20)).await.expect("a leader");
         let old_leader = cluster.client(old);
         old_leader.put("k", "before", None).await.expect("first write");
