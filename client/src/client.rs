@@ -98,7 +98,8 @@ impl Client {
     /// Over https, the node's certificate must come from one of the system's trusted roots;
     /// [`Client::with_tls`] names the CA.
     pub fn new(base_url: impl Into<String>) -> Self {
-        // Only a machine without a certificate store fails this: plain http then still works.
+        // The system's roots never fail to load (without them nothing is trusted), so neither
+        // does this; plain http is kept working whatever happens.
         let http = http_client(&ClientTls::default()).unwrap_or_else(|_| crate::tls::default_http());
         Self::with_http(base_url, http)
     }

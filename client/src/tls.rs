@@ -124,7 +124,11 @@ impl ClientTls {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         let builder = match &self.ca {
             Some(ca) => builder.with_root_certificates(roots(ca, &read(ca)?)?),
-            None => builder.dangerous().with_custom_certificate_verifier(system_roots()?),
+            None => match system_roots() {
+                Some(roots) => builder.dangerous().with_custom_certificate_verifier(roots),
+                // Nothing to trust: https fails with an unknown issuer, plain http still works.
+                None => builder.with_root_certificates(RootCertStore::empty()),
+            },
         };
         let mut config = match &self.identity {
             Some(identity) => builder
@@ -136,11 +140,11 @@ impl ClientTls {
     }
 }
 
-/// Verifies servers against the system's trusted roots, as a browser would.
-fn system_roots() -> Result<Arc<rustls_platform_verifier::Verifier>, TlsError> {
-    rustls_platform_verifier::Verifier::new(provider())
-        .map(Arc::new)
-        .map_err(|e| TlsError::Config(format!("cannot use the system's trusted roots: {e}")))
+/// Verifies servers against the system's trusted roots, as a browser would; read once per
+/// process (the store is large). `None` on a machine without a store.
+fn system_roots() -> Option<Arc<rustls_platform_verifier::Verifier>> {
+    static ROOTS: OnceLock<Option<Arc<rustls_platform_verifier::Verifier>>> = OnceLock::new();
+    ROOTS.get_or_init(|| rustls_platform_verifier::Verifier::new(provider()).ok().map(Arc::new)).clone()
 }
 
 /// A reqwest client builder that speaks https with `config`.
@@ -165,8 +169,6 @@ pub fn trusting_nothing() -> ClientConfig {
 /// A reqwest client with reqwest's defaults, https trusting the system's roots: for tests and
 /// tools that talk plain HTTP.
 pub fn default_http() -> reqwest::Client {
-    // Without the system's roots (no certificate store on the machine), https cannot be
-    // verified at all; plain http still works.
     http(None)
         .unwrap_or_else(|_| http_with(trusting_nothing()))
         .build()

@@ -155,8 +155,17 @@ pub struct Args {
     #[arg(long, env = "METASTORE_TRUSTED_CA_FILE", requires = "cert_file")]
     pub trusted_ca_file: Option<PathBuf>,
 
-    /// Demand of every client a certificate from --trusted-ca-file.
-    #[arg(long, env = "METASTORE_CLIENT_CERT_AUTH", requires = "trusted_ca_file")]
+    /// Demand of every client a certificate from --trusted-ca-file (`--client-cert-auth=true`,
+    /// as etcd's command lines say it, works too).
+    #[arg(
+        long,
+        env = "METASTORE_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub client_cert_auth: bool,
 
     /// The peer port's certificate (PEM): with it the peer port speaks only TLS, peer URLs are
@@ -175,7 +184,15 @@ pub struct Args {
     pub peer_trusted_ca_file: Option<PathBuf>,
 
     /// Accepted for etcd's command lines: a TLS peer port always demands certificates.
-    #[arg(long, env = "METASTORE_PEER_CLIENT_CERT_AUTH", requires = "peer_cert_file")]
+    #[arg(
+        long,
+        env = "METASTORE_PEER_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub peer_client_cert_auth: bool,
 
     #[command(subcommand)]
@@ -369,6 +386,8 @@ pub enum ConfigError {
     Timing { election: u64, heartbeat: u64 },
     #[error(transparent)]
     PeerToken(#[from] TokenError),
+    #[error("--client-cert-auth needs --trusted-ca-file: the CAs client certificates must come from")]
+    ClientCertAuthWithoutCa,
     #[error("{flag} URL {url:?} must be {expected}://: {why}")]
     Scheme { flag: &'static str, url: String, expected: &'static str, why: &'static str },
 }
@@ -405,6 +424,20 @@ pub fn parse_url(url: &str) -> Result<Url, ConfigError> {
         });
     }
     Ok(parsed)
+}
+
+/// Checks that a new member's peer URL speaks as this member's does (`own`): a member of a
+/// TLS cluster would otherwise be called in clear text, peer token and all.
+pub fn check_peer_scheme(url: &str, own: &str) -> Result<(), ConfigError> {
+    let (theirs, ours) = (parse_url(url)?, parse_url(own)?);
+    if theirs.scheme() == ours.scheme() {
+        return Ok(());
+    }
+    let (expected, why) = match ours.scheme() {
+        "https" => ("https", "this cluster's peers speak TLS"),
+        _ => ("http", "this cluster's peers speak plain HTTP"),
+    };
+    Err(ConfigError::Scheme { flag: "peer", url: url.into(), expected, why })
 }
 
 /// What TLS on the peer port needs.
@@ -470,6 +503,9 @@ impl Args {
     }
 
     pub fn resolve(&self) -> Result<NodeConfig, ConfigError> {
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err(ConfigError::ClientCertAuthWithoutCa);
+        }
         let (client_tls, peer_tls) = (self.client_tls(), self.peer_tls());
         let id = match (self.member_id, self.member_id_from_hostname) {
             (Some(id), _) => id,
@@ -633,14 +669,23 @@ mod tests {
         let parse = |args: &[&str]| Args::try_parse_from([&["metastore"], args].concat());
         assert!(parse(&["--cert-file", "c.crt"]).is_err(), "a certificate needs its key");
         assert!(
-            parse(&["--cert-file", "c.crt", "--key-file", "c.key", "--client-cert-auth"]).is_err(),
-            "and a CA to check clients"
-        );
-        assert!(
             parse(&["--peer-cert-file", "p.crt", "--peer-key-file", "p.key"]).is_err(),
             "peers need a CA"
         );
-        assert!(parse(&["--peer-client-cert-auth"]).is_err(), "only with peer TLS");
+        let no_ca =
+            parse(&["--cert-file", "c.crt", "--key-file", "c.key", "--client-cert-auth"]).expect("parses");
+        assert_eq!(
+            no_ca.resolve(),
+            Err(ConfigError::ClientCertAuthWithoutCa),
+            "client certificates need a CA"
+        );
+        // etcd's spelling of the booleans.
+        let etcd_style = ["--cert-file", "c.crt", "--key-file", "c.key", "--trusted-ca-file", "ca.crt"];
+        let on = parse(&[&etcd_style[..], &["--client-cert-auth=true"]].concat()).expect("parses");
+        assert!(on.client_cert_auth);
+        let off =
+            parse(&[&etcd_style[..], &["--client-cert-auth=false", "--peer-client-cert-auth=true"]].concat());
+        assert!(!off.expect("parses").client_cert_auth);
         let c = parse(&[
             "--cert-file",
             "c.crt",

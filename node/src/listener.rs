@@ -117,12 +117,19 @@ where
         tokio::spawn(async move {
             let stream: std::pin::Pin<Box<dyn Io>> = match tls {
                 None => with_timeouts(stream),
-                Some(tls) => match tls.accept(stream, with_timeouts, from, limits.header_timeout, name).await
-                {
-                    Some(stream) => Box::pin(stream),
-                    // Said why in the log; the place goes back with the task.
-                    None => return,
-                },
+                Some(tls) => {
+                    let handshake = tls.accept(stream, with_timeouts, from, limits.header_timeout, name);
+                    let accepted = tokio::select! {
+                        accepted = handshake => accepted,
+                        // Shutting down: a connection that has not begun a request is done.
+                        _ = closing.wait_for(|closing| *closing) => None,
+                    };
+                    match accepted {
+                        Some(stream) => Box::pin(stream),
+                        // Said why in the log; the place goes back with the task.
+                        None => return,
+                    }
+                }
             };
             let begun = Arc::new(AtomicBool::new(false));
             let service = Upgradable {

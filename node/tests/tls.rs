@@ -398,24 +398,27 @@ async fn renewed_peer_certificates_are_used_without_a_restart_while_writes_go_on
     assert_eq!(handshakes("old-peer-ca.crt", "outsider-old").await, [true; 3]);
     assert_eq!(handshakes("new-peer-ca.crt", "outsider-new").await, [false; 3]);
 
-    // The renewal: both CAs trusted, then new certificates, then the new CA alone.
+    // The renewal: both CAs trusted, then new certificates, then the new CA alone; each step
+    // once every member has taken up the last, as an operator waits.
+    let until_every_member = |ca: &'static str, identity: &'static str, accepted: bool| {
+        let handshakes = &handshakes;
+        async move {
+            eventually(PROMPTLY, || async {
+                let seen = handshakes(ca, identity).await;
+                (seen == [accepted; 3]).then_some(()).ok_or(seen)
+            })
+            .await
+        }
+    };
     pki.trust("peer-ca.crt", &[&old_ca, &new_ca]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_every_member("old-peer-ca.crt", "outsider-new", true).await;
     for id in 1..=3 {
         pki.write(&format!("member-{id}-peer"), &new_ca.issue(&format!("member-{id}"), LOCAL));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_every_member("new-peer-ca.crt", "outsider-new", true).await;
     pki.trust("peer-ca.crt", &[&new_ca]);
-    eventually(PROMPTLY, || async {
-        let seen = handshakes("new-peer-ca.crt", "outsider-new").await;
-        (seen == [true; 3]).then_some(()).ok_or(seen)
-    })
-    .await;
-    eventually(PROMPTLY, || async {
-        let seen = handshakes("old-peer-ca.crt", "outsider-old").await;
-        (seen == [false; 3]).then_some(()).ok_or(seen)
-    })
-    .await;
+    until_every_member("new-peer-ca.crt", "outsider-old", false).await;
+    assert_eq!(handshakes("old-peer-ca.crt", "outsider-old").await, [false; 3]);
 
     // New peer connections: member 3 killed and restarted, the others must call it with their
     // renewed certificates, and it must catch up and forward writes to the leader.

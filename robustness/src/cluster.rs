@@ -12,6 +12,13 @@ use metastore_testkit::{free_port, Process};
 
 use crate::network::Network;
 use crate::pki::{Credentials, Pki};
+use metastore_client::tls::ClientTls;
+
+/// Whether a TLS handshake with `url` as `tls` succeeds: any HTTP answer means it did.
+async fn handshake(url: &str, tls: &ClientTls) -> anyhow::Result<bool> {
+    let http = metastore_client::tls::http(Some(tls))?.timeout(Duration::from_secs(2)).build()?;
+    Ok(http.get(format!("{url}/health")).send().await.is_ok())
+}
 
 pub struct Member {
     pub id: u64,
@@ -168,43 +175,61 @@ impl Cluster {
     /// the new CA trusted beside the old, then (once members have read that) new certificates.
     pub async fn renew_certificates(&self) -> anyhow::Result<()> {
         let pki = self.pki.as_ref().context("the members do not speak TLS")?;
+        let (current, next) = (pki.current(), pki.next());
         pki.trust_next();
-        // Members read their files every second.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // Members present their old certificates still, and must take peers' new ones.
+        let (client, peer) = pki.probes(current, next);
+        self.until_handshakes("trust the next CA", &client, &peer, |_, peer| peer).await?;
         let hosts: Vec<(u64, String)> = self.members.values().map(|m| (m.id, m.host.clone())).collect();
         pki.issue_next(&hosts);
+        let (client, peer) = pki.probes(next, next);
+        self.until_handshakes("present the next CA's certificates", &client, &peer, |client, peer| {
+            client && peer
+        })
+        .await
+    }
+
+    /// Waits until `ready` holds, for every running member, of whether a handshake with its
+    /// client port as `client` and with its peer port as `peer` succeed. Each try opens new
+    /// connections: a pooled one would prove nothing.
+    async fn until_handshakes(
+        &self,
+        what: &str,
+        client: &ClientTls,
+        peer: &ClientTls,
+        ready: impl Fn(bool, bool) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for member in self.members.values().filter(|m| m.is_running()) {
+            loop {
+                let (client_url, peer_url) = (member.client_url(), member.peer_url());
+                let (client_port, peer_port) =
+                    tokio::join!(handshake(&client_url, client), handshake(&peer_url, peer));
+                if ready(client_port?, peer_port?) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "member {} did not {what} within 15 s (its files are read every second)",
+                        member.id
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
         Ok(())
     }
 
     /// Ends a renewal: the old CA no longer trusted. Then checks, with connections of its own,
-    /// that every member's two ports present certificates of the new CA and accept its peers:
-    /// the clients' connections, made before, may never have shown it.
+    /// that every member's peer port refuses the old CA's certificates and its client port
+    /// still presents the new CA's: the clients' connections, made before, show neither.
     pub async fn distrust_previous_ca(&mut self) -> anyhow::Result<()> {
         let pki = self.pki.as_mut().context("the members do not speak TLS")?;
+        let previous = pki.current();
         pki.drop_previous();
-        let (client_probe, peer_probe) = pki.probes();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for member in self.members.values().filter(|m| m.is_running()) {
-            for (url, probe) in [(member.client_url(), &client_probe), (member.peer_url(), &peer_probe)] {
-                loop {
-                    // A new client each time: a pooled connection would prove nothing.
-                    let http =
-                        metastore_client::tls::http(Some(probe))?.timeout(Duration::from_secs(2)).build()?;
-                    match http.get(format!("{url}/health")).send().await {
-                        // Any answer: the handshake succeeded both ways.
-                        Ok(_) => break,
-                        Err(e) if Instant::now() > deadline => {
-                            bail!(
-                                "member {} at {url} still refuses the renewed certificates: {e:#}",
-                                member.id
-                            )
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    }
-                }
-            }
-        }
-        Ok(())
+        let (client, peer) = pki.probes(pki.current(), previous);
+        self.until_handshakes("distrust the previous CA", &client, &peer, |client, peer| client && !peer)
+            .await
     }
 
     pub fn ids(&self) -> Vec<u64> {
@@ -346,7 +371,7 @@ impl Cluster {
         loop {
             let outcome = match self.leader().await {
                 Some(leader) => {
-                    let leader = Client::new(self.members[&leader].client_url());
+                    let leader = self.client(leader);
                     // The others may not have noticed yet that it is gone or lost its memory:
                     // only a member that says it leads is asked.
                     match leader.cluster().await {

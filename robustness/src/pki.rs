@@ -104,7 +104,8 @@ impl Pki {
         }
     }
 
-    fn next(&self) -> usize {
+    /// The CA the next renewal moves to.
+    pub fn next(&self) -> usize {
         (self.current + 1) % self.authorities.len()
     }
 
@@ -118,18 +119,27 @@ impl Pki {
         self.issue(self.next(), hosts);
     }
 
-    /// Clients that trust the current CA alone, one presenting the clients' certificate and
-    /// one a peer's from the current CA: both complete a handshake with a member only once it
-    /// has taken up the certificates of the current CA and dropped the previous one.
-    pub fn probes(&self) -> (ClientTls, ClientTls) {
-        let current = &self.authorities[self.current];
-        replace(&self.dir.join("current-ca.crt"), current.pem());
-        current.issue("probe", &[]).write(&self.dir, "probe-peer");
-        let trusting_current = |cert: &str, key: &str| ClientTls {
-            ca: Some(self.dir.join("current-ca.crt")),
-            identity: Some(Identity { cert: self.dir.join(cert), key: self.dir.join(key) }),
+    /// Probes of what members present and accept: clients that trust CA `trusted` alone, one
+    /// presenting the clients' certificate (for client ports), one a peer certificate of CA
+    /// `peer` (for peer ports).
+    pub fn probes(&self, trusted: usize, peer: usize) -> (ClientTls, ClientTls) {
+        let ca = self.dir.join(format!("probe-ca-{trusted}.crt"));
+        replace(&ca, self.authorities[trusted].pem());
+        let peer_name = format!("probe-peer-{peer}");
+        self.authorities[peer].issue("probe", &[]).write(&self.dir, &peer_name);
+        let probe = |name: &str| ClientTls {
+            ca: Some(ca.clone()),
+            identity: Some(Identity {
+                cert: self.dir.join(format!("{name}.crt")),
+                key: self.dir.join(format!("{name}.key")),
+            }),
         };
-        (trusting_current("client.crt", "client.key"), trusting_current("probe-peer.crt", "probe-peer.key"))
+        (probe("client"), probe(&peer_name))
+    }
+
+    /// The CA members' certificates come from now.
+    pub fn current(&self) -> usize {
+        self.current
     }
 
     /// The last: the previous CA no longer trusted.

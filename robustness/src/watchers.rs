@@ -336,7 +336,10 @@ impl Watcher {
                     limit: Some(1),
                     ..RangeRequest::default()
                 };
-                let there = match Client::new(serving.clone()).range(&stale).await {
+                // Through the run's own client of that member, which holds its credentials.
+                let member = self.members.iter().find(|m| m.base_url() == serving).cloned();
+                let member = member.unwrap_or_else(|| Client::new(serving.clone()));
+                let there = match member.range(&stale).await {
                     Ok(page) => format!("its store at revision {}", page.revision),
                     Err(e) => format!("unreadable: {e}"),
                 };

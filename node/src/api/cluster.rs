@@ -114,11 +114,14 @@ fn check_url(what: &str, url: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::new(ErrorCode::InvalidMember, format!("{what}: {e}")))
 }
 
-fn member_of(request: &AddMemberRequest) -> Result<(NodeId, Member), ApiError> {
+/// The member `request` describes, to join a cluster whose peer URLs are like `own_peer_url`.
+fn member_of(request: &AddMemberRequest, own_peer_url: &str) -> Result<(NodeId, Member), ApiError> {
     if request.id == 0 {
         return Err(ApiError::new(ErrorCode::InvalidMember, "member ids start at 1"));
     }
     check_url("peer_url", &request.peer_url)?;
+    crate::config::check_peer_scheme(&request.peer_url, own_peer_url)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidMember, format!("peer_url: {e}")))?;
     if !request.client_url.is_empty() {
         check_url("client_url", &request.client_url)?;
     }
@@ -141,7 +144,7 @@ async fn init(body: Result<Bytes, ApiError>, service: Service) -> Result<Respons
         if body.iter().all(u8::is_ascii_whitespace) { InitRequest::default() } else { parse_json(&body)? };
     let mut members = BTreeMap::new();
     for m in &request.members {
-        let (id, member) = member_of(m)?;
+        let (id, member) = member_of(m, &service.own_member().peer_url)?;
         members.insert(id, member);
     }
     if members.is_empty() {
@@ -154,7 +157,7 @@ async fn init(body: Result<Bytes, ApiError>, service: Service) -> Result<Respons
 
 async fn add_member(body: Result<Bytes, ApiError>, service: Service) -> Result<Response, ApiError> {
     let request: AddMemberRequest = parse_json(&body?)?;
-    let (id, member) = member_of(&request)?;
+    let (id, member) = member_of(&request, &service.own_member().peer_url)?;
     change(MembershipChange::AddLearner { id, member }, service).await
 }
 

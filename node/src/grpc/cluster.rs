@@ -111,7 +111,8 @@ impl Cluster for Etcd {
         let [peer_url] = r.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument("a metaStore member has exactly one peer URL"));
         };
-        crate::config::parse_url(peer_url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        crate::config::check_peer_scheme(peer_url, &self.service.own_member().peer_url)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let peer_url = peer_url.trim_end_matches('/').to_string();
         // The id comes from the membership as the leader has it, not as this member last saw it.
         self.fresh().await?;

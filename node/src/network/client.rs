@@ -30,9 +30,11 @@ use crate::types::{Member, NodeId, TypeConfig, Vote};
 /// Why a peer call failed before the peer could answer it.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("peer {url} is unreachable: {source}")]
+    #[error("peer {url} is unreachable: {reason}")]
     Unreachable {
         url: String,
+        /// The whole chain of causes: a refused TLS handshake says why only at its end.
+        reason: String,
         #[source]
         source: reqwest::Error,
     },
@@ -69,8 +71,11 @@ impl PeerClient {
             }
         }
         // Without peer TLS, https:// peers are refused: nothing is trusted.
+        // With it, never http://: the token would cross the network in clear text.
+        let https_only = tls.is_some();
         let tls = tls.unwrap_or_else(metastore_client::tls::trusting_nothing);
         let http = metastore_client::tls::http_with(tls)
+            .https_only(https_only)
             .default_headers(headers)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -184,11 +189,24 @@ fn refusal(url: String, status: reqwest::StatusCode, body: &[u8]) -> PeerError {
 }
 
 fn classify(url: &str, source: reqwest::Error) -> PeerError {
+    let reason = causes(&source);
     if source.is_connect() {
-        PeerError::Unreachable { url: url.to_string(), source }
+        PeerError::Unreachable { url: url.to_string(), reason, source }
     } else {
-        PeerError::Network { url: url.to_string(), message: source.to_string() }
+        PeerError::Network { url: url.to_string(), message: reason }
     }
+}
+
+/// An error and every cause beneath it, one line.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 /// Which peers answered their last call, so that a peer going down or coming back is logged
@@ -200,12 +218,13 @@ struct Reachability {
 
 impl Reachability {
     /// Records the outcome of a call; returns whether the peer was reachable before it.
-    fn record(&self, target: NodeId, url: &str, reachable: bool) -> bool {
+    fn record(&self, target: NodeId, url: &str, failure: Option<&PeerError>) -> bool {
+        let reachable = failure.is_none();
         let Ok(mut states) = self.unreachable.lock() else { return true };
         let was_unreachable = states.insert(target, !reachable).unwrap_or(false);
-        match (was_unreachable, reachable) {
-            (false, false) => tracing::warn!(peer = target, url, "peer unreachable"),
-            (true, true) => tracing::info!(peer = target, url, "peer reachable again"),
+        match (was_unreachable, failure) {
+            (false, Some(e)) => tracing::warn!(peer = target, url, error = %e, "peer unreachable"),
+            (true, None) => tracing::info!(peer = target, url, "peer reachable again"),
             _ => {}
         }
         !was_unreachable
@@ -328,13 +347,15 @@ impl PeerConnection {
     /// Records whether the peer answered, logging changes once, and says how openraft should
     /// treat a failure to reach it.
     fn failure(&self, answer: Result<(), &PeerError>) -> Option<Unreachable<TypeConfig>> {
-        let reachable = !matches!(
-            answer,
-            Err(PeerError::Unreachable { .. }
-                | PeerError::WrongIncarnation { .. }
-                | PeerError::Unauthorized { .. })
-        );
-        let was_reachable = self.reachability.record(self.target, &self.member().peer_url, reachable);
+        let unreachable = answer.err().filter(|e| {
+            matches!(
+                e,
+                PeerError::Unreachable { .. }
+                    | PeerError::WrongIncarnation { .. }
+                    | PeerError::Unauthorized { .. }
+            )
+        });
+        let was_reachable = self.reachability.record(self.target, &self.member().peer_url, unreachable);
         match answer {
             Ok(()) => None,
             Err(e @ PeerError::WrongIncarnation { .. }) => {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -47,14 +47,13 @@ impl Reloading {
         match tokio::time::timeout(within, handshake).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(Refused::Closed)) => None,
-            Ok(Err(Refused::NotTls(mut tcp))) => {
+            Ok(Err(Refused::NotTls(tcp))) => {
                 tracing::warn!(
                     listener,
                     %from,
                     "refused a connection that is not TLS (plain http:// to a TLS port?): the client must use https://"
                 );
-                let _ = tokio::time::timeout(within, tcp.write_all(PLAIN_HTTP_ANSWER)).await;
-                let _ = tcp.shutdown().await;
+                let _ = tokio::time::timeout(within, refuse(tcp)).await;
                 None
             }
             Ok(Err(Refused::Failed(e))) => {
@@ -67,6 +66,16 @@ impl Reloading {
             }
         }
     }
+}
+
+/// Answers a plain HTTP request, then reads what the client still sends until it closes:
+/// closing with its request unread would reset the connection, and the answer with it.
+async fn refuse(mut tcp: TcpStream) {
+    if tcp.write_all(PLAIN_HTTP_ANSWER).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut unread = [0u8; 4096];
+    while matches!(tcp.read(&mut unread).await, Ok(n) if n > 0) {}
 }
 
 enum Refused {

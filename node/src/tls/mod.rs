@@ -54,12 +54,17 @@ pub struct Material {
 }
 
 impl Material {
-    /// Reads and checks `files`, whose contents are `contents` (in [`TlsFiles::paths`] order).
+    /// Parses and checks the contents of `files` (in [`TlsFiles::paths`] order).
     fn build(files: &TlsFiles, contents: &[Vec<u8>]) -> Result<Self, TlsError> {
         let (cert, key) = (&contents[0], &contents[1]);
         let identity = Arc::new(pem::certified_key((&files.cert, cert), (&files.key, key))?);
         let trusted = match (&files.client_ca, contents.get(2)) {
             (Some(path), Some(ca)) => Some(Arc::new(pem::roots(path, ca)?)),
+            _ if files.require_client_cert => {
+                return Err(TlsError::Config(
+                    "client certificates demanded, but no CA to check them against".into(),
+                ))
+            }
             _ => None,
         };
         let builder = ServerConfig::builder_with_provider(pem::provider())
