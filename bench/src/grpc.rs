@@ -5,10 +5,12 @@
 //! A member is reached over a few HTTP/2 connections, requests taking them in turn, as etcd's
 //! benchmark spreads its clients over `--conns` connections.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::stream::{self, StreamExt as _};
 use metastore_etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use metastore_etcd_proto::etcdserverpb::kv_client::KvClient;
@@ -21,7 +23,7 @@ use metastore_etcd_proto::etcdserverpb::{
     WatchRequest, WatchResponse,
 };
 use metastore_etcd_proto::mvccpb::event::EventType;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Streaming;
 
 use crate::target::{Revision, Role};
@@ -39,8 +41,9 @@ pub struct Grpc {
 }
 
 impl Grpc {
-    /// `connections` HTTP/2 connections to `url` (`http://host:port`), opened on first use.
-    pub fn new(url: &str, connections: usize) -> anyhow::Result<Self> {
+    /// `connections` HTTP/2 connections to `url` (`http://host:port`, or `https://` with
+    /// `tls`), opened on first use.
+    pub fn new(url: &str, connections: usize, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Self> {
         // Windows as large as grpc-go's grow to: h2 closes a connection whose unread small
         // frames cost more than half its window, and a watch fan-out (a thousand streams of
         // small events, read by a generator that falls behind) reaches that with small ones.
@@ -50,6 +53,10 @@ impl Grpc {
             .initial_connection_window_size(WINDOW_BYTES * 4)
             .initial_stream_window_size(WINDOW_BYTES)
             .tcp_nodelay(true);
+        let endpoint = match tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        };
         let channels = (0..connections.max(1)).map(|_| endpoint.connect_lazy()).collect();
         Ok(Self { channels, next: Arc::default() })
     }
@@ -157,4 +164,15 @@ fn compare(key: &str, target: CompareTarget, result: CompareResult, operand: Tar
         target_union: Some(operand),
         ..Compare::default()
     }
+}
+
+/// TLS for every channel: trusting the CAs in `ca`, presenting `identity` (certificate, key)
+/// when given; all PEM files.
+pub fn tls(ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow::Result<ClientTlsConfig> {
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
 }

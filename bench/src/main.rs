@@ -77,6 +77,15 @@ struct Cli {
     /// ended grows the store.
     #[arg(long, default_value_t = 0)]
     first_key: usize,
+    /// TLS (https:// endpoints, gRPC only): the CAs members' certificates come from.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// TLS: the certificate to present, for members that demand one.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// TLS: the key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Print the header line before the row.
     #[arg(long)]
     header: bool,
@@ -97,10 +106,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let tls = match &cli.cacert {
+        Some(ca) => Some(grpc::tls(ca, cli.cert.as_deref().zip(cli.key.as_deref()))?),
+        None => None,
+    };
     let mut endpoints = cli
         .endpoints
         .iter()
-        .map(|url| Endpoint::new(cli.system, cli.protocol, url, cli.connections as usize))
+        .map(|url| Endpoint::new(cli.system, cli.protocol, url, cli.connections as usize, tls.as_ref()))
         .collect::<anyhow::Result<Vec<Endpoint>>>()?;
     let keys = KeySpace::new(cli.keys as usize, cli.distribution, cli.zipf_exponent)?;
     let value = vec![b'v'; cli.value_size];

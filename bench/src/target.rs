@@ -23,6 +23,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::grpc::{self, Grpc};
+use tonic::transport::ClientTlsConfig;
 
 /// A request not answered in this long counts as an error, and its connection is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +49,8 @@ pub struct Endpoint {
     system: System,
     /// `host:port`, to connect to and to name in the `Host` header.
     authority: String,
+    /// Whether it speaks TLS (then only through `grpc`).
+    secure: bool,
     idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
     /// Set when requests go over gRPC.
     grpc: Option<Grpc>,
@@ -68,21 +71,39 @@ pub enum Role {
 impl Endpoint {
     /// `url` is a member's client URL: `http://host:port`; gRPC spreads requests over
     /// `connections` connections.
-    pub fn new(system: System, protocol: Protocol, url: &str, connections: usize) -> anyhow::Result<Self> {
-        let authority = url
-            .trim_end_matches('/')
-            .strip_prefix("http://")
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| anyhow::anyhow!("endpoint {url:?} is not http://host:port"))?;
-        let grpc = match protocol {
-            Protocol::Http => None,
-            Protocol::Grpc => Some(Grpc::new(&format!("http://{authority}"), connections)?),
+    /// An endpoint at `url`: `http://host:port`, or `https://host:port` with `tls` (over
+    /// gRPC only: the HTTP client here is plain HTTP/1.1).
+    pub fn new(
+        system: System,
+        protocol: Protocol,
+        url: &str,
+        connections: usize,
+        tls: Option<&ClientTlsConfig>,
+    ) -> anyhow::Result<Self> {
+        let url = url.trim_end_matches('/');
+        let (authority, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(authority), _) => (authority, false),
+            (_, Some(authority)) => (authority, true),
+            _ => ("", false),
         };
-        Ok(Self { system, authority: authority.to_string(), idle: Arc::default(), grpc })
+        anyhow::ensure!(
+            !authority.is_empty() && !authority.contains('/'),
+            "endpoint {url:?} is not http://host:port or https://host:port"
+        );
+        let grpc = match (protocol, secure, tls) {
+            (Protocol::Http, false, _) => None,
+            (Protocol::Http, true, _) => {
+                anyhow::bail!("over TLS the load generator speaks gRPC only (--protocol grpc)")
+            }
+            (Protocol::Grpc, true, None) => anyhow::bail!("endpoint {url:?} is https://: give --cacert"),
+            (Protocol::Grpc, _, tls) => Some(Grpc::new(url, connections, tls.filter(|_| secure))?),
+        };
+        Ok(Self { system, authority: authority.to_string(), secure, idle: Arc::default(), grpc })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.authority)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {

@@ -265,11 +265,18 @@ fn every_workload_runs_against_etcd_without_errors() {
 }
 
 #[test]
-fn an_endpoint_that_is_not_a_plain_http_url_is_refused() {
-    for endpoint in ["https://127.0.0.1:2379", "127.0.0.1:2379", "http://127.0.0.1:2379/v3"] {
-        let out = Command::new(BENCH).args(["--endpoints", endpoint]).output().expect("runs");
-        assert!(!out.status.success(), "{endpoint} was taken");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("is not http://host:port"), "{endpoint}: {stderr}");
+fn an_endpoint_that_is_not_a_member_url_is_refused() {
+    let refusal = |args: &[&str]| {
+        let out = Command::new(BENCH).args(args).output().expect("runs");
+        assert!(!out.status.success(), "{args:?} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for endpoint in ["127.0.0.1:2379", "http://127.0.0.1:2379/v3", "ftp://127.0.0.1:2379"] {
+        let said = refusal(&["--endpoints", endpoint]);
+        assert!(said.contains("is not http://host:port or https://host:port"), "{endpoint}: {said}");
     }
+    let said = refusal(&["--endpoints", "https://127.0.0.1:2379"]);
+    assert!(said.contains("gRPC only"), "{said}");
+    let said = refusal(&["--endpoints", "https://127.0.0.1:2379", "--protocol", "grpc"]);
+    assert!(said.contains("--cacert"), "{said}");
 }
