@@ -70,9 +70,11 @@ pub async fn reconcile(
             let Some(spec) = &cluster.spec.restore else { return Ok(Restore::None) };
             let secret = secrets.get_opt(&names.restore_secret()).await.map_err(crate::Error::Kube)?;
             let sets = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
-            if secret.is_some() {
-                // Handed over in a pass whose status write was lost.
-                restoring(previous)
+            if let Some(secret) = secret {
+                // Handed over in a pass whose status write was lost, or that this pass's copy
+                // of the cluster (the watch's) does not show yet: the Secret says what.
+                let handed = previous.or_else(|| handed_over(&secret));
+                restoring(handed)
             } else if sets.get_opt(&names.stateful_set()).await.map_err(crate::Error::Kube)?.is_some() {
                 tracing::warn!("spec.restore is read when a cluster is created; this one exists: ignored");
                 return Ok(Restore::None);
@@ -113,6 +115,20 @@ pub async fn reconcile(
     let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
     let first = pods.get_opt(&names.pod(1)).await.map_err(crate::Error::Kube)?;
     Ok(Restore::Restoring(RestoreStatus { message: first.as_ref().and_then(stalled), ..began }))
+}
+
+/// The restore the Secret hands to the first pod, as a status: where from and its seal (its
+/// size is not in the Secret).
+fn handed_over(secret: &Secret) -> Option<RestoreStatus> {
+    let source = secret.data.as_ref()?.get(resources::RESTORE_SOURCE_KEY)?;
+    let source: restore::RestoreSource = serde_json::from_slice(&source.0).ok()?;
+    Some(RestoreStatus {
+        phase: RestorePhase::Restoring,
+        location: Some(source.location()),
+        size_bytes: None,
+        sha256: source.sha256,
+        message: None,
+    })
 }
 
 fn restoring(previous: Option<RestoreStatus>) -> RestoreStatus {
@@ -213,6 +229,28 @@ mod tests {
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "demo-0"}, "status": status}))
             .expect("pod")
+    }
+
+    #[test]
+    fn a_restore_seen_only_in_its_secret_keeps_where_it_comes_from() {
+        // As the API server returns a Secret: its string data moved to data.
+        let source = serde_json::json!({
+            "s3": {"bucket": "backups", "credentialsSecret": "s3-keys"},
+            "object": "e2e/demo/x.snapshot",
+            "sha256": "ab".repeat(32),
+        });
+        let data = [(
+            resources::RESTORE_SOURCE_KEY.to_string(),
+            k8s_openapi::ByteString(source.to_string().into_bytes()),
+        )];
+        let secret = Secret { data: Some(data.into_iter().collect()), ..Secret::default() };
+        let status = restoring(handed_over(&secret));
+        assert_eq!(status.phase, RestorePhase::Restoring);
+        assert_eq!(status.location.as_deref(), Some("s3://backups/e2e/demo/x.snapshot"));
+        assert_eq!(status.sha256, Some("ab".repeat(32)));
+        let unreadable: Secret =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).expect("secret");
+        assert_eq!(handed_over(&unreadable), None);
     }
 
     #[test]
