@@ -2,7 +2,7 @@
 //! parsed in-process (protox), so building needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/mvccpb/kv.proto", "proto/etcdserverpb/rpc.proto"];
+    let files = ["proto/mvccpb/kv.proto", "proto/authpb/auth.proto", "proto/etcdserverpb/rpc.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

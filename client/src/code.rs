@@ -93,6 +93,16 @@ error_codes! {
     /// again blindly could apply it twice.
     OutcomeUnknown = "outcome_unknown", 503;
     Unauthorized = "unauthorized", 401;
+    /// The token presented was not issued by this cluster, or has expired: authenticate again.
+    InvalidToken = "invalid_token", 401;
+    /// Users, roles or permissions changed since the token was issued: authenticate again.
+    AuthRevisionOld = "auth_revision_old", 401;
+    /// A wrong user name or password.
+    AuthenticationFailed = "authentication_failed", 401;
+    /// The caller's roles do not allow the request.
+    PermissionDenied = "permission_denied", 403;
+    /// Authentication asked of a cluster with auth off.
+    AuthNotEnabled = "auth_not_enabled", 400;
     /// A transaction holds more compares, or more operations in one list, than the limit.
     TooManyOperations = "too_many_operations", 400;
     /// A transaction nests transactions deeper than the limit.

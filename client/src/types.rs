@@ -288,3 +288,16 @@ mod tests {
         assert_eq!(serde_json::from_value::<RangeResponse>(json).expect("deserialize"), last);
     }
 }
+
+/// `POST /v1/auth/authenticate`: a user's name and password, for a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthenticateRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// A token to present as `Token: <token>` (or `Authorization: <token>`) with later requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthenticateResponse {
+    pub token: String,
+}

@@ -12,6 +12,11 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// Users, roles and permissions (`authpb`).
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
 /// The services and their messages (`etcdserverpb`).
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -1,6 +1,7 @@
 //! metaStore's storage node: openraft consensus over a RocksDB store, served over HTTP and
 //! etcd's v3 gRPC API.
 //!
+//! - [`auth`]: users, roles and permissions on keys, and the checks (no raft, no RocksDB).
 //! - [`engine`]: the key-value engine's rules: records, writes, transactions, revisions (no
 //!   raft, no RocksDB, no HTTP).
 //! - [`storage`]: the raft log, vote and key-value state machine in one RocksDB instance.
@@ -23,6 +24,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod engine;

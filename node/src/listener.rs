@@ -115,8 +115,8 @@ where
         let (service, tls, name) = (service.clone(), listener.tls.clone(), listener.name);
         let (mut closing, mut drained) = (closing_rx.clone(), drained.clone());
         tokio::spawn(async move {
-            let stream: std::pin::Pin<Box<dyn Io>> = match tls {
-                None => with_timeouts(stream),
+            let (stream, client): (std::pin::Pin<Box<dyn Io>>, _) = match tls {
+                None => (with_timeouts(stream), None),
                 Some(tls) => {
                     let handshake = tls.accept(stream, with_timeouts, from, limits.header_timeout, name);
                     let accepted = tokio::select! {
@@ -125,7 +125,10 @@ where
                         _ = closing.wait_for(|closing| *closing) => None,
                     };
                     match accepted {
-                        Some(stream) => Box::pin(stream),
+                        Some(stream) => {
+                            let client = crate::tls::ClientName::of(&stream);
+                            (Box::pin(stream), client)
+                        }
                         // Said why in the log; the place goes back with the task.
                         None => return,
                     }
@@ -135,6 +138,7 @@ where
             let service = Upgradable {
                 inner: Deadline { inner: service, limit: limits.request_timeout },
                 begun: begun.clone(),
+                client,
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
@@ -199,12 +203,14 @@ impl Upgrade {
     }
 }
 
-/// Offers each request's upgrade, if it asks for one, as an [`Upgrade`]; and notes that the
-/// connection has begun a request.
+/// Offers each request's upgrade, if it asks for one, as an [`Upgrade`], and the name on the
+/// client's certificate, if it presented one; and notes that the connection has begun a
+/// request.
 #[derive(Clone)]
 struct Upgradable<S> {
     inner: S,
     begun: Arc<AtomicBool>,
+    client: Option<crate::tls::ClientName>,
 }
 
 impl<S> tower_service::Service<http::Request<hyper::body::Incoming>> for Upgradable<S>
@@ -223,6 +229,9 @@ where
         self.begun.store(true, Ordering::Relaxed);
         if let Some(upgrade) = request.extensions_mut().remove::<OnUpgrade>() {
             request.extensions_mut().insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
+        }
+        if let Some(client) = &self.client {
+            request.extensions_mut().insert(client.clone());
         }
         self.inner.call(request)
     }

@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthChange, AuthError, Caller};
 use crate::engine::{Precondition, RevisionError, Write, WriteError, WriteResult};
 
 pub type NodeId = u64;
@@ -95,6 +96,12 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// Changes users, roles or whether auth is on; made for `caller`, who must hold the root
+    /// role while auth is on (checked as it applies).
+    Auth {
+        caller: Option<Caller>,
+        change: AuthChange,
+    },
 }
 
 impl Command {
@@ -116,6 +123,7 @@ impl fmt::Display for Command {
                 writes => write!(f, "{} writes", writes.len()),
             },
             Command::Compact { revision } => write!(f, "compact to revision {revision}"),
+            Command::Auth { change, .. } => write!(f, "auth: {}", change.describe()),
             _ => write!(f, "an entry of metaStore 0.1's format"),
         }
     }
@@ -132,6 +140,8 @@ pub enum Applied {
     Writes(Vec<Result<WriteResult, WriteError>>),
     /// The compaction revision now in effect, or why the compaction was refused.
     Compaction(Result<u64, RevisionError>),
+    /// The auth revision after the change, or why it was refused.
+    Auth(Result<u64, AuthError>),
 }
 
 impl fmt::Display for Applied {
@@ -140,6 +150,7 @@ impl fmt::Display for Applied {
             Applied::Nothing => write!(f, "nothing"),
             Applied::Writes(answers) => write!(f, "{} answers", answers.len()),
             Applied::Compaction(outcome) => write!(f, "compaction: {outcome:?}"),
+            Applied::Auth(outcome) => write!(f, "auth: {outcome:?}"),
         }
     }
 }

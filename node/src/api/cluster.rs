@@ -15,7 +15,7 @@ use metastore_client::{
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
-use super::admin::{admission, guarded};
+use super::admin::{admission, guarded, Admission};
 use super::error::ApiError;
 use super::input::{body, parse_json};
 use super::query::{params, Query};
@@ -38,37 +38,42 @@ pub fn routes(
         },
     );
     // Membership changes take no query parameters: one given is refused like a missing token.
-    let admin = admin
-        .and(params(&[]))
-        .map(|admitted: Result<(), ApiError>, q: Result<Query, ApiError>| admitted.and(q.map(drop)));
+    let admin = admin.and(params(&[])).map(|admitted: Admission, q: Result<Query, ApiError>| match q {
+        Ok(_) => admitted,
+        Err(e) => admitted.refused(e),
+    });
     let init = warp::post()
         .and(warp::path!("v1" / "cluster" / "init"))
         .and(admin.clone())
         .and(body())
         .and(svc.clone())
-        .then(|admitted, body, s| guarded(admitted, init(body, s)));
+        .then(|admitted, body, s: Service| guarded(admitted, s.clone(), init(body, s)));
     let add = warp::post()
         .and(warp::path!("v1" / "cluster" / "members"))
         .and(admin.clone())
         .and(body())
         .and(svc.clone())
-        .then(|admitted, body, s| guarded(admitted, add_member(body, s)));
+        .then(|admitted, body, s: Service| guarded(admitted, s.clone(), add_member(body, s)));
     let promote = warp::post()
         .and(warp::path!("v1" / "cluster" / "members" / NodeId / "promote"))
         .and(admin.clone())
         .and(svc.clone())
-        .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Promote { id }, s)));
+        .then(|id, admitted, s: Service| {
+            guarded(admitted, s.clone(), change(MembershipChange::Promote { id }, s))
+        });
     let remove = warp::delete()
         .and(warp::path!("v1" / "cluster" / "members" / NodeId))
         .and(admin.clone())
         .and(svc.clone())
-        .then(|id, admitted, s| guarded(admitted, change(MembershipChange::Remove { id }, s)));
+        .then(|id, admitted, s: Service| {
+            guarded(admitted, s.clone(), change(MembershipChange::Remove { id }, s))
+        });
     let leader = warp::post()
         .and(warp::path!("v1" / "cluster" / "leader"))
         .and(admin)
         .and(body())
         .and(svc)
-        .then(|admitted, body, s| guarded(admitted, transfer_leadership(body, s)));
+        .then(|admitted, body, s: Service| guarded(admitted, s.clone(), transfer_leadership(body, s)));
     status.or(init).unify().or(add).unify().or(promote).unify().or(remove).unify().or(leader).unify()
 }
 

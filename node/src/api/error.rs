@@ -4,6 +4,7 @@ use metastore_client::{ErrorBody, ErrorCode};
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
+use crate::auth::AuthError;
 use crate::engine::{TxnError, WriteError};
 use crate::service::ServiceError;
 use crate::storage::RevisionError;
@@ -69,8 +70,29 @@ impl From<ServiceError> for ApiError {
             ServiceError::Revision(RevisionError::Compacted { .. }) => ErrorCode::Compacted,
             ServiceError::TooLarge(_) => ErrorCode::InvalidRequest,
             ServiceError::Storage(_) => ErrorCode::Internal,
+            ServiceError::Auth(e) | ServiceError::Write(WriteError::Denied(e)) => auth_code(&e),
         };
         Self::new(code, message)
+    }
+}
+
+fn auth_code(e: &AuthError) -> ErrorCode {
+    match e {
+        AuthError::UserEmpty => ErrorCode::Unauthorized,
+        AuthError::InvalidToken => ErrorCode::InvalidToken,
+        AuthError::OldRevision => ErrorCode::AuthRevisionOld,
+        AuthError::AuthFailed | AuthError::NoPasswordUser => ErrorCode::AuthenticationFailed,
+        AuthError::PermissionDenied => ErrorCode::PermissionDenied,
+        AuthError::NotEnabled => ErrorCode::AuthNotEnabled,
+        AuthError::UserAlreadyExists | AuthError::RoleAlreadyExists => ErrorCode::Conflict,
+        AuthError::UserNotFound | AuthError::RoleNotFound => ErrorCode::NotFound,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::RoleEmpty
+        | AuthError::PermissionNotGiven
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::InvalidManagement => ErrorCode::InvalidRequest,
     }
 }
 

@@ -13,11 +13,13 @@ use warp::path::Tail;
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::{caller, credentials, may_read};
 use super::error::{respond, ApiError};
 use super::input::{body, consistency, key_from_path, parse_json, precondition, read_revision, show_key};
 use super::query::{params, Query};
+use crate::auth::Caller;
 use crate::engine::{KeyRecord, Op, OpResponse, Precondition, Txn, Write, WriteResult};
-use crate::service::Service;
+use crate::service::{Credentials, Need, Service};
 
 const DEFAULT_RANGE_LIMIT: usize = 1_000;
 
@@ -30,41 +32,53 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
     let get = warp::get()
         .and(key)
         .and(params(&["consistency", "revision"]))
+        .and(credentials())
         .and(svc.clone())
-        .then(|tail: Tail, q, s| async move { respond(get_key(tail.as_str(), q, s).await) });
+        .then(|tail: Tail, q, c, s| async move { respond(get_key(tail.as_str(), q, c, s).await) });
     let put = warp::put()
         .and(key)
         .and(params(&["if_absent", "if_mod_revision", "lease"]))
         .and(body())
+        .and(credentials())
         .and(svc.clone())
-        .then(|tail: Tail, q, body: Result<Bytes, ApiError>, s| async move {
-            respond(put_key(tail.as_str(), q, body, s).await)
+        .then(|tail: Tail, q, body: Result<Bytes, ApiError>, c, s| async move {
+            respond(put_key(tail.as_str(), q, body, c, s).await)
         });
     let delete = warp::delete()
         .and(key)
         .and(params(&["if_absent", "if_mod_revision"]))
+        .and(credentials())
         .and(svc.clone())
-        .then(|tail: Tail, q, s| async move { respond(delete_key(tail.as_str(), q, s).await) });
+        .then(|tail: Tail, q, c, s| async move { respond(delete_key(tail.as_str(), q, c, s).await) });
     let range = warp::get()
         .and(warp::path!("v1" / "kv"))
         .and(params(&["prefix", "start", "end", "limit", "consistency", "revision"]))
+        .and(credentials())
         .and(svc.clone())
-        .then(|q, s| async move { respond(range(q, s).await) });
-    let compact = warp::post().and(warp::path!("v1" / "compact")).and(params(&[])).and(body()).and(svc).then(
-        |q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, s| async move {
-            respond(compact(q, body, s).await)
-        },
-    );
+        .then(|q, c, s| async move { respond(range(q, c, s).await) });
+    let compact = warp::post()
+        .and(warp::path!("v1" / "compact"))
+        .and(params(&[]))
+        .and(body())
+        .and(credentials())
+        .and(svc)
+        .then(|q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, c, s| async move {
+            respond(compact(q, body, c, s).await)
+        });
     range.or(get).unify().or(put).unify().or(delete).unify().or(compact).unify()
 }
 
 async fn compact(
     q: Result<Query, ApiError>,
     body: Result<Bytes, ApiError>,
+    credentials: Credentials,
     service: Service,
 ) -> Result<Response, ApiError> {
     q?;
     let request: CompactRequest = parse_json(&body?)?;
+    let caller = caller(&service, &credentials)?;
+    // History is everyone's: only a user may cut it short.
+    service.authorize(caller.as_ref(), Need::User).await?;
     let compacted = service.compact(request.revision).await?;
     Ok(warp::reply::json(&CompactResponse { compacted }).into_response())
 }
@@ -108,10 +122,16 @@ pub fn key_not_found(key: &[u8], revision: u64) -> ApiError {
         .at_revision(revision)
 }
 
-async fn get_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+async fn get_key(
+    tail: &str,
+    q: Result<Query, ApiError>,
+    credentials: Credentials,
+    service: Service,
+) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
     let q = q?;
-    let read = service.get(key.clone(), consistency(&q)?, read_revision(&q)?).await?;
+    let caller = caller(&service, &credentials)?;
+    let read = service.get(caller.as_ref(), key.clone(), consistency(&q)?, read_revision(&q)?).await?;
     match read.record {
         Some(record) => Ok(json_at(&key_value(key, record), read.revision)),
         None => Err(key_not_found(&key, read.revision)),
@@ -122,20 +142,23 @@ async fn put_key(
     tail: &str,
     q: Result<Query, ApiError>,
     body: Result<Bytes, ApiError>,
+    credentials: Credentials,
     service: Service,
 ) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
     let q = q?;
     let precondition = precondition(&q)?;
     let value = body?.to_vec();
+    let caller = caller(&service, &credentials)?;
+    let readable = readable(&service, caller.as_ref(), &key, precondition).await?;
     if let Some(lease) = lease(&q)? {
-        return put_leased(key, value, lease, precondition, service).await;
+        return put_leased(caller.as_ref(), key, value, lease, precondition, readable, service).await;
     }
-    let result = service.write(Write::Put { key: key.clone(), value, precondition }).await?;
+    let result = service.write(caller.as_ref(), Write::Put { key: key.clone(), value, precondition }).await?;
     if !result.succeeded {
         return Err(compare_failed(&key, &result));
     }
-    let prev_kv = result.prev.map(|r| key_value(key, r));
+    let prev_kv = result.prev.filter(|_| readable).map(|r| key_value(key, r));
     Ok(json_at(&PutResponse { revision: result.revision, prev_kv }, result.revision))
 }
 
@@ -149,20 +172,38 @@ fn lease(q: &Query) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// Whether the answer to a write may show the key's previous state: a precondition reads the
+/// key, so it needs read permission; without one, the answer just leaves it out.
+async fn readable(
+    service: &Service,
+    caller: Option<&Caller>,
+    key: &[u8],
+    precondition: Option<Precondition>,
+) -> Result<bool, ApiError> {
+    if precondition.is_some() {
+        service.authorize(caller, Need::Read(key, &[])).await?;
+        return Ok(true);
+    }
+    may_read(service, caller, key).await
+}
+
 /// A put attached to a lease: a one-put transaction, since only transactions carry leases,
 /// its compare the precondition, its failure list a read of the key (for the 409).
 async fn put_leased(
+    caller: Option<&Caller>,
     key: Vec<u8>,
     value: Vec<u8>,
     lease: i64,
     precondition: Option<Precondition>,
+    readable: bool,
     service: Service,
 ) -> Result<Response, ApiError> {
     let compares = precondition.map(|p| p.compare(&key)).into_iter().collect();
-    let put = Op::Put { key: key.clone(), value, lease, prev_kv: true };
+    let put = Op::Put { key: key.clone(), value, lease, prev_kv: readable };
     let read =
         Op::Range { key: key.clone(), range_end: Vec::new(), limit: 1, keys_only: false, count_only: false };
-    let result = service.txn(Txn { compares, success: vec![put], failure: vec![read] }).await?;
+    let failure = if precondition.is_some() { vec![read] } else { Vec::new() };
+    let result = service.txn(caller, Txn { compares, success: vec![put], failure }).await?;
     let prev = match result.responses.into_iter().next() {
         Some(OpResponse::Put { prev }) => prev.map(|(_, record)| record),
         Some(OpResponse::Range { kvs, .. }) => kvs.into_iter().next().map(|(_, record)| record),
@@ -177,15 +218,23 @@ async fn put_leased(
     Ok(json_at(&PutResponse { revision: result.revision, prev_kv }, result.revision))
 }
 
-async fn delete_key(tail: &str, q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+async fn delete_key(
+    tail: &str,
+    q: Result<Query, ApiError>,
+    credentials: Credentials,
+    service: Service,
+) -> Result<Response, ApiError> {
     let key = key_from_path(tail)?;
     let precondition = precondition(&q?)?;
-    let result = service.write(Write::Delete { key: key.clone(), precondition }).await?;
+    let caller = caller(&service, &credentials)?;
+    let readable = readable(&service, caller.as_ref(), &key, precondition).await?;
+    let result = service.write(caller.as_ref(), Write::Delete { key: key.clone(), precondition }).await?;
     if !result.succeeded {
         return Err(compare_failed(&key, &result));
     }
-    let prev_kv = result.prev.map(|r| key_value(key, r));
-    let deleted = DeleteResponse { revision: result.revision, deleted: prev_kv.is_some(), prev_kv };
+    let deleted = result.prev.is_some();
+    let prev_kv = result.prev.filter(|_| readable).map(|r| key_value(key, r));
+    let deleted = DeleteResponse { revision: result.revision, deleted, prev_kv };
     Ok(json_at(&deleted, result.revision))
 }
 
@@ -219,7 +268,11 @@ fn interval(q: &Query) -> Result<(Vec<u8>, Option<Vec<u8>>), ApiError> {
     })
 }
 
-async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+async fn range(
+    q: Result<Query, ApiError>,
+    credentials: Credentials,
+    service: Service,
+) -> Result<Response, ApiError> {
     let q = q?;
     let (start, end) = interval(&q)?;
     let limit = match q.text("limit")? {
@@ -233,7 +286,9 @@ async fn range(q: Result<Query, ApiError>, service: Service) -> Result<Response,
             })?
         }
     };
-    let page = service.range(start, end, limit, consistency(&q)?, read_revision(&q)?).await?;
+    let caller = caller(&service, &credentials)?;
+    let page =
+        service.range(caller.as_ref(), start, end, limit, consistency(&q)?, read_revision(&q)?).await?;
     let kvs: Vec<KeyValue> = page.entries.into_iter().map(|(k, r)| key_value(k, r)).collect();
     let listing = RangeResponse {
         kvs,

@@ -4,6 +4,7 @@
 //! right status, never a panic and never a fall-through to another route.
 
 mod admin;
+mod auth;
 mod cluster;
 mod error;
 mod health;
@@ -51,6 +52,8 @@ pub fn routes(
         .unify()
         .or(lease::routes(service.clone()).boxed())
         .unify()
+        .or(auth::routes(service.clone()).boxed())
+        .unify()
         .or(raw::routes(service).boxed())
         .unify()
         .recover(rejection)
@@ -86,6 +89,7 @@ fn route_label(path: &str) -> &'static str {
         p if p.starts_with("/v1/lease") => "lease",
         p if p.starts_with("/v1/cluster") => "cluster",
         "/v1/snapshot" => "snapshot",
+        p if p.starts_with("/v1/auth") => "auth",
         _ => "raw",
     }
 }

@@ -31,8 +31,15 @@ pub fn routes(
         .and(admission(token, "taking a snapshot"))
         .and(params(&[]))
         .and(warp::any().map(move || service.clone()))
-        .then(|admitted: Result<(), ApiError>, q: Result<Query, ApiError>, s| {
-            guarded(admitted.and(q.map(drop)), snapshot(s))
+        .then(|admitted, q: Result<Query, ApiError>, s: Service| {
+            let handler = {
+                let s = s.clone();
+                async move {
+                    q?;
+                    snapshot(s).await
+                }
+            };
+            guarded(admitted, s, handler)
         })
 }
 

@@ -8,32 +8,36 @@ use metastore_client::{self as wire, ErrorCode, MAX_KEY_BYTES, MAX_TXN_BODY_BYTE
 use warp::reply::Response;
 use warp::Filter;
 
+use super::auth::{caller, credentials};
 use super::error::{respond, ApiError};
 use super::input::{body_up_to, check_key, parse_json};
 use super::kv::{json_at, key_value};
 use super::query::{params, Query};
 use crate::engine::{Compare, CompareResult, CompareTarget, KeyRecord, Op, OpResponse, Txn, TxnResult};
-use crate::service::Service;
+use crate::service::{Credentials, Service};
 
 pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::post()
         .and(warp::path!("v1" / "txn"))
         .and(params(&[]))
         .and(body_up_to(MAX_TXN_BODY_BYTES))
+        .and(credentials())
         .and(warp::any().map(move || service.clone()))
-        .then(|q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, s| async move {
-            respond(txn(q, body, s).await)
+        .then(|q: Result<Query, ApiError>, body: Result<Bytes, ApiError>, c, s| async move {
+            respond(txn(q, body, c, s).await)
         })
 }
 
 async fn txn(
     q: Result<Query, ApiError>,
     body: Result<Bytes, ApiError>,
+    credentials: Credentials,
     service: Service,
 ) -> Result<Response, ApiError> {
     q?;
     let request: wire::TxnRequest = parse_json(&body?)?;
-    let result = service.txn(engine_txn(request)?).await?;
+    let caller = caller(&service, &credentials)?;
+    let result = service.txn(caller.as_ref(), engine_txn(request)?).await?;
     let answer = wire_response(
         TxnResult { succeeded: result.succeeded, responses: result.responses },
         result.revision,

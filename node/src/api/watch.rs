@@ -12,12 +12,13 @@ use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
+use super::auth::{caller, credentials};
 use super::error::{respond, ApiError};
 use super::input::{check_key, flag};
 use super::kv::key_value;
 use super::query::{params, Query};
 use crate::engine::KeyRange;
-use crate::service::Service;
+use crate::service::{Credentials, Need, Service};
 use crate::storage::Change;
 use crate::watch::{WatchMessage, WatchRequest};
 
@@ -31,12 +32,20 @@ pub fn routes(service: Service) -> impl Filter<Extract = (Response,), Error = wa
     warp::get()
         .and(warp::path!("v1" / "watch"))
         .and(params(PARAMETERS))
+        .and(credentials())
         .and(warp::any().map(move || service.clone()))
-        .then(|q, s| async move { respond(watch(q, s)) })
+        .then(|q, c, s| async move { respond(watch(q, c, s).await) })
 }
 
-fn watch(q: Result<Query, ApiError>, service: Service) -> Result<Response, ApiError> {
+async fn watch(
+    q: Result<Query, ApiError>,
+    credentials: Credentials,
+    service: Service,
+) -> Result<Response, ApiError> {
     let request = request(&q?)?;
+    let caller = caller(&service, &credentials)?;
+    let keys = &request.keys;
+    service.authorize(caller.as_ref(), Need::Read(&keys.key, &keys.range_end)).await?;
     let lines = Lines { messages: service.watch(request) };
     let mut response = warp::reply::stream(lines).into_response();
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));

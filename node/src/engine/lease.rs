@@ -26,4 +26,7 @@ pub enum WriteError {
     LeaseNotFound(i64),
     #[error("lease already exists")]
     LeaseExists(i64),
+    /// The caller's grants do not allow the write ([`crate::auth`]).
+    #[error(transparent)]
+    Denied(#[from] crate::auth::AuthError),
 }

@@ -17,7 +17,7 @@
 
 mod lease;
 #[cfg(test)]
-mod memory;
+pub(crate) mod memory;
 mod revision;
 mod select;
 mod span;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use lease::{LeaseRecord, WriteError, MAX_LEASE_TTL};
 pub use revision::{compaction, RevisionError};
 pub use select::{Selected, Selection, SortOrder, SortTarget, TooLarge};
-pub use span::KeyRange;
+pub use span::{interval, KeyRange};
 pub use txn::{
     execute, Compare, CompareResult, CompareTarget, KeySpace, Op, OpResponse, Txn, TxnError, TxnResult,
     MAX_TXN_DEPTH, MAX_TXN_OPS,

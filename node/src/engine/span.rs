@@ -30,6 +30,20 @@ impl KeyRange {
     }
 }
 
+/// The `[start, end)` interval a key and range end name (`None`: no end, every key from `start`
+/// on). A single key `k` is `[k, k\0)`: no key lies between the two.
+pub fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    match range_end {
+        [] => {
+            let mut end = key.to_vec();
+            end.push(0);
+            (key.to_vec(), Some(end))
+        }
+        [0] => (key.to_vec(), None),
+        end => (key.to_vec(), Some(end.to_vec())),
+    }
+}
+
 /// The keys a key and range end name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Span<'a> {

@@ -64,6 +64,9 @@ pub enum Write {
     LeaseRevoke { id: i64 },
     /// Revokes lease `id` as the leader found it expired: only the grant it counted time for.
     LeaseExpire { id: i64, grant: u64 },
+    /// `write`, made for `caller` while auth was on: it applies only if the caller's grants
+    /// allow it at the auth revision it applies at (see [`crate::auth`]).
+    As { caller: crate::auth::Caller, write: Box<Write> },
 }
 
 impl Write {
@@ -74,6 +77,7 @@ impl Write {
             Write::Delete { key, .. } => key.len(),
             Write::Txn(txn) => txn.size(),
             Write::LeaseGrant { .. } | Write::LeaseRevoke { .. } | Write::LeaseExpire { .. } => 16,
+            Write::As { caller, write } => caller.user.len() + write.size(),
         }
     }
 
@@ -81,6 +85,7 @@ impl Write {
     pub fn scans(&self) -> bool {
         match self {
             Write::Txn(txn) => txn.scans(),
+            Write::As { write, .. } => write.scans(),
             // However many keys the lease has.
             Write::LeaseRevoke { .. } | Write::LeaseExpire { .. } => true,
             Write::Put { .. } | Write::Delete { .. } | Write::LeaseGrant { .. } => false,
@@ -139,6 +144,8 @@ impl Write {
             }
             Write::LeaseRevoke { id } => revoke(space, id, None, revision)?,
             Write::LeaseExpire { id, grant } => revoke(space, id, Some(grant), revision)?,
+            // The state machine checked the caller's grants before it got here.
+            Write::As { write, .. } => write.apply(space, revision)?,
         })
     }
 }
@@ -183,6 +190,7 @@ impl fmt::Display for Write {
             Write::LeaseGrant { id, ttl, .. } => write!(f, "grant lease {id} for {ttl} s"),
             Write::LeaseRevoke { id } => write!(f, "revoke lease {id}"),
             Write::LeaseExpire { id, .. } => write!(f, "expire lease {id}"),
+            Write::As { caller, write } => write!(f, "{write} as {:?}", caller.user),
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::errors::{status, MEMBER_NOT_FOUND};
 use super::Etcd;
-use crate::service::{MemberView, Role, Service, ServiceError, PEER_URL_EXISTS};
+use crate::service::{MemberView, Need, Role, Service, ServiceError, PEER_URL_EXISTS};
 use crate::types::MembershipChange;
 
 /// A member as etcd lists it. One that has not started yet (added, but never recorded its
@@ -36,17 +36,19 @@ impl Etcd {
         self.service.members().into_iter().map(member).collect()
     }
 
-    /// Refuses a membership change that does not present the cluster's peer token.
-    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else { return Ok(()) };
-        let presented = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        if token.admits(presented) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(
-                "changing the membership needs the cluster's peer token as `authorization: Bearer <token>`",
-            ))
+    /// Refuses a membership change that does not present the cluster's peer token, where it
+    /// has one, or (while auth is on) does not come from a user with the root role.
+    async fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if let Some(token) = &self.token {
+            let presented = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            if !token.admits(presented) {
+                return Err(Status::permission_denied(
+                    "changing the membership needs the cluster's peer token as `authorization: Bearer <token>`",
+                ));
+            }
         }
+        let caller = self.caller(request)?;
+        self.service.authorize(caller.as_ref(), Need::Admin).await.map_err(status)
     }
 
     async fn change(&self, change: MembershipChange) -> Result<Vec<Member>, Status> {
@@ -106,7 +108,7 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let r = request.into_inner();
         let [peer_url] = r.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument("a metaStore member has exactly one peer URL"));
@@ -160,7 +162,7 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let members = self.change(MembershipChange::Remove { id: request.into_inner().id }).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: Some(self.header(self.current_revision())),
@@ -175,7 +177,7 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let r = request.into_inner();
         let current = self.known(r.id).await?;
         let asked: Vec<&str> = r.peer_ur_ls.iter().map(|u| u.trim_end_matches('/')).collect();
@@ -197,6 +199,8 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        let caller = self.caller(&request)?;
+        self.service.authorize(caller.as_ref(), Need::User).await.map_err(status)?;
         if request.into_inner().linearizable {
             self.service
                 .await_freshness(crate::service::ReadConsistency::Linearizable)
@@ -214,7 +218,7 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        self.admit(&request)?;
+        self.admit(&request).await?;
         let members = self.change(MembershipChange::Promote { id: request.into_inner().id }).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.header(self.current_revision())),

@@ -38,19 +38,7 @@ pub fn key_values(pairs: Vec<(Vec<u8>, KeyRecord)>) -> Vec<KeyValue> {
     pairs.into_iter().map(|(k, r)| key_value(k, r)).collect()
 }
 
-/// The `[start, end)` interval a key and range end name (etcd's conventions: an empty end is
-/// the key alone, `"\0"` every key from it on); `None`: no end.
-pub fn interval(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
-    match range_end {
-        [] => {
-            let mut end = key.to_vec();
-            end.push(0);
-            (key.to_vec(), Some(end))
-        }
-        [0] => (key.to_vec(), None),
-        end => (key.to_vec(), Some(end.to_vec())),
-    }
-}
+pub use crate::engine::interval;
 
 /// A range request's options beyond its keys and revision.
 pub fn selection(r: &RangeRequest) -> Selection {

@@ -26,11 +26,13 @@ impl Lease for Etcd {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(Status::out_of_range(LEASE_TTL_TOO_LARGE));
         }
-        let (id, ttl, revision) = self.service.lease_grant(r.id, r.ttl).await.map_err(status)?;
+        let (id, ttl, revision) =
+            self.service.lease_grant(caller.as_ref(), r.id, r.ttl).await.map_err(status)?;
         Ok(Response::new(LeaseGrantResponse {
             header: Some(self.header(revision)),
             id,
@@ -44,7 +46,9 @@ impl Lease for Etcd {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let revision = self.service.lease_revoke(request.into_inner().id).await.map_err(status)?;
+        let caller = self.caller(&request)?;
+        let revision =
+            self.service.lease_revoke(caller.as_ref(), request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(LeaseRevokeResponse { header: Some(self.header(revision)) }))
     }
 
@@ -57,6 +61,7 @@ impl Lease for Etcd {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = self.caller(&request)?;
         let mut requests = request.into_inner();
         let (answers, stream) = mpsc::channel(4);
         let etcd = self.clone();
@@ -72,7 +77,7 @@ impl Lease for Etcd {
                         return;
                     }
                 };
-                let ttl = match etcd.service.lease_keep_alive(request.id).await {
+                let ttl = match etcd.service.lease_keep_alive(caller.as_ref(), request.id).await {
                     Ok(ttl) => ttl,
                     Err(ServiceError::Write(WriteError::LeaseNotFound(_))) => 0,
                     Err(e) => {
@@ -99,8 +104,9 @@ impl Lease for Etcd {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
-        let answer = match self.service.lease_time_to_live(r.id, r.keys).await {
+        let answer = match self.service.lease_time_to_live(caller.as_ref(), r.id, r.keys).await {
             Ok(lease) => LeaseTimeToLiveResponse {
                 header: None,
                 id: lease.id,
@@ -122,9 +128,10 @@ impl Lease for Etcd {
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.service.id()))]
     async fn lease_leases(
         &self,
-        _: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.service.leases().await.map_err(status)?;
+        let caller = self.caller(&request)?;
+        let leases = self.service.leases(caller.as_ref()).await.map_err(status)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.header(self.current_revision())),
             leases: leases.into_iter().map(|(id, _)| LeaseStatus { id }).collect(),

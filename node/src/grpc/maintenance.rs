@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{signed, unsigned};
 use super::errors::{status, BAD_LEADER_TRANSFEREE, TIMED_OUT};
 use super::Etcd;
-use crate::service::{Role, ServiceError, TransferError};
+use crate::service::{Need, Role, ServiceError, TransferError};
 
 /// The etcd release whose API metaStore serves, as `Status` reports it: clients parse it to
 /// decide what the server can do (Kubernetes does, to turn features on).
@@ -60,19 +60,22 @@ impl Maintenance for Etcd {
     #[tracing::instrument(skip_all, fields(member = self.service.id()))]
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.authorize(&request, Need::Admin).await?;
         self.service.reader().compact_files().await.map_err(storage)?;
         Ok(Response::new(DefragmentResponse { header: Some(self.header(self.current_revision())) }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.authorize(&request, Need::Admin).await?;
         let (hash, revision, _) = self.service.reader().hash(None).await.map_err(storage)?;
         Ok(Response::new(HashResponse { header: Some(self.header(revision)), hash }))
     }
 
     /// A checksum of the keys as of the revision: equal on every member at one revision.
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.authorize(&request, Need::Admin).await?;
         let at = Some(unsigned(request.into_inner().revision)).filter(|at| *at > 0);
         let (hash, hashed_at, compacted) = self.service.reader().hash(at).await.map_err(storage)?;
         Ok(Response::new(HashKvResponse {
@@ -89,7 +92,12 @@ impl Maintenance for Etcd {
     /// file (`metastore_client::seal`): what `etcdctl snapshot save` writes (not etcd's bolt database),
     /// and what `metastore --restore-from` starts a new cluster from.
     #[tracing::instrument(skip_all, fields(member = self.service.id()))]
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // A snapshot holds every key.
+        self.authorize(&request, Need::Admin).await?;
         let (mut pieces, revision) =
             self.service.sealed_snapshot(SNAPSHOT_PIECE_BYTES).await.map_err(status)?;
         let header = self.header(revision);
@@ -126,6 +134,7 @@ impl Maintenance for Etcd {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.authorize(&request, Need::Admin).await?;
         let target = request.into_inner().target_id;
         self.service.transfer_leadership(target).await.map_err(|e| match e {
             TransferError::NotLeader { .. } => Status::failed_precondition("etcdserver: not leader"),

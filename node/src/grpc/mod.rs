@@ -6,6 +6,7 @@
 //! other request to the HTTP routes. This module translates between etcd's messages and the
 //! engine's; what a request does is the service layer's, the same for both front ends.
 
+mod auth;
 mod cluster;
 mod convert;
 mod errors;
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use metastore_etcd_proto::etcdserverpb::auth_server::AuthServer;
 use metastore_etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use metastore_etcd_proto::etcdserverpb::kv_server::KvServer;
 use metastore_etcd_proto::etcdserverpb::lease_server::LeaseServer;
@@ -27,8 +29,10 @@ use metastore_etcd_proto::etcdserverpb::ResponseHeader;
 use tonic::service::Routes;
 use tonic::Status;
 
+use crate::auth::Caller;
 use crate::network::PeerToken;
-use crate::service::Service;
+use crate::service::{Credentials, Service};
+use crate::tls::ClientName;
 
 pub use errors::status;
 
@@ -72,6 +76,34 @@ impl Etcd {
         Status::unavailable(errors::STOPPED)
     }
 
+    /// Who sent `request`: the user its token names (etcd's `token` metadata, or an
+    /// `authorization` that is not the peer token's `Bearer`), else the common name of the
+    /// connection's client certificate; none while auth is off.
+    fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Option<Caller>, Status> {
+        let metadata = request.metadata();
+        let token = metadata
+            .get("token")
+            .or_else(|| metadata.get("authorization").filter(|v| !v.as_bytes().starts_with(b"Bearer ")));
+        let credentials = match (token, request.extensions().get::<ClientName>()) {
+            // Not text: no token this cluster issued.
+            (Some(token), _) => Credentials::Token(token.to_str().unwrap_or_default().to_owned()),
+            (None, Some(name)) => Credentials::Certificate(name.0.clone()),
+            (None, None) => Credentials::None,
+        };
+        self.service.caller(&credentials).map_err(status)
+    }
+
+    /// The caller of `request`, once found allowed what `need` says.
+    async fn authorize<T>(
+        &self,
+        request: &tonic::Request<T>,
+        need: crate::service::Need<'_>,
+    ) -> Result<Option<Caller>, Status> {
+        let caller = self.caller(request)?;
+        self.service.authorize(caller.as_ref(), need).await.map_err(status)?;
+        Ok(caller)
+    }
+
     /// The store's revision as this member last applied it.
     fn current_revision(&self) -> u64 {
         *self.service.reader().applied().borrow()
@@ -93,7 +125,8 @@ pub fn routes(service: Service, token: Option<PeerToken>, progress_every: std::t
     )
     .add_service(LeaseServer::new(etcd.clone()).max_decoding_message_size(MAX_DECODING_BYTES))
     .add_service(ClusterServer::new(etcd.clone()).max_decoding_message_size(MAX_DECODING_BYTES))
-    .add_service(MaintenanceServer::new(etcd).max_decoding_message_size(MAX_DECODING_BYTES))
+    .add_service(MaintenanceServer::new(etcd.clone()).max_decoding_message_size(MAX_DECODING_BYTES))
+    .add_service(AuthServer::new(etcd).max_decoding_message_size(MAX_DECODING_BYTES))
     // grpc.health.v1: serving while the member runs, as etcd reports it.
     .add_service(tonic_health::server::health_reporter().1)
     .prepare()

@@ -25,9 +25,11 @@ use tokio_stream::{StreamExt, StreamMap};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{key_value, signed};
-use super::errors::NO_LEADER;
+use super::errors::{status, NO_LEADER};
 use super::{Etcd, MAX_REQUEST_BYTES};
+use crate::auth::Caller;
 use crate::engine::KeyRange;
+use crate::service::Need;
 use crate::storage::Change;
 use crate::watch::{ProgressRequests, WatchMessage, WatchRequest};
 
@@ -56,6 +58,8 @@ impl Watch for Etcd {
         request: Request<Streaming<WireRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let needs_leader = request.metadata().get("hasleader").is_some_and(|v| v.as_bytes() == b"true");
+        // The stream's credentials, for every watch created on it.
+        let caller = self.caller(&request)?;
         if needs_leader && self.service.metrics().current_leader.is_none() {
             return Err(Status::unavailable(NO_LEADER));
         }
@@ -67,6 +71,7 @@ impl Watch for Etcd {
             messages: StreamMap::new(),
             next_id: 0,
             progress: None,
+            caller,
         };
         tokio::spawn(session.run(request.into_inner(), needs_leader));
         Ok(Response::new(ReceiverStream::new(stream)))
@@ -95,6 +100,7 @@ struct Session {
     messages: StreamMap<i64, Messages>,
     next_id: i64,
     progress: Option<PendingProgress>,
+    caller: Option<Caller>,
 }
 
 /// The client is gone: the session ends.
@@ -186,6 +192,19 @@ impl Session {
                 canceled: true,
                 cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                 ..self.response(id, self.current_revision())
+            };
+            return self.send(response).await;
+        }
+        // etcd watches "\0" for an empty key; the watch must be allowed to read what it names.
+        let key = if create.key.is_empty() { vec![0] } else { create.key.clone() };
+        let allowed =
+            self.etcd.service.authorize(self.caller.as_ref(), Need::Read(&key, &create.range_end)).await;
+        if let Err(e) = allowed {
+            let response = WatchResponse {
+                created: true,
+                canceled: true,
+                cancel_reason: status(e).message().to_owned(),
+                ..self.response(-1, self.current_revision())
             };
             return self.send(response).await;
         }

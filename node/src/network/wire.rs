@@ -110,6 +110,11 @@ pub enum ForwardRequest {
     LeaseKeepAlive(i64),
     /// A lease's granted TTL and the time it has left, as the leader counts it.
     LeaseTimeToLive(i64),
+    /// Change users, roles or whether auth is on, for this caller.
+    Auth {
+        caller: Option<crate::auth::Caller>,
+        change: crate::auth::AuthChange,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +130,8 @@ pub enum ForwardResponse {
     LeaseKept(Option<i64>),
     /// The lease's granted TTL and the milliseconds it has left; `None`: no such lease.
     LeaseRemaining(Option<(i64, u64)>),
+    /// The auth revision after the change, or why it was refused.
+    AuthChanged(Result<u64, crate::auth::AuthError>),
 }
 
 /// Why the leader could not do forwarded work.

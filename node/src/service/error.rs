@@ -1,5 +1,6 @@
 //! Why the service could not do what a front end asked.
 
+use crate::auth::AuthError;
 use crate::engine::{TooLarge, TxnError, WriteError};
 use crate::network::wire::ForwardError;
 use crate::storage::{self, RevisionError};
@@ -33,6 +34,9 @@ pub enum ServiceError {
     /// A read whose answer would be larger than an answer may be.
     #[error(transparent)]
     TooLarge(TooLarge),
+    /// The caller may not do this, or is not who it says (etcd's auth errors).
+    #[error(transparent)]
+    Auth(AuthError),
     #[error("local storage failed: {0}")]
     Storage(storage::StoreError),
 }
@@ -55,6 +59,7 @@ impl From<ForwardError> for ServiceError {
             ForwardError::Rejected(m) => ServiceError::Invalid(m),
             ForwardError::Conflict(m) => ServiceError::Conflict(m),
             ForwardError::OutcomeUnknown(m) => ServiceError::OutcomeUnknown(m),
+            ForwardError::Write(WriteError::Denied(e)) => ServiceError::Auth(e),
             ForwardError::Write(e) => ServiceError::Write(e),
         }
     }
@@ -73,6 +78,7 @@ impl ServiceError {
             ServiceError::Write(e) => ServiceError::Write(e.clone()),
             ServiceError::Revision(e) => ServiceError::Revision(e.clone()),
             ServiceError::TooLarge(e) => ServiceError::TooLarge(*e),
+            ServiceError::Auth(e) => ServiceError::Auth(e.clone()),
             ServiceError::Storage(e) => ServiceError::Unavailable(e.to_string()),
         }
     }

@@ -244,6 +244,7 @@ fn route_of(request: &ForwardRequest) -> &'static str {
         ForwardRequest::Compact(_) => "compact",
         ForwardRequest::LeaseKeepAlive(_) => "lease_keep_alive",
         ForwardRequest::LeaseTimeToLive(_) => "lease_time_to_live",
+        ForwardRequest::Auth { .. } => "auth",
     }
 }
 

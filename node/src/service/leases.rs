@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{forward, ReadConsistency, Service, ServiceError};
+use super::{forward, Need, ReadConsistency, Service, ServiceError};
+use crate::auth::{Access, Caller};
 use crate::engine::{LeaseRecord, Write, WriteError, MAX_LEASE_TTL};
 use crate::lessor::Stored;
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
@@ -31,7 +32,13 @@ impl Service {
     /// Grants a lease of `ttl` seconds (at least [`MIN_LEASE_TTL`]) with id `id`, or one
     /// chosen here when `id` is 0. Answers the id, the TTL granted and the store's revision.
     #[tracing::instrument(skip(self), fields(member = self.id()))]
-    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64, u64), ServiceError> {
+    pub async fn lease_grant(
+        &self,
+        caller: Option<&Caller>,
+        id: i64,
+        ttl: i64,
+    ) -> Result<(i64, i64, u64), ServiceError> {
+        self.authorize(caller, Need::User).await?;
         if id < 0 {
             return Err(ServiceError::Invalid(format!("a lease id is positive, not {id}")));
         }
@@ -47,7 +54,7 @@ impl Service {
         loop {
             let chosen = if id == 0 { (rand::random::<u64>() >> 1).max(1) as i64 } else { id };
             let grant = rand::random::<u64>();
-            match self.write(Write::LeaseGrant { id: chosen, ttl, grant }).await {
+            match self.write(caller, Write::LeaseGrant { id: chosen, ttl, grant }).await {
                 Ok(written) => return Ok((chosen, ttl, written.revision)),
                 Err(ServiceError::Write(WriteError::LeaseExists(_))) if attempts > 1 => attempts -= 1,
                 Err(e) => return Err(e),
@@ -57,13 +64,15 @@ impl Service {
 
     /// Revokes lease `id`, deleting its keys at one revision; answers the store's revision.
     #[tracing::instrument(skip(self), fields(member = self.id()))]
-    pub async fn lease_revoke(&self, id: i64) -> Result<u64, ServiceError> {
-        Ok(self.write(Write::LeaseRevoke { id }).await?.revision)
+    pub async fn lease_revoke(&self, caller: Option<&Caller>, id: i64) -> Result<u64, ServiceError> {
+        Ok(self.write(caller, Write::LeaseRevoke { id }).await?.revision)
     }
 
     /// Starts lease `id`'s TTL again; answers its granted TTL.
     #[tracing::instrument(level = "debug", skip(self), fields(member = self.id()))]
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, ServiceError> {
+    pub async fn lease_keep_alive(&self, caller: Option<&Caller>, id: i64) -> Result<i64, ServiceError> {
+        // Keeping a lease alive keeps its keys: only for a caller who may write them.
+        self.authorize_lease(caller, id, Access::Write).await?;
         match self.execute(ForwardRequest::LeaseKeepAlive(id)).await? {
             ForwardResponse::LeaseKept(Some(granted)) => Ok(granted),
             ForwardResponse::LeaseKept(None) => Err(ServiceError::Write(WriteError::LeaseNotFound(id))),
@@ -72,7 +81,13 @@ impl Service {
     }
 
     /// Lease `id` as the leader counts it, with its keys when `keys` asks for them.
-    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseStatus, ServiceError> {
+    pub async fn lease_time_to_live(
+        &self,
+        caller: Option<&Caller>,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseStatus, ServiceError> {
+        self.authorize(caller, Need::User).await?;
         let (granted_ttl, left) = match self.execute(ForwardRequest::LeaseTimeToLive(id)).await? {
             ForwardResponse::LeaseRemaining(Some(remaining)) => remaining,
             ForwardResponse::LeaseRemaining(None) => {
@@ -83,6 +98,7 @@ impl Service {
         let keys = if keys {
             // As of the leader's answer at least: not keys a revoke already took away.
             self.await_freshness(ReadConsistency::Linearizable).await?;
+            self.authorize_lease(caller, id, Access::Read).await?;
             self.reader().lease_keys(id).await?
         } else {
             Vec::new()
@@ -92,9 +108,15 @@ impl Service {
         Ok(LeaseStatus { id, granted_ttl, ttl, keys })
     }
 
-    /// Every lease, as this member's store holds them.
-    pub async fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, ServiceError> {
-        Ok(self.reader().leases().await?)
+    /// Every lease, as this member's store holds them: for a caller who may read every key
+    /// attached to them.
+    pub async fn leases(&self, caller: Option<&Caller>) -> Result<Vec<(i64, LeaseRecord)>, ServiceError> {
+        self.authorize(caller, Need::User).await?;
+        let leases = self.reader().leases().await?;
+        for (id, _) in &leases {
+            self.authorize_lease(caller, *id, Access::Read).await?;
+        }
+        Ok(leases)
     }
 
     /// A keep-alive here, as the leader. Leadership is confirmed and everything committed

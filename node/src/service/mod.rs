@@ -8,6 +8,7 @@
 //! bootstrap have modules of their own ([`membership`], [`bootstrap`]), and so does what a
 //! member reports of the cluster ([`status`]).
 
+mod auth;
 pub mod auto_compaction;
 mod backup;
 mod batcher;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Caller;
 use crate::engine::{Selected, Selection, Txn, Write, WriteResult};
 use crate::network::wire::{ForwardError, ForwardRequest, ForwardResponse};
 use crate::network::PeerClient;
@@ -38,6 +40,7 @@ use batcher::WriteBatcher;
 use forward::{WriteWaiter, REQUEST_DEADLINE};
 use reads::{ReadConfirmation, ReadIndexWaiter};
 
+pub use auth::{hash_password, token_key, Credentials, Need, TOKEN_TTL};
 pub use error::ServiceError;
 pub use leadership::TransferError;
 pub use membership::PEER_URL_EXISTS;
@@ -141,12 +144,17 @@ impl Service {
         self.raft().metrics().borrow_watched().clone()
     }
 
-    /// Commits `write` through raft and returns what applying it did.
+    /// Commits `write` for `caller` through raft and returns what applying it did. While auth
+    /// is on, the write carries its caller, whose grants are checked as it applies.
     ///
     /// On the leader it goes straight to the batcher. Elsewhere, writes that arrive together
     /// travel to the leader in one request ([`forward::forward_writes`]).
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), %write))]
-    pub async fn write(&self, write: Write) -> Result<WriteResult, ServiceError> {
+    pub async fn write(&self, caller: Option<&Caller>, write: Write) -> Result<WriteResult, ServiceError> {
+        let write = match caller {
+            Some(caller) => Write::As { caller: caller.clone(), write: Box::new(write) },
+            None => write,
+        };
         if self.leads() {
             let answer =
                 tokio::time::timeout(REQUEST_DEADLINE, self.inner.batcher.write(write.clone())).await;
@@ -171,9 +179,9 @@ impl Service {
     /// Commits a transaction: its success list if every compare holds, else its failure list.
     /// One that breaks etcd's rules (a key written twice, too many operations) is refused
     /// before it is proposed.
-    pub async fn txn(&self, txn: Txn) -> Result<WriteResult, ServiceError> {
+    pub async fn txn(&self, caller: Option<&Caller>, txn: Txn) -> Result<WriteResult, ServiceError> {
         txn.check().map_err(ServiceError::Txn)?;
-        self.write(Write::Txn(txn)).await
+        self.write(caller, Write::Txn(txn)).await
     }
 
     /// Watches keys on this member: their changes from a revision on, replayed from history,
@@ -204,17 +212,21 @@ impl Service {
     /// `key` as of revision `at` (the current one when `None`), as fresh as `consistency` asks.
     pub async fn get(
         &self,
+        caller: Option<&Caller>,
         key: Vec<u8>,
         consistency: ReadConsistency,
         at: Option<u64>,
     ) -> Result<KeyRead, ServiceError> {
         self.await_freshness(consistency).await?;
+        // After the wait: a permission revoked before the read began has reached this member.
+        self.authorize(caller, Need::Read(&key, &[])).await?;
         Ok(self.reader().get(key, at).await?)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), limit = limit, ?consistency, ?at))]
     pub async fn range(
         &self,
+        caller: Option<&Caller>,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         limit: usize,
@@ -222,6 +234,7 @@ impl Service {
         at: Option<u64>,
     ) -> Result<RangePage, ServiceError> {
         self.await_freshness(consistency).await?;
+        self.authorize(caller, Need::Read(&start, end.as_deref().unwrap_or(&[0]))).await?;
         Ok(self.reader().range(start, end, limit, metastore_client::MAX_RANGE_BYTES, at).await?)
     }
 
@@ -229,8 +242,10 @@ impl Service {
     /// revision `at`, as fresh as `consistency` asks; with the store's revision. An answer
     /// larger than `max_bytes` is refused.
     #[tracing::instrument(level = "debug", skip_all, fields(member = self.id(), ?consistency, ?at))]
+    #[allow(clippy::too_many_arguments)]
     pub async fn select(
         &self,
+        caller: Option<&Caller>,
         start: Vec<u8>,
         end: Option<Vec<u8>>,
         at: Option<u64>,
@@ -239,6 +254,7 @@ impl Service {
         max_bytes: usize,
     ) -> Result<(Selected, u64), ServiceError> {
         self.await_freshness(consistency).await?;
+        self.authorize(caller, Need::Read(&start, end.as_deref().unwrap_or(&[0]))).await?;
         Ok(self.reader().select(start, end, at, selection, max_bytes).await?)
     }
 
@@ -279,6 +295,7 @@ impl Service {
             ForwardRequest::LeaseKeepAlive(id) => {
                 self.keep_alive_here(id).await.map(ForwardResponse::LeaseKept)
             }
+            ForwardRequest::Auth { caller, change } => self.propose_auth(caller, change).await,
             ForwardRequest::LeaseTimeToLive(id) => self
                 .time_to_live_here(id)
                 .await

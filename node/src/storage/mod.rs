@@ -10,12 +10,14 @@
 //! | `changes` | [`codec::change_key`] (revision, sub) | the user key that changed |
 //! | `leases` | [`codec::lease_key`] (lease id) | [`codec::encode_lease`]: its granted TTL |
 //! | `lease_keys` | [`codec::attachment_key`] (lease id, user key) | empty: the key is attached |
+//! | `auth` | `state` | postcard: the [auth state](crate::auth::AuthState), users, roles and all |
 //! | `sm_meta` | `last_applied`, `last_membership` (postcard); `revision`, `compacted`, `format`, `cluster_id` (u64) |
 //!
 //! Sharing one instance gives the log and the state machine one write-ahead log, whose order
 //! is the order of writes: whatever survives a crash is a prefix of what was written.
 
 mod apply;
+mod auth;
 mod changes;
 mod checkpoint;
 mod codec;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use crate::engine::RevisionError;
+pub use auth::AuthCell;
 pub use changes::{Change, ChangesBudget, ChangesPage};
 pub use checkpoint::Checkpoint;
 pub use compactor::Compactor;
@@ -59,10 +62,11 @@ pub(crate) const CF_HISTORY: &str = "history";
 pub(crate) const CF_CHANGES: &str = "changes";
 pub(crate) const CF_LEASES: &str = "leases";
 pub(crate) const CF_LEASE_KEYS: &str = "lease_keys";
+pub(crate) const CF_AUTH: &str = "auth";
 pub(crate) const CF_SM: &str = "sm_meta";
 /// Every column family of a store.
-const COLUMN_FAMILIES: [&str; 8] =
-    [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_LEASES, CF_LEASE_KEYS, CF_SM];
+const COLUMN_FAMILIES: [&str; 9] =
+    [CF_LOG, CF_RAFT, CF_KV, CF_HISTORY, CF_CHANGES, CF_LEASES, CF_LEASE_KEYS, CF_AUTH, CF_SM];
 
 /// The column families of the key-value data: what a snapshot carries besides its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +76,12 @@ pub(crate) enum Family {
     Changes,
     Leases,
     LeaseKeys,
+    Auth,
 }
 
 impl Family {
-    pub(crate) const ALL: [Family; 5] =
-        [Family::Kv, Family::History, Family::Changes, Family::Leases, Family::LeaseKeys];
+    pub(crate) const ALL: [Family; 6] =
+        [Family::Kv, Family::History, Family::Changes, Family::Leases, Family::LeaseKeys, Family::Auth];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -85,6 +90,7 @@ impl Family {
             Family::Changes => CF_CHANGES,
             Family::Leases => CF_LEASES,
             Family::LeaseKeys => CF_LEASE_KEYS,
+            Family::Auth => CF_AUTH,
         }
     }
 
@@ -96,6 +102,7 @@ impl Family {
             Family::Changes => 3,
             Family::Leases => 4,
             Family::LeaseKeys => 5,
+            Family::Auth => 6,
         }
     }
 
@@ -117,6 +124,7 @@ impl Family {
                 codec::decode_lease(value).map(drop)
             }
             Family::LeaseKeys => codec::decode_attachment_key(key).map(drop),
+            Family::Auth => auth::check(key, value),
         }
     }
 }
@@ -166,6 +174,10 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachine, KvReader), Stor
     let db = Arc::new(run_blocking(move || open_db(&db_dir)).await?);
     let checked = db.clone();
     run_blocking(move || check_format(&checked)).await?;
+    // Users and roles that cannot be read stop the start: guessing would make this member
+    // admit or refuse writes unlike the others.
+    let checked = db.clone();
+    run_blocking(move || auth::read(&checked).map(drop)).await?;
     let log_store = LogStore::new(db.clone())?;
     let reader = KvReader::new(db.clone());
     let state_machine = StateMachine::new(db, dir.join("snapshots"), &reader).await?;

@@ -108,7 +108,7 @@ impl Model {
                 self.leases.insert(*id, *ttl);
                 answer(self.revision, true, None)
             }
-            Write::LeaseExpire { .. } => unreachable!("the generator makes no expiries"),
+            Write::LeaseExpire { .. } | Write::As { .. } => unreachable!("the generator makes neither"),
             Write::LeaseRevoke { id } => {
                 if self.leases.remove(id).is_none() {
                     return Err(WriteError::LeaseNotFound(*id));

@@ -42,6 +42,8 @@ pub struct KvReader {
     applied: Arc<watch::Sender<u64>>,
     /// The cluster's id, as the state machine last set it.
     cluster_id: ClusterId,
+    /// Users, roles and whether auth is on, as the state machine last set them.
+    auth: super::AuthCell,
 }
 
 impl KvReader {
@@ -55,7 +57,18 @@ impl KvReader {
             tracing::warn!(error = %e, "cannot read the cluster's id; reporting none until one is applied");
             ClusterId::default()
         });
-        Self { db, applied: Arc::new(watch::channel(revision).0), cluster_id }
+        let auth = super::AuthCell::load(&db).unwrap_or_else(|e| {
+            // Never guess auth off: a store whose users cannot be read lets nobody in (`open`
+            // refuses such a store before it gets here).
+            tracing::error!(error = %e, "cannot read the auth state; refusing every request");
+            super::AuthCell::locked()
+        });
+        Self { db, applied: Arc::new(watch::channel(revision).0), cluster_id, auth }
+    }
+
+    /// Users, roles and whether requests are checked, as this member last applied them.
+    pub fn auth(&self) -> &super::AuthCell {
+        &self.auth
     }
 
     /// The id of the cluster this member's store belongs to.

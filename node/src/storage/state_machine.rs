@@ -21,13 +21,15 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use tokio::sync::watch;
 
 use super::apply::Applier;
+use super::auth::{self, AuthCell};
 use super::checkpoint::{Checkpoint, Checkpoints};
 use super::codec::{self, decode, encode};
 use super::identity::{self, ClusterId};
 use super::restore::{self, RestoreError, Restored};
 use super::snapshot::{read_received, Snapshot, SnapshotData, SnapshotHeader, SnapshotInbox};
-use super::{cf, run_blocking, run_write, Family, KvReader, StoreError, CF_SM};
-use crate::engine::{self, Write};
+use super::{cf, run_blocking, run_write, Family, KvReader, StoreError, CF_AUTH, CF_SM};
+use crate::auth::AuthState;
+use crate::engine::{self, Write, WriteError};
 use crate::metrics;
 use crate::types::{
     Applied, Command, Entry, LogId, Member, NodeId, SnapshotMeta, StoredMembership, TypeConfig,
@@ -42,6 +44,8 @@ pub struct StateMachine {
     applied: Arc<watch::Sender<u64>>,
     /// Set by the first entry or by a snapshot; read by every response.
     cluster_id: ClusterId,
+    /// Set by auth entries and snapshots; every request is checked against it.
+    auth: AuthCell,
 }
 
 impl StateMachine {
@@ -60,6 +64,7 @@ impl StateMachine {
             inbox: SnapshotInbox { dir: snapshot_dir },
             applied: reader.announcer(),
             cluster_id: reader.cluster_id_cell(),
+            auth: reader.auth().clone(),
         })
     }
 
@@ -116,8 +121,21 @@ fn read_number(db: &DB, opts: &ReadOptions, key: &[u8], what: &str) -> Result<Op
     db.get_pinned_cf_opt(cf(db, CF_SM)?, key, opts)?.map(|bytes| codec::decode_u64(&bytes, what)).transpose()
 }
 
-/// Applies `entries` in one write; what each answers, and the store's revision afterwards.
-pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied>, u64), StoreError> {
+/// What applying a chunk of entries did: each entry's answer, the store's revision afterwards,
+/// and the auth state if an entry changed it.
+pub(super) struct AppliedChunk {
+    pub(super) answers: Vec<Applied>,
+    pub(super) revision: u64,
+    pub(super) auth: Option<AuthState>,
+}
+
+/// Applies `entries` in one write, checking writes made for callers against `auth` (as the
+/// chunk's own auth entries leave it).
+pub(super) fn apply_entries(
+    db: &DB,
+    entries: Vec<Entry>,
+    auth: &AuthState,
+) -> Result<AppliedChunk, StoreError> {
     let mut keys = Applier::new(db)?;
     let applied_revision = read_revision(db, &ReadOptions::default())?;
     let mut revision = applied_revision;
@@ -127,6 +145,7 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     let mut last_applied = None;
     let mut membership = None;
     let mut cluster_id = None;
+    let mut changed_auth: Option<AuthState> = None;
     for entry in entries {
         last_applied = Some(entry.log_id);
         match entry.payload {
@@ -142,7 +161,10 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
             EntryPayload::Normal(Command::Writes(writes)) => {
                 let mut answers = Vec::with_capacity(writes.len());
                 for write in writes {
-                    let answer = write.apply(&mut keys, revision)?;
+                    let answer = match changed_auth.as_ref().unwrap_or(auth).admit(write, &mut keys)? {
+                        Ok(write) => write.apply(&mut keys, revision)?,
+                        Err(denied) => Err(WriteError::Denied(denied)),
+                    };
                     if let Ok(result) = &answer {
                         revision = result.revision;
                     }
@@ -158,6 +180,16 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
                 let outcome = engine::compaction(requested, revision, current);
                 compacted = Some(outcome.as_ref().map_or(current, |to| *to));
                 results.push(Applied::Compaction(outcome));
+            }
+            EntryPayload::Normal(Command::Auth { caller, change }) => {
+                // On a copy: a refused change leaves nothing of itself behind.
+                let mut next = changed_auth.clone().unwrap_or_else(|| auth.clone());
+                let outcome = next.check_admin(caller.as_ref()).and_then(|()| next.apply(change));
+                let revision = next.revision;
+                if outcome.is_ok() {
+                    changed_auth = Some(next);
+                }
+                results.push(Applied::Auth(outcome.map(|()| revision)));
             }
             // Only a member of metaStore 0.1 writes these; applying one is impossible, and
             // skipping it would leave this member unlike the others.
@@ -186,6 +218,9 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     if let Some(id) = cluster_id {
         batch.put_cf(sm, codec::CLUSTER_ID, codec::encode_u64(id));
     }
+    if let Some(state) = &changed_auth {
+        batch.put_cf(cf(db, CF_AUTH)?, auth::STATE, auth::encode_state(state)?);
+    }
     // Not synced: every applied entry is committed, so on disk on a majority (not necessarily
     // here yet: openraft 0.10 may apply before this member's own fsync ends), and RocksDB's
     // single write-ahead log keeps this write ordered after the entries' own log writes. A crash
@@ -193,7 +228,7 @@ pub(super) fn apply_entries(db: &DB, entries: Vec<Entry>) -> Result<(Vec<Applied
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     db.write_opt(batch, &opts)?;
-    Ok((results, revision))
+    Ok(AppliedChunk { answers: results, revision, auth: changed_auth })
 }
 
 /// Replaces the whole state machine with a snapshot's, atomically and synced (see
@@ -328,9 +363,11 @@ impl StateMachine {
         let db = self.db.clone();
         let checkpoints = self.checkpoints.clone();
         let cluster_id = self.cluster_id.clone();
+        let auth = self.auth.clone();
         let restored = run_blocking(move || {
             let restored = restore::restore(&db, &checkpoints, &path, own, &members);
             cluster_id.refresh(&db)?;
+            auth.refresh(&db)?;
             Ok(restored)
         })
         .await??;
@@ -349,13 +386,17 @@ impl StateMachine {
         let count = chunk.len();
         let bytes = chunk.iter().map(entry_size).fold(0, usize::saturating_add);
         let first = chunk.first().is_some_and(|entry| entry.log_id.index == 0);
-        let (results, revision) = run_write(bytes, move || apply_entries(&db, chunk)).await?;
+        let auth = self.auth.get();
+        let applied = run_write(bytes, move || apply_entries(&db, chunk, &auth)).await?;
         metrics::storage().observe_apply(started.elapsed(), count);
         if first {
             self.cluster_id.refresh(&self.db)?;
         }
-        self.announce(revision);
-        for (responder, result) in responders.into_iter().zip(results) {
+        if let Some(state) = applied.auth {
+            self.auth.set(state);
+        }
+        self.announce(applied.revision);
+        for (responder, result) in responders.into_iter().zip(applied.answers) {
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -418,9 +459,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let checkpoints = self.checkpoints.clone();
         let expected = meta.clone();
         let cluster_id = self.cluster_id.clone();
+        let auth = self.auth.clone();
         let revision = run_blocking(move || {
             install(&db, &checkpoints, &expected, data)?;
             cluster_id.refresh(&db)?;
+            auth.refresh(&db)?;
             read_revision(&db, &ReadOptions::default())
         })
         .await
@@ -475,7 +518,8 @@ pub(super) mod tests {
 
     /// What applying `entries` in one write answers.
     pub(crate) fn answers_of(db: &DB, entries: Vec<Entry>) -> Result<Vec<Applied>, StoreError> {
-        apply_entries(db, entries).map(|(answers, _)| answers)
+        let auth = auth::read(db)?;
+        apply_entries(db, entries, &auth).map(|applied| applied.answers)
     }
 
     /// Applies `writes` as one entry, the next after those applied so far.
@@ -913,6 +957,49 @@ pub(super) mod tests {
         let answers = apply_writes(&target, vec![Write::LeaseRevoke { id: 3 }]);
         assert!(matches!(&answers[0], Applied::Writes(w) if w[0].is_ok()), "{answers:?}");
         assert_eq!(stored(&target, b"k"), None, "the lease and its key came with the snapshot");
+    }
+
+    fn auth_entry(index: u64, change: crate::auth::AuthChange) -> Entry {
+        let command = Command::Auth { caller: None, change };
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(command) }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn auth_changes_apply_as_entries_are_stored_and_travel_in_snapshots() {
+        use crate::auth::{AuthChange, AuthError, ROOT};
+        let (from, to) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+        let source = Arc::new(open_test_db(from.path()));
+        let answers = answers_of(
+            &source,
+            vec![
+                auth_entry(1, AuthChange::Enable { token_key: vec![1] }),
+                auth_entry(2, AuthChange::UserAdd { name: ROOT.into(), password: None }),
+                auth_entry(3, AuthChange::UserGrantRole { user: ROOT.into(), role: ROOT.into() }),
+                auth_entry(4, AuthChange::Enable { token_key: vec![1] }),
+                // With auth on, only root may change it; this entry names no caller.
+                auth_entry(5, AuthChange::RoleAdd { name: "app".into() }),
+            ],
+        )
+        .expect("applied");
+        assert_eq!(answers[0], Applied::Auth(Err(AuthError::RootUserNotExist)));
+        assert!(matches!(answers[3], Applied::Auth(Ok(_))), "{answers:?}");
+        assert_eq!(answers[4], Applied::Auth(Err(AuthError::UserEmpty)));
+        let answers = apply_writes(&source, vec![put(b"k", "v", None)]);
+        assert_eq!(answers[0], Applied::Writes(vec![Err(WriteError::Denied(AuthError::UserEmpty))]));
+
+        let reader = crate::storage::KvReader::new(source.clone());
+        assert!(reader.auth().get().enabled, "read back from the store");
+        let mut sm =
+            StateMachine::new(source.clone(), from.path().join("snapshots"), &reader).await.expect("open");
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.expect("snapshot");
+        let target = Arc::new(open_test_db(to.path()));
+        let reader = crate::storage::KvReader::new(target.clone());
+        assert!(!reader.auth().get().enabled);
+        let mut installed =
+            StateMachine::new(target.clone(), to.path().join("snapshots"), &reader).await.expect("open");
+        installed.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("install");
+        let state = reader.auth().get();
+        assert!(state.enabled && state.users.contains_key(ROOT), "came with the snapshot: {state:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

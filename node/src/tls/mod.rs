@@ -21,6 +21,23 @@ use rustls::{RootCertStore, ServerConfig};
 pub use peer::peer_client_config;
 pub use reload::Reloading;
 
+/// The common name of the certificate a client connected with, where the client listener
+/// demands certificates: the user its requests come from when they carry no token (etcd's
+/// rule). Set on every request of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientName(pub String);
+
+impl ClientName {
+    /// The common name of the certificate the client presented on `stream`, which rustls
+    /// verified against the client CA during the handshake; none without one.
+    pub fn of<IO>(stream: &tokio_rustls::server::TlsStream<IO>) -> Option<Self> {
+        let der = stream.get_ref().1.peer_certificates()?.first()?;
+        let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+        let name = certificate.subject().iter_common_name().next()?.as_str().ok()?;
+        Some(Self(name.to_owned()))
+    }
+}
+
 /// The protocols both listeners speak: gRPC needs `h2` offered (grpc-go refuses TLS without
 /// it), the HTTP API and the peer protocol are HTTP/1.1.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
