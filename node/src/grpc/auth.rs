@@ -120,8 +120,7 @@ impl Auth for Etcd {
         let r = request.get_ref().clone();
         let no_password = r.options.is_some_and(|o| o.no_password);
         // Checked before the slow hash; the entry checks again as it applies.
-        let caller = self.caller(&request)?;
-        self.service.authorize(caller.as_ref(), Need::Admin).await.map_err(status)?;
+        self.authorize(&request, Need::Admin).await?;
         let password = password(r.password, &r.hashed_password, no_password).await?;
         let change = AuthChange::UserAdd { name: r.name, password };
         self.change_auth(&request, change, |header| AuthUserAddResponse { header: Some(header) }).await
@@ -166,8 +165,7 @@ impl Auth for Etcd {
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let r = request.get_ref().clone();
-        let caller = self.caller(&request)?;
-        self.service.authorize(caller.as_ref(), Need::Admin).await.map_err(status)?;
+        self.authorize(&request, Need::Admin).await?;
         let password = password(r.password, &r.hashed_password, false).await?;
         let change = AuthChange::UserChangePassword { name: r.name, password };
         self.change_auth(&request, change, |header| AuthUserChangePasswordResponse { header: Some(header) })

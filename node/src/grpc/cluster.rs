@@ -47,8 +47,7 @@ impl Etcd {
                 ));
             }
         }
-        let caller = self.caller(request)?;
-        self.service.authorize(caller.as_ref(), Need::Admin).await.map_err(status)
+        self.authorize(request, Need::Admin).await.map(drop)
     }
 
     async fn change(&self, change: MembershipChange) -> Result<Vec<Member>, Status> {
@@ -199,8 +198,7 @@ impl Cluster for Etcd {
         &self,
         request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let caller = self.caller(&request)?;
-        self.service.authorize(caller.as_ref(), Need::User).await.map_err(status)?;
+        self.authorize(&request, Need::User).await?;
         if request.into_inner().linearizable {
             self.service
                 .await_freshness(crate::service::ReadConsistency::Linearizable)

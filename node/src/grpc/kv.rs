@@ -151,9 +151,8 @@ impl Kv for Etcd {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let caller = self.caller(&request)?;
         // History is everyone's: only a user may cut it short.
-        self.service.authorize(caller.as_ref(), Need::User).await.map_err(status)?;
+        self.authorize(&request, Need::User).await?;
         let c = request.into_inner();
         self.service.compact(unsigned(c.revision)).await.map_err(status)?;
         let (revision, _) = self.service.reader().revisions().await.map_err(|e| status(e.into()))?;
